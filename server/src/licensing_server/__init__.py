@@ -1,0 +1,1 @@
+"""Attested-enclave licensing server: frontend (public API) and backend (CA, runtimes, TPM)."""

@@ -1,0 +1,1 @@
+"""gRPC edge: TLS listeners, the access policy, error mapping, reflection and health."""

@@ -1,0 +1,72 @@
+"""Servicers of the internal ``licensing.control.v1`` API (frontend-only, by policy)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from licensing.control.v1 import control_pb2, control_pb2_grpc
+
+from licensing_server.api.convert import timestamp
+from licensing_server.auth import normalise_username
+from licensing_server.errors import InvalidArgument, Unimplemented
+from licensing_server.pki import CertificateAuthority, parse_csr
+
+SERVICE_NAMES = (
+    "licensing.control.v1.CertificateService",
+    "licensing.control.v1.ProvisioningService",
+    "licensing.control.v1.QuoteService",
+)
+
+
+class CertificateServicer(control_pb2_grpc.CertificateServiceServicer):  # type: ignore[misc]
+    def __init__(self, ca: CertificateAuthority, *, max_user_lifetime: dt.timedelta):
+        self._ca = ca
+        self._max_lifetime = max_user_lifetime
+
+    async def SignUserCertificate(self, request: Any, context: Any) -> Any:
+        try:
+            user_id = str(uuid.UUID(request.user_id))
+        except ValueError as exc:
+            raise InvalidArgument("USER_ID_INVALID", "user_id must be a UUID") from exc
+        username = normalise_username(request.username)
+        csr = parse_csr(request.csr_pem)
+        lifetime = self._max_lifetime
+        if request.lifetime_seconds:
+            lifetime = min(lifetime, dt.timedelta(seconds=request.lifetime_seconds))
+        issued = self._ca.sign_user_csr(csr, user_id=user_id, username=username, lifetime=lifetime)
+        return control_pb2.SignUserCertificateResponse(
+            certificate_pem=issued.pem,
+            certificate_sha256=issued.sha256,
+            expire_time=timestamp(issued.not_after),
+            ca_certificates_pem=self._ca.ca_certificates_pem,
+        )
+
+    async def GetCaCertificates(self, request: Any, context: Any) -> Any:
+        return control_pb2.GetCaCertificatesResponse(
+            ca_certificates_pem=self._ca.ca_certificates_pem
+        )
+
+
+def _not_yet(what: str) -> Unimplemented:
+    return Unimplemented("NOT_IMPLEMENTED", f"{what} is part of the API but not served yet")
+
+
+class ProvisioningServicer(control_pb2_grpc.ProvisioningServiceServicer):  # type: ignore[misc]
+    """Placeholder until enclave runtimes land (answers UNIMPLEMENTED)."""
+
+    async def Provision(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        raise _not_yet("Provision")
+        yield control_pb2.ProvisionResponse()  # pragma: no cover
+
+    async def Deprovision(self, request: Any, context: Any) -> Any:
+        raise _not_yet("Deprovision")
+
+
+class QuoteServicer(control_pb2_grpc.QuoteServiceServicer):  # type: ignore[misc]
+    """Placeholder until the TPM attestation lands (answers UNIMPLEMENTED)."""
+
+    async def Quote(self, request: Any, context: Any) -> Any:
+        raise _not_yet("Quote")

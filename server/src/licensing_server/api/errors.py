@@ -1,0 +1,89 @@
+"""The one table from domain errors to gRPC status codes with ``google.rpc.ErrorInfo``."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import NoReturn
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from licensing_server.errors import (
+    AlreadyExists,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
+
+_log = logging.getLogger(__name__)
+
+#: ``ErrorInfo.domain`` of every error this server reports.
+ERROR_DOMAIN = "licensing"
+
+STATUS_CODES: dict[type[DomainError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+}
+
+
+def code_of(error: DomainError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        if cls in STATUS_CODES:
+            return STATUS_CODES[cls]  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL
+
+
+def to_status(error: DomainError) -> grpc.Status:
+    code = code_of(error)
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+    )
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(code=code.value[0], message=error.message, details=[detail])
+    result: grpc.Status = rpc_status.to_status(status)
+    return result
+
+
+def internal_status(correlation_id: str) -> grpc.Status:
+    info = error_details_pb2.ErrorInfo(
+        reason="INTERNAL", domain=ERROR_DOMAIN, metadata={"correlation_id": correlation_id}
+    )
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(
+        code=code_pb2.INTERNAL,
+        message=f"internal error (correlation id {correlation_id})",
+        details=[detail],
+    )
+    result: grpc.Status = rpc_status.to_status(status)
+    return result
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> NoReturn:
+    """End the call with the mapped status; unexpected errors are logged, never sent."""
+    if isinstance(exc, DomainError):
+        status = to_status(exc)
+    else:
+        correlation_id = uuid.uuid4().hex[:16]
+        _log.error("unexpected error in %s (correlation id %s)", method, correlation_id,
+                   exc_info=exc)
+        status = internal_status(correlation_id)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+    raise AssertionError("unreachable")  # context.abort always raises

@@ -1,0 +1,147 @@
+"""Servicers of the public ``licensing.v1`` API: parse, call the domain, build replies."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from licensing.v1 import (
+    attestation_pb2,
+    attestation_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+    enclave_pb2,
+    enclave_pb2_grpc,
+    trust_pb2,
+    trust_pb2_grpc,
+)
+
+from licensing_server.api.convert import timestamp
+from licensing_server.api.guard import current_claims
+from licensing_server.auth import AuthService
+from licensing_server.errors import Unimplemented
+
+SERVICE_NAMES = (
+    "licensing.v1.AuthService",
+    "licensing.v1.TrustService",
+    "licensing.v1.EnclaveService",
+    "licensing.v1.AttestationService",
+)
+
+
+class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
+    def __init__(self, auth: AuthService):
+        self._auth = auth
+
+    async def SignUp(self, request: Any, context: Any) -> Any:
+        user = await self._auth.sign_up(request.username, request.password)
+        return auth_pb2.SignUpResponse(user_id=user.id, username=user.username)
+
+    async def Login(self, request: Any, context: Any) -> Any:
+        result = await self._auth.login(request.username, request.password, request.csr_pem)
+        assert result.certificate is not None
+        return auth_pb2.LoginResponse(
+            access_token=result.access_token,
+            refresh_token=result.refresh_token,
+            access_token_expire_time=timestamp(result.access_token_expires_at),
+            client_certificate_pem=result.certificate.pem,
+            ca_certificates_pem=result.certificate.ca_certificates_pem,
+            refresh_token_expire_time=timestamp(result.refresh_token_expires_at),
+            client_certificate_expire_time=timestamp(result.certificate.expires_at),
+            user_id=result.user_id,
+        )
+
+    async def RefreshToken(self, request: Any, context: Any) -> Any:
+        result = await self._auth.refresh(request.refresh_token, request.csr_pem)
+        reply = auth_pb2.RefreshTokenResponse(
+            access_token=result.access_token,
+            refresh_token=result.refresh_token,
+            access_token_expire_time=timestamp(result.access_token_expires_at),
+            refresh_token_expire_time=timestamp(result.refresh_token_expires_at),
+        )
+        if result.certificate is not None:
+            reply.client_certificate_pem = result.certificate.pem
+            reply.client_certificate_expire_time.CopyFrom(
+                timestamp(result.certificate.expires_at)
+            )
+        return reply
+
+    async def Logout(self, request: Any, context: Any) -> Any:
+        await self._auth.logout(current_claims())
+        return auth_pb2.LogoutResponse()
+
+    async def GetCurrentUser(self, request: Any, context: Any) -> Any:
+        user = await self._auth.current_user(current_claims())
+        return auth_pb2.GetCurrentUserResponse(
+            user=auth_pb2.User(
+                id=user.id, username=user.username, create_time=timestamp(user.created_at)
+            )
+        )
+
+
+class TrustServicer(trust_pb2_grpc.TrustServiceServicer):  # type: ignore[misc]
+    def __init__(
+        self,
+        *,
+        ca_certificates_pem: Callable[[], list[str]],
+        ak_certificate_chain_pem: Callable[[], list[str]],
+        jwks_json: str,
+        issuer: str,
+        audience: str,
+    ):
+        self._ca = ca_certificates_pem
+        self._ak = ak_certificate_chain_pem
+        self._jwks = jwks_json
+        self._issuer = issuer
+        self._audience = audience
+
+    async def GetTrustBundle(self, request: Any, context: Any) -> Any:
+        return trust_pb2.GetTrustBundleResponse(
+            ca_certificates_pem=self._ca(),
+            jwks_json=self._jwks,
+            ak_certificate_chain_pem=self._ak(),
+            token_issuer=self._issuer,
+            token_audience=self._audience,
+        )
+
+
+def _not_yet(what: str) -> Unimplemented:
+    return Unimplemented("NOT_IMPLEMENTED", f"{what} is part of the API but not served yet")
+
+
+class EnclaveServicer(enclave_pb2_grpc.EnclaveServiceServicer):  # type: ignore[misc]
+    """Placeholder until enclaves are provisioned (answers UNIMPLEMENTED)."""
+
+    async def CreateEnclave(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        raise _not_yet("CreateEnclave")
+        yield enclave_pb2.CreateEnclaveResponse()  # pragma: no cover
+
+    async def WatchEnclave(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        raise _not_yet("WatchEnclave")
+        yield enclave_pb2.WatchEnclaveResponse()  # pragma: no cover
+
+    async def GetEnclave(self, request: Any, context: Any) -> Any:
+        raise _not_yet("GetEnclave")
+
+    async def ListEnclaves(self, request: Any, context: Any) -> Any:
+        raise _not_yet("ListEnclaves")
+
+    async def DeleteEnclave(self, request: Any, context: Any) -> Any:
+        raise _not_yet("DeleteEnclave")
+
+
+class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):  # type: ignore[misc]
+    """Placeholder until the TPM attestation lands (answers UNIMPLEMENTED)."""
+
+    async def GetAttestation(self, request: Any, context: Any) -> Any:
+        raise _not_yet("GetAttestation")
+
+
+__all__ = [
+    "SERVICE_NAMES",
+    "AttestationServicer",
+    "AuthServicer",
+    "EnclaveServicer",
+    "TrustServicer",
+    "attestation_pb2",
+]

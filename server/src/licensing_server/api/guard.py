@@ -1,0 +1,201 @@
+"""The server interceptor: enforce the access policy, then map whatever is raised.
+
+Servicers stay thin: they read the caller from ``current_caller()`` and raise
+domain errors; this is the only place that turns errors into statuses.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from licensing_server.api import errors
+from licensing_server.api.policy import Access
+from licensing_server.errors import DomainError, PermissionDenied, Unauthenticated
+from licensing_server.pki._identity import PeerIdentity, peer_identity
+from licensing_server.tokens import AccessClaims
+
+_log = logging.getLogger(__name__)
+
+Authenticate = Callable[[str, bytes], Awaitable[AccessClaims]]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    peer: PeerIdentity | None
+    claims: AccessClaims | None
+
+
+_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller")
+
+
+def current_caller() -> Caller:
+    return _caller.get()
+
+
+def current_claims() -> AccessClaims:
+    claims = _caller.get().claims
+    if claims is None:  # the policy table guarantees this for USER methods
+        raise Unauthenticated("TOKEN_REQUIRED", "an access token is required")
+    return claims
+
+
+class _PeerCache:
+    """Parsing the peer certificate on every call is measurable; it is the same per connection."""
+
+    def __init__(self, size: int = 4096):
+        self._size = size
+        self._items: dict[bytes, PeerIdentity] = {}
+
+    def get(self, pem: bytes) -> PeerIdentity:
+        found = self._items.get(pem)
+        if found is None:
+            found = peer_identity(pem)
+            if len(self._items) >= self._size:
+                self._items.clear()
+            self._items[pem] = found
+        return found
+
+
+def _bearer(metadata: Any) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            scheme, _, token = text.partition(" ")
+            if hmac.compare_digest(scheme.lower().encode(), b"bearer") and token.strip():
+                return token.strip()
+            raise Unauthenticated(
+                "TOKEN_MALFORMED", "the authorization header must be 'Bearer <token>'"
+            )
+    return None
+
+
+class AccessGuard(grpc.aio.ServerInterceptor):
+    def __init__(
+        self,
+        policy: Mapping[str, Access],
+        authenticate: Authenticate | None = None,
+    ):
+        self._policy = dict(policy)
+        self._authenticate = authenticate
+        self._peers = _PeerCache()
+
+    async def _admit(self, method: str, context: grpc.aio.ServicerContext) -> Caller:
+        access = self._policy.get(method)
+        if access is None:
+            raise PermissionDenied("METHOD_NOT_ALLOWED", "this method is not served here")
+        pems = context.auth_context().get("x509_pem_cert")
+        peer = self._peers.get(pems[0]) if pems else None
+        if access is Access.PUBLIC:
+            return Caller(peer, None)
+        if peer is None:
+            raise Unauthenticated(
+                "CLIENT_CERTIFICATE_REQUIRED",
+                "this method needs the client certificate from Login, on the mTLS API listener",
+            )
+        if access is Access.PEER:
+            return Caller(peer, None)
+        if access is Access.FRONTEND:
+            if not peer.is_frontend:
+                raise PermissionDenied(
+                    "INTERNAL_API_ONLY", "only the licensing frontend may call the internal API"
+                )
+            return Caller(peer, None)
+        # Access.USER
+        if peer.user_id is None:
+            raise PermissionDenied("USER_CERTIFICATE_REQUIRED", "a user certificate is required")
+        token = _bearer(context.invocation_metadata())
+        if token is None:
+            raise Unauthenticated("TOKEN_REQUIRED", "an access token is required")
+        if self._authenticate is None:
+            raise PermissionDenied("METHOD_NOT_ALLOWED", "this method is not served here")
+        claims = await self._authenticate(token, peer.sha256)
+        if claims.user_id != peer.user_id:
+            raise Unauthenticated(
+                "TOKEN_CERTIFICATE_MISMATCH",
+                "the access token is bound to a different client certificate",
+            )
+        return Caller(peer, claims)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None  # type: ignore[unreachable]
+        method = handler_call_details.method
+        admit = functools.partial(self._admit, method)
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _unary(handler.unary_unary, admit, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _streaming(handler.unary_stream, admit, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _unary(handler.stream_unary, admit, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            _streaming(handler.stream_stream, admit, method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+Admit = Callable[[grpc.aio.ServicerContext], Awaitable[Caller]]
+
+
+def _is_abort(exc: BaseException) -> bool:
+    # context.abort() raises this; the status is already set.
+    return type(exc).__name__ == "AbortError"
+
+
+def _unary(behavior: Any, admit: Admit, method: str) -> Any:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            _caller.set(await admit(context))
+            return await behavior(request, context)
+        except Exception as exc:
+            if _is_abort(exc):
+                raise
+            await errors.abort(context, exc, method)
+
+    return wrapped
+
+
+def _streaming(behavior: Any, admit: Admit, method: str) -> Any:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            _caller.set(await admit(context))
+            result = behavior(request, context)
+            if hasattr(result, "__aiter__"):
+                async for item in result:
+                    yield item
+            else:
+                await result
+        except Exception as exc:
+            if _is_abort(exc):
+                raise
+            await errors.abort(context, exc, method)
+
+    return wrapped
+
+
+__all__ = ["AccessGuard", "Caller", "DomainError", "current_caller", "current_claims"]

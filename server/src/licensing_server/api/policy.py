@@ -1,0 +1,52 @@
+"""Who may call what: one table per server, keyed by full method name, deny by default."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["BACKEND_POLICY", "FRONTEND_POLICY", "Access"]
+
+
+class Access(enum.Enum):
+    #: No client certificate needed (served on the TLS enrollment listener too).
+    PUBLIC = "public"
+    #: Any client certificate issued by the licensing CA.
+    PEER = "peer"
+    #: A user's client certificate and an access token bound to it.
+    USER = "user"
+    #: Only the frontend's internal client certificate.
+    FRONTEND = "frontend"
+
+
+_OPS = {
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.health.v1.Health/List",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+}
+
+FRONTEND_POLICY: dict[str, Access] = {
+    **dict.fromkeys(_OPS, Access.PUBLIC),
+    "/licensing.v1.AuthService/SignUp": Access.PUBLIC,
+    "/licensing.v1.AuthService/Login": Access.PUBLIC,
+    "/licensing.v1.AuthService/RefreshToken": Access.PUBLIC,
+    "/licensing.v1.AuthService/Logout": Access.USER,
+    "/licensing.v1.AuthService/GetCurrentUser": Access.USER,
+    "/licensing.v1.TrustService/GetTrustBundle": Access.PUBLIC,
+    "/licensing.v1.EnclaveService/CreateEnclave": Access.USER,
+    "/licensing.v1.EnclaveService/WatchEnclave": Access.USER,
+    "/licensing.v1.EnclaveService/GetEnclave": Access.USER,
+    "/licensing.v1.EnclaveService/ListEnclaves": Access.USER,
+    "/licensing.v1.EnclaveService/DeleteEnclave": Access.USER,
+    "/licensing.v1.AttestationService/GetAttestation": Access.USER,
+}
+
+BACKEND_POLICY: dict[str, Access] = {
+    **dict.fromkeys(_OPS, Access.PEER),
+    "/licensing.control.v1.CertificateService/SignUserCertificate": Access.FRONTEND,
+    "/licensing.control.v1.CertificateService/GetCaCertificates": Access.FRONTEND,
+    "/licensing.control.v1.ProvisioningService/Provision": Access.FRONTEND,
+    "/licensing.control.v1.ProvisioningService/Deprovision": Access.FRONTEND,
+    "/licensing.control.v1.QuoteService/Quote": Access.FRONTEND,
+}

@@ -1,0 +1,60 @@
+"""Server reflection under both ``grpc.reflection.v1`` and ``v1alpha``.
+
+grpcio-reflection ships only v1alpha. The v1 protocol has the same messages
+under another package name, so the v1 service reuses the v1alpha servicer and
+serializers (identical on the wire), and a renamed copy of the reflection
+descriptor is registered so that v1 can itself be described.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+V1_SERVICE = "grpc.reflection.v1.ServerReflection"
+V1ALPHA_SERVICE = reflection.SERVICE_NAME
+
+
+def _register_v1_descriptor() -> None:
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindServiceByName(V1_SERVICE)
+        return
+    except KeyError:
+        pass
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    proto.name = "grpc/reflection/v1/reflection.proto"
+    proto.package = "grpc.reflection.v1"
+    proto.options.Clear()
+    old, new = ".grpc.reflection.v1alpha.", ".grpc.reflection.v1."
+    for message in proto.message_type:
+        for field in message.field:
+            if field.type_name.startswith(old):
+                field.type_name = new + field.type_name[len(old) :]
+    for service in proto.service:
+        for method in service.method:
+            method.input_type = new + method.input_type[len(old) :]
+            method.output_type = new + method.output_type[len(old) :]
+    pool.Add(proto)
+
+
+def enable_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> None:
+    _register_v1_descriptor()
+    names = [*service_names, V1_SERVICE, V1ALPHA_SERVICE]
+    servicer = reflection.aio.ReflectionServicer(names)
+    for service in (V1ALPHA_SERVICE, V1_SERVICE):
+        handler = grpc.method_handlers_generic_handler(
+            service,
+            {
+                "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                    servicer.ServerReflectionInfo,
+                    request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                    response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+                )
+            },
+        )
+        server.add_generic_rpc_handlers((handler,))

@@ -1,0 +1,20 @@
+"""Accounts and sessions: sign-up, login, token refresh and logout."""
+
+from licensing_server.auth._passwords import PasswordHasher, check_password_policy
+from licensing_server.auth._service import (
+    AuthService,
+    LoginResult,
+    SignedUserCertificate,
+    UserCertificateSigner,
+)
+from licensing_server.auth._usernames import normalise_username
+
+__all__ = [
+    "AuthService",
+    "LoginResult",
+    "PasswordHasher",
+    "SignedUserCertificate",
+    "UserCertificateSigner",
+    "check_password_policy",
+    "normalise_username",
+]

@@ -1,0 +1,193 @@
+"""The auth domain: every rule about accounts and sessions, none about gRPC."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from licensing_server.auth._passwords import PasswordHasher, check_password_policy
+from licensing_server.auth._usernames import normalise_username
+from licensing_server.errors import InvalidArgument, Unauthenticated
+from licensing_server.pki import parse_csr
+from licensing_server.storage import SessionRecord, UserRecord, UserStore
+from licensing_server.tokens import (
+    AccessClaims,
+    AccessTokenSigner,
+    AccessTokenVerifier,
+    hash_refresh_token,
+    new_refresh_token,
+)
+from licensing_server.tokens._refresh import MAX_REFRESH_TOKEN_LENGTH
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedUserCertificate:
+    pem: str
+    sha256: bytes
+    expires_at: dt.datetime
+    ca_certificates_pem: list[str]
+
+
+class UserCertificateSigner(Protocol):
+    """Gets a user's CSR signed by the licensing CA (the frontend never holds the CA key).
+
+    Raises ``InvalidArgument`` for a CSR the CA refuses and ``Unavailable`` when
+    the CA cannot be reached.
+    """
+
+    async def sign_user_certificate(
+        self, *, user_id: str, username: str, csr_pem: str, lifetime: dt.timedelta
+    ) -> SignedUserCertificate: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    user_id: str
+    access_token: str
+    access_token_expires_at: dt.datetime
+    refresh_token: str
+    refresh_token_expires_at: dt.datetime
+    certificate: SignedUserCertificate | None
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+_BAD_CREDENTIALS = ("INVALID_CREDENTIALS", "username or password is incorrect")
+
+
+class AuthService:
+    # How long a session's "not revoked" answer may be reused (other replicas' logouts).
+    SESSION_CHECK_TTL = 2.0
+
+    def __init__(
+        self,
+        *,
+        users: UserStore,
+        passwords: PasswordHasher,
+        signer: AccessTokenSigner,
+        verifier: AccessTokenVerifier,
+        certificates: UserCertificateSigner,
+        refresh_token_ttl: dt.timedelta,
+        client_certificate_ttl: dt.timedelta,
+        clock: Callable[[], dt.datetime] = _utcnow,
+    ):
+        self._users = users
+        self._passwords = passwords
+        self._signer = signer
+        self._verifier = verifier
+        self._certificates = certificates
+        self._refresh_ttl = refresh_token_ttl
+        self._cert_ttl = client_certificate_ttl
+        self._clock = clock
+        self._active_sessions: dict[str, float] = {}
+
+    async def sign_up(self, username: str, password: str) -> UserRecord:
+        name = normalise_username(username)
+        secret = check_password_policy(password)
+        password_hash = await self._passwords.hash(secret)
+        user = await self._users.create_user(name, password_hash, self._clock())
+        _log.info("user signed up: %s", user.id)
+        return user
+
+    async def login(self, username: str, password: str, csr_pem: str) -> LoginResult:
+        # Shape checks first: they are cheap and reveal nothing about accounts.
+        try:
+            name = normalise_username(username)
+        except InvalidArgument:
+            name = None
+        secret = password.encode("utf-8")
+        if not secret:
+            raise InvalidArgument("PASSWORD_REQUIRED", "password is required")
+        if len(secret) > 72:
+            raise InvalidArgument("PASSWORD_TOO_LONG", "password must be at most 72 bytes")
+        if b"\x00" in secret:
+            raise InvalidArgument("PASSWORD_INVALID_CHARACTERS", "password must not contain NUL")
+        parse_csr(csr_pem)
+        user = await self._users.find_user_by_name(name) if name else None
+        # One bcrypt check on every path, so timing does not tell whether the user exists.
+        ok = await self._passwords.verify(secret, user.password_hash if user else None)
+        if not ok or user is None:
+            raise Unauthenticated(*_BAD_CREDENTIALS)
+        cert = await self._certificates.sign_user_certificate(
+            user_id=user.id, username=user.username, csr_pem=csr_pem, lifetime=self._cert_ttl
+        )
+        now = self._clock()
+        refresh_token, refresh_hash = new_refresh_token()
+        session = await self._users.create_session(
+            user, cert.sha256, refresh_hash, now, now + self._refresh_ttl
+        )
+        access, access_exp = self._signer.sign(
+            user_id=user.id,
+            username=user.username,
+            session_id=session.id,
+            certificate_sha256=cert.sha256,
+        )
+        _log.info("user logged in: %s session %s", user.id, session.id)
+        return LoginResult(user.id, access, access_exp, refresh_token, session.expires_at, cert)
+
+    async def refresh(self, refresh_token: str, csr_pem: str) -> LoginResult:
+        if not refresh_token:
+            raise InvalidArgument("REFRESH_TOKEN_REQUIRED", "refresh_token is required")
+        if len(refresh_token) > MAX_REFRESH_TOKEN_LENGTH:
+            raise Unauthenticated("REFRESH_TOKEN_INVALID", "the refresh token is not valid")
+        if csr_pem:
+            parse_csr(csr_pem)
+        new_token, new_hash = new_refresh_token()
+        now = self._clock()
+        presented = hash_refresh_token(refresh_token)
+        cert: SignedUserCertificate | None = None
+        if csr_pem:
+            # Check the token before signing anything for its bearer.
+            owner = await self._users.peek_refresh_token(presented, now)
+            cert = await self._certificates.sign_user_certificate(
+                user_id=owner.user_id,
+                username=owner.username,
+                csr_pem=csr_pem,
+                lifetime=self._cert_ttl,
+            )
+        session = await self._users.rotate_refresh_token(
+            presented, new_hash, now, cert.sha256 if cert else None
+        )
+        access, access_exp = self._signer.sign(
+            user_id=session.user_id,
+            username=session.username,
+            session_id=session.id,
+            certificate_sha256=session.client_certificate_sha256,
+        )
+        return LoginResult(session.user_id, access, access_exp, new_token, session.expires_at, cert)
+
+    async def logout(self, claims: AccessClaims) -> None:
+        await self._users.revoke_session(claims.session_id, self._clock(), "logout")
+        self._active_sessions.pop(claims.session_id, None)
+        self._verifier.forget(claims.session_id)
+        _log.info("user logged out: %s session %s", claims.user_id, claims.session_id)
+
+    async def current_user(self, claims: AccessClaims) -> UserRecord:
+        user = await self._users.get_user(claims.user_id)
+        if user is None:
+            raise Unauthenticated("USER_NOT_FOUND", "the account of this token no longer exists")
+        return user
+
+    async def authenticate(self, token: str, certificate_sha256: bytes) -> AccessClaims:
+        """Verify a bearer token over the connection's client certificate, session included."""
+        claims = self._verifier.verify(token, certificate_sha256)
+        checked = self._active_sessions.get(claims.session_id)
+        if checked is None or time.monotonic() - checked > self.SESSION_CHECK_TTL:
+            if not await self._users.session_is_active(claims.session_id, self._clock()):
+                self._active_sessions.pop(claims.session_id, None)
+                raise Unauthenticated("SESSION_REVOKED", "this session was revoked; log in again")
+            self._active_sessions[claims.session_id] = time.monotonic()
+            if len(self._active_sessions) > 100_000:
+                self._active_sessions.clear()
+        return claims
+
+
+__all__ = ["AuthService", "LoginResult", "SessionRecord", "SignedUserCertificate"]

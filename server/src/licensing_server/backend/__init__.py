@@ -1,0 +1,1 @@
+"""The internal backend process: CA, (later) runtimes and TPM; frontend-only mTLS API."""

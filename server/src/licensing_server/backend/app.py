@@ -1,0 +1,144 @@
+"""Composition root of the backend: builds the CA and the internal API, then serves it."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from licensing.control.v1 import control_pb2_grpc
+
+from licensing_server.api.backend import (
+    SERVICE_NAMES,
+    CertificateServicer,
+    ProvisioningServicer,
+    QuoteServicer,
+)
+from licensing_server.api.guard import AccessGuard
+from licensing_server.api.policy import BACKEND_POLICY
+from licensing_server.api.server import (
+    SERVER_OPTIONS,
+    ServerIdentity,
+    add_health_and_reflection,
+    add_listener,
+    mtls_credentials,
+)
+from licensing_server.config import ConfigError, Settings
+from licensing_server.layout import DataLayout
+from licensing_server.logs import configure_logging
+from licensing_server.pki import (
+    FRONTEND_IDENTITY,
+    CertificateAuthority,
+    write_private_file,
+    write_public_file,
+)
+
+_log = logging.getLogger(__name__)
+
+
+def _host(address: str) -> str:
+    return address.rpartition(":")[0].strip("[]")
+
+
+def _split_names(names: list[str]) -> tuple[list[str], list[str]]:
+    dns, ips = [], []
+    for name in dict.fromkeys(names):
+        try:
+            ipaddress.ip_address(name)
+            ips.append(name)
+        except ValueError:
+            if name and name not in ("0.0.0.0", "::"):  # noqa: S104 - a bind address, not a SAN
+                dns.append(name)
+    return dns, ips
+
+
+def _needs_renewal(path_cert: Path, remaining: dt.timedelta) -> bool:
+    if not path_cert.exists():
+        return True
+    cert = x509.load_pem_x509_certificate(path_cert.read_bytes())
+    return cert.not_valid_after_utc - dt.datetime.now(dt.UTC) < remaining
+
+
+def provision_frontend_identity(
+    ca: CertificateAuthority, layout: DataLayout, settings: Settings
+) -> None:
+    """Issue the frontend's server and internal client certificates when missing or ageing."""
+    renew_within = CertificateAuthority.SERVER_LIFETIME / 3
+    if _needs_renewal(layout.frontend_server_cert, renew_within):
+        dns, ips = _split_names(
+            [
+                *settings.server_names,
+                _host(settings.frontend_enroll_addr),
+                _host(settings.frontend_api_addr),
+            ]
+        )
+        key, cert = ca.issue_key_pair(
+            common_name="licensing-frontend", dns_names=dns, ip_addresses=ips, server=True
+        )
+        write_private_file(layout.frontend_server_key, key)
+        write_public_file(layout.frontend_server_cert, cert.pem.encode())
+        _log.info("issued frontend server certificate for %s", ", ".join(dns + ips))
+    if _needs_renewal(layout.frontend_client_cert, renew_within):
+        key, cert = ca.issue_key_pair(
+            common_name="licensing-frontend", uris=[FRONTEND_IDENTITY], client=True
+        )
+        write_private_file(layout.frontend_client_key, key)
+        write_public_file(layout.frontend_client_cert, cert.pem.encode())
+        _log.info("issued frontend internal client certificate")
+
+
+async def serve(settings: Settings) -> None:
+    layout = DataLayout(settings.data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ca = CertificateAuthority.load_or_create(layout.ca_key, layout.ca_certificate)
+    provision_frontend_identity(ca, layout, settings)
+
+    dns, ips = _split_names(["localhost", "licensing-backend", "127.0.0.1",
+                             _host(settings.backend_addr)])
+    key, cert = ca.issue_key_pair(
+        common_name="licensing-backend", dns_names=dns, ip_addresses=ips, server=True
+    )
+    identity = ServerIdentity(key, cert.pem.encode(), ca.ca_certificates_pem[0].encode())
+
+    server = grpc.aio.server(interceptors=[AccessGuard(BACKEND_POLICY)], options=SERVER_OPTIONS)
+    control_pb2_grpc.add_CertificateServiceServicer_to_server(
+        CertificateServicer(
+            ca, max_user_lifetime=dt.timedelta(seconds=settings.client_certificate_ttl_seconds)
+        ),
+        server,
+    )
+    control_pb2_grpc.add_ProvisioningServiceServicer_to_server(ProvisioningServicer(), server)
+    control_pb2_grpc.add_QuoteServiceServicer_to_server(QuoteServicer(), server)
+    health = await add_health_and_reflection(server, SERVICE_NAMES)
+    add_listener(server, settings.backend_addr, mtls_credentials(identity))
+    await server.start()
+    _log.info("backend serving internal mTLS API on %s", settings.backend_addr)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    _log.info("backend shutting down")
+    await health.enter_graceful_shutdown()
+    await server.stop(5)
+
+
+def main() -> None:
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from exc
+    configure_logging(settings.log_level, "backend")
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Settings: parsed once from the environment into a frozen, typed object.
+
+Every process (frontend, backend, supervisor) reads the same ``LICENSING_*``
+variables; every problem is reported at once so an operator fixes them in one go.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["ConfigError", "Settings"]
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message lists every problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+        self.problems = problems
+
+
+def _default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path = Path(".licensing")
+    database_url: str = ""
+    frontend_enroll_addr: str = "127.0.0.1:8443"
+    frontend_api_addr: str = "127.0.0.1:9443"
+    backend_addr: str = "127.0.0.1:8444"
+    # Extra DNS names / IPs for the frontend's server certificate.
+    server_names: tuple[str, ...] = ("localhost", "127.0.0.1")
+    bcrypt_cost: int = 12
+    bcrypt_threads: int = field(default_factory=_default_threads)
+    login_queue_limit: int = 64
+    access_token_ttl_seconds: int = 600
+    refresh_token_ttl_seconds: int = 7 * 24 * 3600
+    client_certificate_ttl_seconds: int = 24 * 3600
+    token_issuer: str = "licensing"
+    token_audience: str = "licensing"
+    log_level: str = "INFO"
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'licensing.db').resolve()}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        problems: list[str] = []
+        defaults = cls()
+
+        def text(name: str, default: str) -> str:
+            return env.get(f"LICENSING_{name}", default).strip() or default
+
+        def integer(name: str, default: int, low: int, high: int) -> int:
+            raw = env.get(f"LICENSING_{name}")
+            if raw is None or not raw.strip():
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                problems.append(f"LICENSING_{name}={raw!r} is not an integer")
+                return default
+            if not low <= value <= high:
+                problems.append(f"LICENSING_{name}={value} is outside {low}..{high}")
+                return default
+            return value
+
+        def address(name: str, default: str) -> str:
+            value = text(name, default)
+            host, sep, port = value.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                problems.append(f"LICENSING_{name}={value!r} is not host:port")
+                return default
+            return value
+
+        names = tuple(
+            n.strip() for n in text("SERVER_NAMES", ",".join(defaults.server_names)).split(",")
+        )
+        settings = cls(
+            data_dir=Path(text("DATA_DIR", str(defaults.data_dir))),
+            database_url=_normalise_database_url(text("DATABASE_URL", ""), problems),
+            frontend_enroll_addr=address("FRONTEND_ENROLL_ADDR", defaults.frontend_enroll_addr),
+            frontend_api_addr=address("FRONTEND_API_ADDR", defaults.frontend_api_addr),
+            backend_addr=address("BACKEND_ADDR", defaults.backend_addr),
+            server_names=tuple(n for n in names if n),
+            bcrypt_cost=integer("BCRYPT_COST", defaults.bcrypt_cost, 4, 16),
+            bcrypt_threads=integer("BCRYPT_THREADS", defaults.bcrypt_threads, 1, 64),
+            login_queue_limit=integer("LOGIN_QUEUE_LIMIT", defaults.login_queue_limit, 1, 10_000),
+            access_token_ttl_seconds=integer(
+                "ACCESS_TOKEN_TTL_SECONDS", defaults.access_token_ttl_seconds, 30, 3600
+            ),
+            refresh_token_ttl_seconds=integer(
+                "REFRESH_TOKEN_TTL_SECONDS", defaults.refresh_token_ttl_seconds, 60, 90 * 86400
+            ),
+            client_certificate_ttl_seconds=integer(
+                "CLIENT_CERTIFICATE_TTL_SECONDS",
+                defaults.client_certificate_ttl_seconds,
+                60,
+                7 * 86400,
+            ),
+            token_issuer=text("TOKEN_ISSUER", defaults.token_issuer),
+            token_audience=text("TOKEN_AUDIENCE", defaults.token_audience),
+            log_level=text("LOG_LEVEL", defaults.log_level).upper(),
+        )
+        if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            problems.append(f"LICENSING_LOG_LEVEL={settings.log_level!r} is not a log level")
+        if problems:
+            raise ConfigError(problems)
+        return settings
+
+
+def _normalise_database_url(url: str, problems: list[str]) -> str:
+    """Accept the URLs operators paste and pin the async drivers we ship."""
+    if not url:
+        return ""
+    for prefix, replacement in (
+        ("postgresql+psycopg://", "postgresql+psycopg://"),
+        ("postgresql://", "postgresql+psycopg://"),
+        ("postgres://", "postgresql+psycopg://"),
+        ("sqlite+aiosqlite://", "sqlite+aiosqlite://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(prefix):
+            return replacement + url[len(prefix) :]
+    problems.append("LICENSING_DATABASE_URL must be a postgresql:// or sqlite:// URL")
+    return ""

@@ -1,0 +1,1 @@
+"""The public frontend process: users, tokens and the licensing.v1 API."""

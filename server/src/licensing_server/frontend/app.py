@@ -1,0 +1,161 @@
+"""Composition root of the frontend: storage, auth, tokens, the backend channel, two listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import signal
+import sys
+
+import grpc
+from licensing.v1 import (
+    attestation_pb2_grpc,
+    auth_pb2_grpc,
+    enclave_pb2_grpc,
+    trust_pb2_grpc,
+)
+
+from licensing_server.api.frontend import (
+    SERVICE_NAMES,
+    AttestationServicer,
+    AuthServicer,
+    EnclaveServicer,
+    TrustServicer,
+)
+from licensing_server.api.guard import AccessGuard
+from licensing_server.api.policy import FRONTEND_POLICY
+from licensing_server.api.server import (
+    SERVER_OPTIONS,
+    ServerIdentity,
+    add_health_and_reflection,
+    add_listener,
+    mtls_credentials,
+    tls_credentials,
+)
+from licensing_server.auth import AuthService, PasswordHasher
+from licensing_server.config import ConfigError, Settings
+from licensing_server.frontend.backend_client import BackendCertificateSigner
+from licensing_server.layout import DataLayout
+from licensing_server.logs import configure_logging
+from licensing_server.storage import Database, UserStore, run_migrations
+from licensing_server.tokens import AccessTokenSigner, AccessTokenVerifier, SigningKey
+
+_log = logging.getLogger(__name__)
+
+
+async def _wait_for_identity(layout: DataLayout, timeout: float = 60.0) -> None:
+    """The backend issues our certificates; on a first start they may not exist yet."""
+    paths = [
+        layout.ca_certificate,
+        layout.frontend_server_cert,
+        layout.frontend_server_key,
+        layout.frontend_client_cert,
+        layout.frontend_client_key,
+    ]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not all(p.exists() for p in paths):
+        if asyncio.get_running_loop().time() > deadline:
+            missing = ", ".join(str(p) for p in paths if not p.exists())
+            raise SystemExit(f"frontend certificates not found (is the backend running?): {missing}")
+        await asyncio.sleep(0.2)
+
+
+async def serve(settings: Settings) -> None:
+    layout = DataLayout(settings.data_dir)
+    await _wait_for_identity(layout)
+    url = settings.effective_database_url
+    await asyncio.to_thread(run_migrations, url)
+    database = Database.connect(url)
+
+    ca_pem = layout.ca_certificate.read_bytes()
+    identity = ServerIdentity(
+        layout.frontend_server_key.read_bytes(), layout.frontend_server_cert.read_bytes(), ca_pem
+    )
+    backend_channel = BackendCertificateSigner.channel(
+        settings.backend_addr,
+        ca_pem=ca_pem,
+        key_pem=layout.frontend_client_key.read_bytes(),
+        cert_pem=layout.frontend_client_cert.read_bytes(),
+    )
+    certificates = BackendCertificateSigner(backend_channel)
+
+    signing_key = SigningKey.load_or_create(layout.token_signing_key)
+    verifier = AccessTokenVerifier(
+        {signing_key.kid: signing_key.private_key.public_key()},
+        issuer=settings.token_issuer,
+        audience=settings.token_audience,
+    )
+    signer = AccessTokenSigner(
+        signing_key,
+        issuer=settings.token_issuer,
+        audience=settings.token_audience,
+        ttl=dt.timedelta(seconds=settings.access_token_ttl_seconds),
+    )
+    passwords = PasswordHasher(
+        cost=settings.bcrypt_cost,
+        threads=settings.bcrypt_threads,
+        queue_limit=settings.login_queue_limit,
+    )
+    auth = AuthService(
+        users=UserStore(database),
+        passwords=passwords,
+        signer=signer,
+        verifier=verifier,
+        certificates=certificates,
+        refresh_token_ttl=dt.timedelta(seconds=settings.refresh_token_ttl_seconds),
+        client_certificate_ttl=dt.timedelta(seconds=settings.client_certificate_ttl_seconds),
+    )
+    ca_list = [ca_pem.decode()]
+
+    server = grpc.aio.server(
+        interceptors=[AccessGuard(FRONTEND_POLICY, auth.authenticate)], options=SERVER_OPTIONS
+    )
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
+    trust_pb2_grpc.add_TrustServiceServicer_to_server(
+        TrustServicer(
+            ca_certificates_pem=lambda: ca_list,
+            ak_certificate_chain_pem=list,
+            jwks_json=signing_key.jwks_json(),
+            issuer=settings.token_issuer,
+            audience=settings.token_audience,
+        ),
+        server,
+    )
+    enclave_pb2_grpc.add_EnclaveServiceServicer_to_server(EnclaveServicer(), server)
+    attestation_pb2_grpc.add_AttestationServiceServicer_to_server(AttestationServicer(), server)
+    health = await add_health_and_reflection(server, SERVICE_NAMES)
+    add_listener(server, settings.frontend_enroll_addr, tls_credentials(identity))
+    add_listener(server, settings.frontend_api_addr, mtls_credentials(identity))
+    await server.start()
+    _log.info(
+        "frontend serving: enrollment (TLS) on %s, API (mTLS) on %s",
+        settings.frontend_enroll_addr,
+        settings.frontend_api_addr,
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    _log.info("frontend shutting down")
+    await health.enter_graceful_shutdown()
+    await server.stop(5)
+    await backend_channel.close()
+    passwords.close()
+    await database.close()
+
+
+def main() -> None:
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from exc
+    configure_logging(settings.log_level, "frontend")
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The frontend's view of the backend: an mTLS channel with the internal client certificate."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import grpc
+from grpc_status import rpc_status
+from licensing.control.v1 import control_pb2, control_pb2_grpc
+
+from licensing_server.auth import SignedUserCertificate
+from licensing_server.errors import DomainError, InvalidArgument, Unavailable
+
+_CALL_TIMEOUT = 10.0
+
+
+def _reason(error: grpc.aio.AioRpcError) -> str:
+    from google.rpc import error_details_pb2
+
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    return "BACKEND_ERROR"
+
+
+def _translate(error: grpc.aio.AioRpcError) -> DomainError:
+    """Pass the backend's verdict on the caller's input through; anything else is ours."""
+    if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument(_reason(error), error.details() or "invalid argument")
+    return Unavailable("BACKEND_UNAVAILABLE", "the licensing backend is unavailable")
+
+
+class BackendCertificateSigner:
+    """``UserCertificateSigner`` over the internal ``CertificateService``."""
+
+    def __init__(self, channel: grpc.aio.Channel):
+        self._stub = control_pb2_grpc.CertificateServiceStub(channel)
+
+    @staticmethod
+    def channel(
+        address: str, *, ca_pem: bytes, key_pem: bytes, cert_pem: bytes
+    ) -> grpc.aio.Channel:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
+        )
+        return grpc.aio.secure_channel(address, creds)
+
+    async def sign_user_certificate(
+        self, *, user_id: str, username: str, csr_pem: str, lifetime: dt.timedelta
+    ) -> SignedUserCertificate:
+        try:
+            reply = await self._stub.SignUserCertificate(
+                control_pb2.SignUserCertificateRequest(
+                    user_id=user_id,
+                    username=username,
+                    csr_pem=csr_pem,
+                    lifetime_seconds=int(lifetime.total_seconds()),
+                ),
+                timeout=_CALL_TIMEOUT,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from exc
+        return SignedUserCertificate(
+            pem=reply.certificate_pem,
+            sha256=bytes(reply.certificate_sha256),
+            expires_at=reply.expire_time.ToDatetime(dt.UTC),
+            ca_certificates_pem=list(reply.ca_certificates_pem),
+        )
+
+    async def ca_certificates(self) -> list[str]:
+        try:
+            reply = await self._stub.GetCaCertificates(
+                control_pb2.GetCaCertificatesRequest(), timeout=_CALL_TIMEOUT
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from exc
+        return list(reply.ca_certificates_pem)

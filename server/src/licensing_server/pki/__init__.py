@@ -1,0 +1,25 @@
+"""The licensing CA: certificates for servers, the frontend's internal identity, users, enclaves."""
+
+from licensing_server.pki._ca import CertificateAuthority, IssuedCertificate
+from licensing_server.pki._csr import parse_csr
+from licensing_server.pki._files import write_private_file, write_public_file
+from licensing_server.pki._identity import (
+    FRONTEND_IDENTITY,
+    TRUST_DOMAIN,
+    certificate_sha256,
+    peer_identity,
+    user_identity,
+)
+
+__all__ = [
+    "FRONTEND_IDENTITY",
+    "TRUST_DOMAIN",
+    "CertificateAuthority",
+    "IssuedCertificate",
+    "certificate_sha256",
+    "parse_csr",
+    "peer_identity",
+    "user_identity",
+    "write_private_file",
+    "write_public_file",
+]

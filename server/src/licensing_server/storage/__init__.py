@@ -1,0 +1,6 @@
+"""Persistence: SQLAlchemy 2 models, Alembic migrations and the stores the domain uses."""
+
+from licensing_server.storage._database import Database, run_migrations
+from licensing_server.storage._users import SessionRecord, UserRecord, UserStore
+
+__all__ = ["Database", "SessionRecord", "UserRecord", "UserStore", "run_migrations"]

@@ -1,0 +1,22 @@
+"""Access tokens (ES256 JWTs bound to a client certificate) and opaque refresh tokens."""
+
+from licensing_server.tokens._access import (
+    AccessClaims,
+    AccessTokenSigner,
+    AccessTokenVerifier,
+    SigningKey,
+    jwks_public_keys,
+    x5t_s256,
+)
+from licensing_server.tokens._refresh import hash_refresh_token, new_refresh_token
+
+__all__ = [
+    "AccessClaims",
+    "AccessTokenSigner",
+    "AccessTokenVerifier",
+    "SigningKey",
+    "hash_refresh_token",
+    "jwks_public_keys",
+    "new_refresh_token",
+    "x5t_s256",
+]

@@ -1,0 +1,243 @@
+"""ES256 access tokens, RFC 8705 certificate-bound (``cnf.x5t#S256``).
+
+The signer lives in the frontend only; verifiers (frontend, enclaves) get the
+public keys as a JWKS and therefore cannot mint tokens.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from licensing_server.errors import Unauthenticated
+from licensing_server.pki import write_private_file
+
+_log = logging.getLogger(__name__)
+ALGORITHM = "ES256"
+MAX_TOKEN_LENGTH = 4096
+_REQUIRED = ["exp", "iat", "sub", "jti", "iss", "aud"]
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def x5t_s256(certificate_sha256: bytes) -> str:
+    """RFC 8705 thumbprint of a certificate from the SHA-256 of its DER."""
+    return _b64url(certificate_sha256)
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _public_jwk(key: ec.EllipticCurvePublicKey) -> dict[str, str]:
+    numbers = key.public_numbers()
+    return {
+        "crv": "P-256",
+        "kty": "EC",
+        "x": _b64url(numbers.x.to_bytes(32, "big")),
+        "y": _b64url(numbers.y.to_bytes(32, "big")),
+    }
+
+
+class SigningKey:
+    """The frontend's token signing key; ``kid`` is its RFC 7638 thumbprint."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey):
+        if not isinstance(key.curve, ec.SECP256R1):
+            raise ValueError("token signing key must be P-256 for ES256")
+        self.private_key = key
+        jwk = _public_jwk(key.public_key())
+        canonical = json.dumps(jwk, separators=(",", ":"), sort_keys=True).encode()
+        self.kid = _b64url(hashlib.sha256(canonical).digest())
+        self.public_jwk = {**jwk, "kid": self.kid, "alg": ALGORITHM, "use": "sig"}
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> SigningKey:
+        if path.exists():
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise ValueError(f"{path} is not an EC private key")
+            path.chmod(0o600)
+            return cls(key)
+        key = ec.generate_private_key(ec.SECP256R1())
+        write_private_file(
+            path,
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+        _log.info("created token signing key %s", path)
+        return cls(key)
+
+    def jwks_json(self) -> str:
+        return json.dumps({"keys": [self.public_jwk]}, sort_keys=True)
+
+
+def jwks_public_keys(jwks_json: str) -> dict[str, ec.EllipticCurvePublicKey]:
+    """The ES256 keys of a JWK Set, by ``kid``; anything else in the set is ignored."""
+    keys: dict[str, ec.EllipticCurvePublicKey] = {}
+    for jwk in json.loads(jwks_json).get("keys", []):
+        if jwk.get("kty") != "EC" or jwk.get("crv") != "P-256" or "kid" not in jwk:
+            continue
+        key = jwt.PyJWK.from_dict(jwk, algorithm=ALGORITHM).key
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            keys[str(jwk["kid"])] = key
+    return keys
+
+
+@dataclass(frozen=True, slots=True)
+class AccessClaims:
+    user_id: str
+    username: str
+    session_id: str
+    token_id: str
+    expires_at: dt.datetime
+    certificate_thumbprint: str
+
+
+class AccessTokenSigner:
+    def __init__(
+        self,
+        key: SigningKey,
+        *,
+        issuer: str,
+        audience: str,
+        ttl: dt.timedelta,
+        clock: Callable[[], dt.datetime] = _utcnow,
+    ):
+        self._key = key
+        self._issuer = issuer
+        self._audience = audience
+        self._ttl = ttl
+        self._clock = clock
+
+    def sign(
+        self, *, user_id: str, username: str, session_id: str, certificate_sha256: bytes
+    ) -> tuple[str, dt.datetime]:
+        now = self._clock().replace(microsecond=0)
+        expires = now + self._ttl
+        claims: dict[str, Any] = {
+            "iss": self._issuer,
+            "sub": user_id,
+            "aud": self._audience,
+            "iat": int(now.timestamp()),
+            "nbf": int(now.timestamp()),
+            "exp": int(expires.timestamp()),
+            "jti": str(uuid.uuid4()),
+            "sid": session_id,
+            "preferred_username": username,
+            "cnf": {"x5t#S256": x5t_s256(certificate_sha256)},
+        }
+        token = jwt.encode(
+            claims,
+            self._key.private_key,
+            algorithm=ALGORITHM,
+            headers={"kid": self._key.kid, "typ": "at+jwt"},
+        )
+        return token, expires
+
+
+class AccessTokenVerifier:
+    """Checks signature, claims and the certificate binding of every presented token.
+
+    Verified tokens are cached (bounded, until ``exp``) because an ES256 verify
+    per call halves throughput; the certificate binding is still checked per call.
+    """
+
+    def __init__(
+        self,
+        keys: Mapping[str, ec.EllipticCurvePublicKey],
+        *,
+        issuer: str,
+        audience: str,
+        clock: Callable[[], dt.datetime] = _utcnow,
+        cache_size: int = 10_000,
+    ):
+        self._keys = dict(keys)
+        self._issuer = issuer
+        self._audience = audience
+        self._clock = clock
+        self._cache: OrderedDict[str, AccessClaims] = OrderedDict()
+        self._cache_size = cache_size
+
+    def verify(self, token: str, certificate_sha256: bytes) -> AccessClaims:
+        claims = self._cached(token)
+        if claims is None:
+            claims = self._decode(token)
+            self._cache[token] = claims
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        if not hmac.compare_digest(claims.certificate_thumbprint, x5t_s256(certificate_sha256)):
+            raise Unauthenticated(
+                "TOKEN_CERTIFICATE_MISMATCH",
+                "the access token is bound to a different client certificate",
+            )
+        return claims
+
+    def forget(self, session_id: str) -> None:
+        """Drop cached tokens of a revoked session."""
+        for token in [t for t, c in self._cache.items() if c.session_id == session_id]:
+            del self._cache[token]
+
+    def _cached(self, token: str) -> AccessClaims | None:
+        claims = self._cache.get(token)
+        if claims is None:
+            return None
+        if claims.expires_at <= self._clock():
+            del self._cache[token]
+            raise Unauthenticated("TOKEN_EXPIRED", "the access token expired")
+        self._cache.move_to_end(token)
+        return claims
+
+    def _decode(self, token: str) -> AccessClaims:
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise Unauthenticated("TOKEN_INVALID", "the access token is not valid")
+        try:
+            header = jwt.get_unverified_header(token)
+            kid = header.get("kid")
+            key = self._keys.get(kid) if isinstance(kid, str) else None
+            if key is None or header.get("alg") != ALGORITHM:
+                raise Unauthenticated("TOKEN_INVALID", "the access token is not valid")
+            payload = jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": _REQUIRED},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthenticated("TOKEN_EXPIRED", "the access token expired") from exc
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated("TOKEN_INVALID", "the access token is not valid") from exc
+        cnf = payload.get("cnf")
+        thumbprint = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
+        sub, sid, jti = payload.get("sub"), payload.get("sid", ""), payload.get("jti")
+        if not isinstance(thumbprint, str) or not isinstance(sub, str) or not isinstance(jti, str):
+            raise Unauthenticated("TOKEN_INVALID", "the access token is not certificate-bound")
+        return AccessClaims(
+            user_id=sub,
+            username=str(payload.get("preferred_username", "")),
+            session_id=str(sid),
+            token_id=jti,
+            expires_at=dt.datetime.fromtimestamp(int(payload["exp"]), dt.UTC),
+            certificate_thumbprint=thumbprint,
+        )
