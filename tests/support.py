@@ -1,0 +1,297 @@
+"""Test support: a real licensing stack (both processes), real TLS, real databases."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import sqlalchemy as sa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from licensing.v1 import auth_pb2, auth_pb2_grpc
+
+REPO = Path(__file__).resolve().parent.parent
+PASSWORD = "correct horse battery"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"port {port} did not open")
+
+
+def grpcurl_path() -> str:
+    found = shutil.which("grpcurl") or str(Path.home() / "go" / "bin" / "grpcurl")
+    if not Path(found).exists():
+        raise RuntimeError("grpcurl is not installed; run scripts/setup.sh")
+    return found
+
+
+def new_key(kind: str = "ec") -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
+    if kind == "ec":
+        return ec.generate_private_key(ec.SECP256R1())
+    if kind == "rsa1024":
+        return rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    if kind == "ec192":
+        return ec.generate_private_key(ec.SECP192R1())
+    raise ValueError(kind)
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def make_csr(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, cn: str = "someone") -> str:
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def error_reason(error: grpc.RpcError) -> str | None:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is None:
+        return None
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    return None
+
+
+def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info
+    return None
+
+
+@dataclass
+class LoggedIn:
+    user_id: str
+    username: str
+    key_pem: bytes
+    cert_pem: bytes
+    access_token: str
+    refresh_token: str
+
+    @property
+    def bearer(self) -> tuple[tuple[str, str]]:
+        return (("authorization", f"Bearer {self.access_token}"),)
+
+
+@dataclass
+class Stack:
+    """A running frontend + backend pair on free ports with their own data directory."""
+
+    database: str
+    data_dir: Path
+    database_url: str
+    enroll_port: int
+    api_port: int
+    backend_port: int
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    _channels: list[grpc.Channel] = field(default_factory=list)
+
+    @property
+    def ca_path(self) -> Path:
+        return self.data_dir / "ca.pem"
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self.ca_path.read_bytes()
+
+    @property
+    def enroll_addr(self) -> str:
+        return f"127.0.0.1:{self.enroll_port}"
+
+    @property
+    def api_addr(self) -> str:
+        return f"127.0.0.1:{self.api_port}"
+
+    @property
+    def backend_addr(self) -> str:
+        return f"127.0.0.1:{self.backend_port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            LICENSING_DATA_DIR=str(self.data_dir),
+            LICENSING_DATABASE_URL=self.database_url,
+            LICENSING_FRONTEND_ENROLL_ADDR=self.enroll_addr,
+            LICENSING_FRONTEND_API_ADDR=self.api_addr,
+            LICENSING_BACKEND_ADDR=self.backend_addr,
+            LICENSING_BCRYPT_COST=os.environ.get("LICENSING_TEST_BCRYPT_COST", "8"),
+            LICENSING_LOG_LEVEL="INFO",
+        )
+        env.update(extra)
+        return env
+
+    def start(self) -> None:
+        self.log_path = self.data_dir.parent / f"server-{self.database}.log"
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "licensing_server.supervisor"],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.data_dir.parent,
+        )
+        wait_for_port(self.backend_port, 60, self.proc)
+        wait_for_port(self.enroll_port, 60, self.proc)
+        wait_for_port(self.api_port, 60, self.proc)
+
+    def stop(self) -> None:
+        for channel in self._channels:
+            channel.close()
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    # Channels -----------------------------------------------------------------
+    def _keep(self, channel: grpc.Channel) -> grpc.Channel:
+        self._channels.append(channel)
+        return channel
+
+    def enroll_channel(self) -> grpc.Channel:
+        creds = grpc.ssl_channel_credentials(root_certificates=self.ca_pem)
+        return self._keep(grpc.secure_channel(self.enroll_addr, creds))
+
+    def api_channel(self, key: bytes | None = None, cert: bytes | None = None) -> grpc.Channel:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=self.ca_pem, private_key=key, certificate_chain=cert
+        )
+        return self._keep(grpc.secure_channel(self.api_addr, creds))
+
+    def user_channel(self, user: LoggedIn) -> grpc.Channel:
+        return self.api_channel(user.key_pem, user.cert_pem)
+
+    def backend_channel(self, key: bytes | None, cert: bytes | None) -> grpc.Channel:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=self.ca_pem, private_key=key, certificate_chain=cert
+        )
+        return self._keep(grpc.secure_channel(self.backend_addr, creds))
+
+    # Stories -------------------------------------------------------------------
+    def auth(self) -> auth_pb2_grpc.AuthServiceStub:
+        return auth_pb2_grpc.AuthServiceStub(self.enroll_channel())
+
+    def sign_up(self, username: str | None = None, password: str = PASSWORD) -> str:
+        name = username or f"user-{uuid.uuid4().hex[:12]}"
+        reply = self.auth().SignUp(auth_pb2.SignUpRequest(username=name, password=password))
+        return str(reply.username)
+
+    def log_in(self, username: str, password: str = PASSWORD) -> LoggedIn:
+        key = new_key()
+        reply = self.auth().Login(
+            auth_pb2.LoginRequest(username=username, password=password, csr_pem=make_csr(key))
+        )
+        return LoggedIn(
+            user_id=reply.user_id,
+            username=username,
+            key_pem=key_pem(key),
+            cert_pem=reply.client_certificate_pem.encode(),
+            access_token=reply.access_token,
+            refresh_token=reply.refresh_token,
+        )
+
+    def new_user(self) -> LoggedIn:
+        return self.log_in(self.sign_up())
+
+    # Database ------------------------------------------------------------------
+    def row_counts(self) -> dict[str, int]:
+        url = self.database_url.replace("sqlite+aiosqlite://", "sqlite://")
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                return {
+                    table: int(conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())
+                    for table in ("users", "sessions", "refresh_tokens")
+                }
+        finally:
+            engine.dispose()
+
+
+def create_postgres_database(admin_url: str) -> tuple[str, str]:
+    """A fresh database for one test session; returns (async URL, name)."""
+    name = f"licensing_test_{uuid.uuid4().hex[:10]}"
+    engine = sa.create_engine(
+        admin_url.replace("postgresql://", "postgresql+psycopg://", 1),
+        isolation_level="AUTOCOMMIT",
+        poolclass=sa.pool.NullPool,
+    )
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    base = admin_url.rsplit("/", 1)[0]
+    return f"{base}/{name}".replace("postgresql://", "postgresql+psycopg://", 1), name
+
+
+def drop_postgres_database(admin_url: str, name: str) -> None:
+    engine = sa.create_engine(
+        admin_url.replace("postgresql://", "postgresql+psycopg://", 1),
+        isolation_level="AUTOCOMMIT",
+        poolclass=sa.pool.NullPool,
+    )
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def start_stack(database: str, tmp: Path, admin_url: str | None) -> Iterator[Stack]:
+    data_dir = tmp / f"data-{database}"
+    data_dir.mkdir(parents=True)
+    pg_name = None
+    if database == "postgresql":
+        if not admin_url:
+            raise RuntimeError(
+                "LICENSING_TEST_POSTGRES_URL is not set; run scripts/postgres.sh (make test does)"
+            )
+        url, pg_name = create_postgres_database(admin_url)
+    else:
+        url = f"sqlite+aiosqlite:///{data_dir / 'licensing.db'}"
+    stack = Stack(database, data_dir, url, free_port(), free_port(), free_port())
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+        if pg_name and admin_url:
+            drop_postgres_database(admin_url, pg_name)
