@@ -16,10 +16,10 @@ from licensing_server.config import ConfigError, Settings
 from licensing_server.layout import DataLayout
 
 
-async def _port_open(address: str, timeout: float) -> bool:
+async def _port_open(address: str, wait_seconds: float) -> bool:
     host, _, port = address.rpartition(":")
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + wait_seconds
     while loop.time() < deadline:
         with contextlib.suppress(OSError):
             _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
@@ -73,9 +73,9 @@ async def run(settings: Settings) -> int:
             python, "-m", "licensing_server.frontend.app"
         )
         children.append(frontend)
-        if await _port_open(settings.frontend_api_addr, 120) and frontend.returncode is None:
-            if layout.ca_certificate.exists():
-                print(_banner(settings), flush=True)
+        up = await _port_open(settings.frontend_api_addr, 120)
+        if up and frontend.returncode is None and layout.ca_certificate.exists():
+            print(_banner(settings), flush=True)
         waits = [asyncio.create_task(c.wait()) for c in children]
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([*waits, stopper], return_when=asyncio.FIRST_COMPLETED)

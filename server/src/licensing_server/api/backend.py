@@ -7,12 +7,15 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 from licensing.control.v1 import control_pb2, control_pb2_grpc
 
 from licensing_server.api.convert import timestamp
 from licensing_server.auth import normalise_username
 from licensing_server.errors import InvalidArgument, Unimplemented
 from licensing_server.pki import CertificateAuthority, parse_csr
+
+Context = grpc.aio.ServicerContext[Any, Any]
 
 SERVICE_NAMES = (
     "licensing.control.v1.CertificateService",
@@ -21,12 +24,12 @@ SERVICE_NAMES = (
 )
 
 
-class CertificateServicer(control_pb2_grpc.CertificateServiceServicer):  # type: ignore[misc]
+class CertificateServicer(control_pb2_grpc.CertificateServiceServicer):
     def __init__(self, ca: CertificateAuthority, *, max_user_lifetime: dt.timedelta):
         self._ca = ca
         self._max_lifetime = max_user_lifetime
 
-    async def SignUserCertificate(self, request: Any, context: Any) -> Any:
+    async def SignUserCertificate(self, request: Any, context: Context) -> Any:
         try:
             user_id = str(uuid.UUID(request.user_id))
         except ValueError as exc:
@@ -44,7 +47,7 @@ class CertificateServicer(control_pb2_grpc.CertificateServiceServicer):  # type:
             ca_certificates_pem=self._ca.ca_certificates_pem,
         )
 
-    async def GetCaCertificates(self, request: Any, context: Any) -> Any:
+    async def GetCaCertificates(self, request: Any, context: Context) -> Any:
         return control_pb2.GetCaCertificatesResponse(
             ca_certificates_pem=self._ca.ca_certificates_pem
         )
@@ -54,19 +57,19 @@ def _not_yet(what: str) -> Unimplemented:
     return Unimplemented("NOT_IMPLEMENTED", f"{what} is part of the API but not served yet")
 
 
-class ProvisioningServicer(control_pb2_grpc.ProvisioningServiceServicer):  # type: ignore[misc]
+class ProvisioningServicer(control_pb2_grpc.ProvisioningServiceServicer):
     """Placeholder until enclave runtimes land (answers UNIMPLEMENTED)."""
 
-    async def Provision(self, request: Any, context: Any) -> AsyncIterator[Any]:
+    async def Provision(self, request: Any, context: Context) -> AsyncIterator[Any]:
         raise _not_yet("Provision")
         yield control_pb2.ProvisionResponse()  # pragma: no cover
 
-    async def Deprovision(self, request: Any, context: Any) -> Any:
+    async def Deprovision(self, request: Any, context: Context) -> Any:
         raise _not_yet("Deprovision")
 
 
-class QuoteServicer(control_pb2_grpc.QuoteServiceServicer):  # type: ignore[misc]
+class QuoteServicer(control_pb2_grpc.QuoteServiceServicer):
     """Placeholder until the TPM attestation lands (answers UNIMPLEMENTED)."""
 
-    async def Quote(self, request: Any, context: Any) -> Any:
+    async def Quote(self, request: Any, context: Context) -> Any:
         raise _not_yet("Quote")

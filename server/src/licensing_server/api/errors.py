@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2
@@ -45,7 +45,7 @@ STATUS_CODES: dict[type[DomainError], grpc.StatusCode] = {
 def code_of(error: DomainError) -> grpc.StatusCode:
     for cls in type(error).__mro__:
         if cls in STATUS_CODES:
-            return STATUS_CODES[cls]  # type: ignore[index]
+            return STATUS_CODES[cls]
     return grpc.StatusCode.INTERNAL
 
 
@@ -76,14 +76,17 @@ def internal_status(correlation_id: str) -> grpc.Status:
     return result
 
 
-async def abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> NoReturn:
+async def abort(
+    context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str
+) -> NoReturn:
     """End the call with the mapped status; unexpected errors are logged, never sent."""
     if isinstance(exc, DomainError):
         status = to_status(exc)
     else:
         correlation_id = uuid.uuid4().hex[:16]
-        _log.error("unexpected error in %s (correlation id %s)", method, correlation_id,
-                   exc_info=exc)
+        _log.error(
+            "unexpected error in %s (correlation id %s)", method, correlation_id, exc_info=exc
+        )
         status = internal_status(correlation_id)
     await context.abort(status.code, status.details, status.trailing_metadata)
     raise AssertionError("unreachable")  # context.abort always raises

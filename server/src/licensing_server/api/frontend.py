@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import grpc
 from licensing.v1 import (
     attestation_pb2,
     attestation_pb2_grpc,
@@ -21,6 +22,8 @@ from licensing_server.api.guard import current_claims
 from licensing_server.auth import AuthService
 from licensing_server.errors import Unimplemented
 
+Context = grpc.aio.ServicerContext[Any, Any]
+
 SERVICE_NAMES = (
     "licensing.v1.AuthService",
     "licensing.v1.TrustService",
@@ -29,15 +32,15 @@ SERVICE_NAMES = (
 )
 
 
-class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
+class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def __init__(self, auth: AuthService):
         self._auth = auth
 
-    async def SignUp(self, request: Any, context: Any) -> Any:
+    async def SignUp(self, request: Any, context: Context) -> Any:
         user = await self._auth.sign_up(request.username, request.password)
         return auth_pb2.SignUpResponse(user_id=user.id, username=user.username)
 
-    async def Login(self, request: Any, context: Any) -> Any:
+    async def Login(self, request: Any, context: Context) -> Any:
         result = await self._auth.login(request.username, request.password, request.csr_pem)
         assert result.certificate is not None
         return auth_pb2.LoginResponse(
@@ -51,7 +54,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
             user_id=result.user_id,
         )
 
-    async def RefreshToken(self, request: Any, context: Any) -> Any:
+    async def RefreshToken(self, request: Any, context: Context) -> Any:
         result = await self._auth.refresh(request.refresh_token, request.csr_pem)
         reply = auth_pb2.RefreshTokenResponse(
             access_token=result.access_token,
@@ -61,16 +64,14 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
         )
         if result.certificate is not None:
             reply.client_certificate_pem = result.certificate.pem
-            reply.client_certificate_expire_time.CopyFrom(
-                timestamp(result.certificate.expires_at)
-            )
+            reply.client_certificate_expire_time.CopyFrom(timestamp(result.certificate.expires_at))
         return reply
 
-    async def Logout(self, request: Any, context: Any) -> Any:
+    async def Logout(self, request: Any, context: Context) -> Any:
         await self._auth.logout(current_claims())
         return auth_pb2.LogoutResponse()
 
-    async def GetCurrentUser(self, request: Any, context: Any) -> Any:
+    async def GetCurrentUser(self, request: Any, context: Context) -> Any:
         user = await self._auth.current_user(current_claims())
         return auth_pb2.GetCurrentUserResponse(
             user=auth_pb2.User(
@@ -79,7 +80,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
         )
 
 
-class TrustServicer(trust_pb2_grpc.TrustServiceServicer):  # type: ignore[misc]
+class TrustServicer(trust_pb2_grpc.TrustServiceServicer):
     def __init__(
         self,
         *,
@@ -95,7 +96,7 @@ class TrustServicer(trust_pb2_grpc.TrustServiceServicer):  # type: ignore[misc]
         self._issuer = issuer
         self._audience = audience
 
-    async def GetTrustBundle(self, request: Any, context: Any) -> Any:
+    async def GetTrustBundle(self, request: Any, context: Context) -> Any:
         return trust_pb2.GetTrustBundleResponse(
             ca_certificates_pem=self._ca(),
             jwks_json=self._jwks,
@@ -109,31 +110,31 @@ def _not_yet(what: str) -> Unimplemented:
     return Unimplemented("NOT_IMPLEMENTED", f"{what} is part of the API but not served yet")
 
 
-class EnclaveServicer(enclave_pb2_grpc.EnclaveServiceServicer):  # type: ignore[misc]
+class EnclaveServicer(enclave_pb2_grpc.EnclaveServiceServicer):
     """Placeholder until enclaves are provisioned (answers UNIMPLEMENTED)."""
 
-    async def CreateEnclave(self, request: Any, context: Any) -> AsyncIterator[Any]:
+    async def CreateEnclave(self, request: Any, context: Context) -> AsyncIterator[Any]:
         raise _not_yet("CreateEnclave")
         yield enclave_pb2.CreateEnclaveResponse()  # pragma: no cover
 
-    async def WatchEnclave(self, request: Any, context: Any) -> AsyncIterator[Any]:
+    async def WatchEnclave(self, request: Any, context: Context) -> AsyncIterator[Any]:
         raise _not_yet("WatchEnclave")
         yield enclave_pb2.WatchEnclaveResponse()  # pragma: no cover
 
-    async def GetEnclave(self, request: Any, context: Any) -> Any:
+    async def GetEnclave(self, request: Any, context: Context) -> Any:
         raise _not_yet("GetEnclave")
 
-    async def ListEnclaves(self, request: Any, context: Any) -> Any:
+    async def ListEnclaves(self, request: Any, context: Context) -> Any:
         raise _not_yet("ListEnclaves")
 
-    async def DeleteEnclave(self, request: Any, context: Any) -> Any:
+    async def DeleteEnclave(self, request: Any, context: Context) -> Any:
         raise _not_yet("DeleteEnclave")
 
 
-class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):  # type: ignore[misc]
+class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):
     """Placeholder until the TPM attestation lands (answers UNIMPLEMENTED)."""
 
-    async def GetAttestation(self, request: Any, context: Any) -> Any:
+    async def GetAttestation(self, request: Any, context: Context) -> Any:
         raise _not_yet("GetAttestation")
 
 

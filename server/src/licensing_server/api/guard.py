@@ -77,7 +77,7 @@ def _bearer(metadata: Any) -> str | None:
     return None
 
 
-class AccessGuard(grpc.aio.ServerInterceptor):
+class AccessGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(
         self,
         policy: Mapping[str, Access],
@@ -87,11 +87,11 @@ class AccessGuard(grpc.aio.ServerInterceptor):
         self._authenticate = authenticate
         self._peers = _PeerCache()
 
-    async def _admit(self, method: str, context: grpc.aio.ServicerContext) -> Caller:
+    async def _admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
         access = self._policy.get(method)
         if access is None:
             raise PermissionDenied("METHOD_NOT_ALLOWED", "this method is not served here")
-        pems = context.auth_context().get("x509_pem_cert")
+        pems = list(context.auth_context().get("x509_pem_cert", ()))
         peer = self._peers.get(pems[0]) if pems else None
         if access is Access.PUBLIC:
             return Caller(peer, None)
@@ -126,12 +126,14 @@ class AccessGuard(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         if handler is None:
-            return None  # type: ignore[unreachable]
+            return None
         method = handler_call_details.method
         admit = functools.partial(self._admit, method)
         if handler.unary_unary:
@@ -159,7 +161,7 @@ class AccessGuard(grpc.aio.ServerInterceptor):
         )
 
 
-Admit = Callable[[grpc.aio.ServicerContext], Awaitable[Caller]]
+Admit = Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[Caller]]
 
 
 def _is_abort(exc: BaseException) -> bool:
@@ -168,7 +170,7 @@ def _is_abort(exc: BaseException) -> bool:
 
 
 def _unary(behavior: Any, admit: Admit, method: str) -> Any:
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             _caller.set(await admit(context))
             return await behavior(request, context)
@@ -181,7 +183,9 @@ def _unary(behavior: Any, admit: Admit, method: str) -> Any:
 
 
 def _streaming(behavior: Any, admit: Admit, method: str) -> Any:
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def wrapped(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
         try:
             _caller.set(await admit(context))
             result = behavior(request, context)

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha._async import ReflectionServicer
 
 V1_SERVICE = "grpc.reflection.v1.ServerReflection"
 V1ALPHA_SERVICE = reflection.SERVICE_NAME
@@ -45,7 +46,7 @@ def _register_v1_descriptor() -> None:
 def enable_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> None:
     _register_v1_descriptor()
     names = [*service_names, V1_SERVICE, V1ALPHA_SERVICE]
-    servicer = reflection.aio.ReflectionServicer(names)
+    servicer = ReflectionServicer(names)
     for service in (V1ALPHA_SERVICE, V1_SERVICE):
         handler = grpc.method_handlers_generic_handler(
             service,

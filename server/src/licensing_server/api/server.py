@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 
 from licensing_server.api.reflection import enable_reflection
 
@@ -57,8 +58,8 @@ def add_listener(server: grpc.aio.Server, address: str, creds: grpc.ServerCreden
 
 async def add_health_and_reflection(
     server: grpc.aio.Server, service_names: Sequence[str]
-) -> health.aio.HealthServicer:
-    servicer = health.aio.HealthServicer()
+) -> HealthServicer:
+    servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     for name in ("", *service_names):
         await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

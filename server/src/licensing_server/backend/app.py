@@ -99,8 +99,9 @@ async def serve(settings: Settings) -> None:
     ca = CertificateAuthority.load_or_create(layout.ca_key, layout.ca_certificate)
     provision_frontend_identity(ca, layout, settings)
 
-    dns, ips = _split_names(["localhost", "licensing-backend", "127.0.0.1",
-                             _host(settings.backend_addr)])
+    dns, ips = _split_names(
+        ["localhost", "licensing-backend", "127.0.0.1", _host(settings.backend_addr)]
+    )
     key, cert = ca.issue_key_pair(
         common_name="licensing-backend", dns_names=dns, ip_addresses=ips, server=True
     )

@@ -44,7 +44,7 @@ from licensing_server.tokens import AccessTokenSigner, AccessTokenVerifier, Sign
 _log = logging.getLogger(__name__)
 
 
-async def _wait_for_identity(layout: DataLayout, timeout: float = 60.0) -> None:
+async def _wait_for_identity(layout: DataLayout, wait_seconds: float = 60.0) -> None:
     """The backend issues our certificates; on a first start they may not exist yet."""
     paths = [
         layout.ca_certificate,
@@ -53,11 +53,11 @@ async def _wait_for_identity(layout: DataLayout, timeout: float = 60.0) -> None:
         layout.frontend_client_cert,
         layout.frontend_client_key,
     ]
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + wait_seconds
     while not all(p.exists() for p in paths):
         if asyncio.get_running_loop().time() > deadline:
             missing = ", ".join(str(p) for p in paths if not p.exists())
-            raise SystemExit(f"frontend certificates not found (is the backend running?): {missing}")
+            raise SystemExit(f"frontend certificates missing (is the backend running?): {missing}")
         await asyncio.sleep(0.2)
 
 
@@ -142,7 +142,7 @@ async def serve(settings: Settings) -> None:
     _log.info("frontend shutting down")
     await health.enter_graceful_shutdown()
     await server.stop(5)
-    await backend_channel.close()
+    await backend_channel.close(None)
     passwords.close()
     await database.close()
 

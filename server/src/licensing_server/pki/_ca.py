@@ -16,12 +16,14 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from licensing_server.pki._files import write_private_file, write_public_file
 from licensing_server.pki._identity import certificate_sha256, user_identity
 
 _log = logging.getLogger(__name__)
+
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -130,7 +132,7 @@ class CertificateAuthority:
 
     def issue(
         self,
-        public_key: x509.CertificatePublicKeyTypes,
+        public_key: CertificatePublicKeyTypes,
         *,
         common_name: str,
         lifetime: dt.timedelta,

@@ -26,10 +26,8 @@ def parse_csr(csr_pem: str) -> x509.CertificateSigningRequest:
         signature_ok = csr.is_signature_valid
     except (ValueError, TypeError, x509.UnsupportedGeneralNameType) as exc:
         raise InvalidArgument("CSR_MALFORMED", "csr_pem is not a PEM certificate request") from exc
-    except Exception as exc:  # noqa: BLE001 - unsupported algorithms surface as various types
-        raise InvalidArgument(
-            "CSR_UNSUPPORTED_KEY", "the CSR's key type is not supported"
-        ) from exc
+    except Exception as exc:
+        raise InvalidArgument("CSR_UNSUPPORTED_KEY", "the CSR's key type is not supported") from exc
     _check_key(key)
     if not signature_ok:
         raise InvalidArgument("CSR_SIGNATURE_INVALID", "the CSR's self-signature does not verify")
@@ -45,9 +43,7 @@ def _check_key(key: object) -> None:
                 {"key_type": "RSA", "key_size": str(key.key_size)},
             )
         if key.key_size > 8192:
-            raise InvalidArgument(
-                "CSR_UNSUPPORTED_KEY", "RSA keys over 8192 bits are not accepted"
-            )
+            raise InvalidArgument("CSR_UNSUPPORTED_KEY", "RSA keys over 8192 bits are not accepted")
         if key.public_numbers().e < 65537:
             raise InvalidArgument("CSR_WEAK_KEY", "RSA public exponent must be at least 65537")
         return

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs everything the server and its tests need on a fresh Debian machine:
+# Debian packages, a virtualenv with pinned Python dependencies, and grpcurl.
+# Idempotent: a second run only checks.
+#   scripts/setup.sh          everything (tests)
+#   scripts/setup.sh --run    only what `make run` needs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-all}
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+run_pkgs=(python3 python3-venv python3-dev gcc pkg-config libtss2-dev openssl jq ca-certificates)
+test_pkgs=(postgresql swtpm swtpm-tools tpm2-tools golang-go git)
+pkgs=("${run_pkgs[@]}")
+[ "$mode" = "--run" ] || pkgs+=("${test_pkgs[@]}")
+
+missing=()
+for p in "${pkgs[@]}"; do
+  # golang-go is only needed when no Go toolchain is on PATH already.
+  if [ "$p" = golang-go ] && command -v go >/dev/null 2>&1; then continue; fi
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
+  echo "setup: installing Python dependencies (pinned by constraints.txt)"
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -c constraints.txt -e ".[dev]"
+  touch "$stamp"
+fi
+
+if [ "$mode" != "--run" ]; then
+  GRPCURL_VERSION=v1.9.4
+  if [ ! -x .tools/bin/grpcurl ]; then
+    echo "setup: installing grpcurl $GRPCURL_VERSION from the Go module proxy"
+    GOBIN="$PWD/.tools/bin" go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
+  fi
+fi
