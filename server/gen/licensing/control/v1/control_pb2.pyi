@@ -130,9 +130,13 @@ class ProvisionRequest(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     NONCE_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    JWKS_JSON_FIELD_NUMBER: _builtins.int
     enclave_id: _builtins.str
+    """The enclave row the frontend reserved (phase ACCEPTED)."""
     owner: _builtins.str
     nonce: _builtins.bytes
+    jwks_json: _builtins.str
+    """The public keys the enclave accepts access tokens from (JWK Set)."""
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -142,10 +146,11 @@ class ProvisionRequest(_message.Message):
         owner: _builtins.str = ...,
         nonce: _builtins.bytes = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        jwks_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["enclave_id", b"enclave_id", "expire_time", b"expire_time", "nonce", b"nonce", "owner", b"owner"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enclave_id", b"enclave_id", "expire_time", b"expire_time", "jwks_json", b"jwks_json", "nonce", b"nonce", "owner", b"owner"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

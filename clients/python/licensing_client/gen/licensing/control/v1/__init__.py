@@ -61,9 +61,13 @@ class GetCaCertificatesResponse(betterproto.Message):
 @dataclass(eq=False, repr=False)
 class ProvisionRequest(betterproto.Message):
     enclave_id: str = betterproto.string_field(1)
+    """The enclave row the frontend reserved (phase ACCEPTED)."""
+
     owner: str = betterproto.string_field(2)
     nonce: bytes = betterproto.bytes_field(3)
     expire_time: datetime = betterproto.message_field(4)
+    jwks_json: str = betterproto.string_field(5)
+    """The public keys the enclave accepts access tokens from (JWK Set)."""
 
 
 @dataclass(eq=False, repr=False)
