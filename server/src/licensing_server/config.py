@@ -7,6 +7,7 @@ variables; every problem is reported at once so an operator fixes them in one go
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,13 @@ class Settings:
     token_issuer: str = "licensing"  # noqa: S105 - a name, not a secret
     token_audience: str = "licensing"  # noqa: S105 - a name, not a secret
     log_level: str = "INFO"
+    # Licences: defaults for users without an entitlement row (see licensing-admin).
+    max_enclaves: int = 3
+    enclave_ttl_seconds: int = 3600
+    # The local runtime: the enclave program and, optionally, the ports it may use.
+    enclave_command: tuple[str, ...] = ()
+    enclave_ports: tuple[int, int] | None = None
+    reap_interval_seconds: int = 5
 
     @property
     def effective_database_url(self) -> str:
@@ -110,6 +118,15 @@ class Settings:
             token_issuer=text("TOKEN_ISSUER", defaults.token_issuer),
             token_audience=text("TOKEN_AUDIENCE", defaults.token_audience),
             log_level=text("LOG_LEVEL", defaults.log_level).upper(),
+            max_enclaves=integer("MAX_ENCLAVES", defaults.max_enclaves, 0, 10_000),
+            enclave_ttl_seconds=integer(
+                "ENCLAVE_TTL_SECONDS", defaults.enclave_ttl_seconds, 10, 365 * 86400
+            ),
+            enclave_command=tuple(shlex.split(text("ENCLAVE_COMMAND", ""))),
+            enclave_ports=_port_range(text("ENCLAVE_PORTS", ""), problems),
+            reap_interval_seconds=integer(
+                "REAP_INTERVAL_SECONDS", defaults.reap_interval_seconds, 1, 3600
+            ),
         )
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             problems.append(f"LICENSING_LOG_LEVEL={settings.log_level!r} is not a log level")
@@ -133,3 +150,17 @@ def _normalise_database_url(url: str, problems: list[str]) -> str:
             return replacement + url[len(prefix) :]
     problems.append("LICENSING_DATABASE_URL must be a postgresql:// or sqlite:// URL")
     return ""
+
+
+def _port_range(raw: str, problems: list[str]) -> tuple[int, int] | None:
+    if not raw:
+        return None
+    low, sep, high = raw.partition("-")
+    if not sep or not low.isdigit() or not high.isdigit():
+        problems.append(f"LICENSING_ENCLAVE_PORTS={raw!r} is not LOW-HIGH")
+        return None
+    first, last = int(low), int(high)
+    if not 0 < first <= last < 65536:
+        problems.append(f"LICENSING_ENCLAVE_PORTS={raw!r} is not a valid port range")
+        return None
+    return first, last

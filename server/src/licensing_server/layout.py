@@ -45,3 +45,8 @@ class DataLayout:
     @property
     def token_signing_key(self) -> Path:
         return self.frontend_dir / "token-signing-key.pem"
+
+    @property
+    def enclaves_dir(self) -> Path:
+        """Work directories of local enclaves (public files only: CA and JWKS)."""
+        return self.root / "backend" / "enclaves"

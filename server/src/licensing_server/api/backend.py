@@ -10,10 +10,12 @@ from typing import Any
 import grpc
 from licensing.control.v1 import control_pb2, control_pb2_grpc
 
-from licensing_server.api.convert import timestamp
+from licensing_server.api.convert import enclave_message, phase_number, timestamp
 from licensing_server.auth import normalise_username
 from licensing_server.errors import InvalidArgument, Unimplemented
 from licensing_server.pki import CertificateAuthority, parse_csr
+from licensing_server.provisioning import EnclaveProvisioner, terminal_phases
+from licensing_server.storage import EnclaveStore
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -58,14 +60,41 @@ def _not_yet(what: str) -> Unimplemented:
 
 
 class ProvisioningServicer(control_pb2_grpc.ProvisioningServiceServicer):
-    """Placeholder until enclave runtimes land (answers UNIMPLEMENTED)."""
+    def __init__(self, provisioner: EnclaveProvisioner, store: EnclaveStore):
+        self._provisioner = provisioner
+        self._store = store
 
-    async def Provision(self, request: Any, context: Context) -> AsyncIterator[Any]:
-        raise _not_yet("Provision")
-        yield control_pb2.ProvisionResponse()  # pragma: no cover
+    async def Provision(
+        self, request: control_pb2.ProvisionRequest, context: Context
+    ) -> AsyncIterator[control_pb2.ProvisionResponse]:
+        enclave_id = _enclave_id(request.enclave_id)
+        await self._provisioner.start(enclave_id, request.owner, request.jwks_json)
+        async for event in self._provisioner.follow(enclave_id, 0):
+            reply = control_pb2.ProvisionResponse(
+                enclave_id=event.enclave_id,
+                phase=phase_number(event.phase),  # type: ignore[arg-type]
+                message=event.message,
+                sequence=event.sequence,
+                time=timestamp(event.time),
+            )
+            if event.phase in terminal_phases():
+                record = await self._store.get(enclave_id)
+                if record is not None:
+                    reply.enclave.CopyFrom(enclave_message(record))
+            yield reply
 
-    async def Deprovision(self, request: Any, context: Context) -> Any:
-        raise _not_yet("Deprovision")
+    async def Deprovision(
+        self, request: control_pb2.DeprovisionRequest, context: Context
+    ) -> control_pb2.DeprovisionResponse:
+        await self._provisioner.deprovision(_enclave_id(request.enclave_id))
+        return control_pb2.DeprovisionResponse()
+
+
+def _enclave_id(raw: str) -> str:
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError as exc:
+        raise InvalidArgument("ENCLAVE_ID_INVALID", "enclave_id must be a UUID") from exc
 
 
 class QuoteServicer(control_pb2_grpc.QuoteServiceServicer):

@@ -5,9 +5,31 @@ from __future__ import annotations
 import datetime as dt
 
 from google.protobuf import timestamp_pb2
+from licensing.v1 import enclave_pb2
+
+from licensing_server.storage import EnclaveRecord, Phase
 
 
 def timestamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(value.astimezone(dt.UTC))
     return stamp
+
+
+def phase_number(phase: Phase) -> int:
+    return int(enclave_pb2.Phase.Value(f"PHASE_{phase.value}"))
+
+
+def enclave_message(record: EnclaveRecord) -> enclave_pb2.Enclave:
+    return enclave_pb2.Enclave(
+        id=record.id,
+        owner=record.owner_id,
+        phase=phase_number(record.phase),  # type: ignore[arg-type]
+        endpoint=record.endpoint,
+        tls_server_name=record.tls_server_name,
+        certificate_pem=record.certificate_pem,
+        create_time=timestamp(record.created_at),
+        expire_time=timestamp(record.expires_at),
+        request_id=record.request_id,
+        failure_reason=record.failure_reason,
+    )

@@ -17,10 +17,12 @@ from licensing.v1 import (
     trust_pb2_grpc,
 )
 
-from licensing_server.api.convert import timestamp
+from licensing_server.api.convert import enclave_message, phase_number, timestamp
 from licensing_server.api.guard import current_claims
 from licensing_server.auth import AuthService
-from licensing_server.errors import Unimplemented
+from licensing_server.enclaves import EnclaveCatalog, EnclaveUpdate
+from licensing_server.errors import Unavailable, Unimplemented
+from licensing_server.storage import Phase
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -110,25 +112,71 @@ def _not_yet(what: str) -> Unimplemented:
     return Unimplemented("NOT_IMPLEMENTED", f"{what} is part of the API but not served yet")
 
 
+def _event_fields(update: EnclaveUpdate) -> dict[str, Any]:
+    event = update.event
+    fields: dict[str, Any] = {
+        "enclave_id": event.enclave_id,
+        "phase": phase_number(event.phase),
+        "message": event.message,
+        "sequence": event.sequence,
+        "time": timestamp(event.time),
+    }
+    if update.enclave is not None:
+        fields["enclave"] = enclave_message(update.enclave)
+    return fields
+
+
 class EnclaveServicer(enclave_pb2_grpc.EnclaveServiceServicer):
-    """Placeholder until enclaves are provisioned (answers UNIMPLEMENTED)."""
+    def __init__(self, catalog: EnclaveCatalog):
+        self._catalog = catalog
 
-    async def CreateEnclave(self, request: Any, context: Context) -> AsyncIterator[Any]:
-        raise _not_yet("CreateEnclave")
-        yield enclave_pb2.CreateEnclaveResponse()  # pragma: no cover
+    async def CreateEnclave(
+        self, request: enclave_pb2.CreateEnclaveRequest, context: Context
+    ) -> AsyncIterator[enclave_pb2.CreateEnclaveResponse]:
+        owner = current_claims().user_id
+        updates = await self._catalog.create(owner, request.request_id, request.nonce)
+        async for update in updates:
+            yield enclave_pb2.CreateEnclaveResponse(**_event_fields(update))
+            if update.event.phase is Phase.FAILED:
+                record = update.enclave
+                raise Unavailable(
+                    "ENCLAVE_FAILED",
+                    f"the enclave failed: {update.event.message}",
+                    {
+                        "enclave_id": update.event.enclave_id,
+                        "failure_reason": record.failure_reason if record else "",
+                    },
+                )
 
-    async def WatchEnclave(self, request: Any, context: Context) -> AsyncIterator[Any]:
-        raise _not_yet("WatchEnclave")
-        yield enclave_pb2.WatchEnclaveResponse()  # pragma: no cover
+    async def WatchEnclave(
+        self, request: enclave_pb2.WatchEnclaveRequest, context: Context
+    ) -> AsyncIterator[enclave_pb2.WatchEnclaveResponse]:
+        owner = current_claims().user_id
+        updates = await self._catalog.watch(owner, request.enclave_id, request.from_sequence)
+        async for update in updates:
+            yield enclave_pb2.WatchEnclaveResponse(**_event_fields(update))
 
-    async def GetEnclave(self, request: Any, context: Context) -> Any:
-        raise _not_yet("GetEnclave")
+    async def GetEnclave(
+        self, request: enclave_pb2.GetEnclaveRequest, context: Context
+    ) -> enclave_pb2.GetEnclaveResponse:
+        record = await self._catalog.owned(current_claims().user_id, request.enclave_id)
+        return enclave_pb2.GetEnclaveResponse(enclave=enclave_message(record))
 
-    async def ListEnclaves(self, request: Any, context: Context) -> Any:
-        raise _not_yet("ListEnclaves")
+    async def ListEnclaves(
+        self, request: enclave_pb2.ListEnclavesRequest, context: Context
+    ) -> enclave_pb2.ListEnclavesResponse:
+        records, token = await self._catalog.list(
+            current_claims().user_id, request.page_size, request.page_token
+        )
+        return enclave_pb2.ListEnclavesResponse(
+            enclaves=[enclave_message(r) for r in records], next_page_token=token
+        )
 
-    async def DeleteEnclave(self, request: Any, context: Context) -> Any:
-        raise _not_yet("DeleteEnclave")
+    async def DeleteEnclave(
+        self, request: enclave_pb2.DeleteEnclaveRequest, context: Context
+    ) -> enclave_pb2.DeleteEnclaveResponse:
+        await self._catalog.delete(current_claims().user_id, request.enclave_id)
+        return enclave_pb2.DeleteEnclaveResponse()
 
 
 class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):

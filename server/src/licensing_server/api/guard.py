@@ -18,7 +18,12 @@ import grpc
 
 from licensing_server.api import errors
 from licensing_server.api.policy import Access
-from licensing_server.errors import DomainError, PermissionDenied, Unauthenticated
+from licensing_server.errors import (
+    DomainError,
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+)
 from licensing_server.pki._identity import PeerIdentity, peer_identity
 from licensing_server.tokens import AccessClaims
 
@@ -75,6 +80,38 @@ def _bearer(metadata: Any) -> str | None:
                 "TOKEN_MALFORMED", "the authorization header must be 'Bearer <token>'"
             )
     return None
+
+
+class _Malformed:
+    """Stands in for a request whose bytes do not parse (see ``_lenient``)."""
+
+    __slots__ = ()
+
+
+_MALFORMED = _Malformed()
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """Parse failures become ``_MALFORMED`` instead of escaping into grpc.
+
+    grpc answers an exception from the deserializer with UNKNOWN and the exception
+    text; this way the guard answers INVALID_ARGUMENT, after the access check.
+    """
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # any parse failure means a malformed request
+            return _MALFORMED
+
+    return parse
+
+
+def _check_parsed(request: Any) -> None:
+    if request is _MALFORMED:
+        raise InvalidArgument("REQUEST_MALFORMED", "the request is not a valid protobuf message")
 
 
 class AccessGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -139,13 +176,13 @@ class AccessGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 _unary(handler.unary_unary, admit, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 _streaming(handler.unary_stream, admit, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
@@ -173,6 +210,7 @@ def _unary(behavior: Any, admit: Admit, method: str) -> Any:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             _caller.set(await admit(context))
+            _check_parsed(request)
             return await behavior(request, context)
         except Exception as exc:
             if _is_abort(exc):
@@ -188,6 +226,7 @@ def _streaming(behavior: Any, admit: Admit, method: str) -> Any:
     ) -> AsyncIterator[Any]:
         try:
             _caller.set(await admit(context))
+            _check_parsed(request)
             result = behavior(request, context)
             if hasattr(result, "__aiter__"):
                 async for item in result:

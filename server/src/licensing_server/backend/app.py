@@ -33,11 +33,16 @@ from licensing_server.config import ConfigError, Settings
 from licensing_server.layout import DataLayout
 from licensing_server.logs import configure_logging
 from licensing_server.pki import (
+    BACKEND_IDENTITY,
     FRONTEND_IDENTITY,
     CertificateAuthority,
     write_private_file,
     write_public_file,
 )
+from licensing_server.provisioning import EnclaveProvisioner, HealthProbe, Reconciler
+from licensing_server.provisioning._provisioner import ProvisioningSettings
+from licensing_server.runtimes._local import DEFAULT_COMMAND, LocalProcessRuntime
+from licensing_server.storage import Database, EnclaveStore, run_migrations
 
 _log = logging.getLogger(__name__)
 
@@ -96,8 +101,37 @@ def provision_frontend_identity(
 async def serve(settings: Settings) -> None:
     layout = DataLayout(settings.data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    url = settings.effective_database_url
+    await asyncio.to_thread(run_migrations, url)
+    database = Database.connect(url)
+    store = EnclaveStore(database)
     ca = CertificateAuthority.load_or_create(layout.ca_key, layout.ca_certificate)
     provision_frontend_identity(ca, layout, settings)
+    ca_pem = ca.ca_certificates_pem[0].encode()
+    probe_key, probe_cert = ca.issue_key_pair(
+        common_name="licensing-backend", uris=[BACKEND_IDENTITY], client=True
+    )
+    runtime = LocalProcessRuntime(
+        layout.enclaves_dir,
+        command=settings.enclave_command or DEFAULT_COMMAND,
+        ports=settings.enclave_ports,
+    )
+    provisioner = EnclaveProvisioner(
+        store=store,
+        runtime=runtime,
+        ca=ca,
+        probe=HealthProbe(ca_pem=ca_pem, key_pem=probe_key, cert_pem=probe_cert.pem.encode()),
+        settings=ProvisioningSettings(
+            token_issuer=settings.token_issuer, token_audience=settings.token_audience
+        ),
+    )
+    reconciler = Reconciler(
+        store=store,
+        runtime=runtime,
+        provisioner=provisioner,
+        interval_seconds=settings.reap_interval_seconds,
+    )
+    await reconciler.reconcile_after_start()
 
     dns, ips = _split_names(
         ["localhost", "licensing-backend", "127.0.0.1", _host(settings.backend_addr)]
@@ -105,7 +139,7 @@ async def serve(settings: Settings) -> None:
     key, cert = ca.issue_key_pair(
         common_name="licensing-backend", dns_names=dns, ip_addresses=ips, server=True
     )
-    identity = ServerIdentity(key, cert.pem.encode(), ca.ca_certificates_pem[0].encode())
+    identity = ServerIdentity(key, cert.pem.encode(), ca_pem)
 
     server = grpc.aio.server(interceptors=[AccessGuard(BACKEND_POLICY)], options=SERVER_OPTIONS)
     control_pb2_grpc.add_CertificateServiceServicer_to_server(
@@ -114,12 +148,15 @@ async def serve(settings: Settings) -> None:
         ),
         server,
     )
-    control_pb2_grpc.add_ProvisioningServiceServicer_to_server(ProvisioningServicer(), server)
+    control_pb2_grpc.add_ProvisioningServiceServicer_to_server(
+        ProvisioningServicer(provisioner, store), server
+    )
     control_pb2_grpc.add_QuoteServiceServicer_to_server(QuoteServicer(), server)
     health = await add_health_and_reflection(server, SERVICE_NAMES)
     add_listener(server, settings.backend_addr, mtls_credentials(identity))
     await server.start()
     _log.info("backend serving internal mTLS API on %s", settings.backend_addr)
+    reaper = asyncio.create_task(reconciler.run())
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -128,7 +165,12 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     _log.info("backend shutting down")
     await health.enter_graceful_shutdown()
+    reaper.cancel()
     await server.stop(5)
+    await provisioner.shutdown()
+    await runtime.close()
+    await reconciler.settle_after_shutdown()
+    await database.close()
 
 
 def main() -> None:

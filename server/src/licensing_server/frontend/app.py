@@ -35,10 +35,14 @@ from licensing_server.api.server import (
 )
 from licensing_server.auth import AuthService, PasswordHasher
 from licensing_server.config import ConfigError, Settings
-from licensing_server.frontend.backend_client import BackendCertificateSigner
+from licensing_server.enclaves import EnclaveCatalog
+from licensing_server.frontend.backend_client import (
+    BackendCertificateSigner,
+    BackendProvisioningClient,
+)
 from licensing_server.layout import DataLayout
 from licensing_server.logs import configure_logging
-from licensing_server.storage import Database, UserStore, run_migrations
+from licensing_server.storage import Database, EnclaveStore, Limits, UserStore, run_migrations
 from licensing_server.tokens import AccessTokenSigner, AccessTokenVerifier, SigningKey
 
 _log = logging.getLogger(__name__)
@@ -79,6 +83,7 @@ async def serve(settings: Settings) -> None:
         cert_pem=layout.frontend_client_cert.read_bytes(),
     )
     certificates = BackendCertificateSigner(backend_channel)
+    provisioning = BackendProvisioningClient(backend_channel)
 
     signing_key = SigningKey.load_or_create(layout.token_signing_key)
     verifier = AccessTokenVerifier(
@@ -107,6 +112,15 @@ async def serve(settings: Settings) -> None:
         client_certificate_ttl=dt.timedelta(seconds=settings.client_certificate_ttl_seconds),
     )
     ca_list = [ca_pem.decode()]
+    catalog = EnclaveCatalog(
+        store=EnclaveStore(database),
+        backend=provisioning,
+        jwks_json=signing_key.jwks_json(),
+        default_limits=Limits(
+            max_enclaves=settings.max_enclaves,
+            enclave_ttl=dt.timedelta(seconds=settings.enclave_ttl_seconds),
+        ),
+    )
 
     server = grpc.aio.server(
         interceptors=[AccessGuard(FRONTEND_POLICY, auth.authenticate)], options=SERVER_OPTIONS
@@ -122,7 +136,7 @@ async def serve(settings: Settings) -> None:
         ),
         server,
     )
-    enclave_pb2_grpc.add_EnclaveServiceServicer_to_server(EnclaveServicer(), server)
+    enclave_pb2_grpc.add_EnclaveServiceServicer_to_server(EnclaveServicer(catalog), server)
     attestation_pb2_grpc.add_AttestationServiceServicer_to_server(AttestationServicer(), server)
     health = await add_health_and_reflection(server, SERVICE_NAMES)
     add_listener(server, settings.frontend_enroll_addr, tls_credentials(identity))

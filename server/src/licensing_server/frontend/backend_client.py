@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import AsyncIterator
 
 import grpc
 from grpc_status import rpc_status
 from licensing.control.v1 import control_pb2, control_pb2_grpc
+from licensing.v1 import enclave_pb2
 
+from licensing_server.api.convert import timestamp
 from licensing_server.auth import SignedUserCertificate
-from licensing_server.errors import DomainError, InvalidArgument, Unavailable
+from licensing_server.errors import (
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from licensing_server.storage import EnclaveRecord, EventRecord, Phase
 
 _CALL_TIMEOUT = 10.0
 
@@ -27,8 +37,14 @@ def _reason(error: grpc.aio.AioRpcError) -> str:
 
 def _translate(error: grpc.aio.AioRpcError) -> DomainError:
     """Pass the backend's verdict on the caller's input through; anything else is ours."""
-    if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidArgument(_reason(error), error.details() or "invalid argument")
+    passed: dict[grpc.StatusCode, type[DomainError]] = {
+        grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+        grpc.StatusCode.NOT_FOUND: NotFound,
+        grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    }
+    kind = passed.get(error.code())
+    if kind is not None:
+        return kind(_reason(error), error.details() or "rejected by the backend")
     return Unavailable("BACKEND_UNAVAILABLE", "the licensing backend is unavailable")
 
 
@@ -77,3 +93,38 @@ class BackendCertificateSigner:
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from exc
         return list(reply.ca_certificates_pem)
+
+
+class BackendProvisioningClient:
+    """``ProvisioningBackend`` over the internal ``ProvisioningService``."""
+
+    def __init__(self, channel: grpc.aio.Channel):
+        self._stub = control_pb2_grpc.ProvisioningServiceStub(channel)
+
+    async def provision(self, record: EnclaveRecord, jwks_json: str) -> AsyncIterator[EventRecord]:
+        request = control_pb2.ProvisionRequest(
+            enclave_id=record.id,
+            owner=record.owner_id,
+            nonce=record.nonce,
+            expire_time=timestamp(record.expires_at),
+            jwks_json=jwks_json,
+        )
+        try:
+            async for reply in self._stub.Provision(request):
+                yield EventRecord(
+                    enclave_id=reply.enclave_id,
+                    sequence=reply.sequence,
+                    phase=Phase(enclave_pb2.Phase.Name(reply.phase).removeprefix("PHASE_")),
+                    message=reply.message,
+                    time=reply.time.ToDatetime(dt.UTC),
+                )
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from exc
+
+    async def deprovision(self, enclave_id: str) -> None:
+        try:
+            await self._stub.Deprovision(
+                control_pb2.DeprovisionRequest(enclave_id=enclave_id), timeout=60
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from exc

@@ -10,6 +10,7 @@ from cryptography import x509
 
 TRUST_DOMAIN = "licensing.internal"
 FRONTEND_IDENTITY = f"spiffe://{TRUST_DOMAIN}/frontend"
+BACKEND_IDENTITY = f"spiffe://{TRUST_DOMAIN}/backend"
 _USER_PREFIX = f"spiffe://{TRUST_DOMAIN}/user/"
 
 

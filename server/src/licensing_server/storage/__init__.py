@@ -1,6 +1,24 @@
 """Persistence: SQLAlchemy 2 models, Alembic migrations and the stores the domain uses."""
 
 from licensing_server.storage._database import Database, run_migrations
+from licensing_server.storage._enclaves import (
+    EnclaveRecord,
+    EnclaveStore,
+    EventRecord,
+    Limits,
+    Phase,
+)
 from licensing_server.storage._users import SessionRecord, UserRecord, UserStore
 
-__all__ = ["Database", "SessionRecord", "UserRecord", "UserStore", "run_migrations"]
+__all__ = [
+    "Database",
+    "EnclaveRecord",
+    "EnclaveStore",
+    "EventRecord",
+    "Limits",
+    "Phase",
+    "SessionRecord",
+    "UserRecord",
+    "UserStore",
+    "run_migrations",
+]

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import DateTime, ForeignKey, Index, LargeBinary, String
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -71,3 +80,58 @@ class RefreshToken(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
     expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
     used_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class Entitlement(Base):
+    """Per-user licence overrides; absent means the configured defaults."""
+
+    __tablename__ = "entitlements"
+
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    max_enclaves: Mapped[int | None] = mapped_column(nullable=True)
+    enclave_ttl_seconds: Mapped[int | None] = mapped_column(nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class Enclave(Base):
+    """One enclave and where it stands; ``phase`` is the name of a ``licensing.v1.Phase``."""
+
+    __tablename__ = "enclaves"
+    __table_args__ = (
+        UniqueConstraint("owner_id", "request_id", name="uq_enclaves_owner_request"),
+        Index("ix_enclaves_owner_created", "owner_id", "created_at", "id"),
+        Index("ix_enclaves_phase", "phase"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    request_id: Mapped[str] = mapped_column(String(64))
+    phase: Mapped[str] = mapped_column(String(32))
+    last_sequence: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    nonce: Mapped[bytes] = mapped_column(LargeBinary(64))
+    endpoint: Mapped[str] = mapped_column(String(255), default="")
+    tls_server_name: Mapped[str] = mapped_column(String(255), default="")
+    certificate_pem: Mapped[str] = mapped_column(Text, default="")
+    certificate_sha256: Mapped[bytes] = mapped_column(LargeBinary(32), default=b"")
+    failure_reason: Mapped[str] = mapped_column(String(64), default="")
+    # What the runtime needs to find the workload again after a restart (JSON).
+    runtime_handle: Mapped[str] = mapped_column(Text, default="")
+
+
+class EnclaveEvent(Base):
+    """Every phase change, in order; written before it is reported to anyone."""
+
+    __tablename__ = "enclave_events"
+
+    enclave_id: Mapped[str] = mapped_column(
+        ForeignKey("enclaves.id", ondelete="CASCADE"), primary_key=True
+    )
+    sequence: Mapped[int] = mapped_column(Integer, primary_key=True)
+    phase: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(String(1024))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())

@@ -1,0 +1,205 @@
+"""The frontend's enclave domain. The backend provisions; this reserves, relays and checks.
+
+Licences are reserved here (the ACCEPTED row) so that a user's limit holds
+across concurrent creates; everything after ACCEPTED is written by the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime as dt
+import json
+import logging
+import re
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from licensing_server.errors import (
+    DomainError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from licensing_server.provisioning import follow_events, terminal_phases
+from licensing_server.storage import EnclaveRecord, EnclaveStore, EventRecord, Limits, Phase
+
+_log = logging.getLogger(__name__)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+MIN_NONCE, MAX_NONCE = 16, 64
+MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 100, 20
+
+
+class ProvisioningBackend(Protocol):
+    """The backend's ProvisioningService as the frontend needs it.
+
+    ``provision`` yields the enclave's events from the first; it raises
+    ``Unavailable`` when the backend cannot be reached or the stream breaks.
+    """
+
+    def provision(self, record: EnclaveRecord, jwks_json: str) -> AsyncIterator[EventRecord]: ...
+
+    async def deprovision(self, enclave_id: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EnclaveUpdate:
+    event: EventRecord
+    #: The enclave as stored, on READY and final events.
+    enclave: EnclaveRecord | None
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def parse_enclave_id(raw: str) -> str:
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError as exc:
+        raise InvalidArgument("ENCLAVE_ID_INVALID", "enclave_id must be a UUID") from exc
+
+
+def _is_terminal(phase: Phase) -> bool:
+    return phase in terminal_phases()
+
+
+class EnclaveCatalog:
+    def __init__(
+        self,
+        *,
+        store: EnclaveStore,
+        backend: ProvisioningBackend,
+        jwks_json: str,
+        default_limits: Limits,
+        clock: Callable[[], dt.datetime] = _utcnow,
+    ):
+        self._store = store
+        self._backend = backend
+        self._jwks = jwks_json
+        self._defaults = default_limits
+        self._clock = clock
+        # One reservation at a time per user in this process (SQLite has no row locks).
+        self._owner_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    # Create -----------------------------------------------------------------------
+    async def create(
+        self, owner_id: str, request_id: str, nonce: bytes
+    ) -> AsyncIterator[EnclaveUpdate]:
+        if not _REQUEST_ID.fullmatch(request_id):
+            raise InvalidArgument(
+                "REQUEST_ID_INVALID", "request_id must be 1-64 characters of [A-Za-z0-9._-]"
+            )
+        if nonce and not MIN_NONCE <= len(nonce) <= MAX_NONCE:
+            raise InvalidArgument(
+                "NONCE_INVALID",
+                f"nonce must be {MIN_NONCE} to {MAX_NONCE} bytes",
+                {"min_bytes": str(MIN_NONCE), "max_bytes": str(MAX_NONCE)},
+            )
+        limits = await self._store.limits(owner_id, self._defaults)
+        async with self._owner_locks[owner_id]:
+            record, created = await self._store.reserve(
+                owner_id=owner_id,
+                request_id=request_id,
+                nonce=nonce,
+                limits=limits,
+                now=self._clock(),
+            )
+        return self._progress(record, created)
+
+    async def _progress(self, record: EnclaveRecord, created: bool) -> AsyncIterator[EnclaveUpdate]:
+        last = 0
+        if created:
+            for event in await self._store.events_after(record.id, 0):
+                last = event.sequence
+                yield await self._update(event)
+            try:
+                async for event in self._backend.provision(record, self._jwks):
+                    if event.sequence <= last:
+                        continue
+                    last = event.sequence
+                    yield await self._update(event)
+                    if _is_terminal(event.phase):
+                        return
+            except Unavailable as exc:
+                if last <= 1:
+                    await self._fail_unprovisioned(record, exc)
+                # Otherwise the backend restarted mid-way: its reconciler settles the
+                # enclave, and the database tells us how.
+        async for event in follow_events(self._store, record.id, last, _is_terminal):
+            yield await self._update(event)
+
+    async def _fail_unprovisioned(self, record: EnclaveRecord, exc: DomainError) -> None:
+        """The backend never took the enclave: free the licence now."""
+        current = await self._store.get(record.id)
+        if current is None or current.phase is not Phase.ACCEPTED:
+            return
+        try:
+            await self._store.advance(
+                record.id,
+                Phase.FAILED,
+                "the provisioning backend is unavailable; try again shortly",
+                self._clock(),
+                failure_reason="BACKEND_UNAVAILABLE",
+            )
+        except DomainError:
+            return
+        _log.warning("enclave %s failed before provisioning: %s", record.id, exc.reason)
+
+    async def _update(self, event: EventRecord) -> EnclaveUpdate:
+        if event.phase is Phase.READY or _is_terminal(event.phase):
+            return EnclaveUpdate(event, await self._store.get(event.enclave_id))
+        return EnclaveUpdate(event, None)
+
+    # Watch, get, list, delete ------------------------------------------------------
+    async def owned(self, owner_id: str, enclave_id: str) -> EnclaveRecord:
+        record = await self._store.get(parse_enclave_id(enclave_id))
+        if record is None or record.owner_id != owner_id:
+            # The same answer whether it does not exist or is someone else's.
+            raise NotFound("ENCLAVE_NOT_FOUND", "no such enclave")
+        return record
+
+    async def watch(
+        self, owner_id: str, enclave_id: str, from_sequence: int
+    ) -> AsyncIterator[EnclaveUpdate]:
+        record = await self.owned(owner_id, enclave_id)
+        return self._watch(record.id, from_sequence)
+
+    async def _watch(self, enclave_id: str, after: int) -> AsyncIterator[EnclaveUpdate]:
+        async for event in follow_events(self._store, enclave_id, after, _is_terminal):
+            yield await self._update(event)
+
+    async def list(
+        self, owner_id: str, page_size: int, page_token: str
+    ) -> tuple[list[EnclaveRecord], str]:
+        if page_size < 0:
+            raise InvalidArgument("PAGE_SIZE_INVALID", "page_size must not be negative")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = _decode_page_token(page_token) if page_token else None
+        records = await self._store.list_owned(owner_id, size + 1, after)
+        if len(records) <= size:
+            return records, ""
+        records = records[:size]
+        return records, _encode_page_token(records[-1])
+
+    async def delete(self, owner_id: str, enclave_id: str) -> None:
+        record = await self.owned(owner_id, enclave_id)
+        await self._backend.deprovision(record.id)
+
+
+def _encode_page_token(record: EnclaveRecord) -> str:
+    raw = json.dumps([record.created_at.isoformat(), record.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_page_token(token: str) -> tuple[dt.datetime, str]:
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        created, enclave_id = json.loads(base64.urlsafe_b64decode(padded))
+        return dt.datetime.fromisoformat(created), str(uuid.UUID(enclave_id))
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise InvalidArgument("PAGE_TOKEN_INVALID", "page_token is not valid") from exc

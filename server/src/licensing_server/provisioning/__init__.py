@@ -1,0 +1,15 @@
+"""Driving enclaves through their phases, and putting them right after crashes."""
+
+from licensing_server.provisioning._events import EventBus, follow_events
+from licensing_server.provisioning._probe import HealthProbe
+from licensing_server.provisioning._provisioner import EnclaveProvisioner, terminal_phases
+from licensing_server.provisioning._reconciler import Reconciler
+
+__all__ = [
+    "EnclaveProvisioner",
+    "EventBus",
+    "HealthProbe",
+    "Reconciler",
+    "follow_events",
+    "terminal_phases",
+]

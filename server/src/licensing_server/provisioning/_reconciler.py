@@ -1,0 +1,91 @@
+"""Putting every enclave right: after a (crashed) restart, and when licences expire."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable
+
+from licensing_server.provisioning._provisioner import EnclaveProvisioner
+from licensing_server.runtimes import EnclaveRuntime
+from licensing_server.storage import EnclaveStore, Phase
+
+_log = logging.getLogger(__name__)
+
+_IN_FLIGHT = {
+    Phase.ACCEPTED,
+    Phase.SCHEDULED,
+    Phase.RUNNING,
+    Phase.CERTIFICATE_ISSUED,
+    Phase.ATTESTING,
+}
+_SETTLED = {Phase.READY, Phase.ATTESTED}
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        store: EnclaveStore,
+        runtime: EnclaveRuntime,
+        provisioner: EnclaveProvisioner,
+        interval_seconds: float = 5.0,
+        clock: Callable[[], dt.datetime] = _utcnow,
+    ):
+        self._store = store
+        self._runtime = runtime
+        self._provisioner = provisioner
+        self._interval = interval_seconds
+        self._clock = clock
+
+    async def reconcile_after_start(self) -> None:
+        """No provisioning survives a backend restart: finish each one as FAILED.
+
+        Enclaves that were ready stay so only if their workload still runs
+        (a pod does; a local child process does not outlive its backend).
+        """
+        for record in await self._store.in_phases(_IN_FLIGHT):
+            await self._provisioner.fail(
+                record,
+                "PROVISIONING_INTERRUPTED",
+                "provisioning was interrupted by a backend restart; create the enclave again",
+            )
+        keep: set[str] = set()
+        for record in await self._store.in_phases(_SETTLED):
+            if await self._runtime.is_alive(record.id, record.runtime_handle):
+                keep.add(record.id)
+            else:
+                await self._provisioner.fail(
+                    record, "WORKLOAD_LOST", "the enclave's workload stopped running"
+                )
+        removed = await self._runtime.sweep(keep)
+        if removed:
+            _log.info("removed leftovers of %d enclaves", len(removed))
+
+    async def settle_after_shutdown(self) -> None:
+        """Record what a shutdown did to workloads that do not outlive this process."""
+        for record in await self._store.in_phases(_IN_FLIGHT | _SETTLED):
+            if not await self._runtime.is_alive(record.id, record.runtime_handle):
+                await self._provisioner.fail(
+                    record, "BACKEND_SHUTDOWN", "the backend shut down and stopped the enclave"
+                )
+
+    async def reap_expired(self) -> int:
+        expired = await self._store.expired(self._clock())
+        for record in expired:
+            _log.info("enclave %s expired", record.id)
+            await self._provisioner.deprovision(record.id)
+        return len(expired)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.reap_expired()
+            except Exception:
+                _log.exception("reaping expired enclaves failed; retrying")
+            await asyncio.sleep(self._interval)

@@ -1,0 +1,263 @@
+"""``LocalProcessRuntime``: each enclave is a child process of the backend on loopback.
+
+The child makes its key and CSR, receives its certificate on stdin and reports
+where it serves on stdout (JSON lines). It exits when its stdin closes, so a
+backend killed with SIGKILL leaves no enclave behind; ``stop`` also finds
+processes of an earlier backend by pid and start time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from licensing_server.pki import write_public_file
+from licensing_server.runtimes._protocol import RuntimeFailure, WorkloadSpec
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_COMMAND = (sys.executable, "-m", "licensing_enclave")
+_LINE_LIMIT = 1024 * 1024
+
+
+def _start_time(pid: int) -> str | None:
+    """The process start time (clock ticks since boot): tells a pid from its reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+@dataclass(frozen=True, slots=True)
+class _Handle:
+    pid: int
+    start_time: str
+    work_dir: str
+
+    def dump(self) -> str:
+        return json.dumps({"pid": self.pid, "start_time": self.start_time, "dir": self.work_dir})
+
+    @classmethod
+    def load(cls, text: str) -> _Handle | None:
+        try:
+            raw: Any = json.loads(text)
+            return cls(int(raw["pid"]), str(raw["start_time"]), str(raw["dir"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def alive(self) -> bool:
+        return _start_time(self.pid) == self.start_time
+
+
+class LocalWorkload:
+    def __init__(self, process: asyncio.subprocess.Process, handle: _Handle, host: str):
+        self._process = process
+        self._handle = handle
+        self._host = host
+        self._stderr_tail: list[str] = []
+        assert process.stderr is not None
+        self._stderr_task = asyncio.create_task(self._drain_stderr(process.stderr))
+
+    @property
+    def handle(self) -> str:
+        return self._handle.dump()
+
+    @property
+    def process(self) -> asyncio.subprocess.Process:
+        return self._process
+
+    async def _drain_stderr(self, stream: asyncio.StreamReader) -> None:
+        """Keep the enclave's log (its last lines explain a failure) without blocking it."""
+        while line := await stream.readline():
+            text = line.decode(errors="replace").rstrip()
+            _log.debug("enclave %s: %s", self._handle.pid, text)
+            self._stderr_tail = [*self._stderr_tail[-9:], text]
+
+    async def _exit_reason(self) -> str:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._process.wait(), 2)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._stderr_task), 1)
+        code = self._process.returncode
+        tail = "\n".join(self._stderr_tail)
+        _log.warning("enclave pid %s exited with code %s:\n%s", self._handle.pid, code, tail)
+        # The log keeps the details; the caller gets a cause without our internals.
+        if "address already in use" in tail.lower() or "failed to bind" in tail.lower():
+            return f"the enclave process exited with code {code}: its port is already in use"
+        return f"the enclave process exited with code {code}"
+
+    async def _read(self, expected: str) -> dict[str, Any]:
+        assert self._process.stdout is not None
+        line = await self._process.stdout.readline()
+        if not line:
+            raise RuntimeFailure("ENCLAVE_EXITED", await self._exit_reason())
+        try:
+            message: Any = json.loads(line)
+        except ValueError as exc:
+            raise RuntimeFailure("ENCLAVE_PROTOCOL", "the enclave wrote malformed output") from exc
+        if not isinstance(message, dict) or message.get("type") != expected:
+            raise RuntimeFailure("ENCLAVE_PROTOCOL", f"the enclave did not send {expected!r}")
+        return message
+
+    async def certificate_request(self) -> str:
+        message = await self._read("csr")
+        csr = message.get("csr_pem")
+        if not isinstance(csr, str):
+            raise RuntimeFailure("ENCLAVE_PROTOCOL", "the enclave sent no CSR")
+        return csr
+
+    async def install_certificate(self, certificate_pem: str, ca_pems: list[str]) -> str:
+        assert self._process.stdin is not None
+        line = json.dumps(
+            {
+                "type": "certificate",
+                "certificate_pem": certificate_pem,
+                "ca_certificates_pem": ca_pems,
+            }
+        )
+        try:
+            self._process.stdin.write(line.encode() + b"\n")
+            await self._process.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise RuntimeFailure("ENCLAVE_EXITED", await self._exit_reason()) from exc
+        message = await self._read("serving")
+        address = message.get("address")
+        if not isinstance(address, str) or ":" not in address:
+            raise RuntimeFailure("ENCLAVE_PROTOCOL", "the enclave sent no address")
+        port = address.rpartition(":")[2]
+        return f"{self._host}:{port}"
+
+
+class LocalProcessRuntime:
+    """Enclaves as child processes on one machine (the embedded default)."""
+
+    def __init__(
+        self,
+        work_root: Path,
+        *,
+        command: Sequence[str] = DEFAULT_COMMAND,
+        host: str = "127.0.0.1",
+        ports: tuple[int, int] | None = None,
+    ):
+        self._root = work_root.resolve()
+        self._command = tuple(command)
+        self._host = host
+        self._ports = ports
+        self._workloads: dict[str, LocalWorkload] = {}
+        self._port_of: dict[str, int] = {}
+
+    def _listen_port(self) -> int:
+        """Port 0 (the enclave picks) unless operators configured a range to firewall."""
+        if self._ports is None:
+            return 0
+        low, high = self._ports
+        taken = set(self._port_of.values())
+        for port in range(low, high + 1):
+            if port not in taken:
+                return port
+        raise RuntimeFailure("NO_FREE_PORT", f"no free port left in {low}-{high}")
+
+    async def place(self, spec: WorkloadSpec) -> LocalWorkload:
+        work_dir = self._root / spec.enclave_id
+        shutil.rmtree(work_dir, ignore_errors=True)
+        work_dir.mkdir(parents=True, mode=0o700)
+        write_public_file(work_dir / "ca.pem", spec.ca_pem.encode())
+        write_public_file(work_dir / "jwks.json", spec.jwks_json.encode())
+        port = self._listen_port()
+        argv = [
+            *self._command,
+            "--enclave-id",
+            spec.enclave_id,
+            "--owner",
+            spec.owner_id,
+            "--listen",
+            f"{self._host}:{port}",
+            "--ca-file",
+            str(work_dir / "ca.pem"),
+            "--jwks-file",
+            str(work_dir / "jwks.json"),
+            "--issuer",
+            spec.token_issuer,
+            "--audience",
+            spec.token_audience,
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LICENSING_")}
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=work_dir,
+                env=env,
+                start_new_session=True,
+                limit=_LINE_LIMIT,
+            )
+        except OSError as exc:
+            shutil.rmtree(work_dir, ignore_errors=True)
+            raise RuntimeFailure(
+                "ENCLAVE_START_FAILED", f"cannot start the enclave program: {exc.strerror}"
+            ) from exc
+        handle = _Handle(process.pid, _start_time(process.pid) or "", str(work_dir))
+        workload = LocalWorkload(process, handle, self._host)
+        self._workloads[spec.enclave_id] = workload
+        if port:
+            self._port_of[spec.enclave_id] = port
+        return workload
+
+    async def stop(self, enclave_id: str, handle: str) -> None:
+        workload = self._workloads.pop(enclave_id, None)
+        self._port_of.pop(enclave_id, None)
+        parsed = _Handle.load(handle) if handle else None
+        if workload is not None:
+            await _terminate(workload.process.pid, workload.process)
+        elif parsed is not None and parsed.alive():
+            await _terminate(parsed.pid, None)
+        shutil.rmtree(self._root / enclave_id, ignore_errors=True)
+
+    async def is_alive(self, enclave_id: str, handle: str) -> bool:
+        workload = self._workloads.get(enclave_id)
+        if workload is not None:
+            return workload.process.returncode is None
+        parsed = _Handle.load(handle) if handle else None
+        return parsed is not None and parsed.alive()
+
+    async def sweep(self, keep: set[str]) -> list[str]:
+        removed = []
+        if self._root.exists():
+            for entry in self._root.iterdir():
+                if entry.name not in keep:
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry.name)
+        return removed
+
+    async def close(self) -> None:
+        for enclave_id, workload in list(self._workloads.items()):
+            await self.stop(enclave_id, workload.handle)
+
+
+async def _terminate(pid: int, process: asyncio.subprocess.Process | None) -> None:
+    """SIGTERM the enclave's process group, then SIGKILL if it lingers."""
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        if process is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), grace)
+                return
+        else:
+            for _ in range(int(grace * 10)):
+                if _start_time(pid) is None:
+                    return
+                await asyncio.sleep(0.1)

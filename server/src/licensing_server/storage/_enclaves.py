@@ -1,0 +1,298 @@
+"""Enclave rows and their event log: the durable record every phase is written to first."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
+
+from licensing_server.errors import FailedPrecondition, NotFound, ResourceExhausted
+from licensing_server.storage._database import Database
+from licensing_server.storage._models import Enclave, EnclaveEvent, Entitlement, User
+
+
+class Phase(enum.StrEnum):
+    """Mirrors ``licensing.v1.Phase`` without its prefix."""
+
+    ACCEPTED = "ACCEPTED"
+    SCHEDULED = "SCHEDULED"
+    RUNNING = "RUNNING"
+    CERTIFICATE_ISSUED = "CERTIFICATE_ISSUED"
+    READY = "READY"
+    ATTESTING = "ATTESTING"
+    ATTESTED = "ATTESTED"
+    FAILED = "FAILED"
+    DELETED = "DELETED"
+
+
+#: Phases that hold a licence: everything but FAILED (deleted enclaves have no row).
+_NOT_COUNTED = (Phase.FAILED.value,)
+
+
+@dataclass(frozen=True, slots=True)
+class EnclaveRecord:
+    id: str
+    owner_id: str
+    request_id: str
+    phase: Phase
+    last_sequence: int
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    nonce: bytes
+    endpoint: str
+    tls_server_name: str
+    certificate_pem: str
+    certificate_sha256: bytes
+    failure_reason: str
+    runtime_handle: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    enclave_id: str
+    sequence: int
+    phase: Phase
+    message: str
+    time: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_enclaves: int
+    enclave_ttl: dt.timedelta
+
+
+def _record(row: Enclave) -> EnclaveRecord:
+    return EnclaveRecord(
+        id=row.id,
+        owner_id=row.owner_id,
+        request_id=row.request_id,
+        phase=Phase(row.phase),
+        last_sequence=row.last_sequence,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        nonce=row.nonce,
+        endpoint=row.endpoint,
+        tls_server_name=row.tls_server_name,
+        certificate_pem=row.certificate_pem,
+        certificate_sha256=row.certificate_sha256,
+        failure_reason=row.failure_reason,
+        runtime_handle=row.runtime_handle,
+    )
+
+
+def _event(row: EnclaveEvent) -> EventRecord:
+    return EventRecord(row.enclave_id, row.sequence, Phase(row.phase), row.message, row.created_at)
+
+
+class EnclaveStore:
+    def __init__(self, database: Database):
+        self._db = database
+
+    # Licences -----------------------------------------------------------------
+    async def limits(self, user_id: str, defaults: Limits) -> Limits:
+        async with self._db.session() as session:
+            row = await session.get(Entitlement, user_id)
+        if row is None:
+            return defaults
+        return Limits(
+            row.max_enclaves if row.max_enclaves is not None else defaults.max_enclaves,
+            dt.timedelta(seconds=row.enclave_ttl_seconds)
+            if row.enclave_ttl_seconds is not None
+            else defaults.enclave_ttl,
+        )
+
+    async def set_entitlement(
+        self,
+        username: str,
+        max_enclaves: int | None,
+        enclave_ttl_seconds: int | None,
+        now: dt.datetime,
+    ) -> str:
+        async with self._db.session() as session:
+            user = await session.scalar(select(User).where(User.username == username))
+            if user is None:
+                raise NotFound("USER_NOT_FOUND", f"no user named {username!r}")
+            row = await session.get(Entitlement, user.id)
+            if row is None:
+                row = Entitlement(user_id=user.id, updated_at=now)
+                session.add(row)
+            row.max_enclaves = max_enclaves
+            row.enclave_ttl_seconds = enclave_ttl_seconds
+            row.updated_at = now
+            return user.id
+
+    # Creating -----------------------------------------------------------------
+    async def reserve(
+        self, *, owner_id: str, request_id: str, nonce: bytes, limits: Limits, now: dt.datetime
+    ) -> tuple[EnclaveRecord, bool]:
+        """Reserve a licence and record ACCEPTED, or return the enclave of this request id.
+
+        The owner's user row is locked first (PostgreSQL) so concurrent creates of
+        one user count one after another; SQLite serialises writers by itself.
+        """
+        try:
+            async with self._db.session() as session:
+                await session.execute(select(User.id).where(User.id == owner_id).with_for_update())
+                existing = await session.scalar(
+                    select(Enclave).where(
+                        Enclave.owner_id == owner_id, Enclave.request_id == request_id
+                    )
+                )
+                if existing is not None:
+                    return _record(existing), False
+                held = await session.scalar(
+                    select(func.count())
+                    .select_from(Enclave)
+                    .where(Enclave.owner_id == owner_id, Enclave.phase.not_in(_NOT_COUNTED))
+                )
+                if (held or 0) >= limits.max_enclaves:
+                    raise ResourceExhausted(
+                        "ENCLAVE_LIMIT_REACHED",
+                        f"your licence allows {limits.max_enclaves} enclaves at once",
+                        {"limit": str(limits.max_enclaves), "held": str(held or 0)},
+                    )
+                row = Enclave(
+                    id=str(uuid.uuid4()),
+                    owner_id=owner_id,
+                    request_id=request_id,
+                    phase=Phase.ACCEPTED.value,
+                    last_sequence=1,
+                    created_at=now,
+                    updated_at=now,
+                    expires_at=now + limits.enclave_ttl,
+                    nonce=nonce,
+                    endpoint="",
+                    tls_server_name="",
+                    certificate_pem="",
+                    certificate_sha256=b"",
+                    failure_reason="",
+                    runtime_handle="",
+                )
+                session.add(row)
+                await session.flush()
+                session.add(
+                    EnclaveEvent(
+                        enclave_id=row.id,
+                        sequence=1,
+                        phase=Phase.ACCEPTED.value,
+                        message=f"licence reserved ({(held or 0) + 1} of {limits.max_enclaves})",
+                        created_at=now,
+                    )
+                )
+                return _record(row), True
+        except IntegrityError:
+            # A concurrent create with the same request id won the insert.
+            async with self._db.session() as session:
+                existing = await session.scalar(
+                    select(Enclave).where(
+                        Enclave.owner_id == owner_id, Enclave.request_id == request_id
+                    )
+                )
+                if existing is None:
+                    raise
+                return _record(existing), False
+
+    async def advance(
+        self,
+        enclave_id: str,
+        phase: Phase,
+        message: str,
+        now: dt.datetime,
+        *,
+        endpoint: str | None = None,
+        tls_server_name: str | None = None,
+        certificate_pem: str | None = None,
+        certificate_sha256: bytes | None = None,
+        failure_reason: str | None = None,
+        runtime_handle: str | None = None,
+    ) -> EventRecord:
+        """Record a phase change (and what came with it) as the next event."""
+        async with self._db.session() as session:
+            row = await session.scalar(
+                select(Enclave).where(Enclave.id == enclave_id).with_for_update()
+            )
+            if row is None:
+                raise NotFound("ENCLAVE_NOT_FOUND", "the enclave no longer exists")
+            if Phase(row.phase) is Phase.FAILED:
+                raise FailedPrecondition("ENCLAVE_FAILED", "the enclave already failed")
+            row.last_sequence += 1
+            row.phase = phase.value
+            row.updated_at = now
+            for name, value in (
+                ("endpoint", endpoint),
+                ("tls_server_name", tls_server_name),
+                ("certificate_pem", certificate_pem),
+                ("certificate_sha256", certificate_sha256),
+                ("failure_reason", failure_reason),
+                ("runtime_handle", runtime_handle),
+            ):
+                if value is not None:
+                    setattr(row, name, value)
+            event = EnclaveEvent(
+                enclave_id=enclave_id,
+                sequence=row.last_sequence,
+                phase=phase.value,
+                message=message[:1024],
+                created_at=now,
+            )
+            session.add(event)
+            return _event(event)
+
+    async def set_runtime_handle(self, enclave_id: str, handle: str) -> None:
+        async with self._db.session() as session:
+            await session.execute(
+                update(Enclave).where(Enclave.id == enclave_id).values(runtime_handle=handle)
+            )
+
+    # Reading ------------------------------------------------------------------
+    async def get(self, enclave_id: str) -> EnclaveRecord | None:
+        async with self._db.session() as session:
+            row = await session.get(Enclave, enclave_id)
+            return _record(row) if row else None
+
+    async def list_owned(
+        self, owner_id: str, limit: int, after: tuple[dt.datetime, str] | None
+    ) -> list[EnclaveRecord]:
+        query = select(Enclave).where(Enclave.owner_id == owner_id)
+        if after is not None:
+            query = query.where(tuple_(Enclave.created_at, Enclave.id) > tuple_(*after))
+        query = query.order_by(Enclave.created_at, Enclave.id).limit(limit)
+        async with self._db.session() as session:
+            return [_record(r) for r in await session.scalars(query)]
+
+    async def events_after(self, enclave_id: str, sequence: int) -> list[EventRecord]:
+        async with self._db.session() as session:
+            rows = await session.scalars(
+                select(EnclaveEvent)
+                .where(EnclaveEvent.enclave_id == enclave_id, EnclaveEvent.sequence > sequence)
+                .order_by(EnclaveEvent.sequence)
+            )
+            return [_event(r) for r in rows]
+
+    async def in_phases(self, phases: set[Phase]) -> list[EnclaveRecord]:
+        async with self._db.session() as session:
+            rows = await session.scalars(
+                select(Enclave).where(Enclave.phase.in_([p.value for p in phases]))
+            )
+            return [_record(r) for r in rows]
+
+    async def expired(self, now: dt.datetime) -> list[EnclaveRecord]:
+        async with self._db.session() as session:
+            rows = await session.scalars(select(Enclave).where(Enclave.expires_at <= now))
+            return [_record(r) for r in rows]
+
+    async def all_ids(self) -> set[str]:
+        async with self._db.session() as session:
+            return set(await session.scalars(select(Enclave.id)))
+
+    # Removing -----------------------------------------------------------------
+    async def remove(self, enclave_id: str) -> None:
+        """Delete the enclave and its events: nothing of it stays behind."""
+        async with self._db.session() as session:
+            await session.execute(delete(EnclaveEvent).where(EnclaveEvent.enclave_id == enclave_id))
+            await session.execute(delete(Enclave).where(Enclave.id == enclave_id))
