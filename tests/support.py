@@ -123,6 +123,7 @@ class Stack:
     enroll_port: int
     api_port: int
     backend_port: int
+    extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     _channels: list[grpc.Channel] = field(default_factory=list)
@@ -158,6 +159,7 @@ class Stack:
             LICENSING_BCRYPT_COST=os.environ.get("LICENSING_TEST_BCRYPT_COST", "8"),
             LICENSING_LOG_LEVEL="INFO",
         )
+        env.update(self.extra_env)
         env.update(extra)
         return env
 
@@ -275,7 +277,14 @@ def drop_postgres_database(admin_url: str, name: str) -> None:
     engine.dispose()
 
 
-def start_stack(database: str, tmp: Path, admin_url: str | None) -> Iterator[Stack]:
+def pid_of(stack: Stack, process: str) -> int:
+    """The pid of the stack's ``backend`` or ``frontend`` (the supervisor writes them)."""
+    return int((stack.data_dir / "run" / f"{process}.pid").read_text())
+
+
+def start_stack(
+    database: str, tmp: Path, admin_url: str | None, **extra_env: str
+) -> Iterator[Stack]:
     data_dir = tmp / f"data-{database}"
     data_dir.mkdir(parents=True)
     pg_name = None
@@ -287,7 +296,9 @@ def start_stack(database: str, tmp: Path, admin_url: str | None) -> Iterator[Sta
         url, pg_name = create_postgres_database(admin_url)
     else:
         url = f"sqlite+aiosqlite:///{data_dir / 'licensing.db'}"
-    stack = Stack(database, data_dir, url, free_port(), free_port(), free_port())
+    stack = Stack(
+        database, data_dir, url, free_port(), free_port(), free_port(), extra_env=extra_env
+    )
     try:
         stack.start()
         yield stack

@@ -11,6 +11,7 @@ import contextlib
 import signal
 import socket
 import sys
+from pathlib import Path
 
 from licensing_server.config import ConfigError, Settings
 from licensing_server.layout import DataLayout
@@ -56,40 +57,87 @@ Try it with grpcurl:
 """
 
 
+class _Child:
+    """One supervised process; restarted when it dies unasked, like systemd's on-failure."""
+
+    MAX_RESTARTS, WINDOW = 5, 60.0
+
+    def __init__(self, name: str, module: str, run_dir: Path):
+        self.name = name
+        self._module = module
+        self._pid_file = run_dir / f"{name}.pid"
+        self._restarts: list[float] = []
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(sys.executable, "-m", self._module)
+        self._pid_file.write_text(f"{self.process.pid}\n")
+
+    def may_restart(self, now: float) -> bool:
+        self._restarts = [t for t in self._restarts if now - t < self.WINDOW]
+        self._restarts.append(now)
+        return len(self._restarts) <= self.MAX_RESTARTS
+
+    async def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), 20)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        self._pid_file.unlink(missing_ok=True)
+
+
 async def run(settings: Settings) -> int:
-    python = sys.executable
     layout = DataLayout(settings.data_dir)
-    backend = await asyncio.create_subprocess_exec(python, "-m", "licensing_server.backend.app")
-    children = [backend]
+    run_dir = settings.data_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    backend = _Child("backend", "licensing_server.backend.app", run_dir)
+    frontend = _Child("frontend", "licensing_server.frontend.app", run_dir)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        if not await _port_open(settings.backend_addr, 60) or backend.returncode is not None:
+        await backend.start()
+        if not await _port_open(settings.backend_addr, 60):
             print("licensing-server: backend did not start", file=sys.stderr)
             return 1
-        frontend = await asyncio.create_subprocess_exec(
-            python, "-m", "licensing_server.frontend.app"
-        )
-        children.append(frontend)
-        up = await _port_open(settings.frontend_api_addr, 120)
-        if up and frontend.returncode is None and layout.ca_certificate.exists():
+        await frontend.start()
+        if await _port_open(settings.frontend_api_addr, 120) and layout.ca_certificate.exists():
             print(_banner(settings), flush=True)
-        waits = [asyncio.create_task(c.wait()) for c in children]
         stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([*waits, stopper], return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        return 0 if stopper in done else 1
+        while True:
+            exits = {
+                asyncio.create_task(child.process.wait()): child
+                for child in (backend, frontend)
+                if child.process is not None
+            }
+            done, _ = await asyncio.wait([*exits, stopper], return_when=asyncio.FIRST_COMPLETED)
+            for task in exits:
+                task.cancel()
+            if stopper in done:
+                return 0
+            for task in done:
+                child = exits[task]
+                print(
+                    f"licensing-server: {child.name} exited with {task.result()}; restarting",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                if not child.may_restart(loop.time()):
+                    print(
+                        f"licensing-server: {child.name} keeps failing; giving up", file=sys.stderr
+                    )
+                    return 1
+                await asyncio.sleep(0.5)
+                await child.start()
     finally:
-        for child in reversed(children):
-            if child.returncode is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                await asyncio.wait_for(child.wait(), 10)
-            except TimeoutError:
-                child.kill()
+        await frontend.stop()
+        await backend.stop()
 
 
 def main() -> None:

@@ -1,0 +1,90 @@
+"""``licensing-admin``: operator commands that act on the database directly.
+
+It runs where the server's configuration is (the same ``LICENSING_*`` variables),
+with the database credentials; it is not an API and needs no token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import sys
+
+from licensing_server.auth import normalise_username
+from licensing_server.config import ConfigError, Settings
+from licensing_server.errors import DomainError
+from licensing_server.storage import Database, EnclaveStore, Limits, UserStore, run_migrations
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="licensing-admin", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    entitlement = sub.add_parser("entitlement", help="per-user licence overrides")
+    actions = entitlement.add_subparsers(dest="action", required=True)
+    set_cmd = actions.add_parser("set", help="override a user's limits")
+    set_cmd.add_argument("username")
+    set_cmd.add_argument("--max-enclaves", type=int, help="enclaves the user may hold at once")
+    set_cmd.add_argument("--enclave-ttl-seconds", type=int, help="how long an enclave lives")
+    show = actions.add_parser("show", help="a user's effective limits")
+    show.add_argument("username")
+    reset = actions.add_parser("reset", help="back to the configured defaults")
+    reset.add_argument("username")
+    return parser
+
+
+async def _run(args: argparse.Namespace, settings: Settings) -> dict[str, object]:
+    url = settings.effective_database_url
+    await asyncio.to_thread(run_migrations, url)
+    database = Database.connect(url)
+    try:
+        enclaves, users = EnclaveStore(database), UserStore(database)
+        username = normalise_username(args.username)
+        now = dt.datetime.now(dt.UTC)
+        if args.action == "set":
+            for flag, value in (
+                ("--max-enclaves", args.max_enclaves),
+                ("--enclave-ttl-seconds", args.enclave_ttl_seconds),
+            ):
+                if value is not None and value < (0 if flag == "--max-enclaves" else 10):
+                    raise SystemExit(f"licensing-admin: {flag} is too small")
+            await enclaves.set_entitlement(
+                username, args.max_enclaves, args.enclave_ttl_seconds, now
+            )
+        elif args.action == "reset":
+            await enclaves.set_entitlement(username, None, None, now)
+        user = await users.find_user_by_name(username)
+        if user is None:
+            raise SystemExit(f"licensing-admin: no user named {username!r}")
+        limits = await enclaves.limits(
+            user.id,
+            Limits(settings.max_enclaves, dt.timedelta(seconds=settings.enclave_ttl_seconds)),
+        )
+        return {
+            "username": username,
+            "user_id": user.id,
+            "max_enclaves": limits.max_enclaves,
+            "enclave_ttl_seconds": int(limits.enclave_ttl.total_seconds()),
+        }
+    finally:
+        await database.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from exc
+    try:
+        result = asyncio.run(_run(args, settings))
+    except DomainError as exc:
+        print(f"licensing-admin: {exc.message} ({exc.reason})", file=sys.stderr)
+        raise SystemExit(1) from exc
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
