@@ -1,0 +1,104 @@
+"""Composition root: handshake, then one mTLS listener, until a signal or the parent's death."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import grpc
+from enclave.v1 import workload_pb2_grpc
+
+from licensing_enclave._access import ENCLAVE_POLICY, WORKLOAD_SERVICE, OwnerAuthenticator
+from licensing_enclave._bootstrap import StartupError, announce_serving, obtain_certificate
+from licensing_enclave._config import EnclaveConfig
+from licensing_enclave._keys import EnclaveKey
+from licensing_enclave._secrets import SecretStore
+from licensing_enclave._servicer import WorkloadServicer
+from licensing_enclave._stdio import ParentStdin, ProtocolOut
+from licensing_server.api.guard import AccessGuard
+from licensing_server.api.server import (
+    SERVER_OPTIONS,
+    ServerIdentity,
+    add_health_and_reflection,
+    add_listener,
+    mtls_credentials,
+)
+from licensing_server.tokens import AccessTokenVerifier
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+#: Seconds in-flight calls get to finish once the enclave is told to stop.
+SHUTDOWN_GRACE = 5.0
+
+
+async def _unless(stop: asyncio.Event, work: Awaitable[_T]) -> _T | None:
+    """``work``'s result, or ``None`` if ``stop`` is set first (then ``work`` is cancelled)."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return None
+
+
+def _server(config: EnclaveConfig, servicer: WorkloadServicer) -> grpc.aio.Server:
+    verifier = AccessTokenVerifier(
+        config.token_keys, issuer=config.issuer, audience=config.audience
+    )
+    guard = AccessGuard(ENCLAVE_POLICY, OwnerAuthenticator(verifier, config.owner))
+    server = grpc.aio.server(interceptors=[guard], options=SERVER_OPTIONS)
+    workload_pb2_grpc.add_WorkloadServiceServicer_to_server(servicer, server)
+    return server
+
+
+async def run(config: EnclaveConfig, out: ProtocolOut) -> int:
+    """Serve until SIGTERM/SIGINT or stdin EOF; the exit status is 0 in all those cases."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    stdin = ParentStdin()
+    stdin.start()
+
+    key = EnclaveKey()
+    certificate = await _unless(stop, obtain_certificate(key, config.enclave_id, out, stdin))
+    if certificate is None:
+        _log.info("enclave %s stopped during the handshake", config.enclave_id)
+        return 0
+
+    servicer = WorkloadServicer(
+        enclave_id=config.enclave_id,
+        owner=config.owner,
+        key=key,
+        certificate=certificate,
+        secrets=SecretStore(),
+    )
+    server = _server(config, servicer)
+    try:
+        health = await add_health_and_reflection(server, [WORKLOAD_SERVICE])
+        identity = ServerIdentity(key.tls_private_key_pem(), certificate.chain_pem, config.ca_pem)
+        try:
+            port = add_listener(server, config.listen, mtls_credentials(identity))
+        except (OSError, RuntimeError) as exc:
+            raise StartupError(f"cannot listen on {config.listen}: {exc}") from exc
+        await server.start()
+        address = f"{config.listen_host}:{port}"
+        announce_serving(out, address, certificate)
+        _log.info("enclave %s serving on %s", config.enclave_id, address)
+
+        await _unless(stop, stdin.wait_closed())
+        if stop.is_set():
+            _log.info("signalled: enclave %s shuts down", config.enclave_id)
+        else:
+            _log.info("stdin closed (parent gone): enclave %s exits", config.enclave_id)
+        await health.enter_graceful_shutdown()
+    finally:
+        await server.stop(SHUTDOWN_GRACE)
+    return 0
