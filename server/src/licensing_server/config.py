@@ -52,6 +52,27 @@ class Settings:
     enclave_command: tuple[str, ...] = ()
     enclave_ports: tuple[int, int] | None = None
     reap_interval_seconds: int = 5
+    # The TPM: a TCTI string ("device:/dev/tpmrm0" for hardware). Empty means the
+    # embedded default: a software TPM (swtpm) that licensing-server runs on swtpm_port.
+    tpm_tcti: str = ""
+    tpm_manufacturer_ca_file: str = ""
+    swtpm_port: int = 2321
+    # Benchmarks only: delay added before each quote to mimic a hardware TPM.
+    tpm_simulated_latency_ms: int = 0
+
+    @property
+    def effective_tpm_tcti(self) -> str:
+        return self.tpm_tcti or f"swtpm:host=127.0.0.1,port={self.swtpm_port}"
+
+    @property
+    def swtpm_state_dir(self) -> Path:
+        return self.data_dir / "tpm"
+
+    @property
+    def effective_manufacturer_ca_file(self) -> Path:
+        if self.tpm_manufacturer_ca_file:
+            return Path(self.tpm_manufacturer_ca_file)
+        return self.swtpm_state_dir / "manufacturer-ca.pem"
 
     @property
     def effective_database_url(self) -> str:
@@ -126,6 +147,12 @@ class Settings:
             enclave_ports=_port_range(text("ENCLAVE_PORTS", ""), problems),
             reap_interval_seconds=integer(
                 "REAP_INTERVAL_SECONDS", defaults.reap_interval_seconds, 1, 3600
+            ),
+            tpm_tcti=text("TPM_TCTI", ""),
+            tpm_manufacturer_ca_file=text("TPM_MANUFACTURER_CA_FILE", ""),
+            swtpm_port=integer("SWTPM_PORT", defaults.swtpm_port, 1, 65534),
+            tpm_simulated_latency_ms=integer(
+                "TPM_SIMULATED_LATENCY_MS", defaults.tpm_simulated_latency_ms, 0, 10_000
             ),
         )
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

@@ -50,3 +50,8 @@ class DataLayout:
     def enclaves_dir(self) -> Path:
         """Work directories of local enclaves (public files only: CA and JWKS)."""
         return self.root / "backend" / "enclaves"
+
+    @property
+    def ak_certificate(self) -> Path:
+        """The attestation key's certificate, as the backend last issued it."""
+        return self.root / "backend" / "ak.pem"

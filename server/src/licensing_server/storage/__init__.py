@@ -8,14 +8,22 @@ from licensing_server.storage._enclaves import (
     Limits,
     Phase,
 )
+from licensing_server.storage._measurements import (
+    EpochRecord,
+    MeasurementRecord,
+    MeasurementStore,
+)
 from licensing_server.storage._users import SessionRecord, UserRecord, UserStore
 
 __all__ = [
     "Database",
     "EnclaveRecord",
     "EnclaveStore",
+    "EpochRecord",
     "EventRecord",
     "Limits",
+    "MeasurementRecord",
+    "MeasurementStore",
     "Phase",
     "SessionRecord",
     "UserRecord",

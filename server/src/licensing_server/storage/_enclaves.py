@@ -49,6 +49,7 @@ class EnclaveRecord:
     certificate_sha256: bytes
     failure_reason: str
     runtime_handle: str
+    attestation: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,7 @@ def _record(row: Enclave) -> EnclaveRecord:
         certificate_sha256=row.certificate_sha256,
         failure_reason=row.failure_reason,
         runtime_handle=row.runtime_handle,
+        attestation=row.attestation,
     )
 
 
@@ -210,6 +212,7 @@ class EnclaveStore:
         certificate_sha256: bytes | None = None,
         failure_reason: str | None = None,
         runtime_handle: str | None = None,
+        attestation: bytes | None = None,
     ) -> EventRecord:
         """Record a phase change (and what came with it) as the next event."""
         async with self._db.session() as session:
@@ -230,6 +233,7 @@ class EnclaveStore:
                 ("certificate_sha256", certificate_sha256),
                 ("failure_reason", failure_reason),
                 ("runtime_handle", runtime_handle),
+                ("attestation", attestation),
             ):
                 if value is not None:
                     setattr(row, name, value)

@@ -121,6 +121,8 @@ class Enclave(Base):
     failure_reason: Mapped[str] = mapped_column(String(64), default="")
     # What the runtime needs to find the workload again after a restart (JSON).
     runtime_handle: Mapped[str] = mapped_column(Text, default="")
+    # The licensing.v1.Attestation of the ATTESTED event (serialized protobuf).
+    attestation: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class EnclaveEvent(Base):
@@ -134,4 +136,30 @@ class EnclaveEvent(Base):
     sequence: Mapped[int] = mapped_column(Integer, primary_key=True)
     phase: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(String(1024))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class MeasurementEpoch(Base):
+    """One life of PCR 23: it starts when the PCR starts again from zero (TPM reset)."""
+
+    __tablename__ = "measurement_epochs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    reset_count: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class Measurement(Base):
+    """One extend of PCR 23, in order within its epoch: the event log clients replay."""
+
+    __tablename__ = "measurements"
+
+    epoch_id: Mapped[int] = mapped_column(
+        ForeignKey("measurement_epochs.id", ondelete="CASCADE"), primary_key=True
+    )
+    sequence: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pcr: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32))
+    kind: Mapped[str] = mapped_column(String(32))
+    enclave_id: Mapped[str] = mapped_column(String(36))
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())

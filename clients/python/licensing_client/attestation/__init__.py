@@ -1,0 +1,31 @@
+"""Client-side verification of enclave attestations (pure Python, no TSS libraries)."""
+
+from licensing_client.attestation._binding import (
+    DERIVATION,
+    merkle_root_and_proofs,
+    merkle_root_from_proof,
+    qualifying_value,
+)
+from licensing_client.attestation._verify import (
+    AK_CERTIFICATE_IDENTITY,
+    MEASUREMENT_PCR,
+    AttestationError,
+    Check,
+    CheckResult,
+    VerificationReport,
+    verify_attestation,
+)
+
+__all__ = [
+    "AK_CERTIFICATE_IDENTITY",
+    "DERIVATION",
+    "MEASUREMENT_PCR",
+    "AttestationError",
+    "Check",
+    "CheckResult",
+    "VerificationReport",
+    "merkle_root_and_proofs",
+    "merkle_root_from_proof",
+    "qualifying_value",
+    "verify_attestation",
+]

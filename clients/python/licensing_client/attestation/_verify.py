@@ -1,0 +1,280 @@
+"""Verifying an enclave attestation before trusting its certificate.
+
+Every check is run in a fixed order and named; the first failure raises
+``AttestationError`` naming it, and the caller must then not connect.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from licensing_client.attestation._binding import (
+    merkle_root_from_proof,
+    qualifying_value,
+)
+from licensing_client.attestation._tpm_structures import (
+    ATTR_DECRYPT,
+    ATTR_FIXED_PARENT,
+    ATTR_FIXED_TPM,
+    ATTR_RESTRICTED,
+    ATTR_SENSITIVE_DATA_ORIGIN,
+    ATTR_SIGN_ENCRYPT,
+    TPM_ALG_ECDSA,
+    TPM_ALG_SHA256,
+    TPM_ECC_NIST_P256,
+    TPM_GENERATED_VALUE,
+    TPM_ST_ATTEST_QUOTE,
+    StructureError,
+    parse_attest,
+    parse_public,
+    parse_signature,
+)
+
+#: URI SAN the licensing CA puts in the attestation key's certificate, and only there.
+AK_CERTIFICATE_IDENTITY = "spiffe://licensing.internal/tpm/attestation-key"
+MEASUREMENT_PCR = 23
+_ZERO = bytes(32)
+
+
+class Check(enum.StrEnum):
+    MAGIC = "magic"
+    TYPE = "type"
+    AK_ATTRIBUTES = "ak_attributes"
+    AK_CERTIFICATE_CHAIN = "ak_certificate_chain"
+    SIGNATURE = "signature"
+    CERTIFICATE = "certificate"
+    QUALIFYING_DATA = "qualifying_data"
+    PCR_DIGEST = "pcr_digest"
+    EVENT_LOG = "event_log"
+
+
+class AttestationError(Exception):
+    """The attestation failed ``check``; do not connect to the enclave."""
+
+    def __init__(self, check: Check, detail: str):
+        super().__init__(f"attestation check '{check}' failed: {detail}")
+        self.check = check
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    check: Check
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationReport:
+    enclave_certificate_sha256: bytes
+    reset_count: int
+    pcr_values: dict[int, bytes]
+    checks: list[CheckResult] = field(default_factory=list)
+
+
+class AttestationLike(Protocol):
+    """The ``licensing.v1.Attestation`` fields we read (betterproto or protobuf message)."""
+
+    quote: bytes
+    signature: bytes
+    ak_public: bytes
+    ak_certificate_chain_pem: Any
+    pcr_selection: Any
+    pcr_values: Any
+    event_log: Any
+    enclave_certificate_pem: str
+    enclave_certificate_sha256: bytes
+    nonce: bytes
+    merkle_proof: Any
+
+
+def _fail(check: Check, detail: str) -> AttestationError:
+    return AttestationError(check, detail)
+
+
+def _pem_der(pem: str) -> bytes:
+    return x509.load_pem_x509_certificate(pem.encode()).public_bytes(serialization.Encoding.DER)
+
+
+def _check_chain(
+    chain_pem: Sequence[str],
+    trusted_pem: Sequence[str],
+    ak_key: ec.EllipticCurvePublicKey,
+    now: dt.datetime,
+) -> str:
+    try:
+        chain = [x509.load_pem_x509_certificate(p.encode()) for p in chain_pem]
+        anchors = [x509.load_pem_x509_certificate(p.encode()) for p in trusted_pem]
+    except ValueError as exc:
+        raise _fail(Check.AK_CERTIFICATE_CHAIN, "a certificate does not parse") from exc
+    if not chain:
+        raise _fail(Check.AK_CERTIFICATE_CHAIN, "no AK certificate")
+    leaf = chain[0]
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    if uris != [AK_CERTIFICATE_IDENTITY]:
+        raise _fail(Check.AK_CERTIFICATE_CHAIN, "the leaf is not an attestation key certificate")
+    leaf_key = leaf.public_key()
+    if not isinstance(leaf_key, ec.EllipticCurvePublicKey) or leaf_key.public_numbers() != (
+        ak_key.public_numbers()
+    ):
+        raise _fail(Check.AK_CERTIFICATE_CHAIN, "the AK certificate is for another key")
+    for cert in chain:
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            raise _fail(Check.AK_CERTIFICATE_CHAIN, "a certificate is outside its validity")
+    current = leaf
+    for issuer in [*chain[1:], None]:
+        for anchor in anchors:
+            try:
+                current.verify_directly_issued_by(anchor)
+                return f"issued by trusted CA '{anchor.subject.rfc4514_string()}'"
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+        if issuer is None:
+            break
+        try:
+            current.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature) as exc:
+            raise _fail(Check.AK_CERTIFICATE_CHAIN, "the chain is broken") from exc
+        current = issuer
+    raise _fail(Check.AK_CERTIFICATE_CHAIN, "the AK certificate does not chain to a trusted CA")
+
+
+def verify_attestation(
+    attestation: AttestationLike,
+    *,
+    nonce: bytes,
+    expected_certificate_pem: str,
+    trusted_ca_pem: Sequence[str],
+    now: dt.datetime | None = None,
+) -> VerificationReport:
+    """Check everything the brief lists; return the report or raise ``AttestationError``.
+
+    ``nonce`` is the one *we* sent and ``expected_certificate_pem`` the
+    certificate we are about to pin; neither is taken from the attestation.
+    """
+    moment = now or dt.datetime.now(dt.UTC)
+    results: list[CheckResult] = []
+
+    try:
+        attest = parse_attest(bytes(attestation.quote))
+    except StructureError as exc:
+        raise _fail(Check.MAGIC, f"the quote does not parse ({exc})") from exc
+    if attest.magic != TPM_GENERATED_VALUE:
+        raise _fail(Check.MAGIC, f"magic is 0x{attest.magic:08x}, not TPM_GENERATED")
+    results.append(CheckResult(Check.MAGIC, "TPM_GENERATED"))
+    if attest.type != TPM_ST_ATTEST_QUOTE:
+        raise _fail(Check.TYPE, f"type is 0x{attest.type:04x}, not TPM_ST_ATTEST_QUOTE")
+    results.append(CheckResult(Check.TYPE, "TPM_ST_ATTEST_QUOTE"))
+
+    try:
+        ak = parse_public(bytes(attestation.ak_public))
+    except StructureError as exc:
+        raise _fail(Check.AK_ATTRIBUTES, f"the AK public area does not parse ({exc})") from exc
+    required = ATTR_RESTRICTED | ATTR_SIGN_ENCRYPT | ATTR_FIXED_TPM | ATTR_FIXED_PARENT
+    required |= ATTR_SENSITIVE_DATA_ORIGIN
+    if ak.attributes & required != required or ak.attributes & ATTR_DECRYPT:
+        raise _fail(Check.AK_ATTRIBUTES, f"attributes 0x{ak.attributes:08x} are not an AK's")
+    if ak.curve != TPM_ECC_NIST_P256 or ak.scheme != TPM_ALG_ECDSA:
+        raise _fail(Check.AK_ATTRIBUTES, "the AK is not an ECDSA P-256 key")
+    try:
+        ak_key = ec.EllipticCurvePublicNumbers(
+            int.from_bytes(ak.x, "big"), int.from_bytes(ak.y, "big"), ec.SECP256R1()
+        ).public_key()
+    except ValueError as exc:
+        raise _fail(Check.AK_ATTRIBUTES, "the AK point is not on P-256") from exc
+    results.append(CheckResult(Check.AK_ATTRIBUTES, "restricted, sign, fixedTPM, fixedParent"))
+
+    detail = _check_chain(
+        list(attestation.ak_certificate_chain_pem), trusted_ca_pem, ak_key, moment
+    )
+    results.append(CheckResult(Check.AK_CERTIFICATE_CHAIN, detail))
+
+    try:
+        signature = parse_signature(bytes(attestation.signature))
+    except StructureError as exc:
+        raise _fail(Check.SIGNATURE, f"the signature does not parse ({exc})") from exc
+    if signature.hash_alg != TPM_ALG_SHA256:
+        raise _fail(Check.SIGNATURE, "the signature is not over SHA-256")
+    if not hmac.compare_digest(attest.qualified_signer, ak.name):
+        raise _fail(Check.SIGNATURE, "the quote names another signing key")
+    try:
+        ak_key.verify(
+            encode_dss_signature(signature.r, signature.s),
+            bytes(attestation.quote),
+            ec.ECDSA(hashes.SHA256()),
+        )
+    except InvalidSignature as exc:
+        raise _fail(Check.SIGNATURE, "the quote's signature does not verify with the AK") from exc
+    results.append(CheckResult(Check.SIGNATURE, "ECDSA P-256 by the certified AK"))
+
+    try:
+        expected_der = _pem_der(expected_certificate_pem)
+        attested_der = _pem_der(attestation.enclave_certificate_pem)
+    except ValueError as exc:
+        raise _fail(Check.CERTIFICATE, "a certificate does not parse") from exc
+    cert_hash = hashlib.sha256(expected_der).digest()
+    if not hmac.compare_digest(attested_der, expected_der) or not hmac.compare_digest(
+        bytes(attestation.enclave_certificate_sha256), cert_hash
+    ):
+        raise _fail(Check.CERTIFICATE, "the attestation is about another certificate")
+    results.append(CheckResult(Check.CERTIFICATE, f"SHA-256 {cert_hash.hex()}"))
+
+    value = qualifying_value(nonce, cert_hash)
+    proof = attestation.merkle_proof
+    siblings = [bytes(s) for s in (proof.siblings if proof is not None else [])]
+    leaf_count = int(proof.leaf_count) if proof is not None else 0
+    if leaf_count > 1:
+        try:
+            value = merkle_root_from_proof(value, int(proof.leaf_index), leaf_count, siblings)
+        except (ValueError, StopIteration) as exc:
+            raise _fail(Check.QUALIFYING_DATA, "the Merkle proof is malformed") from exc
+    if not hmac.compare_digest(attest.extra_data, value):
+        raise _fail(
+            Check.QUALIFYING_DATA, "qualifying data does not bind our nonce to this certificate"
+        )
+    batch = f" (leaf {int(proof.leaf_index)} of {leaf_count})" if leaf_count > 1 else ""
+    results.append(CheckResult(Check.QUALIFYING_DATA, f"nonce and certificate bound{batch}"))
+
+    values = {int(v.pcr): bytes(v.value) for v in attestation.pcr_values}
+    selected = [p for s in attest.pcr_selections if s.hash_alg == TPM_ALG_SHA256 for p in s.pcrs]
+    if any(s.hash_alg != TPM_ALG_SHA256 for s in attest.pcr_selections) or sorted(values) != sorted(
+        selected
+    ):
+        raise _fail(Check.PCR_DIGEST, "the returned PCRs are not the quoted selection")
+    digest = hashlib.sha256(b"".join(values[p] for p in selected)).digest()
+    if not hmac.compare_digest(digest, attest.pcr_digest):
+        raise _fail(Check.PCR_DIGEST, "the PCR values do not match the quoted digest")
+    results.append(CheckResult(Check.PCR_DIGEST, f"PCRs {selected}"))
+
+    if MEASUREMENT_PCR not in values:
+        raise _fail(Check.EVENT_LOG, f"PCR {MEASUREMENT_PCR} is not quoted")
+    replayed, seen = _ZERO, False
+    for event in sorted(attestation.event_log, key=lambda e: int(e.sequence)):
+        if int(event.pcr) != MEASUREMENT_PCR:
+            continue
+        event_digest = bytes(event.digest)
+        replayed = hashlib.sha256(replayed + event_digest).digest()
+        seen = seen or hmac.compare_digest(event_digest, cert_hash)
+    if not hmac.compare_digest(replayed, values[MEASUREMENT_PCR]):
+        raise _fail(Check.EVENT_LOG, f"the event log does not replay to PCR {MEASUREMENT_PCR}")
+    if not seen:
+        raise _fail(Check.EVENT_LOG, "the certificate was never measured")
+    results.append(
+        CheckResult(Check.EVENT_LOG, f"replays to PCR {MEASUREMENT_PCR}; certificate measured")
+    )
+    return VerificationReport(cert_hash, attest.reset_count, values, results)
