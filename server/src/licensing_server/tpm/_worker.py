@@ -1,0 +1,102 @@
+"""The one thread that talks to the TPM.
+
+A TPM executes one command at a time and ESAPI blocks until it answers, so
+every command for a device runs here, in order, on a context nobody else
+touches. The thread is a daemon and disposable: when a command hangs the
+device retires it and starts another, and the stuck one closes its context
+and ends whenever its read returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from tpm2_pytss import TSS2_Exception
+
+from licensing_server.tpm._connection import TpmConnection
+from licensing_server.tpm._errors import TpmUnavailable, translate
+
+__all__ = ["TpmThread"]
+
+_log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    operation: Callable[[TpmConnection], Any]
+    action: str
+    future: Future[Any]
+
+
+class TpmThread:
+    """A daemon thread owning one lazily opened TPM connection."""
+
+    def __init__(self, connect: Callable[[], TpmConnection], name: str) -> None:
+        self._connect = connect
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._connection: TpmConnection | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, operation: Callable[[TpmConnection], _T], action: str) -> Future[_T]:
+        """Queue ``operation``; its future gets the result or a domain error.
+
+        ``action`` names the work in error messages ("quote", "extend PCR 23").
+        """
+        future: Future[_T] = Future()
+        self._jobs.put(_Job(operation, action, future))
+        return future
+
+    def retire(self) -> None:
+        """Close the connection and end the thread once the queued work is done."""
+        self._jobs.put(None)
+
+    def join(self, timeout: float) -> bool:
+        """Wait for the thread to end; True if it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if not job.future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = self._execute(job)
+            except BaseException as exc:
+                job.future.set_exception(exc)
+            else:
+                job.future.set_result(result)
+        self._disconnect()
+
+    def _execute(self, job: _Job) -> Any:
+        try:
+            if self._connection is None:
+                self._connection = self._connect()
+            return job.operation(self._connection)
+        except TpmUnavailable:
+            self._disconnect()
+            raise
+        except TSS2_Exception as exc:
+            error = translate(exc, job.action)
+            if isinstance(error, TpmUnavailable):
+                # A failed transport leaves ESAPI mid-command: start afresh next time.
+                _log.warning("TPM %s failed (%s); reconnecting on next use", job.action, exc)
+                self._disconnect()
+            raise error from exc
+
+    def _disconnect(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            connection.close()
+        except Exception:
+            _log.warning("closing the TPM connection failed", exc_info=True)

@@ -1,0 +1,36 @@
+"""tpm2-pytss response codes become "retry later" or "refused", by layer."""
+
+from __future__ import annotations
+
+import pytest
+from tpm2_pytss import TSS2_Exception
+
+from licensing_server.errors import FailedPrecondition, Unavailable
+from licensing_server.tpm import TpmCommandFailed, TpmUnavailable
+from licensing_server.tpm._errors import translate
+
+
+@pytest.mark.parametrize(
+    ("rc", "expected"),
+    [
+        (0x000A000A, TpmUnavailable),  # TCTI: IO error (swtpm gone)
+        (0x000A0006, TpmUnavailable),  # TCTI: bad sequence
+        (0x00070001, TpmUnavailable),  # ESAPI: general failure
+        (0x00000902, TpmUnavailable),  # TPM warning: object memory full
+        (0x00000922, TpmUnavailable),  # TPM warning: retry
+        (0x00000100, TpmUnavailable),  # TPM: not initialised
+        (0x000001DF, TpmCommandFailed),  # TPM: integrity check failed (bad credential)
+        (0x0000018B, TpmCommandFailed),  # TPM: wrong handle
+    ],
+)
+def test_translate_by_layer(rc: int, expected: type) -> None:
+    error = translate(TSS2_Exception(rc), "quote")
+    assert type(error) is expected
+    assert error.metadata["rc"] == f"0x{rc:x}"
+    assert "quote" in error.message
+
+
+def test_domain_classes() -> None:
+    assert issubclass(TpmUnavailable, Unavailable)
+    assert issubclass(TpmCommandFailed, FailedPrecondition)
+    assert TpmUnavailable("TPM_UNAVAILABLE", "x").reason == "TPM_UNAVAILABLE"
