@@ -47,14 +47,29 @@ async def test_signup_login_and_whoami_with_the_generated_client(
         )
         assert me.user.username == name
 
-        # Server streaming through the generated client: the stream opens and
-        # carries the server's status (CreateEnclave is not served yet).
-        with pytest.raises(GRPCError) as raised:
-            async for _ in v1.EnclaveServiceStub(api).create_enclave(
+        # Server streaming through the generated client: one message per phase.
+        enclaves = v1.EnclaveServiceStub(api)
+        events = [
+            event
+            async for event in enclaves.create_enclave(
                 v1.CreateEnclaveRequest(request_id="r1", nonce=b"n" * 16),
                 metadata=bearer(login.access_token),
-            ):
-                pass
-        assert raised.value.status == grpclib.Status.UNIMPLEMENTED
+            )
+        ]
+        assert events[0].phase == v1.Phase.ACCEPTED
+        assert v1.Phase.READY in [e.phase for e in events]
+        assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+        assert events[-1].enclave.endpoint
+        await enclaves.delete_enclave(
+            v1.DeleteEnclaveRequest(enclave_id=events[-1].enclave_id),
+            metadata=bearer(login.access_token),
+        )
+        # Errors arrive as grpclib statuses.
+        with pytest.raises(GRPCError) as raised:
+            await enclaves.get_enclave(
+                v1.GetEnclaveRequest(enclave_id=events[-1].enclave_id),
+                metadata=bearer(login.access_token),
+            )
+        assert raised.value.status == grpclib.Status.NOT_FOUND
     finally:
         api.close()
