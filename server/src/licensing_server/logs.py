@@ -5,6 +5,13 @@ from __future__ import annotations
 import logging
 
 
+class _DropBadHeaderTracebacks(logging.Filter):
+    """grpc logs a full traceback for every header that is not UTF-8: anyone could flood us."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Invalid encoding" not in str(record.msg)
+
+
 def configure_logging(level: str, process: str) -> None:
     logging.basicConfig(
         level=level,
@@ -12,3 +19,4 @@ def configure_logging(level: str, process: str) -> None:
     )
     for noisy in ("sqlalchemy", "alembic", "grpc", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    logging.getLogger("grpc._cython.cygrpc").addFilter(_DropBadHeaderTracebacks())
