@@ -31,12 +31,19 @@ _LINE_LIMIT = 1024 * 1024
 
 
 def _start_time(pid: int) -> str | None:
-    """The process start time (clock ticks since boot): tells a pid from its reuse."""
+    """The process start time (clock ticks since boot): tells a pid from its reuse.
+
+    ``None`` once the process has exited, including as a zombie nobody reaps yet (an
+    orphaned enclave waits for init, which in a container may never reap it).
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X", "x"):
+        return None
+    return fields[19]
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,11 +234,14 @@ class LocalProcessRuntime:
         shutil.rmtree(self._root / enclave_id, ignore_errors=True)
 
     async def is_alive(self, enclave_id: str, handle: str) -> bool:
+        """Only a workload this runtime started can be alive.
+
+        One of an earlier backend lost its stdin with it and is on its way out, even
+        if its process still runs (draining calls): counting it alive would leave its
+        enclave READY with nothing serving. ``stop`` still finds it by its handle.
+        """
         workload = self._workloads.get(enclave_id)
-        if workload is not None:
-            return workload.process.returncode is None
-        parsed = _Handle.load(handle) if handle else None
-        return parsed is not None and parsed.alive()
+        return workload is not None and workload.process.returncode is None
 
     async def sweep(self, keep: set[str]) -> list[str]:
         removed = []
