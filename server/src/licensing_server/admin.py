@@ -53,7 +53,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> dict[str, object
                 username, args.max_enclaves, args.enclave_ttl_seconds, now
             )
         elif args.action == "reset":
-            await enclaves.set_entitlement(username, None, None, now)
+            await enclaves.set_entitlement(username, None, None, now, replace=True)
         user = await users.find_user_by_name(username)
         if user is None:
             raise SystemExit(f"licensing-admin: no user named {username!r}")

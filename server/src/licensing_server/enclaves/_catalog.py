@@ -113,7 +113,9 @@ class EnclaveCatalog:
 
     async def _progress(self, record: EnclaveRecord, created: bool) -> AsyncIterator[EnclaveUpdate]:
         last = 0
-        if created:
+        # A repeat of a request still ACCEPTED (its first caller went away before the
+        # backend took it) starts it too: the backend's start is idempotent.
+        if created or record.phase is Phase.ACCEPTED:
             for event in await self._store.events_after(record.id, 0):
                 last = event.sequence
                 yield await self._update(event)

@@ -114,7 +114,10 @@ class EnclaveStore:
         max_enclaves: int | None,
         enclave_ttl_seconds: int | None,
         now: dt.datetime,
+        *,
+        replace: bool = False,
     ) -> str:
+        """Override a user's limits; ``None`` keeps the current value unless ``replace``."""
         async with self._db.session() as session:
             user = await session.scalar(select(User).where(User.username == username))
             if user is None:
@@ -123,8 +126,10 @@ class EnclaveStore:
             if row is None:
                 row = Entitlement(user_id=user.id, updated_at=now)
                 session.add(row)
-            row.max_enclaves = max_enclaves
-            row.enclave_ttl_seconds = enclave_ttl_seconds
+            if replace or max_enclaves is not None:
+                row.max_enclaves = max_enclaves
+            if replace or enclave_ttl_seconds is not None:
+                row.enclave_ttl_seconds = enclave_ttl_seconds
             row.updated_at = now
             return user.id
 
