@@ -34,6 +34,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_pair() -> int:
+    """A port P with P+1 free too (swtpm serves commands on P and control on P+1)."""
+    for _ in range(100):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port pair")
+
+
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -124,6 +137,7 @@ class Stack:
     api_port: int
     backend_port: int
     extra_env: dict[str, str] = field(default_factory=dict)
+    swtpm_port: int = field(default_factory=free_port_pair)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     _channels: list[grpc.Channel] = field(default_factory=list)
@@ -156,6 +170,7 @@ class Stack:
             LICENSING_FRONTEND_ENROLL_ADDR=self.enroll_addr,
             LICENSING_FRONTEND_API_ADDR=self.api_addr,
             LICENSING_BACKEND_ADDR=self.backend_addr,
+            LICENSING_SWTPM_PORT=str(self.swtpm_port),
             LICENSING_BCRYPT_COST=os.environ.get("LICENSING_TEST_BCRYPT_COST", "8"),
             LICENSING_LOG_LEVEL="INFO",
         )

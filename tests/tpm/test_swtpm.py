@@ -32,13 +32,13 @@ def test_prepare_is_idempotent(swtpm: SwtpmSimulator) -> None:
     assert state.stat().st_mtime_ns == mtime_before
 
 
-def test_module_runs_swtpm_in_the_foreground_until_sigterm(tmp_path: Path) -> None:
+def test_module_becomes_swtpm_in_the_foreground_until_sigterm(tmp_path: Path) -> None:
     port = free_port_pair()
     process = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "licensing_server.tpm.swtpm",
+            "licensing_server.tpm",
             "--state-dir",
             str(tmp_path),
             "--port",
@@ -51,6 +51,11 @@ def test_module_runs_swtpm_in_the_foreground_until_sigterm(tmp_path: Path) -> No
         assert process.stdout is not None
         line = process.stdout.readline().decode()
         assert f"swtpm:host=127.0.0.1,port={port}" in line, process.stderr
+        # The module becomes swtpm (exec), which then opens its port.
+        deadline = time.monotonic() + 10
+        while not _answers(port):
+            assert time.monotonic() < deadline, "swtpm did not open its port"
+            time.sleep(0.05)
         assert len(asyncio.run(_ek_certificate(f"swtpm:host=127.0.0.1,port={port}"))) > 0
         process.send_signal(signal.SIGTERM)
         assert process.wait(10) == 0

@@ -57,6 +57,7 @@ class Settings:
     tpm_tcti: str = ""
     tpm_manufacturer_ca_file: str = ""
     swtpm_port: int = 2321
+    tpm_command_timeout_seconds: int = 10
     # Benchmarks only: delay added before each quote to mimic a hardware TPM.
     tpm_simulated_latency_ms: int = 0
 
@@ -151,6 +152,9 @@ class Settings:
             tpm_tcti=text("TPM_TCTI", ""),
             tpm_manufacturer_ca_file=text("TPM_MANUFACTURER_CA_FILE", ""),
             swtpm_port=integer("SWTPM_PORT", defaults.swtpm_port, 1, 65534),
+            tpm_command_timeout_seconds=integer(
+                "TPM_COMMAND_TIMEOUT_SECONDS", defaults.tpm_command_timeout_seconds, 1, 600
+            ),
             tpm_simulated_latency_ms=integer(
                 "TPM_SIMULATED_LATENCY_MS", defaults.tpm_simulated_latency_ms, 0, 10_000
             ),

@@ -62,15 +62,18 @@ class _Child:
 
     MAX_RESTARTS, WINDOW = 5, 60.0
 
-    def __init__(self, name: str, module: str, run_dir: Path):
+    def __init__(self, name: str, module: str, run_dir: Path, *args: str):
         self.name = name
         self._module = module
+        self._args = args
         self._pid_file = run_dir / f"{name}.pid"
         self._restarts: list[float] = []
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(sys.executable, "-m", self._module)
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", self._module, *self._args
+        )
         self._pid_file.write_text(f"{self.process.pid}\n")
 
     def may_restart(self, now: float) -> bool:
@@ -97,11 +100,30 @@ async def run(settings: Settings) -> int:
     run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     backend = _Child("backend", "licensing_server.backend.app", run_dir)
     frontend = _Child("frontend", "licensing_server.frontend.app", run_dir)
+    children = [backend, frontend]
+    swtpm: _Child | None = None
+    if not settings.tpm_tcti:
+        # The embedded default TPM is a software TPM; production sets LICENSING_TPM_TCTI.
+        swtpm = _Child(
+            "swtpm",
+            "licensing_server.tpm",
+            run_dir,
+            "--state-dir",
+            str(settings.swtpm_state_dir),
+            "--port",
+            str(settings.swtpm_port),
+        )
+        children.insert(0, swtpm)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
+        if swtpm is not None:
+            await swtpm.start()
+            if not await _port_open(f"127.0.0.1:{settings.swtpm_port}", 120):
+                print("licensing-server: swtpm did not start", file=sys.stderr)
+                return 1
         await backend.start()
         if not await _port_open(settings.backend_addr, 60):
             print("licensing-server: backend did not start", file=sys.stderr)
@@ -113,7 +135,7 @@ async def run(settings: Settings) -> int:
         while True:
             exits = {
                 asyncio.create_task(child.process.wait()): child
-                for child in (backend, frontend)
+                for child in children
                 if child.process is not None
             }
             done, _ = await asyncio.wait([*exits, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -136,8 +158,8 @@ async def run(settings: Settings) -> int:
                 await asyncio.sleep(0.5)
                 await child.start()
     finally:
-        await frontend.stop()
-        await backend.stop()
+        for child in reversed(children):
+            await child.stop()
 
 
 def main() -> None:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 from licensing.control.v1 import control_pb2, control_pb2_grpc
 
 from licensing_server.api.convert import enclave_message, phase_number, timestamp
+from licensing_server.attestation import Attestor
 from licensing_server.auth import normalise_username
-from licensing_server.errors import InvalidArgument, Unimplemented
+from licensing_server.enclaves.nonces import ATTESTABLE, check_nonce
+from licensing_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from licensing_server.pki import CertificateAuthority, parse_csr
 from licensing_server.provisioning import EnclaveProvisioner, terminal_phases
 from licensing_server.storage import EnclaveStore
@@ -27,8 +29,15 @@ SERVICE_NAMES = (
 
 
 class CertificateServicer(control_pb2_grpc.CertificateServiceServicer):
-    def __init__(self, ca: CertificateAuthority, *, max_user_lifetime: dt.timedelta):
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        *,
+        max_user_lifetime: dt.timedelta,
+        ak_certificate_chain_pem: Callable[[], list[str]],
+    ):
         self._ca = ca
+        self._ak_chain = ak_certificate_chain_pem
         self._max_lifetime = max_user_lifetime
 
     async def SignUserCertificate(self, request: Any, context: Context) -> Any:
@@ -51,12 +60,9 @@ class CertificateServicer(control_pb2_grpc.CertificateServiceServicer):
 
     async def GetCaCertificates(self, request: Any, context: Context) -> Any:
         return control_pb2.GetCaCertificatesResponse(
-            ca_certificates_pem=self._ca.ca_certificates_pem
+            ca_certificates_pem=self._ca.ca_certificates_pem,
+            ak_certificate_chain_pem=self._ak_chain(),
         )
-
-
-def _not_yet(what: str) -> Unimplemented:
-    return Unimplemented("NOT_IMPLEMENTED", f"{what} is part of the API but not served yet")
 
 
 class ProvisioningServicer(control_pb2_grpc.ProvisioningServiceServicer):
@@ -98,7 +104,24 @@ def _enclave_id(raw: str) -> str:
 
 
 class QuoteServicer(control_pb2_grpc.QuoteServiceServicer):
-    """Placeholder until the TPM attestation lands (answers UNIMPLEMENTED)."""
+    def __init__(self, attestor: Attestor, store: EnclaveStore):
+        self._attestor = attestor
+        self._store = store
 
-    async def Quote(self, request: Any, context: Context) -> Any:
-        raise _not_yet("Quote")
+    async def Quote(
+        self, request: control_pb2.QuoteRequest, context: Context
+    ) -> control_pb2.QuoteResponse:
+        nonce = check_nonce(request.nonce)
+        record = await self._store.get(_enclave_id(request.enclave_id))
+        if record is None:
+            raise NotFound("ENCLAVE_NOT_FOUND", "no such enclave")
+        if record.phase not in ATTESTABLE or not record.certificate_sha256:
+            raise FailedPrecondition(
+                "ENCLAVE_NOT_ATTESTABLE",
+                f"the enclave is {record.phase.value}; only a running enclave can be attested",
+                {"phase": record.phase.value},
+            )
+        attestation = await self._attestor.attest(
+            record.certificate_pem, record.certificate_sha256, nonce
+        )
+        return control_pb2.QuoteResponse(attestation=attestation)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -21,7 +21,7 @@ from licensing_server.api.convert import enclave_message, phase_number, timestam
 from licensing_server.api.guard import current_claims
 from licensing_server.auth import AuthService
 from licensing_server.enclaves import EnclaveCatalog, EnclaveUpdate
-from licensing_server.errors import Unavailable, Unimplemented
+from licensing_server.errors import Unavailable
 from licensing_server.storage import Phase
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -87,7 +87,7 @@ class TrustServicer(trust_pb2_grpc.TrustServiceServicer):
         self,
         *,
         ca_certificates_pem: Callable[[], list[str]],
-        ak_certificate_chain_pem: Callable[[], list[str]],
+        ak_certificate_chain_pem: Callable[[], Awaitable[list[str]]],
         jwks_json: str,
         issuer: str,
         audience: str,
@@ -102,14 +102,10 @@ class TrustServicer(trust_pb2_grpc.TrustServiceServicer):
         return trust_pb2.GetTrustBundleResponse(
             ca_certificates_pem=self._ca(),
             jwks_json=self._jwks,
-            ak_certificate_chain_pem=self._ak(),
+            ak_certificate_chain_pem=await self._ak(),
             token_issuer=self._issuer,
             token_audience=self._audience,
         )
-
-
-def _not_yet(what: str) -> Unimplemented:
-    return Unimplemented("NOT_IMPLEMENTED", f"{what} is part of the API but not served yet")
 
 
 def _event_fields(update: EnclaveUpdate) -> dict[str, Any]:
@@ -123,6 +119,8 @@ def _event_fields(update: EnclaveUpdate) -> dict[str, Any]:
     }
     if update.enclave is not None:
         fields["enclave"] = enclave_message(update.enclave)
+    if update.attestation:
+        fields["attestation"] = attestation_pb2.Attestation.FromString(update.attestation)
     return fields
 
 
@@ -180,10 +178,18 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServiceServicer):
 
 
 class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):
-    """Placeholder until the TPM attestation lands (answers UNIMPLEMENTED)."""
+    def __init__(self, catalog: EnclaveCatalog):
+        self._catalog = catalog
 
-    async def GetAttestation(self, request: Any, context: Context) -> Any:
-        raise _not_yet("GetAttestation")
+    async def GetAttestation(
+        self, request: attestation_pb2.GetAttestationRequest, context: Context
+    ) -> attestation_pb2.GetAttestationResponse:
+        raw = await self._catalog.attest(
+            current_claims().user_id, request.enclave_id, request.nonce
+        )
+        return attestation_pb2.GetAttestationResponse(
+            attestation=attestation_pb2.Attestation.FromString(raw)
+        )
 
 
 __all__ = [

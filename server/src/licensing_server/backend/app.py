@@ -29,6 +29,7 @@ from licensing_server.api.server import (
     add_listener,
     mtls_credentials,
 )
+from licensing_server.attestation import Attestor
 from licensing_server.config import ConfigError, Settings
 from licensing_server.layout import DataLayout
 from licensing_server.logs import configure_logging
@@ -39,10 +40,16 @@ from licensing_server.pki import (
     write_private_file,
     write_public_file,
 )
-from licensing_server.provisioning import EnclaveProvisioner, HealthProbe, Reconciler
-from licensing_server.provisioning._provisioner import ProvisioningSettings
+from licensing_server.provisioning import (
+    EnclaveProvisioner,
+    HealthProbe,
+    ProvisioningSettings,
+    Reconciler,
+    measured_certificates,
+)
 from licensing_server.runtimes._local import DEFAULT_COMMAND, LocalProcessRuntime
-from licensing_server.storage import Database, EnclaveStore, run_migrations
+from licensing_server.storage import Database, EnclaveStore, MeasurementStore, run_migrations
+from licensing_server.tpm import SwtpmSimulator, TpmDevice
 
 _log = logging.getLogger(__name__)
 
@@ -98,6 +105,18 @@ def provision_frontend_identity(
         _log.info("issued frontend internal client certificate")
 
 
+def _manufacturer_ca(settings: Settings) -> bytes:
+    """The CA bundle that must have signed the TPM's EK certificate."""
+    path = settings.effective_manufacturer_ca_file
+    if path.exists():
+        return path.read_bytes()
+    if not settings.tpm_tcti:
+        # The embedded swtpm: its own local CA signed the EK certificate.
+        pem = SwtpmSimulator(settings.swtpm_state_dir).manufacturer_ca_pem()
+        return pem.encode() if isinstance(pem, str) else bytes(pem)
+    raise SystemExit(f"LICENSING_TPM_MANUFACTURER_CA_FILE {path} does not exist")
+
+
 async def serve(settings: Settings) -> None:
     layout = DataLayout(settings.data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -116,11 +135,25 @@ async def serve(settings: Settings) -> None:
         command=settings.enclave_command or DEFAULT_COMMAND,
         ports=settings.enclave_ports,
     )
+    tpm = TpmDevice(
+        settings.effective_tpm_tcti, command_timeout=settings.tpm_command_timeout_seconds
+    )
+    attestor = Attestor(
+        tpm=tpm,
+        ca=ca,
+        measurements=MeasurementStore(database),
+        manufacturer_ca_pem=_manufacturer_ca(settings),
+        ak_certificate_path=layout.ak_certificate,
+        live_certificates=lambda: measured_certificates(store),
+        simulated_tpm_latency=settings.tpm_simulated_latency_ms / 1000,
+    )
+    proving = asyncio.create_task(attestor.keep_proving())
     provisioner = EnclaveProvisioner(
         store=store,
         runtime=runtime,
         ca=ca,
         probe=HealthProbe(ca_pem=ca_pem, key_pem=probe_key, cert_pem=probe_cert.pem.encode()),
+        attestor=attestor,
         settings=ProvisioningSettings(
             token_issuer=settings.token_issuer, token_audience=settings.token_audience
         ),
@@ -144,14 +177,16 @@ async def serve(settings: Settings) -> None:
     server = grpc.aio.server(interceptors=[AccessGuard(BACKEND_POLICY)], options=SERVER_OPTIONS)
     control_pb2_grpc.add_CertificateServiceServicer_to_server(
         CertificateServicer(
-            ca, max_user_lifetime=dt.timedelta(seconds=settings.client_certificate_ttl_seconds)
+            ca,
+            max_user_lifetime=dt.timedelta(seconds=settings.client_certificate_ttl_seconds),
+            ak_certificate_chain_pem=lambda: attestor.ak_certificate_chain_pem,
         ),
         server,
     )
     control_pb2_grpc.add_ProvisioningServiceServicer_to_server(
         ProvisioningServicer(provisioner, store), server
     )
-    control_pb2_grpc.add_QuoteServiceServicer_to_server(QuoteServicer(), server)
+    control_pb2_grpc.add_QuoteServiceServicer_to_server(QuoteServicer(attestor, store), server)
     health = await add_health_and_reflection(server, SERVICE_NAMES)
     add_listener(server, settings.backend_addr, mtls_credentials(identity))
     await server.start()
@@ -167,9 +202,12 @@ async def serve(settings: Settings) -> None:
     await health.enter_graceful_shutdown()
     reaper.cancel()
     await server.stop(5)
+    proving.cancel()
     await provisioner.shutdown()
+    await attestor.close()
     await runtime.close()
     await reconciler.settle_after_shutdown()
+    await tpm.close()
     await database.close()
 
 

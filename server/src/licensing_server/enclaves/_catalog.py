@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from licensing_server.enclaves.nonces import check_nonce
 from licensing_server.errors import (
     DomainError,
     InvalidArgument,
@@ -30,7 +31,6 @@ from licensing_server.storage import EnclaveRecord, EnclaveStore, EventRecord, L
 
 _log = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-MIN_NONCE, MAX_NONCE = 16, 64
 MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 100, 20
 
 
@@ -45,12 +45,18 @@ class ProvisioningBackend(Protocol):
 
     async def deprovision(self, enclave_id: str) -> None: ...
 
+    async def quote(self, enclave_id: str, nonce: bytes) -> bytes:
+        """A fresh serialized ``licensing.v1.Attestation`` of the enclave over ``nonce``."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class EnclaveUpdate:
     event: EventRecord
     #: The enclave as stored, on READY and final events.
     enclave: EnclaveRecord | None
+    #: The serialized ``licensing.v1.Attestation``, on the ATTESTED event.
+    attestation: bytes | None = None
 
 
 def _utcnow() -> dt.datetime:
@@ -94,12 +100,7 @@ class EnclaveCatalog:
             raise InvalidArgument(
                 "REQUEST_ID_INVALID", "request_id must be 1-64 characters of [A-Za-z0-9._-]"
             )
-        if nonce and not MIN_NONCE <= len(nonce) <= MAX_NONCE:
-            raise InvalidArgument(
-                "NONCE_INVALID",
-                f"nonce must be {MIN_NONCE} to {MAX_NONCE} bytes",
-                {"min_bytes": str(MIN_NONCE), "max_bytes": str(MAX_NONCE)},
-            )
+        check_nonce(nonce, optional=True)
         limits = await self._store.limits(owner_id, self._defaults)
         async with self._owner_locks[owner_id]:
             record, created = await self._store.reserve(
@@ -154,7 +155,9 @@ class EnclaveCatalog:
 
     async def _update(self, event: EventRecord) -> EnclaveUpdate:
         if event.phase is Phase.READY or _is_terminal(event.phase):
-            return EnclaveUpdate(event, await self._store.get(event.enclave_id))
+            record = await self._store.get(event.enclave_id)
+            attestation = record.attestation if record and event.phase is Phase.ATTESTED else None
+            return EnclaveUpdate(event, record, attestation)
         return EnclaveUpdate(event, None)
 
     # Watch, get, list, delete ------------------------------------------------------
@@ -187,6 +190,11 @@ class EnclaveCatalog:
             return records, ""
         records = records[:size]
         return records, _encode_page_token(records[-1])
+
+    async def attest(self, owner_id: str, enclave_id: str, nonce: bytes) -> bytes:
+        check_nonce(nonce)
+        record = await self.owned(owner_id, enclave_id)
+        return await self._backend.quote(record.id, nonce)
 
     async def delete(self, owner_id: str, enclave_id: str) -> None:
         record = await self.owned(owner_id, enclave_id)

@@ -130,7 +130,7 @@ async def serve(settings: Settings) -> None:
     trust_pb2_grpc.add_TrustServiceServicer_to_server(
         TrustServicer(
             ca_certificates_pem=lambda: ca_list,
-            ak_certificate_chain_pem=list,
+            ak_certificate_chain_pem=certificates.ak_certificate_chain,
             jwks_json=signing_key.jwks_json(),
             issuer=settings.token_issuer,
             audience=settings.token_audience,
@@ -138,7 +138,9 @@ async def serve(settings: Settings) -> None:
         server,
     )
     enclave_pb2_grpc.add_EnclaveServiceServicer_to_server(EnclaveServicer(catalog), server)
-    attestation_pb2_grpc.add_AttestationServiceServicer_to_server(AttestationServicer(), server)
+    attestation_pb2_grpc.add_AttestationServiceServicer_to_server(
+        AttestationServicer(catalog), server
+    )
     health = await add_health_and_reflection(server, SERVICE_NAMES)
     add_listener(server, settings.frontend_enroll_addr, tls_credentials(identity))
     add_listener(server, settings.frontend_api_addr, mtls_credentials(identity))

@@ -42,6 +42,9 @@ def _translate(error: grpc.aio.AioRpcError) -> DomainError:
         grpc.StatusCode.NOT_FOUND: NotFound,
         grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     }
+    if error.code() == grpc.StatusCode.UNAVAILABLE and _reason(error) != "BACKEND_ERROR":
+        # The backend is up but a dependency of it (the TPM) is not: say which.
+        return Unavailable(_reason(error), error.details() or "unavailable")
     kind = passed.get(error.code())
     if kind is not None:
         return kind(_reason(error), error.details() or "rejected by the backend")
@@ -53,6 +56,7 @@ class BackendCertificateSigner:
 
     def __init__(self, channel: grpc.aio.Channel):
         self._stub = control_pb2_grpc.CertificateServiceStub(channel)
+        self._ak_chain: list[str] = []
 
     @staticmethod
     def channel(
@@ -85,14 +89,17 @@ class BackendCertificateSigner:
             ca_certificates_pem=list(reply.ca_certificates_pem),
         )
 
-    async def ca_certificates(self) -> list[str]:
-        try:
-            reply = await self._stub.GetCaCertificates(
-                control_pb2.GetCaCertificatesRequest(), timeout=_CALL_TIMEOUT
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc) from exc
-        return list(reply.ca_certificates_pem)
+    async def ak_certificate_chain(self) -> list[str]:
+        """The AK chain once the backend has certified its AK (cached from then on)."""
+        if not self._ak_chain:
+            try:
+                reply = await self._stub.GetCaCertificates(
+                    control_pb2.GetCaCertificatesRequest(), timeout=_CALL_TIMEOUT
+                )
+            except grpc.aio.AioRpcError:
+                return []
+            self._ak_chain = list(reply.ak_certificate_chain_pem)
+        return list(self._ak_chain)
 
 
 class BackendProvisioningClient:
@@ -100,6 +107,7 @@ class BackendProvisioningClient:
 
     def __init__(self, channel: grpc.aio.Channel):
         self._stub = control_pb2_grpc.ProvisioningServiceStub(channel)
+        self._quotes = control_pb2_grpc.QuoteServiceStub(channel)
 
     async def provision(self, record: EnclaveRecord, jwks_json: str) -> AsyncIterator[EventRecord]:
         request = control_pb2.ProvisionRequest(
@@ -128,3 +136,12 @@ class BackendProvisioningClient:
             )
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from exc
+
+    async def quote(self, enclave_id: str, nonce: bytes) -> bytes:
+        try:
+            reply = await self._quotes.Quote(
+                control_pb2.QuoteRequest(enclave_id=enclave_id, nonce=nonce), timeout=30
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from exc
+        return bytes(reply.attestation.SerializeToString())

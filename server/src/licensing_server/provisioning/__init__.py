@@ -2,14 +2,21 @@
 
 from licensing_server.provisioning._events import EventBus, follow_events
 from licensing_server.provisioning._probe import HealthProbe
-from licensing_server.provisioning._provisioner import EnclaveProvisioner, terminal_phases
+from licensing_server.provisioning._provisioner import (
+    EnclaveProvisioner,
+    ProvisioningSettings,
+    measured_certificates,
+    terminal_phases,
+)
 from licensing_server.provisioning._reconciler import Reconciler
 
 __all__ = [
     "EnclaveProvisioner",
     "EventBus",
     "HealthProbe",
+    "ProvisioningSettings",
     "Reconciler",
     "follow_events",
+    "measured_certificates",
     "terminal_phases",
 ]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
+import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from licensing_server.attestation import Attestor
 from licensing_server.errors import DomainError, FailedPrecondition, NotFound
 from licensing_server.pki import TRUST_DOMAIN, CertificateAuthority, parse_csr
 from licensing_server.provisioning._events import EventBus, follow_events
@@ -18,11 +21,13 @@ from licensing_server.storage import EnclaveRecord, EnclaveStore, EventRecord, P
 
 _log = logging.getLogger(__name__)
 
-_TERMINAL = frozenset({Phase.READY, Phase.ATTESTED, Phase.FAILED, Phase.DELETED})
+_TERMINAL = frozenset({Phase.ATTESTED, Phase.FAILED, Phase.DELETED})
+#: Enclaves whose certificate is measured in PCR 23 (re-measured in a new log epoch).
+MEASURED = frozenset({Phase.CERTIFICATE_ISSUED, Phase.READY, Phase.ATTESTING, Phase.ATTESTED})
 
 
 def terminal_phases() -> frozenset[Phase]:
-    """Where provisioning ends (READY stays terminal until attestation is wired in)."""
+    """Where provisioning ends."""
     return _TERMINAL
 
 
@@ -55,6 +60,7 @@ class EnclaveProvisioner:
         runtime: EnclaveRuntime,
         ca: CertificateAuthority,
         probe: HealthProbe,
+        attestor: Attestor,
         settings: ProvisioningSettings,
         clock: Callable[[], dt.datetime] = _utcnow,
     ):
@@ -62,6 +68,7 @@ class EnclaveProvisioner:
         self._runtime = runtime
         self._ca = ca
         self._probe = probe
+        self._attestor = attestor
         self._settings = settings
         self._clock = clock
         self._bus = EventBus()
@@ -178,10 +185,11 @@ class EnclaveProvisioner:
                 uris=[enclave_identity(enclave_id)],
                 server=True,
             )
+            await self._attestor.measure(enclave_id, issued.sha256)
             await self._advance(
                 enclave_id,
                 Phase.CERTIFICATE_ISSUED,
-                f"certificate issued, SHA-256 {issued.sha256.hex()}",
+                f"certificate issued and measured into PCR 23, SHA-256 {issued.sha256.hex()}",
                 certificate_pem=issued.pem,
                 certificate_sha256=issued.sha256,
                 tls_server_name=name,
@@ -197,7 +205,17 @@ class EnclaveProvisioner:
                 f"serving on {endpoint}; health check SERVING over mTLS",
                 endpoint=endpoint,
             )
-            _log.info("enclave %s ready on %s", enclave_id, endpoint)
+            await self._advance(enclave_id, Phase.ATTESTING, "quoting the TPM over the certificate")
+            nonce = record.nonce or secrets.token_bytes(32)
+            attestation = await self._attestor.attest(issued.pem, issued.sha256, nonce)
+            origin = "your nonce" if record.nonce else "a server-chosen nonce (none was given)"
+            await self._advance(
+                enclave_id,
+                Phase.ATTESTED,
+                f"TPM quote binds {origin} to the certificate",
+                attestation=attestation.SerializeToString(),
+            )
+            _log.info("enclave %s ready on %s and attested", enclave_id, endpoint)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await self._runtime.stop(enclave_id, handle)
@@ -232,6 +250,13 @@ class EnclaveProvisioner:
 
 
 def _with_handle(record: EnclaveRecord, handle: str) -> EnclaveRecord:
-    from dataclasses import replace
+    return dataclasses.replace(record, runtime_handle=handle)
 
-    return replace(record, runtime_handle=handle)
+
+async def measured_certificates(store: EnclaveStore) -> list[tuple[str, bytes]]:
+    """(enclave id, certificate SHA-256) of every enclave whose certificate is in PCR 23."""
+    return [
+        (r.id, r.certificate_sha256)
+        for r in await store.in_phases(set(MEASURED))
+        if r.certificate_sha256
+    ]

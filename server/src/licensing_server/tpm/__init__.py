@@ -10,6 +10,7 @@ from __future__ import annotations
 from licensing_server.tpm._errors import TpmCommandFailed, TpmUnavailable
 from licensing_server.tpm._keys import DEFAULT_AK_HANDLE
 from licensing_server.tpm._results import AttestationKeyInfo, QuoteResult
+from licensing_server.tpm.credentials import make_credential, public_key_pem
 from licensing_server.tpm.device import TpmDevice
 from licensing_server.tpm.swtpm import SwtpmSimulator
 
@@ -21,4 +22,6 @@ __all__ = [
     "TpmCommandFailed",
     "TpmDevice",
     "TpmUnavailable",
+    "make_credential",
+    "public_key_pem",
 ]

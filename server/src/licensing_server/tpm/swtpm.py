@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -197,19 +196,7 @@ class SwtpmSimulator:
         log = (self.state_dir / "swtpm.log").open("ab")
         try:
             process = subprocess.Popen(
-                [
-                    _tool(self._swtpm),
-                    "socket",
-                    "--tpm2",
-                    "--tpmstate",
-                    f"dir={self.tpm_dir}",
-                    "--server",
-                    f"type=tcp,port={port},bindaddr={_HOST}",
-                    "--ctrl",
-                    f"type=tcp,port={port + 1},bindaddr={_HOST}",
-                    "--flags",
-                    "not-need-init,startup-clear",
-                ],
+                self.command(port),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -225,6 +212,22 @@ class SwtpmSimulator:
                     f"swtpm did not start on port {port}; see {self.state_dir / 'swtpm.log'}"
                 )
             time.sleep(0.02)
+
+    def command(self, port: int) -> list[str]:
+        """The swtpm command line serving this state on ``port`` and ``port + 1``."""
+        return [
+            _tool(self._swtpm),
+            "socket",
+            "--tpm2",
+            "--tpmstate",
+            f"dir={self.tpm_dir}",
+            "--server",
+            f"type=tcp,port={port},bindaddr={_HOST}",
+            "--ctrl",
+            f"type=tcp,port={port + 1},bindaddr={_HOST}",
+            "--flags",
+            "not-need-init,startup-clear",
+        ]
 
     def stop(self, timeout: float = 5.0) -> None:
         """Terminate swtpm (SIGTERM, then SIGKILL after ``timeout``)."""
@@ -282,30 +285,18 @@ def _tail(output: bytes, lines: int = 5) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Prepare and serve a swtpm in the foreground until SIGTERM or SIGINT."""
+    """Prepare the state, then become swtpm (exec): signals and pids reach the TPM itself."""
     parser = argparse.ArgumentParser(
-        prog="python -m licensing_server.tpm.swtpm", description=main.__doc__
+        prog="python -m licensing_server.tpm", description=main.__doc__
     )
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--port", type=int, default=2321, help="command port; control is +1")
     args = parser.parse_args(argv)
-
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
-
     simulator = SwtpmSimulator.prepare(args.state_dir)
-    simulator.start(args.port)
-    print(f"swtpm serving {simulator.tcti}", flush=True)
-    try:
-        while not stopping.wait(0.5):
-            if not simulator.running:
-                code = simulator.returncode
-                print(f"swtpm exited with status {code}", file=sys.stderr)
-                return 1
-    finally:
-        simulator.stop()
-    return 0
+    command = simulator.command(args.port)
+    print(f"swtpm serving swtpm:host={_HOST},port={args.port}", flush=True)
+    os.execv(command[0], command)  # noqa: S606 - a fixed argv, no shell
+    return 1  # not reached
 
 
 if __name__ == "__main__":

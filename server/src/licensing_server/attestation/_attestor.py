@@ -1,0 +1,340 @@
+"""The backend's attestor: proves its AK, measures certificates, answers quote requests.
+
+One asyncio lock orders every TPM use that touches PCR 23, so the event log
+and the PCR never disagree for an honest client. Quote requests that arrive
+while the TPM is busy share the next quote through a Merkle tree of their
+qualifying values: throughput then scales past the TPM's own quote rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from licensing.v1 import attestation_pb2
+
+from licensing_client.attestation import (
+    AK_CERTIFICATE_IDENTITY,
+    DERIVATION,
+    MEASUREMENT_PCR,
+    merkle_root_and_proofs,
+    qualifying_value,
+)
+from licensing_server.errors import FailedPrecondition, Unavailable
+from licensing_server.pki import CertificateAuthority, write_public_file
+from licensing_server.storage import EpochRecord, MeasurementRecord, MeasurementStore
+from licensing_server.tpm import (
+    AttestationKeyInfo,
+    QuoteResult,
+    make_credential,
+    public_key_pem,
+)
+
+_log = logging.getLogger(__name__)
+
+QUOTED_PCRS = [0, 1, 2, 3, 4, 5, 6, 7, MEASUREMENT_PCR]
+MAX_BATCH = 64
+AK_LIFETIME = dt.timedelta(days=365)
+
+
+class QuoteSource(Protocol):
+    """What the attestor needs of a TPM (``licensing_server.tpm.TpmDevice`` provides it)."""
+
+    async def ek_certificate_der(self) -> bytes: ...
+    async def ek_public(self) -> bytes: ...
+    async def attestation_key(self) -> AttestationKeyInfo: ...
+    async def activate_credential(
+        self, credential_blob: bytes, encrypted_secret: bytes
+    ) -> bytes: ...
+    async def extend_pcr(self, pcr: int, sha256_digest: bytes) -> None: ...
+    async def reset_pcr(self, pcr: int) -> None: ...
+    async def quote(self, qualifying_data: bytes, pcrs: list[int]) -> QuoteResult: ...
+
+
+LiveCertificates = Callable[[], Awaitable[list[tuple[str, bytes]]]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    certificate_pem: str
+    certificate_sha256: bytes
+    nonce: bytes
+    value: bytes
+    future: asyncio.Future[attestation_pb2.Attestation]
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _replay(events: list[MeasurementRecord]) -> bytes:
+    pcr = bytes(32)
+    for event in events:
+        if event.pcr == MEASUREMENT_PCR:
+            pcr = hashlib.sha256(pcr + event.digest).digest()
+    return pcr
+
+
+def _chains_to(cert: x509.Certificate, anchors: list[x509.Certificate]) -> bool:
+    current = cert
+    for _ in range(4):
+        issuer = next((a for a in anchors if _issued_by(current, a)), None)
+        if issuer is None:
+            return False
+        if issuer.subject == issuer.issuer:
+            return True
+        current = issuer
+    return False
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+class Attestor:
+    def __init__(
+        self,
+        *,
+        tpm: QuoteSource,
+        ca: CertificateAuthority,
+        measurements: MeasurementStore,
+        manufacturer_ca_pem: bytes,
+        ak_certificate_path: Path,
+        live_certificates: LiveCertificates,
+        simulated_tpm_latency: float = 0.0,
+        clock: Callable[[], dt.datetime] = _utcnow,
+    ):
+        self._tpm = tpm
+        self._ca = ca
+        self._store = measurements
+        self._manufacturer = x509.load_pem_x509_certificates(manufacturer_ca_pem)
+        self._ak_path = ak_certificate_path
+        self._live = live_certificates
+        self._latency = simulated_tpm_latency
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._ak: AttestationKeyInfo | None = None
+        self._ak_chain: list[str] = []
+        self._epoch: EpochRecord | None = None
+        self._pending: list[_Request] = []
+        self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def ak_certificate_chain_pem(self) -> list[str]:
+        return list(self._ak_chain)
+
+    # The attestation key ------------------------------------------------------------
+    async def prove_attestation_key(self) -> None:
+        """Check the EK certificate, activate a credential for the AK, then certify the AK.
+
+        Credential activation shows the AK lives in the same TPM as the EK whose
+        certificate the manufacturer signed; only then does our CA vouch for it.
+        """
+        async with self._lock:
+            ek_cert = x509.load_der_x509_certificate(await self._tpm.ek_certificate_der())
+            if not _chains_to(ek_cert, self._manufacturer):
+                raise FailedPrecondition(
+                    "EK_CERTIFICATE_UNTRUSTED",
+                    "the TPM's EK certificate does not chain to the manufacturer CA",
+                )
+            ek_public = await self._tpm.ek_public()
+            ek_key = serialization.load_pem_public_key(public_key_pem(ek_public))
+            cert_key = ek_cert.public_key()
+            if ek_key.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            ) != cert_key.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            ):
+                raise FailedPrecondition(
+                    "EK_MISMATCH", "the EK certificate is not for this TPM's EK"
+                )
+            ak = await self._tpm.attestation_key()
+            secret = secrets.token_bytes(32)
+            blob, encrypted = make_credential(ek_public, secret, ak.name)
+            recovered = await self._tpm.activate_credential(blob, encrypted)
+            if not hmac.compare_digest(recovered, secret):
+                raise FailedPrecondition(
+                    "AK_ACTIVATION_FAILED", "credential activation did not return the secret"
+                )
+            ak_key = serialization.load_pem_public_key(ak.public_pem.encode())
+            if not isinstance(ak_key, ec.EllipticCurvePublicKey):
+                raise FailedPrecondition("AK_NOT_ECC", "the attestation key is not ECC")
+            issued = self._ca.issue(
+                ak_key,
+                common_name="licensing attestation key",
+                lifetime=AK_LIFETIME,
+                uris=[AK_CERTIFICATE_IDENTITY],
+            )
+            write_public_file(self._ak_path, issued.pem.encode())
+            self._ak = ak
+            self._ak_chain = [issued.pem, *self._ca.ca_certificates_pem]
+            _log.info("attestation key proven by credential activation and certified")
+
+    async def keep_proving(self, retry_seconds: float = 2.0) -> None:
+        """Retry until the TPM answers (it may start after us, or be down for a while)."""
+        while self._ak is None:
+            try:
+                await self.prove_attestation_key()
+            except Exception as exc:
+                _log.warning("attestation key not proven yet: %s", exc)
+                await asyncio.sleep(retry_seconds)
+
+    def _require_ak(self) -> AttestationKeyInfo:
+        if self._ak is None:
+            raise Unavailable("TPM_UNAVAILABLE", "the attestation key is not available yet")
+        return self._ak
+
+    # Measurements ---------------------------------------------------------------------
+    async def measure(self, enclave_id: str, certificate_sha256: bytes) -> None:
+        """Extend PCR 23 with a new enclave certificate and log it, in that order."""
+        self._require_ak()
+        async with self._lock:
+            epoch = self._epoch or await self._store.current_epoch()
+            if epoch is None:
+                epoch = await self._reestablish(None)
+            self._epoch = epoch
+            await self._tpm.extend_pcr(MEASUREMENT_PCR, certificate_sha256)
+            await self._store.append(
+                epoch,
+                MEASUREMENT_PCR,
+                certificate_sha256,
+                "enclave-certificate",
+                enclave_id,
+                self._clock(),
+            )
+
+    async def _reestablish(self, reset_count: int | None) -> EpochRecord:
+        """Start a new log epoch: PCR 23 from zero, then every live certificate again."""
+        await self._tpm.reset_pcr(MEASUREMENT_PCR)
+        if reset_count is None:
+            reset_count = (await self._tpm.quote(bytes(32), [MEASUREMENT_PCR])).reset_count
+        epoch = await self._store.start_epoch(reset_count, self._clock())
+        for enclave_id, digest in await self._live():
+            await self._tpm.extend_pcr(MEASUREMENT_PCR, digest)
+            await self._store.append(
+                epoch, MEASUREMENT_PCR, digest, "enclave-certificate", enclave_id, self._clock()
+            )
+        _log.info("measurement log epoch %d started (TPM reset count %d)", epoch.id, reset_count)
+        return epoch
+
+    # Quotes ---------------------------------------------------------------------------
+    async def attest(
+        self, certificate_pem: str, certificate_sha256: bytes, nonce: bytes
+    ) -> attestation_pb2.Attestation:
+        self._require_ak()
+        future: asyncio.Future[attestation_pb2.Attestation] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._pending.append(
+            _Request(
+                certificate_pem,
+                certificate_sha256,
+                nonce,
+                qualifying_value(nonce, certificate_sha256),
+                future,
+            )
+        )
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            try:
+                async with self._lock:
+                    results = await self._quote_batch(batch)
+            except Exception as exc:
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(exc)
+                continue
+            for request, result in zip(batch, results, strict=True):
+                if not request.future.done():
+                    request.future.set_result(result)
+
+    async def _quote_batch(self, batch: list[_Request]) -> list[attestation_pb2.Attestation]:
+        ak = self._require_ak()
+        proofs: list[list[bytes]] = [[]]
+        if len(batch) == 1:
+            extra = batch[0].value
+        else:
+            extra, proofs = merkle_root_and_proofs([r.value for r in batch])
+        for attempt in range(2):
+            if self._latency:
+                await asyncio.sleep(self._latency)
+            quote = await self._tpm.quote(extra, QUOTED_PCRS)
+            epoch = self._epoch or await self._store.current_epoch()
+            events = await self._store.events(epoch) if epoch else []
+            if (
+                epoch is not None
+                and epoch.reset_count == quote.reset_count
+                and _replay(events) == quote.pcr_values[MEASUREMENT_PCR]
+            ):
+                self._epoch = epoch
+                break
+            if attempt:
+                raise Unavailable(
+                    "MEASUREMENT_LOG_MISMATCH", "the measurement log could not be re-established"
+                )
+            self._epoch = await self._reestablish(quote.reset_count)
+        selection = attestation_pb2.PcrSelection(hash_algorithm="sha256", pcrs=QUOTED_PCRS)
+        values = [attestation_pb2.PcrValue(pcr=p, value=quote.pcr_values[p]) for p in QUOTED_PCRS]
+        log = [
+            attestation_pb2.MeasurementEvent(
+                pcr=e.pcr,
+                digest=e.digest,
+                kind=e.kind,
+                enclave_id=e.enclave_id,
+                sequence=e.sequence,
+            )
+            for e in events
+        ]
+        results = []
+        for index, request in enumerate(batch):
+            message = attestation_pb2.Attestation(
+                quote=quote.attest,
+                signature=quote.signature,
+                ak_public=ak.public,
+                ak_public_pem=ak.public_pem,
+                ak_certificate_chain_pem=self._ak_chain,
+                pcr_selection=selection,
+                pcr_values=values,
+                event_log=log,
+                enclave_certificate_pem=request.certificate_pem,
+                enclave_certificate_sha256=request.certificate_sha256,
+                nonce=request.nonce,
+                qualifying_data_derivation=DERIVATION,
+                log_epoch=self._epoch.id if self._epoch else 0,
+            )
+            if len(batch) > 1:
+                message.merkle_proof.CopyFrom(
+                    attestation_pb2.MerkleProof(
+                        leaf_index=index, leaf_count=len(batch), siblings=proofs[index]
+                    )
+                )
+            results.append(message)
+        return results
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
