@@ -11,8 +11,8 @@ mode=${1:-all}
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-run_pkgs=(python3 python3-venv python3-dev gcc pkg-config libtss2-dev openssl jq ca-certificates)
-test_pkgs=(postgresql swtpm swtpm-tools tpm2-tools golang-go git)
+run_pkgs=(python3 python3-venv python3-dev gcc pkg-config libtss2-dev swtpm swtpm-tools openssl jq ca-certificates)
+test_pkgs=(postgresql tpm2-tools golang-go git)
 pkgs=("${run_pkgs[@]}")
 [ "$mode" = "--run" ] || pkgs+=("${test_pkgs[@]}")
 

@@ -227,27 +227,29 @@ def test_a_user_method_without_a_token_is_refused_before_it_runs(stack: Stack, m
     assert stack.row_counts() == before
 
 
-# Methods that are part of the contract but not served yet --------------------------------
+# The contract is fully served: attestation answers, and says why when it cannot ------------
 
 
-def test_an_unimplemented_method_says_so_to_a_signed_in_user(stack: Stack) -> None:
-    # EnclaveService is served now; GetAttestation is the public method still waiting.
+def test_attesting_an_unknown_enclave_is_not_found(stack: Stack) -> None:
     alice = stack.new_user()
     before = stack.row_counts()
-
-    assert _refusal(
-        lambda: USER_METHODS["GetAttestation"](stack.user_channel(alice), alice.bearer)
-    ) == (grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED")
+    stub = attestation_pb2_grpc.AttestationServiceStub(stack.user_channel(alice))
+    request = attestation_pb2.GetAttestationRequest(enclave_id=str(uuid.uuid4()), nonce=NONCE)
+    assert _refusal(lambda: stub.GetAttestation(request, metadata=alice.bearer, timeout=10)) == (
+        grpc.StatusCode.NOT_FOUND,
+        "ENCLAVE_NOT_FOUND",
+    )
     assert stack.row_counts() == before
 
 
-def test_an_unimplemented_internal_method_says_so_to_the_frontend(stack: Stack) -> None:
+def test_the_frontend_asking_the_backend_to_quote_an_unknown_enclave_is_not_found(
+    stack: Stack,
+) -> None:
     stub: Any = control_pb2_grpc.QuoteServiceStub(
         stack.backend_channel(*_frontend_internal_identity(stack))
     )
     request = control_pb2.QuoteRequest(enclave_id=str(uuid.uuid4()), nonce=NONCE)
-
     assert _refusal(lambda: stub.Quote(request, timeout=10)) == (
-        grpc.StatusCode.UNIMPLEMENTED,
-        "NOT_IMPLEMENTED",
+        grpc.StatusCode.NOT_FOUND,
+        "ENCLAVE_NOT_FOUND",
     )
