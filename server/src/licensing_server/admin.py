@@ -13,8 +13,9 @@ import json
 import sys
 
 from licensing_server.auth import normalise_username
-from licensing_server.config import ConfigError, Settings
+from licensing_server.config import Settings
 from licensing_server.errors import DomainError
+from licensing_server.process import load_settings
 from licensing_server.storage import Database, EnclaveStore, Limits, UserStore, run_migrations
 
 
@@ -73,11 +74,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> dict[str, object
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        raise SystemExit(2) from exc
+    settings = load_settings()
     try:
         result = asyncio.run(_run(args, settings))
     except DomainError as exc:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 import sys
 from pathlib import Path
 
-from licensing_server.config import ConfigError, Settings
+from licensing_server.config import Settings
 from licensing_server.layout import DataLayout
+from licensing_server.process import load_settings
 
 
 async def _port_open(address: str, wait_seconds: float) -> bool:
@@ -163,12 +163,7 @@ async def run(settings: Settings) -> int:
 
 
 def main() -> None:
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        raise SystemExit(2) from exc
-    socket.setdefaulttimeout(None)
+    settings = load_settings()
     raise SystemExit(asyncio.run(run(settings)))
 
 

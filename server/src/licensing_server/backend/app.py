@@ -6,8 +6,6 @@ import asyncio
 import datetime as dt
 import ipaddress
 import logging
-import signal
-import sys
 from pathlib import Path
 
 import grpc
@@ -30,9 +28,8 @@ from licensing_server.api.server import (
     mtls_credentials,
 )
 from licensing_server.attestation import Attestor
-from licensing_server.config import ConfigError, Settings
+from licensing_server.config import Settings
 from licensing_server.layout import DataLayout
-from licensing_server.logs import configure_logging
 from licensing_server.pki import (
     BACKEND_IDENTITY,
     FRONTEND_IDENTITY,
@@ -40,6 +37,7 @@ from licensing_server.pki import (
     write_private_file,
     write_public_file,
 )
+from licensing_server.process import run_process, stop_requested
 from licensing_server.provisioning import (
     EnclaveProvisioner,
     HealthProbe,
@@ -193,11 +191,7 @@ async def serve(settings: Settings) -> None:
     _log.info("backend serving internal mTLS API on %s", settings.backend_addr)
     reaper = asyncio.create_task(reconciler.run())
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await stop_requested()
     _log.info("backend shutting down")
     await health.enter_graceful_shutdown()
     reaper.cancel()
@@ -212,13 +206,7 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        raise SystemExit(2) from exc
-    configure_logging(settings.log_level, "backend")
-    asyncio.run(serve(settings))
+    run_process("backend", serve)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,6 @@ import asyncio
 import datetime as dt
 import gc
 import logging
-import signal
-import sys
 
 import grpc
 from licensing.v1 import (
@@ -35,14 +33,14 @@ from licensing_server.api.server import (
     tls_credentials,
 )
 from licensing_server.auth import AuthService, PasswordHasher
-from licensing_server.config import ConfigError, Settings
+from licensing_server.config import Settings
 from licensing_server.enclaves import EnclaveCatalog
 from licensing_server.frontend.backend_client import (
     BackendCertificateSigner,
     BackendProvisioningClient,
 )
 from licensing_server.layout import DataLayout
-from licensing_server.logs import configure_logging
+from licensing_server.process import run_process, stop_requested
 from licensing_server.storage import Database, EnclaveStore, Limits, UserStore, run_migrations
 from licensing_server.tokens import AccessTokenSigner, AccessTokenVerifier, SigningKey
 
@@ -155,11 +153,7 @@ async def serve(settings: Settings) -> None:
         settings.frontend_api_addr,
     )
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await stop_requested()
     _log.info("frontend shutting down")
     await health.enter_graceful_shutdown()
     await server.stop(5)
@@ -169,13 +163,7 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        raise SystemExit(2) from exc
-    configure_logging(settings.log_level, "frontend")
-    asyncio.run(serve(settings))
+    run_process("frontend", serve)
 
 
 if __name__ == "__main__":
