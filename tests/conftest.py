@@ -12,7 +12,9 @@ from tests.support import Stack, grpcurl_path, start_stack
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     """The licensing server (backend + frontend) on SQLite, then on PostgreSQL."""
     tmp: Path = tmp_path_factory.mktemp(f"stack-{request.param}")
     yield from start_stack(request.param, tmp, os.environ.get("LICENSING_TEST_POSTGRES_URL"))

@@ -99,9 +99,7 @@ def call_raw(
     channel: grpc.Channel, method: str, payload: bytes, metadata: Metadata | None = None
 ) -> Outcome:
     """Send ``payload`` as the serialized request, byte for byte."""
-    rpc = channel.unary_unary(
-        method, request_serializer=_identity, response_deserializer=_identity
-    )
+    rpc = channel.unary_unary(method, request_serializer=_identity, response_deserializer=_identity)
     try:
         rpc(payload, metadata=metadata, timeout=CALL_TIMEOUT)
     except grpc.RpcError as exc:
@@ -485,8 +483,9 @@ def csrs() -> st.SearchStrategy[str]:
         _mutated_csr(),
         st.binary(max_size=300).map(_pem),
         st.binary(max_size=300).map(lambda b: _pem(b, "CERTIFICATE")),
-        st.builds(lambda pem, junk: pem + junk, st.sampled_from(_csr_der_samples()).map(_pem),
-                  texts(60)),
+        st.builds(
+            lambda pem, junk: pem + junk, st.sampled_from(_csr_der_samples()).map(_pem), texts(60)
+        ),
         st.just(make_csr(new_key())),
     )
 
@@ -496,8 +495,12 @@ def refresh_tokens(known: Sequence[str]) -> st.SearchStrategy[str]:
         texts(160),
         st.text(string.ascii_letters + string.digits + "-_", max_size=60).map("lrt_".__add__),
         st.sampled_from(known),
-        st.builds(lambda t, i, c: t[:i] + c + t[i + 1 :], st.sampled_from(known),
-                  st.integers(0, 50), st.characters()),
+        st.builds(
+            lambda t, i, c: t[:i] + c + t[i + 1 :],
+            st.sampled_from(known),
+            st.integers(0, 50),
+            st.characters(),
+        ),
     )
 
 
@@ -510,8 +513,9 @@ def _b64url(data: bytes) -> str:
 
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
-                                                                 max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 
@@ -520,8 +524,12 @@ _JSON = st.recursive(
 def _forged_jwt(draw: st.DrawFn, kid: str) -> str:
     header = draw(
         st.one_of(
-            st.fixed_dictionaries({"alg": st.sampled_from(["ES256", "none", "HS256", "RS256"]),
-                                   "kid": st.sampled_from([kid, "nope"]) | _JSON}),
+            st.fixed_dictionaries(
+                {
+                    "alg": st.sampled_from(["ES256", "none", "HS256", "RS256"]),
+                    "kid": st.sampled_from([kid, "nope"]) | _JSON,
+                }
+            ),
             _JSON,
         )
     )
@@ -551,8 +559,9 @@ def authorizations(own: str, other: str, kid: str) -> st.SearchStrategy[Metadata
     schemes = st.sampled_from(["Bearer", "bearer", "BEARER", "Basic", "", "Bearer:", "Be arer"])
     values = st.one_of(
         st.text(_PRINTABLE, max_size=200),
-        st.builds(lambda s, sep, t: f"{s}{sep}{t}", schemes,
-                  st.sampled_from([" ", "  ", ""]), tokens),
+        st.builds(
+            lambda s, sep, t: f"{s}{sep}{t}", schemes, st.sampled_from([" ", "  ", ""]), tokens
+        ),
     )
     return st.lists(values, max_size=3).map(lambda vs: tuple(("authorization", v) for v in vs))
 
@@ -709,7 +718,10 @@ def test_user_rpcs_with_arbitrary_authorization(
 @FUZZ
 @given(data=st.data())
 def test_user_rpcs_with_any_authorization_bytes_over_raw_http2(
-    session: Session, raw_http2: RawConnections, ledger: Ledger, method: str,
+    session: Session,
+    raw_http2: RawConnections,
+    ledger: Ledger,
+    method: str,
     data: st.DataObject,
 ) -> None:
     user, _ = session.ensure()
@@ -741,7 +753,11 @@ def test_user_rpcs_without_a_client_certificate(
     lifetime=st.one_of(st.integers(0, (1 << 32) - 1), st.sampled_from([0, 1, 60, 86_400])),
 )
 def test_sign_user_certificate_with_arbitrary_fields(
-    internal: grpc.Channel, ledger: Ledger, user_id: str, username: str, csr_pem: str,
+    internal: grpc.Channel,
+    ledger: Ledger,
+    user_id: str,
+    username: str,
+    csr_pem: str,
     lifetime: int,
 ) -> None:
     request = control_pb2.SignUserCertificateRequest(

@@ -36,10 +36,24 @@ def _listeners(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     ca = str(stack.ca_path)
     return {
         "enrollment": ["-cacert", ca, stack.enroll_addr],
-        "api": ["-cacert", ca, "-cert", str(tmp / "user.pem"), "-key", str(tmp / "user.key"),
-                stack.api_addr],
-        "backend": ["-cacert", ca, "-cert", str(frontend / "internal-client.pem"),
-                    "-key", str(frontend / "internal-client-key.pem"), stack.backend_addr],
+        "api": [
+            "-cacert",
+            ca,
+            "-cert",
+            str(tmp / "user.pem"),
+            "-key",
+            str(tmp / "user.key"),
+            stack.api_addr,
+        ],
+        "backend": [
+            "-cacert",
+            ca,
+            "-cert",
+            str(frontend / "internal-client.pem"),
+            "-key",
+            str(frontend / "internal-client-key.pem"),
+            stack.backend_addr,
+        ],
     }
 
 
@@ -69,7 +83,11 @@ def test_reflection_v1alpha_still_answers_old_clients(stack: Stack, grpcurl: str
     # grpcurl falls back to v1alpha when v1 is missing; prove v1alpha itself works by
     # describing the v1alpha service's request message through it.
     result = run_grpcurl(
-        grpcurl, "-cacert", str(stack.ca_path), stack.enroll_addr, "describe",
+        grpcurl,
+        "-cacert",
+        str(stack.ca_path),
+        stack.enroll_addr,
+        "describe",
         "grpc.reflection.v1alpha.ServerReflectionRequest",
     )
     assert result.returncode == 0, result.stderr
@@ -95,7 +113,14 @@ def test_a_certificate_from_another_ca_cannot_reach_the_api(
     (tmp / "m.pem").write_text(cert.pem)
     assert key_pem(new_key())  # the rogue key above is a real P-256 key too
     result = run_grpcurl(
-        grpcurl, "-cacert", str(stack.ca_path), "-cert", str(tmp / "m.pem"),
-        "-key", str(tmp / "m.key"), stack.api_addr, "list",
+        grpcurl,
+        "-cacert",
+        str(stack.ca_path),
+        "-cert",
+        str(tmp / "m.pem"),
+        "-key",
+        str(tmp / "m.key"),
+        stack.api_addr,
+        "list",
     )
     assert result.returncode != 0

@@ -289,7 +289,7 @@ def test_an_ak_certificate_from_another_ca_is_refused(
         attested.attestation.ak_certificate_chain_pem[0].encode()
     )
     issued = rogue.issue(
-        ak_cert.public_key(),  # type: ignore[arg-type]
+        ak_cert.public_key(),
         common_name="licensing attestation key",
         lifetime=ak_cert.not_valid_after_utc - ak_cert.not_valid_before_utc,
         uris=[AK_URI],

@@ -194,14 +194,23 @@ def start(backend: Backend, owner: User, *extra: str, owner_arg: str | None = No
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [
-                sys.executable, "-m", "licensing_enclave",
-                "--enclave-id", enclave_id,
-                "--owner", owner_arg or owner.user_id,
-                "--listen", "127.0.0.1:0",
-                "--ca-file", str(backend.ca_path),
-                "--jwks-file", str(backend.jwks_path),
-                "--issuer", ISSUER,
-                "--audience", AUDIENCE,
+                sys.executable,
+                "-m",
+                "licensing_enclave",
+                "--enclave-id",
+                enclave_id,
+                "--owner",
+                owner_arg or owner.user_id,
+                "--listen",
+                "127.0.0.1:0",
+                "--ca-file",
+                str(backend.ca_path),
+                "--jwks-file",
+                str(backend.jwks_path),
+                "--issuer",
+                ISSUER,
+                "--audience",
+                AUDIENCE,
                 *extra,
             ],
             stdin=subprocess.PIPE,
@@ -281,9 +290,7 @@ def rejected(call: Any, *args: Any, **kwargs: Any) -> grpc.RpcError:
     return caught.value
 
 
-def assert_error(
-    error: grpc.RpcError, code: grpc.StatusCode, reason: str, **metadata: str
-) -> None:
+def assert_error(error: grpc.RpcError, code: grpc.StatusCode, reason: str, **metadata: str) -> None:
     assert error.code() == code, error
     info = error_info(error)
     assert info is not None, error
@@ -496,12 +503,11 @@ def test_the_store_is_bounded_in_count_and_total_size(
     for i in range(16):  # 16 x 64 KiB is exactly the 1 MiB total
         stub.PutSecret(workload_pb2.PutSecretRequest(name=f"big/{i}", value=b"b" * 64 * KIB), **kw)
     error = rejected(
-        stub.PutSecret, workload_pb2.PutSecretRequest(name="one-more", value=b"!"),
+        stub.PutSecret,
+        workload_pb2.PutSecretRequest(name="one-more", value=b"!"),
         metadata=owner.bearer,
     )
-    assert_error(
-        error, grpc.StatusCode.RESOURCE_EXHAUSTED, "SECRET_STORAGE_LIMIT", limit="1048576"
-    )
+    assert_error(error, grpc.StatusCode.RESOURCE_EXHAUSTED, "SECRET_STORAGE_LIMIT", limit="1048576")
     # Replacing a value only counts the difference.
     stub.PutSecret(workload_pb2.PutSecretRequest(name="big/0", value=b"small"), **kw)
     stub.PutSecret(workload_pb2.PutSecretRequest(name="one-more", value=b"!"), **kw)
@@ -511,7 +517,8 @@ def test_the_store_is_bounded_in_count_and_total_size(
     for i in range(99):  # with "one-more": 100 secrets
         stub.PutSecret(workload_pb2.PutSecretRequest(name=f"n/{i}", value=b"v"), **kw)
     error = rejected(
-        stub.PutSecret, workload_pb2.PutSecretRequest(name="n/100", value=b"v"),
+        stub.PutSecret,
+        workload_pb2.PutSecretRequest(name="n/100", value=b"v"),
         metadata=owner.bearer,
     )
     assert_error(error, grpc.StatusCode.RESOURCE_EXHAUSTED, "SECRET_COUNT_LIMIT", limit="100")
@@ -542,9 +549,7 @@ def test_a_signal_stops_the_enclave_cleanly(
     assert fresh.proc.stdout.read() == b""  # stdout carried the two JSON lines, nothing else
 
 
-def test_the_enclave_key_is_never_written(
-    backend: Backend, owner: User, fresh: Enclave
-) -> None:
+def test_the_enclave_key_is_never_written(backend: Backend, owner: User, fresh: Enclave) -> None:
     stub = fresh.workload(backend, owner)
     kw: dict[str, Any] = {"metadata": owner.bearer, "timeout": TIMEOUT}
     stub.PutSecret(workload_pb2.PutSecretRequest(name="s", value=b"top secret"), **kw)
@@ -557,9 +562,7 @@ def test_the_enclave_key_is_never_written(
     assert "PRIVATE KEY" not in fresh.stderr()
 
 
-def test_a_certificate_for_another_key_is_refused_at_startup(
-    backend: Backend, owner: User
-) -> None:
+def test_a_certificate_for_another_key_is_refused_at_startup(backend: Backend, owner: User) -> None:
     enclave = start(backend, owner)
     try:
         assert read_line(enclave.proc)["type"] == "csr"
@@ -582,9 +585,7 @@ def test_a_certificate_for_another_key_is_refused_at_startup(
         enclave.close()
 
 
-def test_stdin_closed_before_the_certificate_fails_startup(
-    backend: Backend, owner: User
-) -> None:
+def test_stdin_closed_before_the_certificate_fails_startup(backend: Backend, owner: User) -> None:
     enclave = start(backend, owner)
     try:
         assert read_line(enclave.proc)["type"] == "csr"

@@ -15,8 +15,9 @@ from typing import Any
 import grpc
 import sqlalchemy as sa
 from enclave.v1 import workload_pb2_grpc
-from licensing.v1 import enclave_pb2, enclave_pb2_grpc
+from licensing.v1 import attestation_pb2, enclave_pb2, enclave_pb2_grpc
 
+from licensing_client.attestation import VerificationReport, verify_attestation
 from tests.support import LoggedIn, Stack, error_reason
 
 #: Long enough for a Python enclave to start on a loaded two-core machine.
@@ -30,7 +31,12 @@ PROVISIONING_PHASES = [
     enclave_pb2.PHASE_RUNNING,
     enclave_pb2.PHASE_CERTIFICATE_ISSUED,
     enclave_pb2.PHASE_READY,
+    enclave_pb2.PHASE_ATTESTING,
+    enclave_pb2.PHASE_ATTESTED,
 ]
+#: Which events carry the enclave (READY and the final one) and which the attestation.
+CARRIES_ENCLAVE = [False, False, False, False, True, False, True]
+CARRIES_ATTESTATION = [False, False, False, False, False, False, True]
 PROVISIONING_PHASE_NAMES = [enclave_pb2.Phase.Name(p) for p in PROVISIONING_PHASES]
 
 
@@ -80,10 +86,27 @@ class Owner:
         """Every event of a CreateEnclave call (raises grpc.RpcError on refusal)."""
         return list(self.create_stream(request_id, nonce))
 
-    def create_ready(self, request_id: str | None = None) -> enclave_pb2.Enclave:
-        events = self.create(request_id)
+    def create_attested(self, request_id: str | None = None) -> enclave_pb2.Enclave:
+        """A new enclave, provisioned to ATTESTED over a nonce of ours that its quote binds."""
+        nonce = new_nonce()
+        events = self.create(request_id, nonce)
         assert phase_names(events) == PROVISIONING_PHASE_NAMES, [e.message for e in events]
+        self.verify(events[-1].enclave, events[-1].attestation, nonce)
         return events[-1].enclave
+
+    def verify(
+        self,
+        enclave: enclave_pb2.Enclave,
+        attestation: attestation_pb2.Attestation,
+        nonce: bytes,
+    ) -> VerificationReport:
+        """Check the attestation as a client does (raises AttestationError if it fails)."""
+        return verify_attestation(
+            attestation,
+            nonce=nonce,
+            expected_certificate_pem=enclave.certificate_pem,
+            trusted_ca_pem=[self.stack.ca_pem.decode()],
+        )
 
     def get(self, enclave_id: str) -> enclave_pb2.Enclave:
         reply = self.stub.GetEnclave(

@@ -11,6 +11,7 @@ from enclave.v1 import workload_pb2
 from licensing.v1 import enclave_pb2
 
 from tests.enclaves.helpers import (
+    PROVISIONING_PHASE_NAMES,
     Owner,
     all_enclave_rows,
     code_and_reason,
@@ -42,7 +43,7 @@ def test_another_user_cannot_see_or_touch_an_enclave(
     stack: Stack, new_owner: Callable[..., Owner]
 ) -> None:
     alice, mallory = new_owner(), new_owner()
-    enclave = alice.create_ready()
+    enclave = alice.create_attested()
     workload = alice.workload(enclave)
     workload.PutSecret(
         workload_pb2.PutSecretRequest(name="recipe", value=b"secret sauce"), metadata=alice.bearer
@@ -56,7 +57,7 @@ def test_another_user_cannot_see_or_touch_an_enclave(
     assert mallory.list_page(1).next_page_token == ""
 
     # Mallory's own enclave is all she sees.
-    own = mallory.create_ready()
+    own = mallory.create_attested()
     assert [e.id for e in mallory.list_all()] == [own.id]
     assert [e.id for e in alice.list_all()] == [enclave.id]
     assert code_and_reason(refusal(lambda: alice.get(own.id))) == NOT_FOUND
@@ -90,12 +91,15 @@ def test_another_user_cannot_see_or_touch_an_enclave(
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
     # Alice's enclave is untouched by all of it.
-    assert alice.get(enclave.id).phase == enclave_pb2.PHASE_READY
+    assert alice.get(enclave.id).phase == enclave_pb2.PHASE_ATTESTED
     assert processes_mentioning(enclave.id)
     assert enclave_work_dir(stack, enclave.id).is_dir()
-    assert workload.GetSecret(
-        workload_pb2.GetSecretRequest(name="recipe"), metadata=alice.bearer
-    ).value == b"secret sauce"
+    assert (
+        workload.GetSecret(
+            workload_pb2.GetSecretRequest(name="recipe"), metadata=alice.bearer
+        ).value
+        == b"secret sauce"
+    )
 
 
 MALFORMED_IDS = [
@@ -148,9 +152,22 @@ def test_bad_request_ids_and_nonces_are_refused_and_nothing_is_written(
     assert all_enclave_rows(stack) == before
     assert owner.list_all() == []
 
-    # The boundaries themselves are accepted.
+    # The boundaries themselves are accepted, and each quote binds the nonce as sent.
     for request_id, nonce in (("a" * 64, b"n" * 16), ("Z", b"n" * 64), ("a.b_c-9", b"n" * 40)):
         events = owner.create(request_id, nonce)
-        assert phase_names(events)[-1] == "PHASE_READY"
+        assert phase_names(events)[-1] == "PHASE_ATTESTED"
         assert events[-1].enclave.request_id == request_id
+        owner.verify(events[-1].enclave, events[-1].attestation, nonce)
     assert enclave_row_count(stack, owner_id=owner.user.user_id) == 3
+
+
+def test_without_a_nonce_the_server_chooses_one_for_the_quote(
+    new_owner: Callable[..., Owner],
+) -> None:
+    owner = new_owner()
+    events = owner.create(nonce=b"")
+    assert phase_names(events) == PROVISIONING_PHASE_NAMES
+    attestation = events[-1].attestation
+    assert 16 <= len(attestation.nonce) <= 64
+    assert "server-chosen nonce" in events[-1].message
+    owner.verify(events[-1].enclave, attestation, attestation.nonce)

@@ -15,9 +15,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from enclave.v1 import workload_pb2
-from licensing.v1 import enclave_pb2
+from google.protobuf import json_format
+from licensing.v1 import attestation_pb2, enclave_pb2
 
+from licensing_client.attestation import verify_attestation
 from tests.enclaves.helpers import (
+    CARRIES_ATTESTATION,
+    CARRIES_ENCLAVE,
     PROVISIONING_PHASE_NAMES,
     Owner,
     assert_no_leftovers,
@@ -75,7 +79,11 @@ def test_enclave_story_with_grpcurl(
     ca = str(stack.ca_path)
     name = f"enclave-story-{uuid.uuid4().hex[:8]}"
     signed_up = run_grpcurl(
-        grpcurl, "-cacert", ca, stack.enroll_addr, "licensing.v1.AuthService/SignUp",
+        grpcurl,
+        "-cacert",
+        ca,
+        stack.enroll_addr,
+        "licensing.v1.AuthService/SignUp",
         data=json.dumps({"username": name, "password": PASSWORD}),
     )
     assert signed_up.returncode == 0, signed_up.stderr
@@ -83,54 +91,105 @@ def test_enclave_story_with_grpcurl(
 
     key, csr, cert = tmp_path / "me.key", tmp_path / "me.csr", tmp_path / "me.pem"
     subprocess.run(
-        ["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-keyout", str(key), "-subj", f"/CN={name}", "-out", str(csr)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-subj",
+            f"/CN={name}",
+            "-out",
+            str(csr),
+        ],
+        check=True,
+        capture_output=True,
     )
     logged_in = run_grpcurl(
-        grpcurl, "-cacert", ca, stack.enroll_addr, "licensing.v1.AuthService/Login",
+        grpcurl,
+        "-cacert",
+        ca,
+        stack.enroll_addr,
+        "licensing.v1.AuthService/Login",
         data=json.dumps({"username": name, "password": PASSWORD, "csr_pem": csr.read_text()}),
     )
     assert logged_in.returncode == 0, logged_in.stderr
     login = logged_in.json()
     cert.write_text(login["client_certificate_pem"])
     # Only so that a failing test still deletes what it created.
-    new_owner(LoggedIn(user_id, name, key.read_bytes(), cert.read_bytes(),
-                       login["access_token"], login["refresh_token"]))
-    user_args = ("-cacert", ca, "-cert", str(cert), "-key", str(key),
-                 "-H", f"authorization: Bearer {login['access_token']}")
+    new_owner(
+        LoggedIn(
+            user_id,
+            name,
+            key.read_bytes(),
+            cert.read_bytes(),
+            login["access_token"],
+            login["refresh_token"],
+        )
+    )
+    user_args = (
+        "-cacert",
+        ca,
+        "-cert",
+        str(cert),
+        "-key",
+        str(key),
+        "-H",
+        f"authorization: Bearer {login['access_token']}",
+    )
 
     def api(method: str, body: object) -> GrpcurlResult:
         return run_grpcurl(
-            grpcurl, *user_args, stack.api_addr, f"{ENCLAVE_SERVICE}/{method}",
+            grpcurl,
+            *user_args,
+            stack.api_addr,
+            f"{ENCLAVE_SERVICE}/{method}",
             data=json.dumps(body),
         )
 
-    # CreateEnclave streams every phase, in order, numbered from 1.
+    # CreateEnclave streams every phase, in order, numbered from 1, up to ATTESTED.
     request_id = new_request_id()
-    created = api("CreateEnclave", {"request_id": request_id, "nonce": _b64(new_nonce())})
+    nonce = new_nonce()
+    created = api("CreateEnclave", {"request_id": request_id, "nonce": _b64(nonce)})
     assert created.returncode == 0, created.stderr
     events = json_stream(created.stdout)
     assert [e["phase"] for e in events] == PROVISIONING_PHASE_NAMES
-    assert [int(e["sequence"]) for e in events] == [1, 2, 3, 4, 5]
+    assert [int(e["sequence"]) for e in events] == [1, 2, 3, 4, 5, 6, 7]
     enclave_id = events[0]["enclave_id"]
     assert all(e["enclave_id"] == enclave_id for e in events)
     assert all(e["message"] and e["time"] for e in events)
-    assert all("enclave" not in e for e in events[:-1]), "only READY carries the enclave"
+    assert ["enclave" in e for e in events] == CARRIES_ENCLAVE
+    assert ["attestation" in e for e in events] == CARRIES_ATTESTATION
     enclave = events[-1]["enclave"]
     assert enclave["id"] == enclave_id
     assert enclave["owner"] == user_id
-    assert enclave["phase"] == "PHASE_READY"
+    assert enclave["phase"] == "PHASE_ATTESTED"
     assert enclave["request_id"] == request_id
     assert enclave["endpoint"].startswith("127.0.0.1:")
     assert enclave["tls_server_name"]
     certificate_sha256 = _check_certificate(
         stack, enclave_id, enclave["certificate_pem"], enclave["tls_server_name"]
     )
+    ready = events[4]["enclave"]
+    assert (ready["id"], ready["endpoint"]) == (enclave_id, enclave["endpoint"])
+    assert ready["certificate_pem"] == enclave["certificate_pem"]
+    # The TPM quote binds our nonce to that certificate.
+    attestation = json_format.ParseDict(events[-1]["attestation"], attestation_pb2.Attestation())
+    verify_attestation(
+        attestation,
+        nonce=nonce,
+        expected_certificate_pem=enclave["certificate_pem"],
+        trusted_ca_pem=[stack.ca_pem.decode()],
+    )
 
     got = api("GetEnclave", {"enclave_id": enclave_id})
     assert got.returncode == 0, got.stderr
-    assert got.json()["enclave"]["phase"] == "PHASE_READY"
+    assert got.json()["enclave"]["phase"] == "PHASE_ATTESTED"
     assert got.json()["enclave"]["certificate_pem"] == enclave["certificate_pem"]
     listed = api("ListEnclaves", {})
     assert listed.returncode == 0, listed.stderr
@@ -139,8 +198,13 @@ def test_enclave_story_with_grpcurl(
     # The enclave itself, over mutual TLS, verifying its certificate by tls_server_name.
     def workload(method: str, body: object) -> GrpcurlResult:
         result = run_grpcurl(
-            grpcurl, *user_args, "-servername", enclave["tls_server_name"],
-            enclave["endpoint"], f"{WORKLOAD_SERVICE}/{method}", data=json.dumps(body),
+            grpcurl,
+            *user_args,
+            "-servername",
+            enclave["tls_server_name"],
+            enclave["endpoint"],
+            f"{WORKLOAD_SERVICE}/{method}",
+            data=json.dumps(body),
         )
         assert result.returncode == 0, result.stderr
         return result
@@ -178,8 +242,14 @@ def test_enclave_story_with_grpcurl(
     assert listed.json().get("enclaves", []) == []
     # The enclave no longer answers.
     dead = run_grpcurl(
-        grpcurl, *user_args, "-servername", enclave["tls_server_name"],
-        "-connect-timeout", "3", enclave["endpoint"], f"{WORKLOAD_SERVICE}/ListSecrets",
+        grpcurl,
+        *user_args,
+        "-servername",
+        enclave["tls_server_name"],
+        "-connect-timeout",
+        "3",
+        enclave["endpoint"],
+        f"{WORKLOAD_SERVICE}/ListSecrets",
         data="{}",
     )
     assert dead.returncode != 0
@@ -188,27 +258,31 @@ def test_enclave_story_with_grpcurl(
 # Python stubs ----------------------------------------------------------------------------
 
 
-def test_enclave_story_with_python_stubs(
-    stack: Stack, new_owner: Callable[..., Owner]
-) -> None:
+def test_enclave_story_with_python_stubs(stack: Stack, new_owner: Callable[..., Owner]) -> None:
     owner = new_owner()
-    request_id = new_request_id()
-    events = owner.create(request_id)
+    request_id, nonce = new_request_id(), new_nonce()
+    events = owner.create(request_id, nonce)
     assert phase_names(events) == PROVISIONING_PHASE_NAMES
-    assert [e.sequence for e in events] == [1, 2, 3, 4, 5]
+    assert [e.sequence for e in events] == [1, 2, 3, 4, 5, 6, 7]
     enclave_id = events[0].enclave_id
     assert {e.enclave_id for e in events} == {enclave_id}
-    assert [e.HasField("enclave") for e in events] == [False, False, False, False, True]
+    assert [e.HasField("enclave") for e in events] == CARRIES_ENCLAVE
+    assert [e.HasField("attestation") for e in events] == CARRIES_ATTESTATION
     enclave = events[-1].enclave
     assert enclave.id == enclave_id
     assert enclave.owner == owner.user.user_id
-    assert enclave.phase == enclave_pb2.PHASE_READY
+    assert enclave.phase == enclave_pb2.PHASE_ATTESTED
     assert enclave.request_id == request_id
     assert enclave.endpoint.startswith("127.0.0.1:")
     assert enclave.expire_time.ToDatetime() > enclave.create_time.ToDatetime()
     certificate_sha256 = _check_certificate(
         stack, enclave_id, enclave.certificate_pem, enclave.tls_server_name
     )
+    ready = events[4].enclave
+    assert (ready.id, ready.endpoint) == (enclave_id, enclave.endpoint)
+    assert ready.certificate_pem == enclave.certificate_pem
+    # The TPM quote binds our nonce to that certificate.
+    owner.verify(enclave, events[-1].attestation, nonce)
     assert owner.get(enclave_id) == enclave
     assert [e.id for e in owner.list_all()] == [enclave_id]
 
@@ -218,9 +292,10 @@ def test_enclave_story_with_python_stubs(
         workload_pb2.PutSecretRequest(name="api-key", value=b"s3cr3t"), metadata=metadata
     )
     workload.PutSecret(workload_pb2.PutSecretRequest(name="b", value=b""), metadata=metadata)
-    assert workload.GetSecret(
-        workload_pb2.GetSecretRequest(name="api-key"), metadata=metadata
-    ).value == b"s3cr3t"
+    assert (
+        workload.GetSecret(workload_pb2.GetSecretRequest(name="api-key"), metadata=metadata).value
+        == b"s3cr3t"
+    )
     names = workload.ListSecrets(workload_pb2.ListSecretsRequest(), metadata=metadata).names
     assert sorted(names) == ["api-key", "b"]
 

@@ -19,6 +19,8 @@ import pytest
 from licensing.v1 import enclave_pb2
 
 from tests.enclaves.helpers import (
+    CARRIES_ATTESTATION,
+    CARRIES_ENCLAVE,
     CREATE_TIMEOUT,
     PROVISIONING_PHASE_NAMES,
     Owner,
@@ -26,6 +28,7 @@ from tests.enclaves.helpers import (
     code_and_reason,
     enclave_row_count,
     enclave_work_dir,
+    new_nonce,
     new_request_id,
     phase_names,
     processes_mentioning,
@@ -69,36 +72,40 @@ def test_repeated_request_id_returns_the_same_enclave_even_while_provisioning(
     stack: Stack, new_owner: Callable[..., Owner]
 ) -> None:
     owner = new_owner()
-    request_id = new_request_id()
-    first = iter(owner.create_stream(request_id))
+    request_id, nonce = new_request_id(), new_nonce()
+    first = iter(owner.create_stream(request_id, nonce))
     accepted = next(first)
     assert accepted.phase == enclave_pb2.PHASE_ACCEPTED
     enclave_id = accepted.enclave_id
 
-    # Ask again before the first is ready: the same enclave, followed from its start.
+    # Ask again before the first is attested: the same enclave, followed from its start.
     second = iter(owner.create_stream(request_id))
     replayed = next(second)
-    assert owner.get(enclave_id).phase != enclave_pb2.PHASE_READY, "too late to prove anything"
+    assert owner.get(enclave_id).phase != enclave_pb2.PHASE_ATTESTED, "too late to prove anything"
     assert (replayed.enclave_id, replayed.sequence) == (enclave_id, 1)
     second_events = [replayed, *second]
     first_events = [accepted, *first]
     for events in (first_events, second_events):
         assert phase_names(events) == PROVISIONING_PHASE_NAMES
-        assert [e.sequence for e in events] == [1, 2, 3, 4, 5]
+        assert [e.sequence for e in events] == [1, 2, 3, 4, 5, 6, 7]
         assert {e.enclave_id for e in events} == {enclave_id}
     assert second_events[-1].enclave == first_events[-1].enclave
+    assert second_events[-1].attestation == first_events[-1].attestation
+    owner.verify(first_events[-1].enclave, first_events[-1].attestation, nonce)
     assert enclave_row_count(stack, owner_id=owner.user.user_id) == 1
 
-    # And again once it is ready; a different nonce does not make it a new request.
+    # And again once it is attested; a different nonce does not make it a new request,
+    # nor a new quote: the replayed attestation is over the first request's nonce.
     third = owner.create(request_id, b"another nonce, 32 bytes long...")
-    assert [e.sequence for e in third] == [1, 2, 3, 4, 5]
+    assert [e.sequence for e in third] == [1, 2, 3, 4, 5, 6, 7]
     assert third[-1].enclave.id == enclave_id
+    assert third[-1].attestation == first_events[-1].attestation
     assert enclave_row_count(stack, owner_id=owner.user.user_id) == 1
     assert [e.id for e in owner.list_all()] == [enclave_id]
 
     # Request ids are per user: someone else's same request id is their own enclave.
     other = new_owner()
-    theirs = other.create_ready(request_id)
+    theirs = other.create_attested(request_id)
     assert theirs.id != enclave_id
     assert theirs.owner == other.user.user_id
 
@@ -110,15 +117,22 @@ def test_concurrent_creates_with_one_request_id_make_one_enclave(
     request_id = new_request_id()
     start = threading.Barrier(6)
 
-    def create() -> list[enclave_pb2.CreateEnclaveResponse]:
+    nonces = [new_nonce() for _ in range(6)]
+
+    def create(nonce: bytes) -> list[enclave_pb2.CreateEnclaveResponse]:
         start.wait(30)
-        return owner.create(request_id)
+        return owner.create(request_id, nonce)
 
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        results = [f.result(CREATE_TIMEOUT) for f in [pool.submit(create) for _ in range(6)]]
+        results = [f.result(CREATE_TIMEOUT) for f in [pool.submit(create, n) for n in nonces]]
     assert {e.enclave_id for events in results for e in events} == {results[0][0].enclave_id}
     for events in results:
         assert phase_names(events) == PROVISIONING_PHASE_NAMES
+        assert events[-1].attestation == results[0][-1].attestation
+    # One quote, over the nonce of whichever request won.
+    final = results[0][-1]
+    assert final.attestation.nonce in nonces
+    owner.verify(final.enclave, final.attestation, final.attestation.nonce)
     assert enclave_row_count(stack, owner_id=owner.user.user_id) == 1
 
 
@@ -127,8 +141,8 @@ def test_a_create_abandoned_after_accepted_finishes_when_its_request_is_repeated
 ) -> None:
     """The caller went away before the backend took the enclave; retrying must not hang."""
     owner = new_owner()
-    request_id = new_request_id()
-    call = owner.create_stream(request_id)
+    request_id, nonce = new_request_id(), new_nonce()
+    call = owner.create_stream(request_id, nonce)
     accepted = next(iter(call))
     call.cancel()  # type: ignore[no-untyped-call]
     assert accepted.phase == enclave_pb2.PHASE_ACCEPTED
@@ -136,7 +150,9 @@ def test_a_create_abandoned_after_accepted_finishes_when_its_request_is_repeated
     events = owner.create(request_id)
     assert phase_names(events) == PROVISIONING_PHASE_NAMES
     assert {e.enclave_id for e in events} == {accepted.enclave_id}
-    assert owner.get(accepted.enclave_id).phase == enclave_pb2.PHASE_READY
+    # The quote binds the nonce of the request that reserved the enclave.
+    owner.verify(events[-1].enclave, events[-1].attestation, nonce)
+    assert owner.get(accepted.enclave_id).phase == enclave_pb2.PHASE_ATTESTED
     assert processes_mentioning(accepted.enclave_id)
     assert enclave_row_count(stack, owner_id=owner.user.user_id) == 1
 
@@ -164,7 +180,7 @@ def test_list_enclaves_pages_through_all_of_them(
     stack: Stack, new_owner: Callable[..., Owner]
 ) -> None:
     owner = new_owner()
-    created = [owner.create_ready().id for _ in range(3)]
+    created = [owner.create_attested().id for _ in range(3)]
 
     first = owner.list_page(page_size=2)
     assert [e.id for e in first.enclaves] == created[:2]
@@ -172,7 +188,7 @@ def test_list_enclaves_pages_through_all_of_them(
     second = owner.list_page(page_size=2, page_token=first.next_page_token)
     assert [e.id for e in second.enclaves] == created[2:]
     assert second.next_page_token == ""
-    assert all(e.phase == enclave_pb2.PHASE_READY for e in [*first.enclaves, *second.enclaves])
+    assert all(e.phase == enclave_pb2.PHASE_ATTESTED for e in [*first.enclaves, *second.enclaves])
 
     everything = owner.list_page()
     assert [e.id for e in everything.enclaves] == created
@@ -207,7 +223,7 @@ def test_over_the_limit_is_resource_exhausted_and_deleting_frees_a_licence(
     stack: Stack, new_owner: Callable[..., Owner]
 ) -> None:
     owner = new_owner()
-    held = [owner.create_ready().id for _ in range(DEFAULT_LIMIT)]
+    held = [owner.create_attested().id for _ in range(DEFAULT_LIMIT)]
     error = refusal(lambda: owner.create())
     assert code_and_reason(error) == LIMIT_REACHED
     assert _limit_of(error) == str(DEFAULT_LIMIT)
@@ -217,7 +233,7 @@ def test_over_the_limit_is_resource_exhausted_and_deleting_frees_a_licence(
     assert owner.create(held_request)[-1].enclave.id == held[1]
 
     owner.delete(held[0])
-    again = owner.create_ready()
+    again = owner.create_attested()
     assert sorted(e.id for e in owner.list_all()) == sorted([*held[1:], again.id])
     assert code_and_reason(refusal(lambda: owner.create())) == LIMIT_REACHED
 
@@ -260,24 +276,24 @@ def test_concurrent_creates_end_exactly_at_each_users_limit_and_leak_nothing(
     with concurrent.futures.ThreadPoolExecutor(users * per_user) as pool:
         outcomes = list(pool.map(create, range(users * per_user), timeout=CREATE_TIMEOUT * 2))
 
-    ready = [o for o in outcomes if o.phases == tuple(PROVISIONING_PHASE_NAMES)]
+    attested = [o for o in outcomes if o.phases == tuple(PROVISIONING_PHASE_NAMES)]
     refused = [o for o in outcomes if (o.code, o.reason) == LIMIT_REACHED]
-    assert len(ready) + len(refused) == len(outcomes), [
-        o for o in outcomes if o not in ready and o not in refused
+    assert len(attested) + len(refused) == len(outcomes), [
+        o for o in outcomes if o not in attested and o not in refused
     ]
-    assert Counter(o.user for o in ready) == dict.fromkeys(range(users), DEFAULT_LIMIT)
+    assert Counter(o.user for o in attested) == dict.fromkeys(range(users), DEFAULT_LIMIT)
     assert Counter(o.user for o in refused) == dict.fromkeys(range(users), per_user - DEFAULT_LIMIT)
     assert {o.limit for o in refused} == {str(DEFAULT_LIMIT)}
-    ids = [o.enclave_id for o in ready]
+    ids = [o.enclave_id for o in attested]
     assert len(set(ids)) == len(ids)
     for index, owner in enumerate(owners):
         listed = owner.list_all()
-        mine = sorted(o.enclave_id for o in ready if o.user == index)
+        mine = sorted(o.enclave_id for o in attested if o.user == index)
         assert sorted(e.id for e in listed) == mine
-        assert {e.phase for e in listed} == {enclave_pb2.PHASE_READY}
+        assert {e.phase for e in listed} == {enclave_pb2.PHASE_ATTESTED}
         assert enclave_row_count(stack, owner_id=owner.user.user_id) == DEFAULT_LIMIT
     for enclave_id in ids:
-        assert processes_mentioning(enclave_id), f"{enclave_id} is READY but does not run"
+        assert processes_mentioning(enclave_id), f"{enclave_id} is ATTESTED but does not run"
 
     with concurrent.futures.ThreadPoolExecutor(users) as pool:
         deleted = [i for batch in pool.map(lambda o: o.delete_all(), owners) for i in batch]
@@ -299,14 +315,14 @@ def test_admin_max_enclaves_override_applies_and_deleting_frees_the_licence(
     assert shown["max_enclaves"] == 1
     assert shown["user_id"] == owner.user.user_id
 
-    first = owner.create_ready()
+    first = owner.create_attested()
     error = refusal(lambda: owner.create())
     assert code_and_reason(error) == LIMIT_REACHED
     assert _limit_of(error) == "1"
     assert enclave_row_count(stack, owner_id=owner.user.user_id) == 1
 
     owner.delete(first.id)
-    second = owner.create_ready()
+    second = owner.create_attested()
     assert second.id != first.id
     assert code_and_reason(refusal(lambda: owner.create())) == LIMIT_REACHED
 
@@ -314,7 +330,7 @@ def test_admin_max_enclaves_override_applies_and_deleting_frees_the_licence(
     _admin(stack, "set", owner.user.username, "--max-enclaves", "0")
     assert _limit_of(refusal(lambda: owner.create())) == "0"
     assert _admin(stack, "reset", owner.user.username)["max_enclaves"] == DEFAULT_LIMIT
-    owner.create_ready()
+    owner.create_attested()
     assert len(owner.list_all()) == 2
 
     # Another user's licence is unaffected.
@@ -329,13 +345,13 @@ def test_admin_enclave_ttl_override_reaps_the_enclave_after_expiry(
     shown = _admin(stack, "set", owner.user.username, "--enclave-ttl-seconds", "10")
     assert shown["enclave_ttl_seconds"] == 10
 
-    enclave = owner.create_ready()
+    enclave = owner.create_attested()
     lifetime = enclave.expire_time.ToDatetime() - enclave.create_time.ToDatetime()
     assert lifetime.total_seconds() == pytest.approx(10, abs=0.01)
     assert processes_mentioning(enclave.id)
 
-    # A watcher waiting for what comes after READY sees the deletion.
-    watcher = owner.watch(enclave.id, from_sequence=5, timeout=60)
+    # A watcher waiting for what comes after ATTESTED sees the deletion.
+    watcher = owner.watch(enclave.id, from_sequence=7, timeout=60)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         watched = pool.submit(list, watcher)
 
@@ -355,7 +371,7 @@ def test_admin_enclave_ttl_override_reaps_the_enclave_after_expiry(
         assert answers == [(grpc.StatusCode.NOT_FOUND, "ENCLAVE_NOT_FOUND")]
         events = watched.result(30)
     assert phase_names(events) == ["PHASE_DELETED"]
-    assert events[0].sequence == 6
+    assert events[0].sequence == 8
     assert wait_until(lambda: not processes_mentioning(enclave.id), 10)
     assert not enclave_work_dir(stack, enclave.id).exists()
     assert_no_leftovers(stack, [enclave.id])
@@ -368,16 +384,19 @@ def test_admin_enclave_ttl_override_reaps_the_enclave_after_expiry(
 
 def test_watch_from_sequence_replays_only_later_events(new_owner: Callable[..., Owner]) -> None:
     owner = new_owner()
-    enclave = owner.create_ready()
+    enclave = owner.create_attested()
     everything = list(owner.watch(enclave.id, 0))
     assert phase_names(everything) == PROVISIONING_PHASE_NAMES
-    assert [e.sequence for e in everything] == [1, 2, 3, 4, 5]
+    assert [e.sequence for e in everything] == [1, 2, 3, 4, 5, 6, 7]
+    assert [e.HasField("enclave") for e in everything] == CARRIES_ENCLAVE
+    assert [e.HasField("attestation") for e in everything] == CARRIES_ATTESTATION
     assert everything[-1].enclave == owner.get(enclave.id)
-    for after in range(5):
+    for after in range(7):
         events = list(owner.watch(enclave.id, after))
-        assert [e.sequence for e in events] == list(range(after + 1, 6))
+        assert [e.sequence for e in events] == list(range(after + 1, 8))
         assert phase_names(events) == PROVISIONING_PHASE_NAMES[after:]
         assert [e.message for e in events] == [e.message for e in everything[after:]]
+        assert events[-1].attestation == everything[-1].attestation
 
 
 def test_two_watchers_of_one_enclave_both_get_every_event(
@@ -392,9 +411,10 @@ def test_two_watchers_of_one_enclave_both_get_every_event(
         watched = [w.result(CREATE_TIMEOUT) for w in watchers]
     for events in watched:
         assert phase_names(events) == PROVISIONING_PHASE_NAMES
-        assert [e.sequence for e in events] == [1, 2, 3, 4, 5]
+        assert [e.sequence for e in events] == [1, 2, 3, 4, 5, 6, 7]
         assert [e.time for e in events] == [e.time for e in created]
         assert events[-1].enclave == created[-1].enclave
+        assert events[-1].attestation == created[-1].attestation
 
 
 def test_a_watcher_of_a_deleted_enclave_sees_deleted_and_the_stream_ends(

@@ -19,14 +19,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 import grpc
-from licensing.v1 import enclave_pb2, enclave_pb2_grpc
+from licensing.v1 import attestation_pb2, enclave_pb2, enclave_pb2_grpc
 
+from licensing_client.attestation import verify_attestation
 from tests.support import LoggedIn, Stack, error_reason, pid_of
 
 Phase = enclave_pb2.Phase
 ACCEPTED, SCHEDULED, RUNNING = Phase.PHASE_ACCEPTED, Phase.PHASE_SCHEDULED, Phase.PHASE_RUNNING
 CERTIFICATE_ISSUED, READY = Phase.PHASE_CERTIFICATE_ISSUED, Phase.PHASE_READY
+ATTESTING, ATTESTED = Phase.PHASE_ATTESTING, Phase.PHASE_ATTESTED
 FAILED = Phase.PHASE_FAILED
+#: Every phase of a successful provisioning, in order.
+PROVISIONED = [ACCEPTED, SCHEDULED, RUNNING, CERTIFICATE_ISSUED, READY, ATTESTING, ATTESTED]
 
 #: The longest any single stream may stay open in these tests.
 STREAM_TIMEOUT = 120.0
@@ -68,6 +72,10 @@ class Event:
     message: str
     failure_reason: str
     endpoint: str
+    #: The enclave's certificate (READY and final events).
+    certificate_pem: str
+    #: On the ATTESTED event only.
+    attestation: attestation_pb2.Attestation | None
 
     @classmethod
     def of(
@@ -80,6 +88,8 @@ class Event:
             reply.message,
             reply.enclave.failure_reason,
             reply.enclave.endpoint,
+            reply.enclave.certificate_pem,
+            reply.attestation if reply.HasField("attestation") else None,
         )
 
     def __repr__(self) -> str:
@@ -103,6 +113,8 @@ class StreamWatch:
     """A server stream read to its end in a background thread."""
 
     name: str
+    #: The nonce a CreateEnclave sent (empty for a watch).
+    nonce: bytes = b""
     events: list[Event] = field(default_factory=list)
     error: grpc.RpcError | None = None
     _cond: threading.Condition = field(default_factory=threading.Condition)
@@ -116,7 +128,7 @@ class StreamWatch:
             request_id=request_id or f"req-{uuid.uuid4().hex[:12]}", nonce=os.urandom(32)
         )
         call = stub.CreateEnclave(request, metadata=user.bearer, timeout=STREAM_TIMEOUT)
-        return cls(f"create {request.request_id}")._start(call)
+        return cls(f"create {request.request_id}", request.nonce)._start(call)
 
     @classmethod
     def watch(cls, stack: Stack, user: LoggedIn, enclave_id: str, after: int = 0) -> StreamWatch:
@@ -197,6 +209,21 @@ class StreamWatch:
 def assert_contiguous(events: list[Event], first: int = 1) -> None:
     """Sequence numbers go up by one from ``first``: nothing missed, nothing twice."""
     assert [e.sequence for e in events] == list(range(first, first + len(events))), events
+
+
+def assert_attested(stack: Stack, events: list[Event], nonce: bytes) -> Event:
+    """``events`` are a whole provisioning that ended ATTESTED with a quote binding ``nonce``."""
+    assert [e.phase for e in events] == PROVISIONED, events
+    assert_contiguous(events)
+    attested = events[-1]
+    assert attested.attestation is not None, events
+    verify_attestation(
+        attested.attestation,
+        nonce=nonce,
+        expected_certificate_pem=attested.certificate_pem,
+        trusted_ca_pem=[stack.ca_pem.decode()],
+    )
+    return attested
 
 
 def get_enclave(stack: Stack, user: LoggedIn, enclave_id: str) -> enclave_pb2.Enclave:

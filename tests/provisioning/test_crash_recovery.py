@@ -22,14 +22,13 @@ from licensing.v1 import enclave_pb2
 from licensing_server.runtimes._local import LocalProcessRuntime, _Handle
 from tests.provisioning.streams import (
     ACCEPTED,
-    CERTIFICATE_ISSUED,
+    ATTESTED,
     FAILED,
-    READY,
-    RUNNING,
     SCHEDULED,
     Event,
     HeldEnclaves,
     StreamWatch,
+    assert_attested,
     assert_contiguous,
     assert_no_enclave_processes,
     delete_enclave,
@@ -72,13 +71,11 @@ def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         held.hold_file.unlink(missing_ok=True)
 
 
-def _create_ready(stack: Stack, user: LoggedIn, request_id: str | None = None) -> Event:
+def _create_attested(stack: Stack, user: LoggedIn, request_id: str | None = None) -> Event:
     create = StreamWatch.create(stack, user, request_id)
     events = create.wait_done(60)
     assert create.error is None, (events, create.error)
-    assert [e.phase for e in events][-1] == READY, events
-    assert_contiguous(events)
-    return events[-1]
+    return assert_attested(stack, events, create.nonce)
 
 
 def test_backend_killed_mid_provisioning(rig: Rig) -> None:
@@ -123,10 +120,10 @@ def test_backend_killed_mid_provisioning(rig: Rig) -> None:
         assert enclave.phase == FAILED
         assert enclave.failure_reason == "PROVISIONING_INTERRUPTED"
     assert not work_dirs(stack) & set(ids)
-    assert work_dirs(stack) == set(), "only READY enclaves keep a work directory"
+    assert work_dirs(stack) == set(), "only enclaves that serve keep a work directory"
 
     # The failed enclaves hold no licence: the user can create up to the limit again.
-    ready = [_create_ready(stack, user) for _ in range(MAX_ENCLAVES)]
+    attested = [_create_attested(stack, user) for _ in range(MAX_ENCLAVES)]
     try:
         with pytest.raises(grpc.RpcError) as exceeded:
             list(
@@ -138,20 +135,20 @@ def test_backend_killed_mid_provisioning(rig: Rig) -> None:
             )
         assert exceeded.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert error_reason(exceeded.value) == "ENCLAVE_LIMIT_REACHED"
-        assert work_dirs(stack) == {e.enclave_id for e in ready}
+        assert work_dirs(stack) == {e.enclave_id for e in attested}
     finally:
-        for event in ready:
+        for event in attested:
             delete_enclave(stack, user, event.enclave_id)
-    assert_no_enclave_processes(stack, [e.enclave_id for e in ready], timeout=15)
+    assert_no_enclave_processes(stack, [e.enclave_id for e in attested], timeout=15)
     assert work_dirs(stack) == set()
 
 
-def test_backend_killed_while_ready(rig: Rig) -> None:
+def test_backend_killed_while_attested(rig: Rig) -> None:
     stack = rig.stack
     user = stack.new_user()
-    ready = _create_ready(stack, user)
-    enclave_id = ready.enclave_id
-    assert ready.endpoint
+    attested = _create_attested(stack, user)
+    enclave_id = attested.enclave_id
+    assert attested.endpoint
     assert enclave_processes(stack, [enclave_id])
     assert enclave_id in work_dirs(stack)
 
@@ -169,12 +166,12 @@ def test_backend_killed_while_ready(rig: Rig) -> None:
         "the enclave to fail", failed, SETTLE_SECONDS, step=0.25, describe=lambda: seen
     )
     assert enclave.failure_reason == "WORKLOAD_LOST"
-    # A watcher resuming after READY gets exactly the failure.
-    watcher = StreamWatch.watch(stack, user, enclave_id, after=ready.sequence)
+    # A watcher resuming after ATTESTED gets exactly the failure.
+    watcher = StreamWatch.watch(stack, user, enclave_id, after=attested.sequence)
     events = watcher.wait_done(15)
     assert watcher.error is None, watcher.error
     assert [(e.sequence, e.phase, e.failure_reason) for e in events] == [
-        (ready.sequence + 1, FAILED, "WORKLOAD_LOST")
+        (attested.sequence + 1, FAILED, "WORKLOAD_LOST")
     ]
     assert_no_enclave_processes(stack, [enclave_id], timeout=15)
     assert enclave_id not in work_dirs(stack)
@@ -245,10 +242,11 @@ def test_watch_resumes_after_frontend_restart(rig: Rig) -> None:
     resumed = _watch_resuming(stack, user, enclave_id, before[-1].sequence)
 
     assert_contiguous(resumed, first=before[-1].sequence + 1)
-    assert resumed[-1].phase == READY, resumed
+    assert resumed[-1].phase == ATTESTED, resumed
     history = StreamWatch.watch(stack, user, enclave_id).wait_done(15)
     assert before + resumed == history
-    assert [e.phase for e in history] == [ACCEPTED, SCHEDULED, RUNNING, CERTIFICATE_ISSUED, READY]
+    # Its quote binds the nonce the broken CreateEnclave sent.
+    assert_attested(stack, history, create.nonce)
     assert pid_of(stack, "frontend") != old_frontend
     # The broken CreateEnclave, retried with its request id, is the same enclave: it replays.
     again = StreamWatch.create(stack, user, request_id)

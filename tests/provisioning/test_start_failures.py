@@ -15,10 +15,10 @@ import pytest
 from tests.provisioning.streams import (
     ACCEPTED,
     FAILED,
-    READY,
     SCHEDULED,
     Event,
     StreamWatch,
+    assert_attested,
     assert_contiguous,
     assert_no_enclave_processes,
     delete_enclave,
@@ -143,7 +143,7 @@ def test_enclave_port_in_use(database: str, tmp_path: Path) -> None:
             create = StreamWatch.create(stack, user)
             events = create.wait_done(60)
             assert create.error is None, (events, create.error)
-            assert events[-1].phase == READY, events
+            assert_attested(stack, events, create.nonce)
             assert events[-1].endpoint == f"127.0.0.1:{port}"
             delete_enclave(stack, user, events[-1].enclave_id)
             assert_no_enclave_processes(stack, [events[-1].enclave_id], timeout=15)

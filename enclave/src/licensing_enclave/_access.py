@@ -52,7 +52,5 @@ class OwnerAuthenticator:
     async def __call__(self, token: str, certificate_sha256: bytes) -> AccessClaims:
         claims = self._verifier.verify(token, certificate_sha256)
         if claims.user_id != self._owner:
-            raise PermissionDenied(
-                "NOT_ENCLAVE_OWNER", "only the owner of this enclave may use it"
-            )
+            raise PermissionDenied("NOT_ENCLAVE_OWNER", "only the owner of this enclave may use it")
         return claims

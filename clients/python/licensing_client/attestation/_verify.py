@@ -86,17 +86,28 @@ class VerificationReport:
 class AttestationLike(Protocol):
     """The ``licensing.v1.Attestation`` fields we read (betterproto or protobuf message)."""
 
-    quote: bytes
-    signature: bytes
-    ak_public: bytes
-    ak_certificate_chain_pem: Any
-    pcr_selection: Any
-    pcr_values: Any
-    event_log: Any
-    enclave_certificate_pem: str
-    enclave_certificate_sha256: bytes
-    nonce: bytes
-    merkle_proof: Any
+    @property
+    def quote(self) -> bytes: ...
+    @property
+    def signature(self) -> bytes: ...
+    @property
+    def ak_public(self) -> bytes: ...
+    @property
+    def ak_certificate_chain_pem(self) -> Any: ...
+    @property
+    def pcr_selection(self) -> Any: ...
+    @property
+    def pcr_values(self) -> Any: ...
+    @property
+    def event_log(self) -> Any: ...
+    @property
+    def enclave_certificate_pem(self) -> str: ...
+    @property
+    def enclave_certificate_sha256(self) -> bytes: ...
+    @property
+    def nonce(self) -> bytes: ...
+    @property
+    def merkle_proof(self) -> Any: ...
 
 
 def _fail(check: Check, detail: str) -> AttestationError:
