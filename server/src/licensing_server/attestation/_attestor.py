@@ -47,6 +47,7 @@ _log = logging.getLogger(__name__)
 
 QUOTED_PCRS = [0, 1, 2, 3, 4, 5, 6, 7, MEASUREMENT_PCR]
 MAX_BATCH = 64
+COALESCE_SECONDS = 0.002
 AK_LIFETIME = dt.timedelta(days=365)
 
 
@@ -257,15 +258,18 @@ class Attestor:
 
     async def _drain(self) -> None:
         while self._pending:
-            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            try:
-                async with self._lock:
+            # A short window lets requests sent in the same instant share one quote.
+            await asyncio.sleep(COALESCE_SECONDS)
+            async with self._lock:
+                # Formed under the lock: whatever queued while measurements ran joins too.
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                try:
                     results = await self._quote_batch(batch)
-            except Exception as exc:
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(exc)
-                continue
+                except Exception as exc:
+                    for request in batch:
+                        if not request.future.done():
+                            request.future.set_exception(exc)
+                    continue
             for request, result in zip(batch, results, strict=True):
                 if not request.future.done():
                     request.future.set_result(result)
