@@ -1,13 +1,14 @@
 """A person creates an enclave with the ``licensing`` CLI, uses it, and deletes it.
 
-The whole story as it should behave once EnclaveService and the enclave workload
-are served: provisioning phases in order with a live bar, list/get, secrets and
-signatures over mutual TLS pinned to the enclave's certificate, then deletion.
+The whole story: provisioning phases in order with a live bar up to ATTESTED, the
+attestation verified against the nonce the CLI sent, list/get, secrets and
+signatures over mutual TLS pinned to the attested certificate, then deletion.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import ssl
 import uuid
@@ -16,21 +17,32 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from licensing_client import bearer, enclave_channel
+from licensing_client.attestation import Check, verify_attestation
 from licensing_client.gen.enclave import v1 as workload
+from licensing_client.gen.licensing import v1
 from tests.clients.cli_support import Cli, Result
 from tests.support import Stack
 
-PHASES = ["ACCEPTED", "SCHEDULED", "RUNNING", "CERTIFICATE_ISSUED", "READY"]
-_ID = re.compile(r"^enclave (\S+) is READY$", re.MULTILINE)
+PHASES = [
+    "ACCEPTED",
+    "SCHEDULED",
+    "RUNNING",
+    "CERTIFICATE_ISSUED",
+    "READY",
+    "ATTESTING",
+    "ATTESTED",
+]
+CHECKS = [check.value for check in Check]
+_ID = re.compile(r"^enclave (\S+) is ATTESTED$", re.MULTILINE)
 
 
 def phases_in(text: str) -> list[str]:
     """The phase column of the event lines the CLI prints, in order."""
-    names = "|".join([*PHASES, "ATTESTING", "ATTESTED", "FAILED", "DELETED"])
+    names = "|".join([*PHASES, "FAILED", "DELETED"])
     return re.findall(rf"^\s*\d+\s+({names})\b", text, re.MULTILINE)
 
 
@@ -38,6 +50,27 @@ def created_id(result: Result) -> str:
     match = _ID.search(result.stdout)
     assert match, result.stdout
     return match.group(1)
+
+
+def checks_in(text: str) -> list[str]:
+    """The checks the CLI printed as passed (``    <check>  ok  <detail>``), in order."""
+    names = "|".join(CHECKS)
+    return re.findall(rf"^\s+({names})\s+ok\s+\S", text, re.MULTILINE)
+
+
+def certificate_sha256(certificate_pem: str) -> str:
+    cert = x509.load_pem_x509_certificate(certificate_pem.encode())
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def assert_verified(verification: dict[str, Any], *, enclave: dict[str, Any], nonce: str) -> None:
+    """A JSON verification report: every check passed, over our nonce and its certificate."""
+    assert verification["verified"] is True
+    assert verification["enclave_id"] == enclave["id"]
+    assert verification["nonce_hex"] == nonce
+    assert verification["certificate_sha256"] == certificate_sha256(enclave["certificate_pem"])
+    assert [c["check"] for c in verification["checks"]] == CHECKS
+    assert all(c["result"] == "ok" and c["detail"] for c in verification["checks"])
 
 
 def get_json(cli: Cli, enclave_id: str) -> dict[str, Any]:
@@ -54,9 +87,15 @@ def test_create_use_and_delete_an_enclave(stack: Stack, tmp_path: Path) -> None:
     # The request id is printed first, so an interrupted create can be retried safely.
     first_line = created.stdout.splitlines()[0]
     assert re.match(r"request id [0-9a-f-]{36} ", first_line), first_line
-    seen = phases_in(created.stdout)
-    assert seen[: len(PHASES)] == PHASES, created.stdout
+    assert phases_in(created.stdout) == PHASES, created.stdout
     enclave_id = created_id(created)
+    # The ATTESTED event's attestation was verified against the nonce the CLI sent.
+    assert (
+        f"attestation verified (ATTESTED event): a TPM quote binds our nonce to the "
+        f"certificate of enclave {enclave_id}" in created.stdout
+    )
+    assert checks_in(created.stdout) == CHECKS, created.stdout
+    assert "NOT verified" not in created.stderr
 
     listed = cli.run("enclave", "list").ok()
     assert enclave_id in listed.stdout
@@ -64,7 +103,7 @@ def test_create_use_and_delete_an_enclave(stack: Stack, tmp_path: Path) -> None:
     assert enclave_id in [e["id"] for e in listed_json["enclaves"]]
 
     enclave = get_json(cli, enclave_id)
-    assert enclave["phase"] in ("READY", "ATTESTING", "ATTESTED")
+    assert enclave["phase"] == "ATTESTED"
     assert enclave["owner"] == user_id
     assert enclave["endpoint"]
     assert enclave["certificate_pem"].startswith("-----BEGIN CERTIFICATE-----")
@@ -72,10 +111,14 @@ def test_create_use_and_delete_an_enclave(stack: Stack, tmp_path: Path) -> None:
     assert enclave_id in text
     assert enclave["endpoint"] in text
 
-    identity = cli.run("--output", "json", "enclave", "call", enclave_id, "identity").ok().json()
+    called = cli.run("--output", "json", "enclave", "call", enclave_id, "identity").ok()
+    identity = called.json()
     assert identity["enclave_id"] == enclave_id
     assert identity["owner"] == user_id
     assert identity["matches_pinned_certificate"] is True
+    assert identity["certificate_sha256"] == certificate_sha256(enclave["certificate_pem"])
+    # Every call attests the enclave afresh before pinning its certificate.
+    assert f"attestation: enclave {enclave_id} verified ({len(CHECKS)} checks" in called.stderr
 
     cli.run("enclave", "call", enclave_id, "put-secret", "db-password", "hunter2").ok()
     got = cli.run("enclave", "call", enclave_id, "get-secret", "db-password").ok()
@@ -84,7 +127,9 @@ def test_create_use_and_delete_an_enclave(stack: Stack, tmp_path: Path) -> None:
     assert "db-password" in names.stdout.split()
 
     signed = cli.run("enclave", "call", enclave_id, "sign", "license #42").ok()
-    assert "verified" in signed.stdout
+    assert "verified            ECDSA P-256/SHA-256 by the attested, pinned certificate" in (
+        signed.stdout
+    )
     signed_json = (
         cli.run("--output", "json", "enclave", "call", enclave_id, "sign", "license #42")
         .ok()
@@ -129,7 +174,8 @@ def test_create_as_json_lines_then_watch_and_retry_by_request_id(
     lines = created.json_lines()
     events = [line["event"] for line in lines if "event" in line]
     finals = [line["enclave"] for line in lines if "enclave" in line and "event" not in line]
-    assert [e["phase"] for e in events][: len(PHASES)] == PHASES
+    verifications = [line["verification"] for line in lines if "verification" in line]
+    assert [e["phase"] for e in events] == PHASES
     sequences = [e["sequence"] for e in events]
     assert sequences == sorted(sequences)
     assert len(set(sequences)) == len(sequences)
@@ -139,9 +185,25 @@ def test_create_as_json_lines_then_watch_and_retry_by_request_id(
     assert lines[-1] == {"enclave": finals[0]}
     enclave = finals[0]
     assert enclave["request_id"] == request_id
-    assert enclave["phase"] in ("READY", "ATTESTING", "ATTESTED")
+    assert enclave["phase"] == "ATTESTED"
     enclave_id = enclave["id"]
     assert {e["enclave_id"] for e in events} == {enclave_id}
+    # The verification report comes just before the enclave; it checked the event's own
+    # attestation against our nonce.
+    assert len(verifications) == 1
+    assert lines[-2] == {"verification": verifications[0]}
+    assert_verified(verifications[0], enclave=enclave, nonce=nonce)
+    assert verifications[0]["source"] == "ATTESTED event"
+    # Only the ATTESTED event carries the attestation, and it verifies here independently.
+    assert [e["phase"] for e in events if e["attestation"]] == ["ATTESTED"]
+    attestation = v1.Attestation().from_dict(events[-1]["attestation"])
+    report = verify_attestation(
+        attestation,
+        nonce=bytes.fromhex(nonce),
+        expected_certificate_pem=enclave["certificate_pem"],
+        trusted_ca_pem=[stack.ca_pem.decode()],
+    )
+    assert [r.check.value for r in report.checks] == CHECKS
 
     # Watching from a sequence replays only what came after it.
     watched = cli.run(
@@ -150,13 +212,36 @@ def test_create_as_json_lines_then_watch_and_retry_by_request_id(
     watched_events = [line["event"] for line in watched.json_lines() if "event" in line]
     assert watched_events
     assert all(e["sequence"] > 2 for e in watched_events)
-    assert [e["phase"] for e in watched_events][:3] == PHASES[2:]
+    assert [e["phase"] for e in watched_events] == PHASES[2:]
 
-    # The same request id again is the same enclave, not a second one.
+    # The same request id again is the same enclave, not a second one; its replayed
+    # attestation is over the same nonce, so it verifies as it is.
     again = cli.run(
         "--output", "json", "enclave", "create", "--request-id", request_id, "--nonce-hex", nonce
     ).ok()
-    assert again.json_lines()[-1]["enclave"]["id"] == enclave_id
+    again_lines = again.json_lines()
+    assert again_lines[-1]["enclave"]["id"] == enclave_id
+    assert again_lines[-2]["verification"]["source"] == "ATTESTED event"
+    assert_verified(again_lines[-2]["verification"], enclave=enclave, nonce=nonce)
+
+    # A retry with another nonce (as `--request-id` alone makes) replays an attestation
+    # over the first nonce: a fresh one is fetched over the new nonce and verified.
+    other_nonce = "cd" * 32
+    retried = cli.run(
+        "--output",
+        "json",
+        "enclave",
+        "create",
+        "--request-id",
+        request_id,
+        "--nonce-hex",
+        other_nonce,
+    ).ok()
+    retried_lines = retried.json_lines()
+    assert retried_lines[-1]["enclave"]["id"] == enclave_id
+    assert retried_lines[-2]["verification"]["source"] == "GetAttestation"
+    assert_verified(retried_lines[-2]["verification"], enclave=enclave, nonce=other_nonce)
+    assert "replay" in retried.stderr
     listed = cli.run("--output", "json", "enclave", "list", "--page-size", "1").ok().json()
     assert [e["id"] for e in listed["enclaves"]].count(enclave_id) == 1
 

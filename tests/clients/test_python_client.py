@@ -10,6 +10,7 @@ import pytest
 from grpclib.exceptions import GRPCError
 
 from licensing_client import api_channel, bearer, enrollment_channel
+from licensing_client.attestation import Check, verify_attestation
 from licensing_client.gen.licensing import v1
 from tests.support import PASSWORD, Stack, key_pem, make_csr, new_key
 
@@ -47,19 +48,36 @@ async def test_signup_login_and_whoami_with_the_generated_client(
         )
         assert me.user.username == name
 
-        # Server streaming through the generated client: one message per phase.
+        # Server streaming through the generated client: one message per phase, ending
+        # ATTESTED with the attestation over our nonce, which the verifier reads as it is.
         enclaves = v1.EnclaveServiceStub(api)
+        nonce = b"n" * 16
         events = [
             event
             async for event in enclaves.create_enclave(
-                v1.CreateEnclaveRequest(request_id="r1", nonce=b"n" * 16),
+                v1.CreateEnclaveRequest(request_id="r1", nonce=nonce),
                 metadata=bearer(login.access_token),
             )
         ]
-        assert events[0].phase == v1.Phase.ACCEPTED
-        assert v1.Phase.READY in [e.phase for e in events]
+        assert [e.phase for e in events] == [
+            v1.Phase.ACCEPTED,
+            v1.Phase.SCHEDULED,
+            v1.Phase.RUNNING,
+            v1.Phase.CERTIFICATE_ISSUED,
+            v1.Phase.READY,
+            v1.Phase.ATTESTING,
+            v1.Phase.ATTESTED,
+        ]
         assert [e.sequence for e in events] == list(range(1, len(events) + 1))
         assert events[-1].enclave.endpoint
+        assert [bool(e.attestation.quote) for e in events] == [False] * 6 + [True]
+        report = verify_attestation(
+            events[-1].attestation,
+            nonce=nonce,
+            expected_certificate_pem=events[-1].enclave.certificate_pem,
+            trusted_ca_pem=list(bundle.ca_certificates_pem),
+        )
+        assert [r.check for r in report.checks] == list(Check)
         await enclaves.delete_enclave(
             v1.DeleteEnclaveRequest(enclave_id=events[-1].enclave_id),
             metadata=bearer(login.access_token),

@@ -1,4 +1,9 @@
-"""enclave create | watch | list | get | delete | call."""
+"""enclave create | watch | list | get | delete | attest | call.
+
+Trust in an enclave comes from its TPM attestation: ``create`` verifies the ATTESTED
+event's attestation against the nonce it sent, ``attest`` verifies a fresh one, and
+``call`` connects only through ``connect_attested_enclave`` (verify, then pin).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,13 @@ from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from licensing_client import (
+    EnclaveAttestation,
+    EnclaveNotReady,
+    attest_enclave,
+    trust_anchors,
+)
+from licensing_client.attestation import AttestationError, VerificationReport, verify_attestation
 from licensing_client.cli._context import Context
 from licensing_client.cli._errors import (
     CliError,
@@ -36,8 +48,12 @@ from licensing_client.cli._output import (
     enclave_json,
     enclave_table,
     enclave_text,
+    has_attestation,
     has_enclave,
     phase_name,
+    verification_failure_json,
+    verification_json,
+    verification_text,
 )
 from licensing_client.cli._session import CALL_TIMEOUT, Metadata, Session
 from licensing_client.gen.enclave import v1 as workload
@@ -50,8 +66,6 @@ _NONCE_BYTES = (16, 64)
 #: Reconnects of a stream in a row without a new event before giving up.
 STREAM_RETRIES = 5
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.5, 8.0
-#: Phases an enclave can be called in.
-_CALLABLE = {v1.Phase.READY, v1.Phase.ATTESTING, v1.Phase.ATTESTED}
 #: Errors worth a retry with the same request id.
 _RETRYABLE = {Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.INTERNAL, Status.UNKNOWN}
 
@@ -74,6 +88,8 @@ class Follower:
     enclave_id: str = ""
     last: Event | None = None
     enclave: v1.Enclave | None = None
+    #: The attestation the ATTESTED event carried, if one did.
+    attestation: v1.Attestation | None = None
     attempts: int = field(default=0)
 
     def _see(self, event: Event) -> bool:
@@ -84,6 +100,8 @@ class Follower:
         self.last = event
         if has_enclave(event):
             self.enclave = event.enclave
+        if has_attestation(event):
+            self.attestation = event.attestation
         self.attempts = 0
         self.view.show(event)
         return True
@@ -153,6 +171,132 @@ async def _get(session: Session, enclave_id: str) -> v1.Enclave:
 def _show_final(ctx: Context, enclave: v1.Enclave, headline: str) -> None:
     ctx.output.document({"enclave": enclave_json(enclave)})
     ctx.output.text(f"{headline}\n{enclave_text(enclave)}")
+
+
+# attestation -------------------------------------------------------------------------
+
+
+def _anchors(session: Session) -> list[str]:
+    """The pinned licensing CA: it must have certified the TPM's attestation key."""
+    return trust_anchors(session.connections.ca_path.read_bytes())
+
+
+def _attestation_failed(enclave_id: str, error: AttestationError) -> str:
+    return f"enclave {enclave_id} failed attestation check '{error.check.value}': {error.detail}"
+
+
+async def _get_attestation(session: Session, enclave_id: str, nonce: bytes) -> v1.Attestation:
+    async def call(channel: Channel, metadata: Metadata) -> v1.GetAttestationResponse:
+        return await v1.AttestationServiceStub(channel).get_attestation(
+            v1.GetAttestationRequest(enclave_id=enclave_id, nonce=nonce),
+            metadata=metadata,
+            timeout=CALL_TIMEOUT,
+        )
+
+    return (await session.call(call)).attestation
+
+
+async def _verify_created(
+    ctx: Context, session: Session, follower: Follower, enclave: v1.Enclave, nonce: bytes
+) -> VerificationReport:
+    """Verify the ATTESTED event's attestation against our nonce and the enclave's certificate.
+
+    A create repeated with the same request id replays the first request's events, whose
+    attestation is over that request's nonce; then (or if no attestation arrived) a fresh
+    one over our nonce is fetched instead, and verified the same way.
+    """
+    attestation = follower.attestation
+    source = "ATTESTED event"
+    if attestation is None or bytes(attestation.nonce) != nonce:
+        why = (
+            "no attestation arrived with the events"
+            if attestation is None
+            else "the ATTESTED event is a replay, over the nonce of the first create "
+            "with this request id"
+        )
+        ctx.output.notice(f"attestation: {why}; fetching a fresh one over our nonce")
+        with explain(
+            f"attesting enclave {enclave.id}",
+            peer=session.api_peer,
+            trust=session.connections.trust_hint,
+        ):
+            attestation = await _get_attestation(session, enclave.id, nonce)
+        source = "GetAttestation"
+    try:
+        report = verify_attestation(
+            attestation,
+            nonce=nonce,
+            expected_certificate_pem=enclave.certificate_pem,
+            trusted_ca_pem=_anchors(session),
+        )
+    except AttestationError as exc:
+        failure = verification_failure_json(exc, enclave_id=enclave.id, nonce=nonce, source=source)
+        ctx.output.document({"verification": failure})
+        raise CliError(
+            f"{_attestation_failed(enclave.id, exc)}; do not trust it "
+            f"(`licensing enclave delete {enclave.id}` removes it)"
+        ) from exc
+    ctx.output.document(
+        {
+            "verification": verification_json(
+                report, enclave_id=enclave.id, nonce=nonce, source=source
+            )
+        }
+    )
+    ctx.output.text(
+        verification_text(
+            report,
+            headline=f"attestation verified ({source}): a TPM quote binds our nonce "
+            f"to the certificate of enclave {enclave.id}",
+            nonce=nonce,
+        )
+    )
+    return report
+
+
+async def attest(ctx: Context, args: argparse.Namespace) -> int:
+    async with ctx.session() as session:
+
+        async def call(channel: Channel, metadata: Metadata) -> EnclaveAttestation:
+            return await attest_enclave(
+                channel,
+                args.enclave_id,
+                access_token=session.record.access_token,  # what ``metadata`` carries
+                trusted_ca_pem=_anchors(session),
+                rpc_timeout=CALL_TIMEOUT,
+            )
+
+        try:
+            with explain(
+                f"attesting enclave {args.enclave_id}",
+                peer=session.api_peer,
+                trust=session.connections.trust_hint,
+            ):
+                verified = await session.call(call)
+        except EnclaveNotReady as exc:
+            raise CliError(
+                f"enclave {exc.enclave.id or args.enclave_id} cannot be attested: it is {exc.phase}"
+            ) from exc
+        except AttestationError as exc:
+            ctx.output.document(
+                verification_failure_json(
+                    exc, enclave_id=args.enclave_id, nonce=None, source="GetAttestation"
+                )
+            )
+            raise CliError(f"{_attestation_failed(args.enclave_id, exc)}; do not trust it") from exc
+    enclave = verified.enclave
+    ctx.output.result(
+        verification_text(
+            verified.report,
+            headline=f"attestation of enclave {enclave.id} verified: a fresh TPM quote binds "
+            "our nonce to its certificate",
+            nonce=verified.nonce,
+        ),
+        verification_json(
+            verified.report, enclave_id=enclave.id, nonce=verified.nonce, source="GetAttestation"
+        ),
+    )
+    return 0
 
 
 # create / watch ----------------------------------------------------------------------
@@ -231,6 +375,14 @@ async def create(ctx: Context, args: argparse.Namespace) -> int:
         if enclave is None:
             with explain("getting the enclave", peer=session.api_peer):
                 enclave = await _get(session, follower.enclave_id)
+        if args.verify:
+            await _verify_created(ctx, session, follower, enclave, nonce)
+        else:
+            ctx.output.notice(
+                f"attestation: NOT verified (--no-verify); nothing vouches for the certificate "
+                f"of enclave {enclave.id} but the licensing API that reported it "
+                f"(`licensing enclave attest {enclave.id}` verifies it)"
+            )
     _show_final(ctx, enclave, f"enclave {enclave.id} is {phase_name(enclave.phase)}")
     return 0
 
@@ -358,7 +510,8 @@ async def _workload(
     enclave: v1.Enclave,
     fn: Callable[[workload.WorkloadServiceStub, Metadata], Awaitable[T]],
 ) -> T:
-    """``fn`` on the enclave's WorkloadService, pinned to its certificate, with a fresh token."""
+    """``fn`` on the enclave's WorkloadService, pinned to its attested certificate, with a
+    fresh token (``session.connect_enclave`` must have attested it)."""
 
     async def run(channel: Channel, metadata: Metadata) -> T:
         return await fn(workload.WorkloadServiceStub(channel, timeout=CALL_TIMEOUT), metadata)
@@ -480,8 +633,8 @@ async def _sign(
             [
                 f"signature (base64)  {signature_b64}",
                 f"signature (hex)     {reply.signature.hex()}",
-                f"verified            ECDSA P-256/SHA-256 by the pinned certificate of enclave "
-                f"{enclave.id} (SHA-256 fingerprint {fingerprint(pinned)})",
+                f"verified            ECDSA P-256/SHA-256 by the attested, pinned certificate "
+                f"of enclave {enclave.id} (SHA-256 fingerprint {fingerprint(pinned)})",
             ]
         ),
         {
@@ -507,22 +660,34 @@ OPERATIONS: dict[str, Operation] = {
 
 async def call(ctx: Context, args: argparse.Namespace) -> int:
     async with ctx.session() as session:
-        with explain(
-            f"getting enclave {args.enclave_id}",
-            peer=session.api_peer,
-            trust=session.connections.trust_hint,
-        ):
-            enclave = await _get(session, args.enclave_id)
-        if enclave.phase not in _CALLABLE or not enclave.endpoint or not enclave.certificate_pem:
+        # Verify a fresh attestation, then pin exactly the attested certificate.
+        try:
+            with explain(
+                f"attesting enclave {args.enclave_id}",
+                peer=session.api_peer,
+                trust=session.connections.trust_hint,
+            ):
+                attested = await session.connect_enclave(args.enclave_id)
+        except EnclaveNotReady as exc:
             raise CliError(
-                f"enclave {enclave.id or args.enclave_id} cannot be called: it is "
-                f"{phase_name(enclave.phase)}"
-            )
+                f"enclave {exc.enclave.id or args.enclave_id} cannot be called: it is {exc.phase}"
+            ) from exc
+        except AttestationError as exc:
+            raise CliError(
+                f"{_attestation_failed(args.enclave_id, exc)}; not connecting to it"
+            ) from exc
+        enclave = attested.enclave
+        pinned = x509.load_pem_x509_certificate(enclave.certificate_pem.encode())
+        ctx.output.notice(
+            f"attestation: enclave {enclave.id} verified ({len(attested.report.checks)} checks "
+            f"over a fresh nonce); calling it pinned to the attested certificate "
+            f"(SHA-256 fingerprint {fingerprint(pinned)})"
+        )
         with explain(
             f"{args.operation} on enclave {enclave.id}",
             peer=f"enclave {enclave.id} at {enclave.endpoint}",
             trust=(
-                "it is not the certificate the licensing server reported for this enclave, "
+                "it is not the attested certificate of this enclave, "
                 "so the connection was dropped before anything was sent"
             ),
         ):

@@ -11,8 +11,9 @@ import json
 import sys
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Literal, Protocol, TextIO
+from typing import Any, Literal, Protocol, TextIO
 
+import betterproto
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -24,6 +25,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from licensing_client.attestation import AttestationError, Check, VerificationReport
 from licensing_client.cli._store import format_time
 from licensing_client.gen.licensing import v1
 
@@ -32,15 +34,16 @@ Mode = Literal["text", "json"]
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
-#: Provisioning, in order; READY is where the bar ends unless attestation follows.
+#: Provisioning, in order: one step of the progress bar each, attestation last.
 PROGRESS_PHASES = (
     v1.Phase.ACCEPTED,
     v1.Phase.SCHEDULED,
     v1.Phase.RUNNING,
     v1.Phase.CERTIFICATE_ISSUED,
     v1.Phase.READY,
+    v1.Phase.ATTESTING,
+    v1.Phase.ATTESTED,
 )
-ATTESTATION_PHASES = (v1.Phase.ATTESTING, v1.Phase.ATTESTED)
 
 
 class Event(Protocol):
@@ -52,6 +55,7 @@ class Event(Protocol):
     sequence: int
     time: dt.datetime
     enclave: v1.Enclave
+    attestation: v1.Attestation
 
 
 def phase_name(phase: v1.Phase | int) -> str:
@@ -90,6 +94,18 @@ def has_enclave(event: Event) -> bool:
     return bool(event.enclave.id)
 
 
+def has_attestation(event: Event) -> bool:
+    """Only the ATTESTED event carries one (betterproto gives an empty message otherwise)."""
+    return bool(event.attestation.quote)
+
+
+def attestation_json(attestation: v1.Attestation) -> dict[str, Json]:
+    """The attestation as protobuf JSON (bytes in base64), field names as in the proto."""
+    snake: Any = betterproto.Casing.SNAKE  # an enum of functions, typed as neither
+    data: dict[str, Json] = attestation.to_dict(casing=snake)
+    return data
+
+
 def event_json(event: Event) -> dict[str, Json]:
     return {
         "enclave_id": event.enclave_id,
@@ -98,6 +114,7 @@ def event_json(event: Event) -> dict[str, Json]:
         "sequence": event.sequence,
         "time": _time(event.time),
         "enclave": enclave_json(event.enclave) if has_enclave(event) else None,
+        "attestation": attestation_json(event.attestation) if has_attestation(event) else None,
     }
 
 
@@ -129,6 +146,52 @@ def enclave_table(enclaves: Sequence[v1.Enclave]) -> str:
     return "\n".join(
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows
     )
+
+
+def verification_json(
+    report: VerificationReport, *, enclave_id: str, nonce: bytes, source: str
+) -> dict[str, Json]:
+    """A verified attestation: every check with its result, what was bound, where it came from."""
+    return {
+        "enclave_id": enclave_id,
+        "verified": True,
+        "nonce_hex": nonce.hex(),
+        "certificate_sha256": report.enclave_certificate_sha256.hex(),
+        "reset_count": report.reset_count,
+        "pcr_values": {str(pcr): value.hex() for pcr, value in sorted(report.pcr_values.items())},
+        "checks": [
+            {"check": result.check.value, "result": "ok", "detail": result.detail}
+            for result in report.checks
+        ],
+        "source": source,
+    }
+
+
+def verification_failure_json(
+    error: AttestationError, *, enclave_id: str, nonce: bytes | None, source: str
+) -> dict[str, Json]:
+    return {
+        "enclave_id": enclave_id,
+        "verified": False,
+        "nonce_hex": nonce.hex() if nonce is not None else None,
+        "failed_check": error.check.value,
+        "detail": error.detail,
+        "source": source,
+    }
+
+
+def verification_text(report: VerificationReport, *, headline: str, nonce: bytes) -> str:
+    """The headline, what the quote bound, then one line per check with its result."""
+    width = max(len(check.value) for check in Check)
+    lines = [
+        headline,
+        f"  nonce                {nonce.hex()}",
+        f"  certificate SHA-256  {report.enclave_certificate_sha256.hex()}",
+        f"  TPM reset count      {report.reset_count}",
+        "  checks",
+    ]
+    lines += [f"    {result.check.value:<{width}}  ok  {result.detail}" for result in report.checks]
+    return "\n".join(lines)
 
 
 class Output:
@@ -188,9 +251,10 @@ class Output:
 class EventView:
     """Provisioning events as they arrive: a live bar in text mode, JSON lines otherwise.
 
-    One step per phase from ACCEPTED to READY; the bar grows by two steps if
-    ATTESTING/ATTESTED arrive. Each event's message is printed above the bar, so
-    the log stays when the bar goes (and is all there is when stdout is no terminal).
+    One step per phase from ACCEPTED to ATTESTED (READY, then ATTESTING and ATTESTED
+    last); a FAILED or DELETED event leaves the bar where it was. Each event's message
+    is printed above the bar, so the log stays when the bar goes (and is all there is
+    when stdout is no terminal).
     """
 
     def __init__(self, output: Output, title: str) -> None:
@@ -234,17 +298,16 @@ class EventView:
         assert self._task is not None
         name = phase_name(event.phase)
         self._console.print(f"{event.sequence:>3}  {name:<18} {event.message}", markup=False)
-        total = len(PROGRESS_PHASES)
-        if event.phase in ATTESTATION_PHASES:
-            total += len(ATTESTATION_PHASES)
-        steps = (*PROGRESS_PHASES, *ATTESTATION_PHASES)
-        done = steps.index(event.phase) + 1 if event.phase in steps else None
-        self._progress.update(
-            self._task,
-            description=f"{self._title}: {name}",
-            total=max(total, self._progress.tasks[0].total or 0),
-            completed=done,
-        )
+        done = PROGRESS_PHASES.index(event.phase) + 1 if event.phase in PROGRESS_PHASES else None
+        self._progress.update(self._task, description=f"{self._title}: {name}", completed=done)
+
+    @property
+    def progress(self) -> tuple[float, float] | None:
+        """(steps completed, steps in all) of the live bar; None without one (JSON)."""
+        if self._progress is None or self._task is None:
+            return None
+        task = self._progress.tasks[0]
+        return task.completed, task.total or 0.0
 
     def remark(self, text: str) -> None:
         """A notice (reconnecting...) on stderr, above the live bar."""

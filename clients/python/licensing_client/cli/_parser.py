@@ -11,7 +11,8 @@ from licensing_client.cli._context import DEFAULT_API, DEFAULT_SERVER, address
 
 _DESCRIPTION = """\
 Use the licensing server: sign up, log in (your key never leaves this machine),
-create enclaves and talk to them over mutual TLS pinned to their certificate.
+create enclaves, verify their TPM attestation and talk to them over mutual TLS
+pinned to the attested certificate.
 
 exit codes: 0 ok, 1 the operation failed (the server said no or could not be
 reached), 2 usage error."""
@@ -106,15 +107,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _command(commands, "whoami", "show the logged-in user").set_defaults(handler=auth.whoami)
 
-    enclave = _command(commands, "enclave", "create, watch, list, get, delete and call enclaves")
+    enclave = _command(
+        commands, "enclave", "create, watch, list, get, delete, attest and call enclaves"
+    )
     actions = enclave.add_subparsers(dest="enclave_command", required=True, metavar="ACTION")
 
-    create = _command(actions, "create", "create an enclave and follow it until it is ready")
+    create = _command(
+        actions,
+        "create",
+        "create an enclave, follow it until it is attested, and verify its attestation",
+    )
     create.add_argument(
         "--request-id",
         help="idempotency key (default: a fresh UUID, printed so a retry can reuse it)",
     )
     create.add_argument("--nonce-hex", help="16 to 64 bytes in hex (default: 32 random bytes)")
+    create.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="do not verify the attestation against our nonce and the enclave's certificate",
+    )
     create.set_defaults(handler=enclaves.create)
 
     watch = _command(actions, "watch", "follow an enclave's phase events")
@@ -142,8 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("enclave_id", metavar="ID")
         sub.set_defaults(handler=handler)
 
+    attest = _command(
+        actions,
+        "attest",
+        "verify a fresh TPM attestation of an enclave's certificate and print every check",
+    )
+    attest.add_argument("enclave_id", metavar="ID")
+    attest.set_defaults(handler=enclaves.attest)
+
     call = _command(
-        actions, "call", "call an enclave's WorkloadService over mTLS pinned to its certificate"
+        actions,
+        "call",
+        "attest an enclave, then call its WorkloadService over mTLS pinned to the attested "
+        "certificate",
     )
     call.add_argument("enclave_id", metavar="ID")
     operations = call.add_subparsers(dest="operation", required=True, metavar="OPERATION")

@@ -18,7 +18,14 @@ from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from licensing_client import api_channel, bearer, enclave_channel, enrollment_channel
+from licensing_client import (
+    AttestedEnclave,
+    api_channel,
+    bearer,
+    connect_attested_enclave,
+    enclave_channel,
+    enrollment_channel,
+)
 from licensing_client.cli._errors import (
     CliError,
     SessionEnded,
@@ -107,6 +114,8 @@ class Session:
         self._clock = clock
         self._api: Channel | None = None
         self._enclaves: dict[str, Channel] = {}
+        #: Enclaves whose attestation verified, as GetEnclave described them then.
+        self._attested: dict[str, v1.Enclave] = {}
 
     # Channels ----------------------------------------------------------------------
     @property
@@ -125,14 +134,49 @@ class Session:
             )
         return self._api
 
+    async def connect_enclave(self, enclave_id: str) -> AttestedEnclave:
+        """Attest the enclave (fresh nonce), then keep a channel pinned to its attested certificate.
+
+        ``connect_attested_enclave`` raises ``AttestationError`` before any channel to
+        the enclave exists if a check fails; the trust anchors are the pinned CA.
+        """
+
+        async def attest(channel: Channel, metadata: Metadata) -> AttestedEnclave:
+            return await connect_attested_enclave(
+                channel,
+                enclave_id,
+                cert_file=self.store.cert_path,
+                key_file=self.store.key_path,
+                access_token=self.record.access_token,  # what ``metadata`` carries
+                trusted_ca_pem=self.connections.ca_path.read_bytes(),
+                rpc_timeout=CALL_TIMEOUT,
+            )
+
+        attested = await self.call(attest)
+        enclave = attested.enclave
+        previous = self._enclaves.pop(enclave.id, None)
+        if previous is not None:
+            previous.close()
+        self._attested[enclave.id] = enclave
+        self._enclaves[enclave.id] = self.connections.keep(attested.channel)
+        return attested
+
     def enclave(self, enclave: v1.Enclave) -> Channel:
-        """Mutual TLS to the enclave, pinned to the certificate the server reported for it."""
+        """The channel to an enclave attested by ``connect_enclave``, pinned to that certificate.
+
+        After ``reset_channels`` (a renewed client certificate) it is opened again,
+        pinned to the same attested certificate. An enclave that was not attested in
+        this session has no channel at all.
+        """
+        attested = self._attested.get(enclave.id)
+        if attested is None:
+            raise RuntimeError(f"enclave {enclave.id} was not attested; call connect_enclave")
         if enclave.id not in self._enclaves:
             self._enclaves[enclave.id] = self.connections.keep(
                 enclave_channel(
-                    enclave.endpoint,
-                    tls_server_name=enclave.tls_server_name,
-                    pinned_certificate_pem=enclave.certificate_pem,
+                    attested.endpoint,
+                    tls_server_name=attested.tls_server_name,
+                    pinned_certificate_pem=attested.certificate_pem,
                     cert_file=self.store.cert_path,
                     key_file=self.store.key_path,
                 )
