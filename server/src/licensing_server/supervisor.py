@@ -54,6 +54,13 @@ Try it with grpcurl:
   grpcurl -cacert {ca} -cert alice.pem -key alice.key \\
       -H "authorization: Bearer $(jq -r .access_token login.json)" \\
       {api} licensing.v1.AuthService/GetCurrentUser
+  grpcurl -cacert {ca} -cert alice.pem -key alice.key \\
+      -H "authorization: Bearer $(jq -r .access_token login.json)" \\
+      -d "{{\\"request_id\\":\\"first\\",\\"nonce\\":\\"$(head -c 32 /dev/urandom | base64 -w0)\\"}}" \\
+      {api} licensing.v1.EnclaveService/CreateEnclave
+
+Or with the CLI: .venv/bin/licensing --ca-file {ca} signup bob; .venv/bin/licensing login bob;
+  .venv/bin/licensing enclave create
 """
 
 
