@@ -54,9 +54,10 @@ Try it with grpcurl:
   grpcurl -cacert {ca} -cert alice.pem -key alice.key \\
       -H "authorization: Bearer $(jq -r .access_token login.json)" \\
       {api} licensing.v1.AuthService/GetCurrentUser
+  NONCE=$(head -c 32 /dev/urandom | base64 -w0)
   grpcurl -cacert {ca} -cert alice.pem -key alice.key \\
       -H "authorization: Bearer $(jq -r .access_token login.json)" \\
-      -d "{{\\"request_id\\":\\"first\\",\\"nonce\\":\\"$(head -c 32 /dev/urandom | base64 -w0)\\"}}" \\
+      -d "{{\\"request_id\\":\\"first\\",\\"nonce\\":\\"$NONCE\\"}}" \\
       {api} licensing.v1.EnclaveService/CreateEnclave
 
 Or with the CLI: .venv/bin/licensing --ca-file {ca} signup bob; .venv/bin/licensing login bob;
