@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import math
 import os
 import shutil
 import sys
@@ -221,7 +222,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    rank = min(len(ordered), max(1, math.ceil(q / 100 * len(ordered)))) - 1
     return ordered[rank]
 
 
