@@ -52,6 +52,8 @@ class Settings:
     enclave_command: tuple[str, ...] = ()
     enclave_ports: tuple[int, int] | None = None
     reap_interval_seconds: int = 5
+    # An ACCEPTED enclave not taken up for provisioning by then releases its licence.
+    abandoned_after_seconds: int = 60
     # The TPM: a TCTI string ("device:/dev/tpmrm0" for hardware). Empty means the
     # embedded default: a software TPM (swtpm) that licensing-server runs on swtpm_port.
     tpm_tcti: str = ""
@@ -148,6 +150,9 @@ class Settings:
             enclave_ports=_port_range(text("ENCLAVE_PORTS", ""), problems),
             reap_interval_seconds=integer(
                 "REAP_INTERVAL_SECONDS", defaults.reap_interval_seconds, 1, 3600
+            ),
+            abandoned_after_seconds=integer(
+                "ABANDONED_AFTER_SECONDS", defaults.abandoned_after_seconds, 1, 86400
             ),
             tpm_tcti=text("TPM_TCTI", ""),
             tpm_manufacturer_ca_file=text("TPM_MANUFACTURER_CA_FILE", ""),

@@ -161,6 +161,7 @@ async def serve(settings: Settings) -> None:
         runtime=runtime,
         provisioner=provisioner,
         interval_seconds=settings.reap_interval_seconds,
+        abandoned_after=dt.timedelta(seconds=settings.abandoned_after_seconds),
     )
     await reconciler.reconcile_after_start()
 

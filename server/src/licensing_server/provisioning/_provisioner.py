@@ -88,6 +88,9 @@ class EnclaveProvisioner:
             task.add_done_callback(lambda _: self._tasks.pop(enclave_id, None))
         return record
 
+    def is_provisioning(self, enclave_id: str) -> bool:
+        return enclave_id in self._tasks
+
     def follow(self, enclave_id: str, after: int) -> AsyncIterator[EventRecord]:
         return self._follow(enclave_id, after)
 

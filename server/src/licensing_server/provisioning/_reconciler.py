@@ -35,12 +35,14 @@ class Reconciler:
         runtime: EnclaveRuntime,
         provisioner: EnclaveProvisioner,
         interval_seconds: float = 5.0,
+        abandoned_after: dt.timedelta = dt.timedelta(seconds=60),
         clock: Callable[[], dt.datetime] = _utcnow,
     ):
         self._store = store
         self._runtime = runtime
         self._provisioner = provisioner
         self._interval = interval_seconds
+        self._abandoned_after = abandoned_after
         self._clock = clock
 
     async def reconcile_after_start(self) -> None:
@@ -82,10 +84,30 @@ class Reconciler:
             await self._provisioner.deprovision(record.id)
         return len(expired)
 
+    async def release_abandoned(self) -> int:
+        """Free the licences of ACCEPTED enclaves nobody asked us to provision.
+
+        The frontend reserves a licence, then calls Provision; a caller that goes
+        away in between (and never repeats its request id) would otherwise hold
+        that licence until the enclave expires.
+        """
+        cutoff = self._clock() - self._abandoned_after
+        released = 0
+        for record in await self._store.in_phases({Phase.ACCEPTED}):
+            if record.created_at <= cutoff and not self._provisioner.is_provisioning(record.id):
+                await self._provisioner.fail(
+                    record,
+                    "PROVISIONING_ABANDONED",
+                    "the request was abandoned before provisioning started; create it again",
+                )
+                released += 1
+        return released
+
     async def run(self) -> None:
         while True:
-            try:
-                await self.reap_expired()
-            except Exception:
-                _log.exception("reaping expired enclaves failed; retrying")
+            for step in (self.reap_expired, self.release_abandoned):
+                try:
+                    await step()
+                except Exception:
+                    _log.exception("reconciling (%s) failed; retrying", step.__name__)
             await asyncio.sleep(self._interval)
