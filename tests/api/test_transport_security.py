@@ -253,3 +253,14 @@ def test_the_frontend_asking_the_backend_to_quote_an_unknown_enclave_is_not_foun
         grpc.StatusCode.NOT_FOUND,
         "ENCLAVE_NOT_FOUND",
     )
+
+
+def test_a_user_certificate_cannot_even_probe_the_backend(stack: Stack) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    mallory = stack.new_user()
+    health = health_pb2_grpc.HealthStub(stack.backend_channel(mallory.key_pem, mallory.cert_pem))
+    assert _refusal(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=10)) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "INTERNAL_API_ONLY",
+    )

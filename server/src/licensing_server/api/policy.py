@@ -43,7 +43,7 @@ FRONTEND_POLICY: dict[str, Access] = {
 }
 
 BACKEND_POLICY: dict[str, Access] = {
-    **dict.fromkeys(_OPS, Access.PEER),
+    **dict.fromkeys(_OPS, Access.FRONTEND),
     "/licensing.control.v1.CertificateService/SignUserCertificate": Access.FRONTEND,
     "/licensing.control.v1.CertificateService/GetCaCertificates": Access.FRONTEND,
     "/licensing.control.v1.ProvisioningService/Provision": Access.FRONTEND,
