@@ -21,17 +21,22 @@ MIN_PASSWORD_BYTES = 8
 MAX_PASSWORD_BYTES = 72  # bcrypt's own limit: longer input is refused, never truncated.
 
 
-def check_password_policy(password: str) -> bytes:
+def check_password_policy(password: str, *, min_bytes: int = MIN_PASSWORD_BYTES) -> bytes:
+    """The password as bcrypt will see it, or ``InvalidArgument`` saying what is wrong.
+
+    Login passes ``min_bytes=1``: a short password is merely wrong there, and
+    saying "too short" would hint at the sign-up policy rather than the account.
+    """
     data = password.encode("utf-8", errors="surrogatepass")
     if not data:
         raise InvalidArgument("PASSWORD_REQUIRED", "password is required")
     if b"\x00" in data:
         raise InvalidArgument("PASSWORD_INVALID_CHARACTERS", "password must not contain NUL")
-    if len(data) < MIN_PASSWORD_BYTES:
+    if len(data) < min_bytes:
         raise InvalidArgument(
             "PASSWORD_TOO_SHORT",
-            f"password must be at least {MIN_PASSWORD_BYTES} bytes",
-            {"min_bytes": str(MIN_PASSWORD_BYTES)},
+            f"password must be at least {min_bytes} bytes",
+            {"min_bytes": str(min_bytes)},
         )
     if len(data) > MAX_PASSWORD_BYTES:
         raise InvalidArgument(

@@ -103,13 +103,7 @@ class AuthService:
             name = normalise_username(username)
         except InvalidArgument:
             name = None
-        secret = password.encode("utf-8")
-        if not secret:
-            raise InvalidArgument("PASSWORD_REQUIRED", "password is required")
-        if len(secret) > 72:
-            raise InvalidArgument("PASSWORD_TOO_LONG", "password must be at most 72 bytes")
-        if b"\x00" in secret:
-            raise InvalidArgument("PASSWORD_INVALID_CHARACTERS", "password must not contain NUL")
+        secret = check_password_policy(password, min_bytes=1)
         parse_csr(csr_pem)
         user = await self._users.find_user_by_name(name) if name else None
         # One bcrypt check on every path, so timing does not tell whether the user exists.

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from licensing_server.errors import AlreadyExists, Unauthenticated
 from licensing_server.storage._database import Database
@@ -98,31 +99,12 @@ class UserStore:
     async def peek_refresh_token(self, presented_hash: bytes, now: dt.datetime) -> SessionRecord:
         """The live session of an unspent refresh token, without spending it."""
         async with self._db.session() as session:
-            token = await session.scalar(
-                select(RefreshToken).where(RefreshToken.token_hash == presented_hash)
-            )
-            family = await session.get(Session, token.session_id) if token else None
-            user = await session.get(User, family.user_id) if family else None
-            if token is None or family is None or user is None:
-                raise Unauthenticated("REFRESH_TOKEN_INVALID", "the refresh token is not valid")
-            reused = token.used_at is not None and family.revoked_at is None
-            if family.revoked_at is not None:
-                raise Unauthenticated("SESSION_REVOKED", "this session was revoked; log in again")
-            if token.expires_at <= now or family.expires_at <= now:
-                raise Unauthenticated("REFRESH_TOKEN_EXPIRED", "the refresh token expired")
-            record = SessionRecord(
-                family.id,
-                user.id,
-                user.username,
-                family.client_certificate_sha256,
-                family.expires_at,
-            )
+            token, family, user = await _live_token(session, presented_hash, now)
+            reused = token.used_at is not None
+            record = _session_record(family, user)
         if reused:
             await self.revoke_session(record.id, now, "refresh_token_reused")
-            raise Unauthenticated(
-                "REFRESH_TOKEN_REUSED",
-                "this refresh token was already used; its session is revoked, log in again",
-            )
+            raise _reused()
         return record
 
     async def rotate_refresh_token(
@@ -139,19 +121,7 @@ class UserStore:
         """
         reused = False
         async with self._db.session() as session:
-            token = await session.scalar(
-                select(RefreshToken).where(RefreshToken.token_hash == presented_hash)
-            )
-            if token is None:
-                raise Unauthenticated("REFRESH_TOKEN_INVALID", "the refresh token is not valid")
-            family = await session.get(Session, token.session_id)
-            user = await session.get(User, family.user_id) if family else None
-            if family is None or user is None:
-                raise Unauthenticated("REFRESH_TOKEN_INVALID", "the refresh token is not valid")
-            if family.revoked_at is not None:
-                raise Unauthenticated("SESSION_REVOKED", "this session was revoked; log in again")
-            if token.expires_at <= now or family.expires_at <= now:
-                raise Unauthenticated("REFRESH_TOKEN_EXPIRED", "the refresh token expired")
+            token, family, user = await _live_token(session, presented_hash, now)
             spent = await session.execute(
                 update(RefreshToken)
                 .where(RefreshToken.id == token.id, RefreshToken.used_at.is_(None))
@@ -176,18 +146,9 @@ class UserStore:
                         expires_at=family.expires_at,
                     )
                 )
-            record = SessionRecord(
-                family.id,
-                user.id,
-                user.username,
-                family.client_certificate_sha256,
-                family.expires_at,
-            )
+            record = _session_record(family, user)
         if reused:
-            raise Unauthenticated(
-                "REFRESH_TOKEN_REUSED",
-                "this refresh token was already used; its session is revoked, log in again",
-            )
+            raise _reused()
         return record
 
     async def revoke_session(self, session_id: str, now: dt.datetime, reason: str) -> None:
@@ -202,3 +163,34 @@ class UserStore:
         async with self._db.session() as session:
             row = await session.get(Session, session_id)
             return row is not None and row.revoked_at is None and row.expires_at > now
+
+
+async def _live_token(
+    session: AsyncSession, presented_hash: bytes, now: dt.datetime
+) -> tuple[RefreshToken, Session, User]:
+    """The presented refresh token with its session and user, if that session still lives."""
+    token = await session.scalar(
+        select(RefreshToken).where(RefreshToken.token_hash == presented_hash)
+    )
+    family = await session.get(Session, token.session_id) if token else None
+    user = await session.get(User, family.user_id) if family else None
+    if token is None or family is None or user is None:
+        raise Unauthenticated("REFRESH_TOKEN_INVALID", "the refresh token is not valid")
+    if family.revoked_at is not None:
+        raise Unauthenticated("SESSION_REVOKED", "this session was revoked; log in again")
+    if token.expires_at <= now or family.expires_at <= now:
+        raise Unauthenticated("REFRESH_TOKEN_EXPIRED", "the refresh token expired")
+    return token, family, user
+
+
+def _session_record(family: Session, user: User) -> SessionRecord:
+    return SessionRecord(
+        family.id, user.id, user.username, family.client_certificate_sha256, family.expires_at
+    )
+
+
+def _reused() -> Unauthenticated:
+    return Unauthenticated(
+        "REFRESH_TOKEN_REUSED",
+        "this refresh token was already used; its session is revoked, log in again",
+    )
