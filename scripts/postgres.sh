@@ -2,6 +2,8 @@
 # Installs (if needed) and starts a local PostgreSQL, and makes the role the tests use.
 # Prints the admin URL that tests read from LICENSING_TEST_POSTGRES_URL.
 set -euo pipefail
+# Only the URL goes to stdout; everything the tools print goes to stderr.
+exec 3>&1 1>&2
 if ! command -v pg_ctlcluster >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -12,7 +14,7 @@ if ! pg_lsclusters -h | grep -q "^$version main"; then
   pg_createcluster "$version" main >/dev/null
 fi
 if ! pg_lsclusters -h | awk -v v="$version" '$1==v && $2=="main" {print $4}' | grep -q online; then
-  pg_ctlcluster "$version" main start
+  pg_ctlcluster "$version" main start 3>&-
 fi
 for _ in $(seq 1 50); do
   su postgres -c "psql -qAtc 'select 1'" >/dev/null 2>&1 && break
@@ -26,4 +28,4 @@ BEGIN
   END IF;
 END $$;
 SQL
-echo "postgresql://licensing_test:licensing_test@127.0.0.1:5432/postgres"
+echo "postgresql://licensing_test:licensing_test@127.0.0.1:5432/postgres" >&3
