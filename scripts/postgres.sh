@@ -14,7 +14,12 @@ if ! pg_lsclusters -h | grep -q "^$version main"; then
   pg_createcluster "$version" main >/dev/null
 fi
 if ! pg_lsclusters -h | awk -v v="$version" '$1==v && $2=="main" {print $4}' | grep -q online; then
-  pg_ctlcluster "$version" main start 3>&-
+  # A server killed moments ago may still hold its socket lock: retry briefly.
+  for attempt in 1 2 3 4 5; do
+    pg_ctlcluster "$version" main start 3>&- && break
+    [ "$attempt" = 5 ] && exit 1
+    sleep 2
+  done
 fi
 for _ in $(seq 1 50); do
   su postgres -c "psql -qAtc 'select 1'" >/dev/null 2>&1 && break
