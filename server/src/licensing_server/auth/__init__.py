@@ -6,6 +6,7 @@ from licensing_server.auth._service import (
     LoginResult,
     SignedUserCertificate,
     UserCertificateSigner,
+    UserProfile,
 )
 from licensing_server.auth._usernames import normalise_username
 
@@ -15,6 +16,7 @@ __all__ = [
     "PasswordHasher",
     "SignedUserCertificate",
     "UserCertificateSigner",
+    "UserProfile",
     "check_password_policy",
     "normalise_username",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -63,6 +64,42 @@ def _utcnow() -> dt.datetime:
 _BAD_CREDENTIALS = ("INVALID_CREDENTIALS", "username or password is incorrect")
 
 
+@dataclass(frozen=True, slots=True)
+class UserProfile:
+    """An account as its owner sees it: no password hash, so it may be kept in memory."""
+
+    id: str
+    username: str
+    created_at: dt.datetime
+
+
+class _ProfileCache:
+    """Recently seen profiles, so GetCurrentUser needs no database round trip.
+
+    Sound because an account never changes once created (there is no rename or
+    delete); whatever adds either must call ``forget``.
+    """
+
+    def __init__(self, size: int = 65_536):
+        self._size = size
+        self._items: OrderedDict[str, UserProfile] = OrderedDict()
+
+    def get(self, user_id: str) -> UserProfile | None:
+        found = self._items.get(user_id)
+        if found is not None:
+            self._items.move_to_end(user_id)
+        return found
+
+    def put(self, profile: UserProfile) -> None:
+        self._items[profile.id] = profile
+        self._items.move_to_end(profile.id)
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+    def forget(self, user_id: str) -> None:
+        self._items.pop(user_id, None)
+
+
 class AuthService:
     # How long a session's "not revoked" answer may be reused (other replicas' logouts).
     SESSION_CHECK_TTL = 2.0
@@ -88,6 +125,7 @@ class AuthService:
         self._cert_ttl = client_certificate_ttl
         self._clock = clock
         self._active_sessions: dict[str, float] = {}
+        self._profiles = _ProfileCache()
 
     async def sign_up(self, username: str, password: str) -> UserRecord:
         name = normalise_username(username)
@@ -124,6 +162,7 @@ class AuthService:
             session_id=session.id,
             certificate_sha256=cert.sha256,
         )
+        self._profiles.put(UserProfile(user.id, user.username, user.created_at))
         _log.info("user logged in: %s session %s", user.id, session.id)
         return LoginResult(user.id, access, access_exp, refresh_token, session.expires_at, cert)
 
@@ -164,11 +203,17 @@ class AuthService:
         self._verifier.forget(claims.session_id)
         _log.info("user logged out: %s session %s", claims.user_id, claims.session_id)
 
-    async def current_user(self, claims: AccessClaims) -> UserRecord:
-        user = await self._users.get_user(claims.user_id)
-        if user is None:
-            raise Unauthenticated("USER_NOT_FOUND", "the account of this token no longer exists")
-        return user
+    async def current_user(self, claims: AccessClaims) -> UserProfile:
+        profile = self._profiles.get(claims.user_id)
+        if profile is None:
+            user = await self._users.get_user(claims.user_id)
+            if user is None:
+                raise Unauthenticated(
+                    "USER_NOT_FOUND", "the account of this token no longer exists"
+                )
+            profile = UserProfile(user.id, user.username, user.created_at)
+            self._profiles.put(profile)
+        return profile
 
     async def authenticate(self, token: str, certificate_sha256: bytes) -> AccessClaims:
         """Verify a bearer token over the connection's client certificate, session included."""
@@ -184,4 +229,10 @@ class AuthService:
         return claims
 
 
-__all__ = ["AuthService", "LoginResult", "SessionRecord", "SignedUserCertificate"]
+__all__ = [
+    "AuthService",
+    "LoginResult",
+    "SessionRecord",
+    "SignedUserCertificate",
+    "UserProfile",
+]
