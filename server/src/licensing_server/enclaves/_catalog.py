@@ -26,7 +26,7 @@ from licensing_server.errors import (
     NotFound,
     Unavailable,
 )
-from licensing_server.provisioning import follow_events, terminal_phases
+from licensing_server.provisioning import EventTail, terminal_phases
 from licensing_server.storage import EnclaveRecord, EnclaveStore, EventRecord, Limits, Phase
 
 _log = logging.getLogger(__name__)
@@ -82,9 +82,11 @@ class EnclaveCatalog:
         backend: ProvisioningBackend,
         jwks_json: str,
         default_limits: Limits,
+        tail: EventTail,
         clock: Callable[[], dt.datetime] = _utcnow,
     ):
         self._store = store
+        self._tail = tail
         self._backend = backend
         self._jwks = jwks_json
         self._defaults = default_limits
@@ -133,7 +135,7 @@ class EnclaveCatalog:
                     await self._fail_unprovisioned(record, exc)
                 # Otherwise the backend restarted mid-way: its reconciler settles the
                 # enclave, and the database tells us how.
-        async for event in follow_events(self._store, record.id, last, _is_terminal):
+        async for event in self._tail.follow(record.id, last, _is_terminal):
             yield await self._update(event)
 
     async def _fail_unprovisioned(self, record: EnclaveRecord, exc: DomainError) -> None:
@@ -175,7 +177,7 @@ class EnclaveCatalog:
         return self._watch(record.id, from_sequence)
 
     async def _watch(self, enclave_id: str, after: int) -> AsyncIterator[EnclaveUpdate]:
-        async for event in follow_events(self._store, enclave_id, after, _is_terminal):
+        async for event in self._tail.follow(enclave_id, after, _is_terminal):
             yield await self._update(event)
 
     async def list(

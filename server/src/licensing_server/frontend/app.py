@@ -41,6 +41,7 @@ from licensing_server.frontend.backend_client import (
 )
 from licensing_server.layout import DataLayout
 from licensing_server.process import run_process, stop_requested
+from licensing_server.provisioning import EventTail
 from licensing_server.storage import Database, EnclaveStore, Limits, UserStore, run_migrations
 from licensing_server.tokens import AccessTokenSigner, AccessTokenVerifier, SigningKey
 
@@ -111,14 +112,17 @@ async def serve(settings: Settings) -> None:
         client_certificate_ttl=dt.timedelta(seconds=settings.client_certificate_ttl_seconds),
     )
     ca_list = [ca_pem.decode()]
+    enclaves = EnclaveStore(database)
+    tail = EventTail(enclaves)
     catalog = EnclaveCatalog(
-        store=EnclaveStore(database),
+        store=enclaves,
         backend=provisioning,
         jwks_json=signing_key.jwks_json(),
         default_limits=Limits(
             max_enclaves=settings.max_enclaves,
             enclave_ttl=dt.timedelta(seconds=settings.enclave_ttl_seconds),
         ),
+        tail=tail,
     )
 
     server = grpc.aio.server(
@@ -157,6 +161,7 @@ async def serve(settings: Settings) -> None:
     _log.info("frontend shutting down")
     await health.enter_graceful_shutdown()
     await server.stop(5)
+    await tail.close()
     await backend_channel.close(None)
     passwords.close()
     await database.close()

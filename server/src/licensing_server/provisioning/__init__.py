@@ -1,6 +1,6 @@
 """Driving enclaves through their phases, and putting them right after crashes."""
 
-from licensing_server.provisioning._events import EventBus, follow_events
+from licensing_server.provisioning._events import EventBus, EventTail, follow_events
 from licensing_server.provisioning._probe import HealthProbe
 from licensing_server.provisioning._provisioner import (
     EnclaveProvisioner,
@@ -13,6 +13,7 @@ from licensing_server.provisioning._reconciler import Reconciler
 __all__ = [
     "EnclaveProvisioner",
     "EventBus",
+    "EventTail",
     "HealthProbe",
     "ProvisioningSettings",
     "Reconciler",

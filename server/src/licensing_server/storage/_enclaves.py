@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select, tuple_, update
@@ -31,6 +32,8 @@ class Phase(enum.StrEnum):
 
 #: Phases that hold a licence: everything but FAILED (deleted enclaves have no row).
 _NOT_COUNTED = (Phase.FAILED.value,)
+#: Ids per ``IN (...)``: well under SQLite's and PostgreSQL's bound-parameter limits.
+_IN_CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +285,20 @@ class EnclaveStore:
                 .order_by(EnclaveEvent.sequence)
             )
             return [_event(r) for r in rows]
+
+    async def newest_sequences(self, enclave_ids: Sequence[str]) -> dict[str, int]:
+        """The newest event sequence of each enclave; enclaves that no longer exist are absent."""
+        heads: dict[str, int] = {}
+        async with self._db.session() as session:
+            for start in range(0, len(enclave_ids), _IN_CHUNK):
+                chunk = enclave_ids[start : start + _IN_CHUNK]
+                rows = await session.execute(
+                    select(EnclaveEvent.enclave_id, func.max(EnclaveEvent.sequence))
+                    .where(EnclaveEvent.enclave_id.in_(chunk))
+                    .group_by(EnclaveEvent.enclave_id)
+                )
+                heads.update({enclave_id: int(newest) for enclave_id, newest in rows})
+        return heads
 
     async def in_phases(self, phases: set[Phase]) -> list[EnclaveRecord]:
         async with self._db.session() as session:

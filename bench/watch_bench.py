@@ -1,0 +1,212 @@
+"""Watching enclaves: what idle watchers cost the frontend, and how fast a phase reaches them.
+
+The frontend's watchers follow events that another process (the backend) writes, so
+they learn of them from the database. This compares, in the same run on the same
+database, the two ways the frontend can do that:
+
+- ``per-watcher poll`` (the baseline, what the frontend did before ``EventTail``):
+  every watcher reads its enclave's events every 100 ms;
+- ``shared tail`` (what it does now): one ``EventTail`` query per 100 ms tick for every
+  watched enclave, and only the watchers of an enclave that moved read it.
+
+For each watcher count it reports, while nothing happens (``--idle-seconds``): SQL
+statements per second and the process's CPU (core-ms per second) spent by watching;
+then, for ``--advances`` phase changes written through a second engine (as the backend
+would): the delay from the commit to the last of that enclave's watchers receiving the
+event (p50/p99). Watchers are spread over enclaves, ``--per-enclave`` each. Figures
+are printed, nothing is asserted. Run from the repository root:
+
+    .venv/bin/python bench/watch_bench.py [--watchers 10,100,1000] [--postgres ADMIN_URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.login_bench import percentile  # noqa: E402
+from licensing_server.provisioning import EventTail, follow_events, terminal_phases  # noqa: E402
+from licensing_server.storage import (  # noqa: E402
+    Database,
+    EnclaveStore,
+    EventRecord,
+    Limits,
+    Phase,
+    UserStore,
+    run_migrations,
+)
+from tests.support import create_postgres_database, drop_postgres_database  # noqa: E402
+
+_NOW = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
+_IS_TERMINAL = terminal_phases().__contains__
+Follow = Callable[[str], AsyncIterator[EventRecord]]
+
+
+class _Run:
+    """One database, seen by a 'frontend' engine (the watchers) and a 'backend' engine."""
+
+    def __init__(self, url: str):
+        self.frontend_db = Database.connect(url)
+        self.backend_db = Database.connect(url)
+        self.frontend = EnclaveStore(self.frontend_db)
+        self.backend = EnclaveStore(self.backend_db)
+        self.statements = 0
+        event.listen(self.frontend_db.engine.sync_engine, "before_cursor_execute", self._count)
+
+    def _count(self, *_: Any) -> None:
+        self.statements += 1
+
+    async def enclaves(self, count: int) -> list[str]:
+        users = UserStore(self.backend_db)
+        ids = []
+        for n in range(count):
+            user = await users.create_user(f"watch{os.urandom(6).hex()}", "x", _NOW)
+            record, _ = await self.backend.reserve(
+                owner_id=user.id,
+                request_id=f"r{n}",
+                nonce=b"",
+                limits=Limits(1, dt.timedelta(hours=1)),
+                now=_NOW,
+            )
+            ids.append(record.id)
+        return ids
+
+    async def close(self) -> None:
+        await self.frontend_db.close()
+        await self.backend_db.close()
+
+
+async def _measure(
+    run: _Run, follow: Follow, watchers: int, per_enclave: int, args: argparse.Namespace
+) -> dict[str, float]:
+    enclave_ids = await run.enclaves(max(1, watchers // per_enclave))
+    received: dict[tuple[str, int], list[float]] = {}
+
+    async def watch(enclave_id: str) -> None:
+        async for e in follow(enclave_id):
+            received.setdefault((e.enclave_id, e.sequence), []).append(time.perf_counter())
+
+    tasks = [asyncio.create_task(watch(enclave_ids[n % len(enclave_ids)])) for n in range(watchers)]
+    await asyncio.sleep(args.settle_seconds)  # every watcher has read ACCEPTED
+
+    statements, cpu, wall = run.statements, time.process_time(), time.perf_counter()
+    await asyncio.sleep(args.idle_seconds)
+    wall = time.perf_counter() - wall
+    idle_statements = (run.statements - statements) / wall
+    idle_cpu_ms = (time.process_time() - cpu) * 1000 / wall
+
+    delays = []
+    phases = [Phase.SCHEDULED, Phase.RUNNING, Phase.CERTIFICATE_ISSUED, Phase.READY]
+    for n in range(args.advances):
+        enclave_id = enclave_ids[n % len(enclave_ids)]
+        sequence = 2 + n // len(enclave_ids)
+        if sequence - 2 >= len(phases):
+            break
+        await run.backend.advance(enclave_id, phases[sequence - 2], "bench", _NOW)
+        committed = time.perf_counter()
+        expected = watchers // len(enclave_ids) + (
+            1 if n % len(enclave_ids) < watchers % len(enclave_ids) else 0
+        )
+        deadline = committed + 10
+        while len(received.get((enclave_id, sequence), ())) < expected:
+            if time.perf_counter() > deadline:
+                break
+            await asyncio.sleep(0.001)
+        arrivals = received.get((enclave_id, sequence), [])
+        if len(arrivals) == expected:
+            delays.append((max(arrivals) - committed) * 1000)
+        await asyncio.sleep(0.05)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return {
+        "statements/s": idle_statements,
+        "cpu ms/s": idle_cpu_ms,
+        "p50": percentile(delays, 50) if delays else float("nan"),
+        "p99": percentile(delays, 99) if delays else float("nan"),
+        "n": len(delays),
+        "lost": args.advances - len(delays),
+    }
+
+
+async def _bench(url: str, args: argparse.Namespace) -> None:
+    run = _Run(url)
+    try:
+        print(
+            f"\nWatch benchmark ({url.split(':', 1)[0]}): {args.per_enclave} watchers per"
+            f" enclave, {args.idle_seconds:g} s idle, {args.advances} phase changes\n"
+        )
+        header = f"  {'watchers':>8}  {'mode':<17} {'SQL/s idle':>11} {'CPU ms/s idle':>14}"
+        print(header + f" {'delivery p50':>13} {'p99':>9}  {'delivered':>9}")
+        for watchers in args.watchers:
+            results = {}
+            for mode in ("per-watcher poll", "shared tail"):
+                tail = EventTail(run.frontend, poll_seconds=0.1)
+
+                def follow(enclave_id: str, mode: str = mode, tail: EventTail = tail) -> Any:
+                    if mode == "shared tail":
+                        return tail.follow(enclave_id, 0, _IS_TERMINAL)
+                    return follow_events(run.frontend, enclave_id, 0, _IS_TERMINAL)
+
+                r = await _measure(run, follow, watchers, args.per_enclave, args)
+                await tail.close()
+                results[mode] = r
+                print(
+                    f"  {watchers:>8}  {mode:<17} {r['statements/s']:>11.1f}"
+                    f" {r['cpu ms/s']:>14.1f} {r['p50']:>10.1f} ms {r['p99']:>6.1f} ms"
+                    f"  {int(r['n']):>4}/{int(r['n'] + r['lost'])}"
+                )
+            base, tail_r = results["per-watcher poll"], results["shared tail"]
+            print(
+                f"  {'':>8}  {'tail / poll':<17}"
+                f" {tail_r['statements/s'] / max(base['statements/s'], 1e-9):>10.3f}x"
+                f" {tail_r['cpu ms/s'] / max(base['cpu ms/s'], 1e-9):>13.3f}x"
+                f" {tail_r['p50'] / max(base['p50'], 1e-9):>12.2f}x"
+            )
+    finally:
+        await run.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--watchers", default="10,100,1000")
+    parser.add_argument("--per-enclave", type=int, default=10)
+    parser.add_argument("--idle-seconds", type=float, default=3.0)
+    parser.add_argument("--settle-seconds", type=float, default=2.0)
+    parser.add_argument("--advances", type=int, default=20)
+    parser.add_argument("--postgres", metavar="ADMIN_URL", help="also run on PostgreSQL")
+    args = parser.parse_args()
+    args.watchers = [int(w) for w in args.watchers.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="watch-bench-"))
+    try:
+        url = f"sqlite+aiosqlite:///{tmp / 'licensing.db'}"
+        run_migrations(url)
+        asyncio.run(_bench(url, args))
+        if args.postgres:
+            url, name = create_postgres_database(args.postgres)
+            try:
+                run_migrations(url)
+                asyncio.run(_bench(url, args))
+            finally:
+                drop_postgres_database(args.postgres, name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Many watchers of enclaves whose events another process writes share one database poll."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from licensing_server.provisioning import EventTail, terminal_phases
+from licensing_server.storage import (
+    Database,
+    EnclaveStore,
+    EventRecord,
+    Limits,
+    Phase,
+    UserStore,
+    run_migrations,
+)
+from tests.support import create_postgres_database, drop_postgres_database
+
+_NOW = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
+_AFTER_ACCEPTED = [
+    Phase.SCHEDULED,
+    Phase.RUNNING,
+    Phase.CERTIFICATE_ISSUED,
+    Phase.READY,
+    Phase.ATTESTING,
+    Phase.ATTESTED,
+]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'licensing.db'}"
+        run_migrations(url)
+        yield url
+        return
+    admin_url = os.environ.get("LICENSING_TEST_POSTGRES_URL")
+    if not admin_url:
+        pytest.skip("LICENSING_TEST_POSTGRES_URL is not set")
+    url, name = create_postgres_database(admin_url)
+    try:
+        run_migrations(url)
+        yield url
+    finally:
+        drop_postgres_database(admin_url, name)
+
+
+class _Processes:
+    """A frontend's and a backend's view of one database: two engines, as in production."""
+
+    def __init__(self, url: str):
+        self.frontend_db = Database.connect(url)
+        self.backend_db = Database.connect(url)
+        self.frontend = EnclaveStore(self.frontend_db)
+        self.backend = EnclaveStore(self.backend_db)
+        self.frontend_statements = 0
+        event.listen(self.frontend_db.engine.sync_engine, "before_cursor_execute", self._count)
+
+    def _count(self, *_: Any) -> None:
+        self.frontend_statements += 1
+
+    async def settled(self, watchers: int) -> None:
+        """Wait until every watcher has read, then for three quiet 100 ms windows in a row."""
+        start, quiet = self.frontend_statements, 0
+        for _ in range(100):
+            before = self.frontend_statements
+            await asyncio.sleep(0.1)
+            busy = self.frontend_statements - before > 4
+            read = self.frontend_statements - start >= watchers
+            quiet = quiet + 1 if read and not busy else 0
+            if quiet == 3:
+                return
+        raise AssertionError("the watchers never settled")
+
+    async def new_enclave(self) -> str:
+        user = await UserStore(self.backend_db).create_user(
+            f"user{os.urandom(4).hex()}", "not-a-real-hash", _NOW
+        )
+        record, _ = await self.backend.reserve(
+            owner_id=user.id,
+            request_id="r1",
+            nonce=b"",
+            limits=Limits(5, dt.timedelta(hours=1)),
+            now=_NOW,
+        )
+        return record.id
+
+    async def close(self) -> None:
+        await self.frontend_db.close()
+        await self.backend_db.close()
+
+
+@pytest.fixture
+async def processes(database_url: str) -> AsyncIterator[_Processes]:
+    both = _Processes(database_url)
+    yield both
+    await both.close()
+
+
+async def _watch(tail: EventTail, enclave_id: str) -> list[EventRecord]:
+    return [e async for e in tail.follow(enclave_id, 0, terminal_phases().__contains__)]
+
+
+async def test_fifty_watchers_see_every_phase_and_cost_one_poll_between_them(
+    processes: _Processes,
+) -> None:
+    enclave_id = await processes.new_enclave()
+    tail = EventTail(processes.frontend, poll_seconds=0.05)
+    watchers = [asyncio.create_task(_watch(tail, enclave_id)) for _ in range(50)]
+    await processes.settled(50)  # everyone has read ACCEPTED (twice: the tail's first wake)
+
+    # Nothing happens for a second: the watchers wait on the shared tail, not on the database.
+    before = processes.frontend_statements
+    await asyncio.sleep(1.0)
+    idle_statements = processes.frontend_statements - before
+    # One query per 50 ms tick at most (~20, a pool ping each on PostgreSQL);
+    # fifty watchers polling on their own every 100 ms would make ~1000.
+    assert idle_statements <= 45, idle_statements
+
+    for phase in _AFTER_ACCEPTED:
+        await processes.backend.advance(enclave_id, phase, f"now {phase}", _NOW)
+        await asyncio.sleep(0.02)
+    seen = await asyncio.wait_for(asyncio.gather(*watchers), 10)
+
+    expected = [Phase.ACCEPTED, *_AFTER_ACCEPTED]
+    for events in seen:
+        assert [e.phase for e in events] == expected
+        assert [e.sequence for e in events] == list(range(1, len(expected) + 1))
+    await asyncio.sleep(0.2)
+    assert tail.watched == 0
+    await tail.close()
+
+
+async def test_deleting_the_enclave_ends_every_watch_with_deleted(processes: _Processes) -> None:
+    enclave_id = await processes.new_enclave()
+    tail = EventTail(processes.frontend, poll_seconds=0.05)
+    watchers = [asyncio.create_task(_watch(tail, enclave_id)) for _ in range(5)]
+    await processes.settled(5)
+
+    await processes.backend.remove(enclave_id)
+    seen = await asyncio.wait_for(asyncio.gather(*watchers), 10)
+
+    for events in seen:
+        assert [e.phase for e in events] == [Phase.ACCEPTED, Phase.DELETED]
+    await tail.close()
