@@ -1,6 +1,6 @@
 """Driving enclaves through their phases, and putting them right after crashes."""
 
-from licensing_server.provisioning._events import EventBus, EventTail, follow_events
+from licensing_server.provisioning._events import EventBus, EventTail, Wake, follow_events
 from licensing_server.provisioning._probe import HealthProbe
 from licensing_server.provisioning._provisioner import (
     EnclaveProvisioner,
@@ -17,6 +17,7 @@ __all__ = [
     "HealthProbe",
     "ProvisioningSettings",
     "Reconciler",
+    "Wake",
     "follow_events",
     "measured_certificates",
     "terminal_phases",

@@ -8,7 +8,6 @@ import datetime as dt
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
 
 from licensing_server.errors import Unavailable
 from licensing_server.storage import EnclaveStore, EventRecord, Phase
@@ -16,33 +15,64 @@ from licensing_server.storage import EnclaveStore, EventRecord, Phase
 _log = logging.getLogger(__name__)
 
 
+class Wake:
+    """A watcher's doorbell: rung when its enclave has a newer event, or is gone.
+
+    ``follow_events`` says what it has read and waits; a ring for an event it has
+    not read yet (even one rung before it began to wait) returns at once, so none
+    is missed, and ``fallback_seconds`` bounds the wait should a ring be lost.
+    """
+
+    def __init__(self, seen: int = 0, *, fallback_seconds: float = 1.0):
+        self.seen = seen
+        self._newest = seen
+        self._gone = False
+        self._fallback = fallback_seconds
+        self._rung = asyncio.Event()
+
+    def ring(self, newest: int | None) -> None:
+        """``newest``: the enclave's newest event sequence, or None once it is deleted."""
+        if newest is None:
+            self._gone = True
+        else:
+            self._newest = max(self._newest, newest)
+        self._rung.set()
+
+    async def wait(self, seen: int) -> None:
+        self.seen = seen
+        if self._gone or self._newest > seen:
+            self._gone = False
+            return
+        self._rung.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._rung.wait(), self._fallback)
+
+
 class EventBus:
-    """In-process fan-out of events, published only after they are written."""
+    """In-process fan-out: rings the followers of an enclave once its event is written."""
 
     def __init__(self) -> None:
-        self._subscribers: defaultdict[str, set[asyncio.Queue[EventRecord | None]]] = defaultdict(
-            set
-        )
+        self._subscribers: defaultdict[str, set[Wake]] = defaultdict(set)
 
     def publish(self, event: EventRecord) -> None:
-        for queue in self._subscribers.get(event.enclave_id, ()):
-            queue.put_nowait(event)
+        for wake in self._subscribers.get(event.enclave_id, ()):
+            wake.ring(event.sequence)
 
     def close(self, enclave_id: str) -> None:
         """Tell followers the enclave is gone."""
-        for queue in self._subscribers.pop(enclave_id, set()):
-            queue.put_nowait(None)
+        for wake in self._subscribers.pop(enclave_id, set()):
+            wake.ring(None)
 
     @contextlib.contextmanager
-    def subscribe(self, enclave_id: str) -> Iterator[asyncio.Queue[EventRecord | None]]:
-        queue: asyncio.Queue[EventRecord | None] = asyncio.Queue()
-        self._subscribers[enclave_id].add(queue)
+    def subscribe(self, enclave_id: str, after: int) -> Iterator[Wake]:
+        wake = Wake(after)
+        self._subscribers[enclave_id].add(wake)
         try:
-            yield queue
+            yield wake
         finally:
             subscribers = self._subscribers.get(enclave_id)
             if subscribers is not None:
-                subscribers.discard(queue)
+                subscribers.discard(wake)
                 if not subscribers:
                     del self._subscribers[enclave_id]
 
@@ -52,56 +82,44 @@ class EventTail:
 
     Without it every watcher would poll the database on its own; with it one query
     per tick asks for the newest sequence of every watched enclave, and only the
-    watchers of enclaves that moved (or vanished) are woken to read their events.
-    Correctness never depends on a wake: watchers read from their own sequence,
+    watchers that have not seen it (or whose enclave is gone) are rung to read.
+    Correctness never depends on a ring: watchers read from their own sequence,
     and fall back to a slow poll of their own.
     """
 
-    #: How often a watcher reads the database on its own should a wake ever be missed.
-    FALLBACK_SECONDS = 5.0
+    #: How often a watcher reads the database on its own. Rings compare state (newest
+    #: sequence against what the watcher has seen), so a failed tick loses nothing:
+    #: the next one rings. This is only a net for bugs, and costs a read per watcher.
+    FALLBACK_SECONDS = 60.0
 
     def __init__(self, store: EnclaveStore, *, poll_seconds: float = 0.1):
         self._store = store
         self._poll = poll_seconds
-        self._watchers: defaultdict[str, set[asyncio.Queue[None]]] = defaultdict(set)
-        self._seen: dict[str, int] = {}
+        self._watchers: defaultdict[str, set[Wake]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
 
     @property
     def watched(self) -> int:
         return len(self._watchers)
 
-    @contextlib.contextmanager
-    def subscribe(self, enclave_id: str) -> Iterator[asyncio.Queue[None]]:
-        """A queue that gets an item whenever the enclave may have new events."""
-        queue: asyncio.Queue[None] = asyncio.Queue(maxsize=1)
-        self._watchers[enclave_id].add(queue)
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="event-tail")
-        try:
-            yield queue
-        finally:
-            watchers = self._watchers.get(enclave_id)
-            if watchers is not None:
-                watchers.discard(queue)
-                if not watchers:
-                    del self._watchers[enclave_id]
-                    self._seen.pop(enclave_id, None)
-
     async def follow(
         self, enclave_id: str, after: int, is_terminal: Callable[[Phase], bool]
     ) -> AsyncIterator[EventRecord]:
-        """``follow_events`` woken by this tail, with a slow poll of its own as a safety net."""
-        with self.subscribe(enclave_id) as wake:
-            async for event in follow_events(
-                self._store,
-                enclave_id,
-                after,
-                is_terminal,
-                wake=wake,
-                fallback_seconds=self.FALLBACK_SECONDS,
-            ):
+        """``follow_events``, rung by this tail."""
+        wake = Wake(after, fallback_seconds=self.FALLBACK_SECONDS)
+        self._watchers[enclave_id].add(wake)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="event-tail")
+        try:
+            events = follow_events(self._store, enclave_id, after, is_terminal, wake=wake)
+            async for event in events:
                 yield event
+        finally:
+            watchers = self._watchers.get(enclave_id)
+            if watchers is not None:
+                watchers.discard(wake)
+                if not watchers:
+                    del self._watchers[enclave_id]
 
     async def close(self) -> None:
         if self._task is not None:
@@ -111,28 +129,24 @@ class EventTail:
             self._task = None
 
     async def _run(self) -> None:
-        """Poll while anyone watches; stop when nobody does (the next subscriber restarts it)."""
+        """Poll while anyone watches; stop when nobody does (the next watcher restarts it)."""
         while self._watchers:
             try:
                 await self._tick()
             except Unavailable:
-                pass  # the watchers' own fallback polls report nothing new either
+                pass  # the watchers' own fallback reads report it
             except Exception:  # a bug here must not silence every watch
                 _log.exception("event tail tick failed")
             await asyncio.sleep(self._poll)
         self._task = None
 
     async def _tick(self) -> None:
-        ids = list(self._watchers)
-        heads = await self._store.newest_sequences(ids)
-        for enclave_id in ids:
-            head = heads.get(enclave_id, -1)  # -1: the enclave is gone
-            if self._seen.get(enclave_id) == head:
-                continue
-            self._seen[enclave_id] = head
-            for queue in self._watchers.get(enclave_id, ()):
-                if queue.empty():
-                    queue.put_nowait(None)
+        heads = await self._store.newest_sequences(list(self._watchers))
+        for enclave_id, watchers in self._watchers.items():
+            newest = heads.get(enclave_id)  # None: the enclave is gone
+            for wake in watchers:
+                if newest is None or newest > wake.seen:
+                    wake.ring(newest)
 
 
 async def follow_events(
@@ -142,16 +156,14 @@ async def follow_events(
     is_terminal: Callable[[Phase], bool],
     *,
     poll_seconds: float = 0.1,
-    wake: asyncio.Queue[Any] | None = None,
-    fallback_seconds: float = 1.0,
+    wake: Wake | None = None,
 ) -> AsyncIterator[EventRecord]:
     """Yield events with sequence > ``after`` until a terminal phase or deletion.
 
     The database is the source of truth, so this works across processes and
-    restarts. ``wake`` (an ``EventBus`` or ``EventTail`` subscription, taken
-    before the first read) replaces the ``poll_seconds`` poll; without a wake the
-    database is read again after ``fallback_seconds``.
-    Deletion ends the stream with a synthetic ``DELETED`` event.
+    restarts. With a ``wake`` (from ``EventBus`` or ``EventTail``, registered
+    before the first read) it reads again when rung; without one, every
+    ``poll_seconds``. Deletion ends the stream with a synthetic ``DELETED`` event.
     """
     last = after
     while True:
@@ -168,5 +180,4 @@ async def follow_events(
         if wake is None:
             await asyncio.sleep(poll_seconds)
         else:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.get(), fallback_seconds)
+            await wake.wait(last)

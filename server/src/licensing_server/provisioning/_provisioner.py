@@ -95,7 +95,7 @@ class EnclaveProvisioner:
         return self._follow(enclave_id, after)
 
     async def _follow(self, enclave_id: str, after: int) -> AsyncIterator[EventRecord]:
-        with self._bus.subscribe(enclave_id) as wake:
+        with self._bus.subscribe(enclave_id, after) as wake:
             async for event in follow_events(
                 self._store, enclave_id, after, _TERMINAL.__contains__, wake=wake
             ):
