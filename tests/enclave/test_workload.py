@@ -632,3 +632,32 @@ async def test_the_handshake_gives_up_when_no_certificate_comes() -> None:
         os.close(write_end)  # the reader thread sees EOF and ends
         await stdin.wait_closed()
         os.close(read_end)
+
+
+def _proc_field(pid: int, name: str, prefix: str) -> str:
+    for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
+        if line.startswith(prefix):
+            return line
+    raise AssertionError(f"no {prefix!r} in /proc/{pid}/{name}")
+
+
+def test_the_running_enclave_cannot_dump_core_or_gain_privileges(enclave: Enclave) -> None:
+    pid = enclave.proc.pid
+    assert _proc_field(pid, "status", "NoNewPrivs:").split() == ["NoNewPrivs:", "1"]
+    assert _proc_field(pid, "limits", "Max core file size").split()[4:6] == ["0", "0"]
+
+
+def test_the_enclave_process_is_not_dumpable() -> None:
+    """Checked from inside: other processes of its user cannot ptrace it or read its memory."""
+    probe = (
+        "import ctypes\n"
+        "from licensing_enclave.__main__ import harden\n"
+        "libc = ctypes.CDLL(None)\n"
+        "before = libc.prctl(3, 0, 0, 0, 0)\n"  # PR_GET_DUMPABLE
+        "harden()\n"
+        "print(before, libc.prctl(3, 0, 0, 0, 0))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split() == ["1", "0"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import ctypes
 import resource
 import sys
 from collections.abc import Sequence
@@ -14,18 +14,35 @@ from licensing_enclave._config import parse_args
 from licensing_enclave._stdio import ProtocolOut
 from licensing_server.logs import configure_logging
 
+_PR_SET_DUMPABLE = 4
+_PR_SET_NO_NEW_PRIVS = 38
 
-def _no_core_dumps() -> None:
-    """A core dump would write the enclave key to disk; the key must only ever be in memory."""
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+def harden() -> None:
+    """Keep the enclave key in this process's memory only, before it is made.
+
+    No core dumps (they would write the key to disk); not dumpable, so other
+    processes of the same user can neither ptrace it nor read its ``/proc/<pid>/mem``;
+    and no new privileges, so nothing it runs can gain any through set-uid programs.
+    """
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for option, value in ((_PR_SET_DUMPABLE, 0), (_PR_SET_NO_NEW_PRIVS, 1)):
+        if libc.prctl(option, value, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), f"prctl({option}, {value}) failed")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit 0 on SIGTERM/SIGINT or stdin EOF, 1 if startup fails, 2 on a bad command line."""
     config = parse_args(argv)  # --help and usage errors are printed before stdout is taken
     out = ProtocolOut.take_stdout()
-    _no_core_dumps()
+    try:
+        harden()
+    except OSError as exc:
+        print(f"licensing-enclave: cannot protect the key's memory: {exc}", file=sys.stderr)
+        return 1
     configure_logging(config.log_level, "enclave")
     try:
         return asyncio.run(run(config, out))
