@@ -173,6 +173,11 @@ class Stack:
             LICENSING_SWTPM_PORT=str(self.swtpm_port),
             LICENSING_BCRYPT_COST=os.environ.get("LICENSING_TEST_BCRYPT_COST", "8"),
             LICENSING_LOG_LEVEL="INFO",
+            # One stack serves hundreds of tests from one address, faster than any user:
+            # limits are raised a thousandfold here, and tests/api/test_rate_limits.py
+            # starts stacks with the production values.
+            LICENSING_RATE_LIMIT_PERCENT="100000",
+            LICENSING_LOGIN_FAILURES_PER_MINUTE="100000",
         )
         env.update(self.extra_env)
         env.update(extra)

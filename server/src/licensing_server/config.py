@@ -39,6 +39,10 @@ class Settings:
     bcrypt_cost: int = 12
     bcrypt_threads: int = field(default_factory=_default_threads)
     login_queue_limit: int = 64
+    # Failed logins allowed per username per minute (and at once), per frontend; 0: no limit.
+    login_failures_per_minute: int = 10
+    # Scales the per-method rate limits of api/limits.py; 0 turns them off.
+    rate_limit_percent: int = 100
     access_token_ttl_seconds: int = 600
     refresh_token_ttl_seconds: int = 7 * 24 * 3600
     client_certificate_ttl_seconds: int = 24 * 3600
@@ -127,6 +131,12 @@ class Settings:
             bcrypt_cost=integer("BCRYPT_COST", defaults.bcrypt_cost, 4, 16),
             bcrypt_threads=integer("BCRYPT_THREADS", defaults.bcrypt_threads, 1, 64),
             login_queue_limit=integer("LOGIN_QUEUE_LIMIT", defaults.login_queue_limit, 1, 10_000),
+            login_failures_per_minute=integer(
+                "LOGIN_FAILURES_PER_MINUTE", defaults.login_failures_per_minute, 0, 1_000_000
+            ),
+            rate_limit_percent=integer(
+                "RATE_LIMIT_PERCENT", defaults.rate_limit_percent, 0, 1_000_000
+            ),
             access_token_ttl_seconds=integer(
                 "ACCESS_TOKEN_TTL_SECONDS", defaults.access_token_ttl_seconds, 30, 3600
             ),

@@ -10,6 +10,7 @@ import contextvars
 import functools
 import hmac
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,14 +18,17 @@ from typing import Any
 import grpc
 
 from licensing_server.api import errors
+from licensing_server.api.limits import CountedBy, RateLimit
 from licensing_server.api.policy import Access
 from licensing_server.errors import (
     DomainError,
     InvalidArgument,
     PermissionDenied,
+    ResourceExhausted,
     Unauthenticated,
 )
 from licensing_server.pki._identity import PeerIdentity, peer_identity
+from licensing_server.throttle import TokenBuckets
 from licensing_server.tokens import AccessClaims
 
 _log = logging.getLogger(__name__)
@@ -109,6 +113,14 @@ def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     return parse
 
 
+def client_address(peer: str) -> str:
+    """The address part of grpc's ``ipv4:1.2.3.4:5678`` / ``ipv6:[::1]:5678`` peer string."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return rest.rpartition(":")[0].strip("[]") or rest
+    return peer
+
+
 def _check_parsed(request: Any) -> None:
     if request is _MALFORMED:
         raise InvalidArgument("REQUEST_MALFORMED", "the request is not a valid protobuf message")
@@ -119,12 +131,39 @@ class AccessGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self,
         policy: Mapping[str, Access],
         authenticate: Authenticate | None = None,
+        *,
+        rate_limits: Mapping[str, RateLimit] | None = None,
+        rate_limit_percent: int = 100,
     ):
         self._policy = dict(policy)
         self._authenticate = authenticate
         self._peers = _PeerCache()
+        self._limits = {
+            method: RateLimit(limit.rate.scaled(rate_limit_percent), limit.counted_by)
+            for method, limit in (rate_limits or {}).items()
+            if rate_limit_percent > 0
+        }
+        self._buckets = TokenBuckets()
 
     async def _admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+        caller = await self._authorize(method, context)
+        limit = self._limits.get(method)
+        if limit is not None:
+            if limit.counted_by is CountedBy.USER and caller.claims is not None:
+                key = caller.claims.user_id
+            else:
+                key = client_address(context.peer())
+            wait = self._buckets.take((method, key), limit.rate)
+            if wait > 0:
+                retry_ms = math.ceil(wait * 1000)
+                raise ResourceExhausted(
+                    "RATE_LIMITED",
+                    f"too many calls of {method.rsplit('/', 1)[-1]}; retry in {retry_ms} ms",
+                    {"method": method, "retry_after_ms": str(retry_ms)},
+                )
+        return caller
+
+    async def _authorize(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
         access = self._policy.get(method)
         if access is None:
             raise PermissionDenied("METHOD_NOT_ALLOWED", "this method is not served here")

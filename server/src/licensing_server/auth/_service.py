@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -12,9 +13,10 @@ from typing import Protocol
 
 from licensing_server.auth._passwords import PasswordHasher, check_password_policy
 from licensing_server.auth._usernames import normalise_username
-from licensing_server.errors import InvalidArgument, Unauthenticated
+from licensing_server.errors import InvalidArgument, ResourceExhausted, Unauthenticated
 from licensing_server.pki import parse_csr
 from licensing_server.storage import SessionRecord, UserRecord, UserStore
+from licensing_server.throttle import Rate, TokenBuckets
 from licensing_server.tokens import (
     AccessClaims,
     AccessTokenSigner,
@@ -114,6 +116,7 @@ class AuthService:
         certificates: UserCertificateSigner,
         refresh_token_ttl: dt.timedelta,
         client_certificate_ttl: dt.timedelta,
+        login_failures_per_minute: int = 10,
         clock: Callable[[], dt.datetime] = _utcnow,
     ):
         self._users = users
@@ -126,6 +129,9 @@ class AuthService:
         self._clock = clock
         self._active_sessions: dict[str, float] = {}
         self._profiles = _ProfileCache()
+        self._failures = TokenBuckets()
+        per_minute = login_failures_per_minute
+        self._failure_rate = Rate(per_minute / 60, per_minute) if per_minute > 0 else None
 
     async def sign_up(self, username: str, password: str) -> UserRecord:
         name = normalise_username(username)
@@ -143,10 +149,17 @@ class AuthService:
             name = None
         secret = check_password_policy(password, min_bytes=1)
         parse_csr(csr_pem)
+        # Online guessing: a name with too many recent failures waits, whether it exists
+        # or not (so this tells nothing either), before any bcrypt work is spent on it.
+        # (A name that is not valid cannot log in; it is not worth a bucket.)
+        if name:
+            self._check_login_throttle(name)
         user = await self._users.find_user_by_name(name) if name else None
         # One bcrypt check on every path, so timing does not tell whether the user exists.
         ok = await self._passwords.verify(secret, user.password_hash if user else None)
         if not ok or user is None:
+            if name and self._failure_rate is not None:
+                self._failures.take(name, self._failure_rate)
             raise Unauthenticated(*_BAD_CREDENTIALS)
         cert = await self._certificates.sign_user_certificate(
             user_id=user.id, username=user.username, csr_pem=csr_pem, lifetime=self._cert_ttl
@@ -165,6 +178,18 @@ class AuthService:
         self._profiles.put(UserProfile(user.id, user.username, user.created_at))
         _log.info("user logged in: %s session %s", user.id, session.id)
         return LoginResult(user.id, access, access_exp, refresh_token, session.expires_at, cert)
+
+    def _check_login_throttle(self, key: str) -> None:
+        if self._failure_rate is None:
+            return
+        wait = self._failures.wait_time(key, self._failure_rate)
+        if wait > 0:
+            retry_ms = math.ceil(wait * 1000)
+            raise ResourceExhausted(
+                "LOGIN_THROTTLED",
+                f"too many failed logins for this username; retry in {retry_ms} ms",
+                {"retry_after_ms": str(retry_ms)},
+            )
 
     async def refresh(self, refresh_token: str, csr_pem: str) -> LoginResult:
         if not refresh_token:

@@ -23,6 +23,7 @@ from licensing_server.api.frontend import (
     TrustServicer,
 )
 from licensing_server.api.guard import AccessGuard
+from licensing_server.api.limits import FRONTEND_RATE_LIMITS
 from licensing_server.api.policy import FRONTEND_POLICY
 from licensing_server.api.server import (
     SERVER_OPTIONS,
@@ -110,6 +111,7 @@ async def serve(settings: Settings) -> None:
         certificates=certificates,
         refresh_token_ttl=dt.timedelta(seconds=settings.refresh_token_ttl_seconds),
         client_certificate_ttl=dt.timedelta(seconds=settings.client_certificate_ttl_seconds),
+        login_failures_per_minute=settings.login_failures_per_minute,
     )
     ca_list = [ca_pem.decode()]
     enclaves = EnclaveStore(database)
@@ -126,7 +128,15 @@ async def serve(settings: Settings) -> None:
     )
 
     server = grpc.aio.server(
-        interceptors=[AccessGuard(FRONTEND_POLICY, auth.authenticate)], options=SERVER_OPTIONS
+        interceptors=[
+            AccessGuard(
+                FRONTEND_POLICY,
+                auth.authenticate,
+                rate_limits=FRONTEND_RATE_LIMITS,
+                rate_limit_percent=settings.rate_limit_percent,
+            )
+        ],
+        options=SERVER_OPTIONS,
     )
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
     trust_pb2_grpc.add_TrustServiceServicer_to_server(

@@ -1,0 +1,61 @@
+"""Token buckets: how many requests a key may make, refilled at a steady rate.
+
+In memory, per process: with several frontend replicas each allows the full rate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+__all__ = ["Rate", "TokenBuckets"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """``burst`` requests at once, then ``per_second`` on average."""
+
+    per_second: float
+    burst: int
+
+    def scaled(self, percent: int) -> Rate:
+        factor = percent / 100
+        return Rate(self.per_second * factor, max(1, round(self.burst * factor)))
+
+
+class TokenBuckets:
+    """One bucket per key, forgotten least recently used first beyond ``max_keys``.
+
+    A forgotten bucket comes back full, so the bound must exceed the keys active in
+    one refill period for the limit to hold; 100 000 does for any sane deployment.
+    """
+
+    def __init__(self, *, max_keys: int = 100_000, clock: Callable[[], float] = time.monotonic):
+        self._max_keys = max_keys
+        self._clock = clock
+        self._buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()
+
+    def _level(self, key: Hashable, rate: Rate, now: float) -> float:
+        tokens, then = self._buckets.get(key, (float(rate.burst), now))
+        return min(float(rate.burst), tokens + (now - then) * rate.per_second)
+
+    def wait_time(self, key: Hashable, rate: Rate) -> float:
+        """Seconds until ``key`` may make a request (0.0: now), taking nothing."""
+        level = self._level(key, rate, self._clock())
+        if level >= 1:
+            return 0.0
+        return (1 - level) / rate.per_second if rate.per_second > 0 else float("inf")
+
+    def take(self, key: Hashable, rate: Rate) -> float:
+        """Take one token if there is one (returns 0.0), else the seconds to wait."""
+        now = self._clock()
+        level = self._level(key, rate, now)
+        if level < 1:
+            return (1 - level) / rate.per_second if rate.per_second > 0 else float("inf")
+        self._buckets[key] = (level - 1, now)
+        self._buckets.move_to_end(key)
+        if len(self._buckets) > self._max_keys:
+            self._buckets.popitem(last=False)
+        return 0.0
