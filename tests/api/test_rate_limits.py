@@ -6,6 +6,8 @@ from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from licensing.v1 import auth_pb2, enclave_pb2, enclave_pb2_grpc
 
 from licensing_server.api.guard import client_address
@@ -57,6 +59,17 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     )
 
 
+def _retry_delay_ms(error: grpc.RpcError) -> int | None:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            return int(retry.retry_delay.ToMilliseconds())
+    return None
+
+
 def _refusal(call: object) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as caught:
         call()  # type: ignore[operator]
@@ -85,6 +98,7 @@ def test_repeated_failed_logins_for_a_name_make_it_wait(limited: Stack) -> None:
     assert info is not None
     assert info.reason == "LOGIN_THROTTLED"
     assert 0 < int(info.metadata["retry_after_ms"]) <= 20_000
+    assert _retry_delay_ms(throttled) == int(info.metadata["retry_after_ms"])
 
     # A name that does not exist is throttled the same way, so throttling reveals nothing.
     for _ in range(3):
@@ -136,6 +150,8 @@ def test_a_user_over_the_limit_is_told_when_to_retry_and_others_are_served(
     assert info.reason == "RATE_LIMITED"
     assert info.metadata["method"] == "/licensing.v1.EnclaveService/ListEnclaves"
     assert 0 < int(info.metadata["retry_after_ms"]) <= 1000
+    # The standard google.rpc.RetryInfo says the same, for clients that back off by it.
+    assert _retry_delay_ms(refused) == int(info.metadata["retry_after_ms"])
 
     list_as_other()  # counted per user: the other user is served at once
 

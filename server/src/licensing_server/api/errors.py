@@ -56,7 +56,15 @@ def to_status(error: DomainError) -> grpc.Status:
     )
     detail = any_pb2.Any()
     detail.Pack(info)
-    status = status_pb2.Status(code=code.value[0], message=error.message, details=[detail])
+    details = [detail]
+    retry_after_ms = error.metadata.get("retry_after_ms", "")
+    if retry_after_ms.isdigit():
+        # The standard detail too, for clients and proxies that back off by it.
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(int(retry_after_ms))
+        details.append(any_pb2.Any())
+        details[-1].Pack(retry)
+    status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
     result: grpc.Status = rpc_status.to_status(status)
     return result
 
