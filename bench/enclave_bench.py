@@ -456,7 +456,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--keep", action="store_true", help="keep the temp directory (server log) afterwards"
     )
+    parser.add_argument(
+        "--launchers",
+        default="fork-server,exec",
+        help="LICENSING_ENCLAVE_LAUNCHER values to run, one stack each; the last is the"
+        " baseline of the comparison (fork-server,exec)",
+    )
     args = parser.parse_args(argv)
+    args.launchers = [name.strip() for name in args.launchers.split(",") if name.strip()]
+    if not set(args.launchers) <= {"fork-server", "exec"} or not args.launchers:
+        parser.error("--launchers takes fork-server and/or exec")
     if args.sequential is None:
         args.sequential = 3 if args.quick else 20
     if args.concurrency is None:
@@ -467,16 +476,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    load_start = load_average()
-    print(f"load average (1 min) at start: {load_start:.2f} on {CORES} cores", flush=True)
+def _headline(measured: Measured) -> dict[str, float | None]:
+    """The figures the launcher comparison puts side by side."""
+    single = _present([c.ready for c in measured.single])
+    burst = _present([c.ready for c in measured.concurrent])
+    pss = measured.memory.total("pss") if measured.memory else None
+    count = measured.memory.processes if measured.memory else 0
+    return {
+        "single READY p50 ms": percentile(single, 50) * 1000 if single else None,
+        "concurrent READY p50 ms": percentile(burst, 50) * 1000 if burst else None,
+        "concurrent READY/s": len(burst) / max(burst) if burst else None,
+        "enclaves/GiB (PSS)": (1024 * MIB * count / pss) if pss and count else None,
+    }
+
+
+def _bench_one(args: argparse.Namespace, launcher: str, load_start: float) -> Measured:
     tmp_dir = Path(tempfile.mkdtemp(prefix="enclave-bench-"))
-    started = time.perf_counter()
     try:
-        print(f"starting the server in {tmp_dir} ...", flush=True)
+        print(f"starting the server ({launcher}) in {tmp_dir} ...", flush=True)
         with contextlib.contextmanager(start_stack)(
-            "sqlite", tmp_dir, None, LICENSING_MAX_ENCLAVES=str(args.max_enclaves)
+            "sqlite",
+            tmp_dir,
+            None,
+            LICENSING_MAX_ENCLAVES=str(args.max_enclaves),
+            LICENSING_ENCLAVE_LAUNCHER=launcher,
         ) as stack:
             try:
                 user = stack.new_user()
@@ -484,19 +507,41 @@ def main(argv: Sequence[str] | None = None) -> None:
             except BaseException:
                 _print_log_tail(stack)
                 raise
+        print(f"\n=== launcher: {launcher} ===")
         summary = report(args, measured, load_start)
         print()
         print(
-            f"SUMMARY single: {summary['single']}; {args.concurrency} concurrent: "
+            f"SUMMARY ({launcher}) single: {summary['single']}; {args.concurrency} concurrent: "
             f"{summary['concurrent']}, {summary['throughput']}; "
             f"memory: {summary.get('memory', 'n/a')}"
         )
-        print(f"(total runtime {time.perf_counter() - started:.0f} s)")
+        return measured
     finally:
         if args.keep:
             print(f"kept {tmp_dir} (server log: {tmp_dir / 'server-sqlite.log'})")
         else:
             shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    load_start = load_average()
+    print(f"load average (1 min) at start: {load_start:.2f} on {CORES} cores", flush=True)
+    started = time.perf_counter()
+    results = {launcher: _bench_one(args, launcher, load_start) for launcher in args.launchers}
+    if len(results) > 1:
+        base_name = args.launchers[-1]
+        print(f"\nLaunchers compared in this run (ratio = other / {base_name}):")
+        heads = {name: _headline(m) for name, m in results.items()}
+        names = list(heads)
+        print(f"  {'':<26}" + "".join(f"{n:>14}" for n in names) + f"{'ratio':>10}")
+        for key in heads[base_name]:
+            values = [heads[n][key] for n in names]
+            cells = "".join(f"{v:>14.1f}" if v is not None else f"{'n/a':>14}" for v in values)
+            first, base = values[0], heads[base_name][key]
+            ratio = f"{first / base:>9.2f}x" if first is not None and base else f"{'n/a':>10}"
+            print(f"  {key:<26}{cells}{ratio}")
+    print(f"(total runtime {time.perf_counter() - started:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,19 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+def _launcher(value: str, has_command: bool, problems: list[str]) -> str:
+    choice = value.strip().lower() or ("exec" if has_command else "fork-server")
+    if choice not in ("exec", "fork-server"):
+        problems.append(f"LICENSING_ENCLAVE_LAUNCHER={value!r} is not 'exec' or 'fork-server'")
+        return "exec"
+    if choice == "fork-server" and has_command:
+        problems.append(
+            "LICENSING_ENCLAVE_LAUNCHER=fork-server runs the built-in enclave only; "
+            "unset LICENSING_ENCLAVE_COMMAND or use exec"
+        )
+    return choice
+
+
 def _default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
@@ -54,6 +67,9 @@ class Settings:
     enclave_ttl_seconds: int = 3600
     # The local runtime: the enclave program and, optionally, the ports it may use.
     enclave_command: tuple[str, ...] = ()
+    # "fork-server" (pre-imported, fast) or "exec" (a fresh process; the only way to
+    # run a custom enclave_command). Empty: fork-server unless enclave_command is set.
+    enclave_launcher: str = ""
     enclave_ports: tuple[int, int] | None = None
     reap_interval_seconds: int = 5
     # An ACCEPTED enclave not taken up for provisioning by then releases its licence.
@@ -158,6 +174,9 @@ class Settings:
             ),
             enclave_command=tuple(shlex.split(text("ENCLAVE_COMMAND", ""))),
             enclave_ports=_port_range(text("ENCLAVE_PORTS", ""), problems),
+            enclave_launcher=_launcher(
+                text("ENCLAVE_LAUNCHER", ""), bool(text("ENCLAVE_COMMAND", "").strip()), problems
+            ),
             reap_interval_seconds=integer(
                 "REAP_INTERVAL_SECONDS", defaults.reap_interval_seconds, 1, 3600
             ),

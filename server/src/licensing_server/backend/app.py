@@ -132,6 +132,7 @@ async def serve(settings: Settings) -> None:
         layout.enclaves_dir,
         command=settings.enclave_command or DEFAULT_COMMAND,
         ports=settings.enclave_ports,
+        fork_server=settings.enclave_launcher == "fork-server",
     )
     tpm = TpmDevice(
         settings.effective_tpm_tcti, command_timeout=settings.tpm_command_timeout_seconds

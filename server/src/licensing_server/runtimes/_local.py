@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from licensing_server.pki import write_public_file
+from licensing_server.runtimes._forkserver import EnclaveProcess, ForkServer
 from licensing_server.runtimes._protocol import RuntimeFailure, WorkloadSpec
 
 _log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class _Handle:
 
 
 class LocalWorkload:
-    def __init__(self, process: asyncio.subprocess.Process, handle: _Handle, host: str):
+    def __init__(self, process: EnclaveProcess, handle: _Handle, host: str):
         self._process = process
         self._handle = handle
         self._host = host
@@ -81,7 +82,7 @@ class LocalWorkload:
         return self._handle.dump()
 
     @property
-    def process(self) -> asyncio.subprocess.Process:
+    def process(self) -> EnclaveProcess:
         return self._process
 
     async def _drain_stderr(self, stream: asyncio.StreamReader) -> None:
@@ -156,9 +157,15 @@ class LocalProcessRuntime:
         command: Sequence[str] = DEFAULT_COMMAND,
         host: str = "127.0.0.1",
         ports: tuple[int, int] | None = None,
+        fork_server: bool = False,
     ):
+        """``fork_server``: start enclaves by forking a process that has their modules
+        imported (``licensing_enclave.forkserver``) rather than running ``command``."""
         self._root = work_root.resolve()
         self._command = tuple(command)
+        self._fork_server = (
+            ForkServer(sys.executable, line_limit=_LINE_LIMIT) if fork_server else None
+        )
         self._host = host
         self._ports = ports
         self._workloads: dict[str, LocalWorkload] = {}
@@ -182,8 +189,7 @@ class LocalProcessRuntime:
         write_public_file(work_dir / "ca.pem", spec.ca_pem.encode())
         write_public_file(work_dir / "jwks.json", spec.jwks_json.encode())
         port = self._listen_port()
-        argv = [
-            *self._command,
+        args = [
             "--enclave-id",
             spec.enclave_id,
             "--owner",
@@ -200,22 +206,30 @@ class LocalProcessRuntime:
             spec.token_audience,
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("LICENSING_")}
+        process: EnclaveProcess
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                cwd=work_dir,
-                env=env,
-                start_new_session=True,
-                limit=_LINE_LIMIT,
-            )
+            if self._fork_server is not None:
+                process = await self._fork_server.spawn(args, cwd=work_dir, env=env)
+            else:
+                process = await asyncio.create_subprocess_exec(
+                    *self._command,
+                    *args,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    cwd=work_dir,
+                    env=env,
+                    start_new_session=True,
+                    limit=_LINE_LIMIT,
+                )
         except OSError as exc:
             shutil.rmtree(work_dir, ignore_errors=True)
             raise RuntimeFailure(
                 "ENCLAVE_START_FAILED", f"cannot start the enclave program: {exc.strerror}"
             ) from exc
+        except RuntimeFailure:
+            shutil.rmtree(work_dir, ignore_errors=True)
+            raise
         handle = _Handle(process.pid, _start_time(process.pid) or "", str(work_dir))
         workload = LocalWorkload(process, handle, self._host)
         self._workloads[spec.enclave_id] = workload
@@ -255,9 +269,11 @@ class LocalProcessRuntime:
     async def close(self) -> None:
         for enclave_id, workload in list(self._workloads.items()):
             await self.stop(enclave_id, workload.handle)
+        if self._fork_server is not None:
+            await self._fork_server.close()
 
 
-async def _terminate(pid: int, process: asyncio.subprocess.Process | None) -> None:
+async def _terminate(pid: int, process: EnclaveProcess | None) -> None:
     """SIGTERM the enclave's process group, then SIGKILL if it lingers."""
     for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
         with contextlib.suppress(ProcessLookupError, PermissionError):
