@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import os
 import shutil
 import sys
 import tempfile
@@ -33,8 +32,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
-
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -42,53 +39,24 @@ if str(REPO) not in sys.path:
 from bench.login_bench import percentile  # noqa: E402
 from licensing_server.provisioning import EventTail, follow_events, terminal_phases  # noqa: E402
 from licensing_server.storage import (  # noqa: E402
-    Database,
-    EnclaveStore,
     EventRecord,
-    Limits,
     Phase,
-    UserStore,
     run_migrations,
 )
-from tests.support import create_postgres_database, drop_postgres_database  # noqa: E402
+from tests.support import (  # noqa: E402
+    TwoProcessDatabase,
+    create_postgres_database,
+    drop_postgres_database,
+)
 
 _NOW = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
 _IS_TERMINAL = terminal_phases().__contains__
 Follow = Callable[[str], AsyncIterator[EventRecord]]
 
 
-class _Run:
-    """One database, seen by a 'frontend' engine (the watchers) and a 'backend' engine."""
-
-    def __init__(self, url: str):
-        self.frontend_db = Database.connect(url)
-        self.backend_db = Database.connect(url)
-        self.frontend = EnclaveStore(self.frontend_db)
-        self.backend = EnclaveStore(self.backend_db)
-        self.statements = 0
-        event.listen(self.frontend_db.engine.sync_engine, "before_cursor_execute", self._count)
-
-    def _count(self, *_: Any) -> None:
-        self.statements += 1
-
+class _Run(TwoProcessDatabase):
     async def enclaves(self, count: int) -> list[str]:
-        users = UserStore(self.backend_db)
-        ids = []
-        for n in range(count):
-            user = await users.create_user(f"watch{os.urandom(6).hex()}", "x", _NOW)
-            record, _ = await self.backend.reserve(
-                owner_id=user.id,
-                request_id=f"r{n}",
-                nonce=b"",
-                limits=Limits(1, dt.timedelta(hours=1)),
-                now=_NOW,
-            )
-            ids.append(record.id)
-        return ids
-
-    async def close(self) -> None:
-        await self.frontend_db.close()
-        await self.backend_db.close()
+        return [await self.new_enclave(f"r{n}") for n in range(count)]
 
 
 async def _measure(
@@ -109,10 +77,10 @@ async def _measure(
         await asyncio.sleep(0.05)
     await asyncio.sleep(args.settle_seconds)  # every watcher has read ACCEPTED: let it settle
 
-    statements, cpu, wall = run.statements, time.process_time(), time.perf_counter()
+    statements, cpu, wall = run.frontend_statements, time.process_time(), time.perf_counter()
     await asyncio.sleep(args.idle_seconds)
     wall = time.perf_counter() - wall
-    idle_statements = (run.statements - statements) / wall
+    idle_statements = (run.frontend_statements - statements) / wall
     idle_cpu_ms = (time.process_time() - cpu) * 1000 / wall
 
     delays = []

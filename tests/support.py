@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import shutil
 import socket
@@ -23,6 +24,8 @@ from cryptography.x509.oid import NameOID
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from licensing.v1 import auth_pb2, auth_pb2_grpc
+
+from licensing_server.storage import Database, EnclaveStore, Limits, UserStore
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery"
@@ -326,3 +329,41 @@ def start_stack(
         stack.stop()
         if pg_name and admin_url:
             drop_postgres_database(admin_url, pg_name)
+
+
+class TwoProcessDatabase:
+    """One database seen as the frontend and the backend see it: two engines.
+
+    Counts the statements the frontend's engine runs, for tests and benchmarks of
+    what watching costs.
+    """
+
+    def __init__(self, url: str):
+        self.frontend_db = Database.connect(url)
+        self.backend_db = Database.connect(url)
+        self.frontend = EnclaveStore(self.frontend_db)
+        self.backend = EnclaveStore(self.backend_db)
+        self.frontend_statements = 0
+        sa.event.listen(self.frontend_db.engine.sync_engine, "before_cursor_execute", self._count)
+
+    def _count(self, *_: object) -> None:
+        self.frontend_statements += 1
+
+    async def new_enclave(self, request_id: str = "r1") -> str:
+        """An ACCEPTED enclave of a new user, written as the frontend writes it."""
+        now = dt.datetime.now(dt.UTC)
+        user = await UserStore(self.backend_db).create_user(
+            f"user{os.urandom(6).hex()}", "not-a-real-hash", now
+        )
+        record, _ = await self.backend.reserve(
+            owner_id=user.id,
+            request_id=request_id,
+            nonce=b"",
+            limits=Limits(5, dt.timedelta(hours=1)),
+            now=now,
+        )
+        return record.id
+
+    async def close(self) -> None:
+        await self.frontend_db.close()
+        await self.backend_db.close()

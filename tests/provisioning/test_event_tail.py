@@ -7,22 +7,16 @@ import datetime as dt
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from licensing_server.provisioning import EventTail, Wake, terminal_phases
 from licensing_server.storage import (
-    Database,
-    EnclaveStore,
     EventRecord,
-    Limits,
     Phase,
-    UserStore,
     run_migrations,
 )
-from tests.support import create_postgres_database, drop_postgres_database
+from tests.support import TwoProcessDatabase, create_postgres_database, drop_postgres_database
 
 _NOW = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
 _AFTER_ACCEPTED = [
@@ -53,20 +47,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         drop_postgres_database(admin_url, name)
 
 
-class _Processes:
-    """A frontend's and a backend's view of one database: two engines, as in production."""
-
-    def __init__(self, url: str):
-        self.frontend_db = Database.connect(url)
-        self.backend_db = Database.connect(url)
-        self.frontend = EnclaveStore(self.frontend_db)
-        self.backend = EnclaveStore(self.backend_db)
-        self.frontend_statements = 0
-        event.listen(self.frontend_db.engine.sync_engine, "before_cursor_execute", self._count)
-
-    def _count(self, *_: Any) -> None:
-        self.frontend_statements += 1
-
+class _Processes(TwoProcessDatabase):
     async def settled(self, watchers: int) -> None:
         """Wait until every watcher has read, then for three quiet 100 ms windows in a row."""
         start, quiet = self.frontend_statements, 0
@@ -79,23 +60,6 @@ class _Processes:
             if quiet == 3:
                 return
         raise AssertionError("the watchers never settled")
-
-    async def new_enclave(self) -> str:
-        user = await UserStore(self.backend_db).create_user(
-            f"user{os.urandom(4).hex()}", "not-a-real-hash", _NOW
-        )
-        record, _ = await self.backend.reserve(
-            owner_id=user.id,
-            request_id="r1",
-            nonce=b"",
-            limits=Limits(5, dt.timedelta(hours=1)),
-            now=_NOW,
-        )
-        return record.id
-
-    async def close(self) -> None:
-        await self.frontend_db.close()
-        await self.backend_db.close()
 
 
 @pytest.fixture

@@ -48,6 +48,15 @@ class Wake:
             await asyncio.wait_for(self._rung.wait(), self._fallback)
 
 
+def _discard(wakes: dict[str, set[Wake]], enclave_id: str, wake: Wake) -> None:
+    """Forget one follower, and the enclave once nobody follows it."""
+    followers = wakes.get(enclave_id)
+    if followers is not None:
+        followers.discard(wake)
+        if not followers:
+            del wakes[enclave_id]
+
+
 class EventBus:
     """In-process fan-out: rings the followers of an enclave once its event is written."""
 
@@ -70,11 +79,7 @@ class EventBus:
         try:
             yield wake
         finally:
-            subscribers = self._subscribers.get(enclave_id)
-            if subscribers is not None:
-                subscribers.discard(wake)
-                if not subscribers:
-                    del self._subscribers[enclave_id]
+            _discard(self._subscribers, enclave_id, wake)
 
 
 class EventTail:
@@ -115,11 +120,7 @@ class EventTail:
             async for event in events:
                 yield event
         finally:
-            watchers = self._watchers.get(enclave_id)
-            if watchers is not None:
-                watchers.discard(wake)
-                if not watchers:
-                    del self._watchers[enclave_id]
+            _discard(self._watchers, enclave_id, wake)
 
     async def close(self) -> None:
         if self._task is not None:
