@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from grpclib.exceptions import GRPCError
 from licensing.v1 import auth_pb2, enclave_pb2, enclave_pb2_grpc
 
+from licensing_client import api_channel, bearer
+from licensing_client.cli._session import paced, retry_delay
+from licensing_client.gen.licensing import v1
 from licensing_server.api.guard import client_address
 from licensing_server.api.limits import FRONTEND_RATE_LIMITS, CountedBy
 from licensing_server.api.policy import FRONTEND_POLICY, Access
@@ -154,6 +159,46 @@ def test_a_user_over_the_limit_is_told_when_to_retry_and_others_are_served(
     assert _retry_delay_ms(refused) == int(info.metadata["retry_after_ms"])
 
     list_as_other()  # counted per user: the other user is served at once
+
+
+async def test_the_python_client_waits_out_a_short_rate_limit_and_carries_on(
+    limited: Stack, tmp_path: Path
+) -> None:
+    user = limited.new_user()
+    (tmp_path / "me.key").write_bytes(user.key_pem)
+    (tmp_path / "me.pem").write_bytes(user.cert_pem)
+    channel = api_channel(
+        limited.api_addr,
+        ca_file=limited.ca_path,
+        cert_file=tmp_path / "me.pem",
+        key_file=tmp_path / "me.key",
+    )
+    stub = v1.EnclaveServiceStub(channel)
+
+    async def list_enclaves() -> v1.ListEnclavesResponse:
+        return await stub.list_enclaves(
+            v1.ListEnclavesRequest(), metadata=bearer(user.access_token)
+        )
+
+    try:
+        # Drain the user's ListEnclaves bucket until the server refuses.
+        for _ in range(5000):
+            try:
+                await list_enclaves()
+            except GRPCError as exc:
+                refused = exc
+                break
+        else:
+            raise AssertionError("the rate limit never refused")
+        # The generated client decodes the server's RetryInfo...
+        delay = retry_delay(refused)
+        assert delay is not None
+        assert 0 < delay <= 1.0
+        # ...and a paced call waits as told instead of failing.
+        for _ in range(3):
+            await paced(list_enclaves)
+    finally:
+        channel.close()
 
 
 def test_sign_ups_from_one_address_are_limited_and_refusals_write_nothing(

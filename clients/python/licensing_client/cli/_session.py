@@ -8,12 +8,14 @@ are serialised between processes through a lock in the config directory.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+from google.rpc import error_details_pb2
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -61,6 +63,37 @@ def _now() -> dt.datetime:
 
 def token_expired(error: GRPCError) -> bool:
     return error.status is Status.UNAUTHENTICATED and reason_of(error) == "TOKEN_EXPIRED"
+
+
+#: A rate-limited call is retried when the server asks for at most this wait, this often.
+MAX_RETRY_WAIT_SECONDS = 5.0
+RATE_LIMIT_RETRIES = 3
+
+
+def retry_delay(error: GRPCError) -> float | None:
+    """How long the server asks us to wait before calling again, if it refused by rate limit.
+
+    A rate-limited call was refused before anything ran, so calling again is safe.
+    """
+    if error.status is not Status.RESOURCE_EXHAUSTED or reason_of(error) != "RATE_LIMITED":
+        return None
+    for detail in error.details or ():
+        if isinstance(detail, error_details_pb2.RetryInfo):
+            return float(detail.retry_delay.ToMilliseconds()) / 1000
+    return None
+
+
+async def paced(call: Callable[[], Awaitable[T]]) -> T:
+    """``call()``, waited out and repeated while a rate limit refuses it briefly."""
+    for _ in range(RATE_LIMIT_RETRIES):
+        try:
+            return await call()
+        except GRPCError as exc:
+            delay = retry_delay(exc)
+            if delay is None or delay > MAX_RETRY_WAIT_SECONDS:
+                raise
+        await asyncio.sleep(delay)
+    return await call()
 
 
 class Connections:
@@ -289,16 +322,17 @@ class Session:
     ) -> T:
         """``fn(channel, metadata)`` on the API (or an enclave) with a fresh token.
 
-        Retried once, after a refresh, if the server says the token expired.
+        Retried once, after a refresh, if the server says the token expired, and after
+        the wait the server asks for if a rate limit refused it (``paced``).
         """
         await self.ensure_fresh()
         try:
-            return await fn(self._target(enclave), self.bearer())
+            return await paced(lambda: fn(self._target(enclave), self.bearer()))
         except GRPCError as exc:
             if not token_expired(exc):
                 raise
         await self.refresh()
-        return await fn(self._target(enclave), self.bearer())
+        return await paced(lambda: fn(self._target(enclave), self.bearer()))
 
     async def stream(self, fn: Callable[[Channel, Metadata], AsyncIterator[T]]) -> AsyncIterator[T]:
         """A server stream on the API; restarted once if the token expired before any message."""
