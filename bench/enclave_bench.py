@@ -49,6 +49,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.login_bench import CORES, _print_log_tail, percentile  # noqa: E402
+from tests.enclaves.helpers import PROVISIONING_PHASES  # noqa: E402
 from tests.support import LoggedIn, Stack, pid_of, start_stack  # noqa: E402
 
 CREATE_TIMEOUT = 120.0  # a Python enclave on a loaded two-core machine, twenty at once
@@ -57,15 +58,6 @@ SETTLE_SECONDS = 2.0  # after the last ATTESTED, before memory is read
 MIB = 1024 * 1024
 
 Phase = enclave_pb2.Phase
-PHASES = [
-    enclave_pb2.PHASE_ACCEPTED,
-    enclave_pb2.PHASE_SCHEDULED,
-    enclave_pb2.PHASE_RUNNING,
-    enclave_pb2.PHASE_CERTIFICATE_ISSUED,
-    enclave_pb2.PHASE_READY,
-    enclave_pb2.PHASE_ATTESTING,
-    enclave_pb2.PHASE_ATTESTED,
-]
 
 
 def load_average() -> float:
@@ -356,7 +348,7 @@ def report(args: argparse.Namespace, measured: Measured, load_start: float) -> d
     arrivals = "  ".join(
         f"{Phase.Name(p).removeprefix('PHASE_')} "
         f"{percentile(_present([c.arrivals.get(p) for c in measured.single]), 50) * 1e3:.0f}"
-        for p in PHASES
+        for p in PROVISIONING_PHASES
     )
     print(f"  single, p50 arrival of each phase (ms): {arrivals}")
     deletes = measured.single_deletes

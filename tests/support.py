@@ -274,6 +274,15 @@ class Stack:
             engine.dispose()
 
 
+def required_postgres(admin_url: str | None) -> str:
+    """The PostgreSQL admin URL; the PostgreSQL tests fail, never skip, without one."""
+    if not admin_url:
+        raise RuntimeError(
+            "LICENSING_TEST_POSTGRES_URL is not set; run scripts/postgres.sh (make test does)"
+        )
+    return admin_url
+
+
 def create_postgres_database(admin_url: str) -> tuple[str, str]:
     """A fresh database for one test session; returns (async URL, name)."""
     name = f"licensing_test_{uuid.uuid4().hex[:10]}"
@@ -312,11 +321,7 @@ def start_stack(
     data_dir.mkdir(parents=True)
     pg_name = None
     if database == "postgresql":
-        if not admin_url:
-            raise RuntimeError(
-                "LICENSING_TEST_POSTGRES_URL is not set; run scripts/postgres.sh (make test does)"
-            )
-        url, pg_name = create_postgres_database(admin_url)
+        url, pg_name = create_postgres_database(required_postgres(admin_url))
     else:
         url = f"sqlite+aiosqlite:///{data_dir / 'licensing.db'}"
     stack = Stack(

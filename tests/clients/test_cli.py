@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from tests.clients.attestation_support import self_signed_ca_pem
 from tests.clients.cli_support import Cli
 from tests.support import PASSWORD, Stack, free_port, start_stack
 
@@ -57,22 +57,8 @@ def assert_key_matches_certificate(config: Path) -> None:
 
 
 def other_ca(tmp: Path) -> Path:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Not The Licensing CA")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
     path = tmp / "other-ca.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path.write_text(self_signed_ca_pem())
     return path
 
 

@@ -183,6 +183,26 @@ class Enclave:
                 pipe.close()
 
 
+def enclave_args(backend: Backend, enclave_id: str, owner: str) -> list[str]:
+    """The enclave's command line, as the runtime gives it."""
+    return [
+        "--enclave-id",
+        enclave_id,
+        "--owner",
+        owner,
+        "--listen",
+        "127.0.0.1:0",
+        "--ca-file",
+        str(backend.ca_path),
+        "--jwks-file",
+        str(backend.jwks_path),
+        "--issuer",
+        ISSUER,
+        "--audience",
+        AUDIENCE,
+    ]
+
+
 def start(backend: Backend, owner: User, *extra: str, owner_arg: str | None = None) -> Enclave:
     """Launch exactly as the runtime will; the handshake is left to the caller."""
     enclave_id = f"enc-{uuid.uuid4().hex[:8]}"
@@ -197,20 +217,7 @@ def start(backend: Backend, owner: User, *extra: str, owner_arg: str | None = No
                 sys.executable,
                 "-m",
                 "licensing_enclave",
-                "--enclave-id",
-                enclave_id,
-                "--owner",
-                owner_arg or owner.user_id,
-                "--listen",
-                "127.0.0.1:0",
-                "--ca-file",
-                str(backend.ca_path),
-                "--jwks-file",
-                str(backend.jwks_path),
-                "--issuer",
-                ISSUER,
-                "--audience",
-                AUDIENCE,
+                *enclave_args(backend, enclave_id, owner_arg or owner.user_id),
                 *extra,
             ],
             stdin=subprocess.PIPE,

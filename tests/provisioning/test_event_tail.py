@@ -16,7 +16,12 @@ from licensing_server.storage import (
     Phase,
     run_migrations,
 )
-from tests.support import TwoProcessDatabase, create_postgres_database, drop_postgres_database
+from tests.support import (
+    TwoProcessDatabase,
+    create_postgres_database,
+    drop_postgres_database,
+    required_postgres,
+)
 
 _NOW = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
 _AFTER_ACCEPTED = [
@@ -36,9 +41,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         run_migrations(url)
         yield url
         return
-    admin_url = os.environ.get("LICENSING_TEST_POSTGRES_URL")
-    if not admin_url:
-        pytest.skip("LICENSING_TEST_POSTGRES_URL is not set")
+    admin_url = required_postgres(os.environ.get("LICENSING_TEST_POSTGRES_URL"))
     url, name = create_postgres_database(admin_url)
     try:
         run_migrations(url)

@@ -41,19 +41,22 @@ class TokenBuckets:
         tokens, then = self._buckets.get(key, (float(rate.burst), now))
         return min(float(rate.burst), tokens + (now - then) * rate.per_second)
 
-    def wait_time(self, key: Hashable, rate: Rate) -> float:
-        """Seconds until ``key`` may make a request (0.0: now), taking nothing."""
-        level = self._level(key, rate, self._clock())
+    @staticmethod
+    def _wait(level: float, rate: Rate) -> float:
         if level >= 1:
             return 0.0
         return (1 - level) / rate.per_second if rate.per_second > 0 else float("inf")
+
+    def wait_time(self, key: Hashable, rate: Rate) -> float:
+        """Seconds until ``key`` may make a request (0.0: now), taking nothing."""
+        return self._wait(self._level(key, rate, self._clock()), rate)
 
     def take(self, key: Hashable, rate: Rate) -> float:
         """Take one token if there is one (returns 0.0), else the seconds to wait."""
         now = self._clock()
         level = self._level(key, rate, now)
         if level < 1:
-            return (1 - level) / rate.per_second if rate.per_second > 0 else float("inf")
+            return self._wait(level, rate)
         self._buckets[key] = (level - 1, now)
         self._buckets.move_to_end(key)
         if len(self._buckets) > self._max_keys:

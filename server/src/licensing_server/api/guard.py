@@ -138,11 +138,15 @@ class AccessGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._policy = dict(policy)
         self._authenticate = authenticate
         self._peers = _PeerCache()
-        self._limits = {
-            method: RateLimit(limit.rate.scaled(rate_limit_percent), limit.counted_by)
-            for method, limit in (rate_limits or {}).items()
+        # 0 percent turns the limits off.
+        self._limits = (
+            {
+                method: RateLimit(limit.rate.scaled(rate_limit_percent), limit.counted_by)
+                for method, limit in (rate_limits or {}).items()
+            }
             if rate_limit_percent > 0
-        }
+            else {}
+        )
         self._buckets = TokenBuckets()
 
     async def _admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:

@@ -248,16 +248,23 @@ class ForkServer:
 
 async def _watch_exit(pid: int, exited: asyncio.Future[int]) -> None:
     """A child whose fork server died: nobody reports its exit, so watch /proc for it."""
-    while not _has_exited(pid):  # noqa: ASYNC110 - /proc cannot be awaited
+    while start_time(pid) is not None:  # noqa: ASYNC110 - /proc cannot be awaited
         await asyncio.sleep(0.2)
     if not exited.done():
         exited.set_result(-1)
 
 
-def _has_exited(pid: int) -> bool:
-    """Gone, or a zombie its new parent has not reaped yet."""
+def start_time(pid: int) -> str | None:
+    """The process start time (clock ticks since boot): tells a pid from its reuse.
+
+    ``None`` once the process has exited, including as a zombie nobody reaps yet (an
+    orphaned enclave waits for init, which in a container may never reap it).
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X", "x")
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X", "x"):
+        return None
+    return fields[19]

@@ -22,29 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from licensing_server.pki import write_public_file
-from licensing_server.runtimes._forkserver import EnclaveProcess, ForkServer
+from licensing_server.runtimes._forkserver import EnclaveProcess, ForkServer, start_time
 from licensing_server.runtimes._protocol import RuntimeFailure, WorkloadSpec
 
 _log = logging.getLogger(__name__)
 
 DEFAULT_COMMAND = (sys.executable, "-m", "licensing_enclave")
 _LINE_LIMIT = 1024 * 1024
-
-
-def _start_time(pid: int) -> str | None:
-    """The process start time (clock ticks since boot): tells a pid from its reuse.
-
-    ``None`` once the process has exited, including as a zombie nobody reaps yet (an
-    orphaned enclave waits for init, which in a container may never reap it).
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] in ("Z", "X", "x"):
-        return None
-    return fields[19]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +49,7 @@ class _Handle:
             return None
 
     def alive(self) -> bool:
-        return _start_time(self.pid) == self.start_time
+        return start_time(self.pid) == self.start_time
 
 
 class LocalWorkload:
@@ -230,7 +214,7 @@ class LocalProcessRuntime:
         except RuntimeFailure:
             shutil.rmtree(work_dir, ignore_errors=True)
             raise
-        handle = _Handle(process.pid, _start_time(process.pid) or "", str(work_dir))
+        handle = _Handle(process.pid, start_time(process.pid) or "", str(work_dir))
         workload = LocalWorkload(process, handle, self._host)
         self._workloads[spec.enclave_id] = workload
         if port:
@@ -284,6 +268,6 @@ async def _terminate(pid: int, process: EnclaveProcess | None) -> None:
                 return
         else:
             for _ in range(int(grace * 10)):
-                if _start_time(pid) is None:
+                if start_time(pid) is None:
                     return
                 await asyncio.sleep(0.1)
