@@ -71,13 +71,17 @@ class PostgresServer:
         )
         return server
 
-    def _run(self, program: str, *args: str) -> None:
+    def _run(self, program: str, *args: str, check: bool = True) -> int:
         command = [str(self.bin_dir / program), *args]
         if os.geteuid() == 0:
             command = ["runuser", "-u", "postgres", "--", *command]
         result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-        if result.returncode != 0:
+        if check and result.returncode != 0:
             raise RuntimeError(f"{program} failed ({result.returncode}): {result.stderr}")
+        return result.returncode
+
+    def running(self) -> bool:
+        return self._run("pg_ctl", "status", "-D", str(self.data_dir), check=False) == 0
 
     def start(self) -> None:
         options = (
