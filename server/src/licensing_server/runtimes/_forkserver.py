@@ -195,7 +195,7 @@ class ForkServer:
                 reply = loop.create_future()
                 self._replies[request_id] = reply
                 message = {"id": request_id, "argv": list(argv), "cwd": str(cwd), "env": dict(env)}
-                socket.send_fds(control, [json.dumps(message).encode()], list(theirs))
+                await _send_fds(control, json.dumps(message).encode(), list(theirs))
             for fd in theirs:
                 os.close(fd)
             theirs = ()
@@ -243,6 +243,28 @@ class ForkServer:
                 self._process.kill()
                 await self._process.wait()
         self._process = None
+
+
+async def _send_fds(control: socket.socket, data: bytes, fds: list[int]) -> None:
+    """``socket.send_fds`` on our non-blocking socket, waiting while its buffer is full
+    (a burst of concurrent starts fills it: EAGAIN is not a failure)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            socket.send_fds(control, [data], fds)
+            return
+        except BlockingIOError:
+            writable: asyncio.Future[None] = loop.create_future()
+            loop.add_writer(control, _resolve, writable)
+            try:
+                await writable
+            finally:
+                loop.remove_writer(control)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def _watch_exit(pid: int, exited: asyncio.Future[int]) -> None:
