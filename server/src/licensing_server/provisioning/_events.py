@@ -97,6 +97,8 @@ class EventTail:
     #: sequence against what the watcher has seen), so a failed tick loses nothing:
     #: the next one rings. This is only a net for bugs, and costs a read per watcher.
     FALLBACK_SECONDS = 60.0
+    #: How often to try while the database is unavailable (each try logs a warning).
+    OUTAGE_POLL_SECONDS = 1.0
 
     def __init__(self, store: EnclaveStore, *, poll_seconds: float = 0.1):
         self._store = store
@@ -133,13 +135,15 @@ class EventTail:
     async def _run(self) -> None:
         """Poll while anyone watches; stop when nobody does (the next watcher restarts it)."""
         while self._watchers:
+            pause = self._poll
             try:
                 await self._tick()
             except Unavailable:
-                pass  # the database is down: a later tick rings what changed meanwhile
+                # The database is down: a later tick rings what changed meanwhile.
+                pause = max(pause, self.OUTAGE_POLL_SECONDS)
             except Exception:  # a bug here must not silence every watch
                 _log.exception("event tail tick failed")
-            await asyncio.sleep(self._poll)
+            await asyncio.sleep(pause)
         self._task = None
 
     async def _tick(self) -> None:
