@@ -129,6 +129,8 @@ class Reconciler:
             current = await self._store.get(record.id)
             if current is None or current.phase not in _DRIVEN | {Phase.ACCEPTED}:
                 continue
+            if self._provisioner.is_provisioning(record.id):
+                continue  # a repeated create took the ACCEPTED enclave up meanwhile
             await self._provisioner.fail(current, "PROVISIONING_INTERRUPTED", cause or _NO_TASK)
             settled += 1
         return settled
