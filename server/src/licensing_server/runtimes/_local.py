@@ -83,7 +83,7 @@ class LocalWorkload:
     async def _exit_reason(self) -> str:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._process.wait(), 2)
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(Exception):  # TimeoutError; a failed drain was logged
             await asyncio.wait_for(asyncio.shield(self._stderr_task), 1)
         code = self._process.returncode
         tail = "\n".join(self._stderr_tail)
