@@ -131,11 +131,13 @@ def test_enclave_port_in_use(database: str, tmp_path: Path) -> None:
             database, tmp_path, LICENSING_ENCLAVE_PORTS=f"{port}-{port}", LICENSING_MAX_ENCLAVES="1"
         ) as stack:
             user = stack.new_user()
+            # Another process listens on the range's only port: no enclave is started
+            # just to find that out.
             failures = [_create_failing(stack, user) for _ in range(2)]
             for failure in failures:
-                assert failure.last.failure_reason == "ENCLAVE_EXITED"
-                assert "port is already in use" in failure.last.message, failure
-                assert "port is already in use" in failure.details
+                assert [e.phase for e in failure.events] == [ACCEPTED, FAILED]
+                assert failure.last.failure_reason == "ENCLAVE_PORTS_EXHAUSTED"
+                assert f"every enclave port ({port}-{port}) is in use" in failure.details
             _nothing_left(stack, failures)
 
             # Once the port is free again, the same range serves an enclave.

@@ -72,6 +72,9 @@ class Settings:
     enclave_launcher: str = ""
     enclave_ports: tuple[int, int] | None = None
     reap_interval_seconds: int = 5
+    # How often the backend settles provisioning interrupted while it runs (its database
+    # writes failed): workload stopped, FAILED recorded, licence freed, watchers told.
+    reconcile_interval_seconds: int = 5
     # An ACCEPTED enclave not taken up for provisioning by then releases its licence.
     abandoned_after_seconds: int = 60
     # The TPM: a TCTI string ("device:/dev/tpmrm0" for hardware). Empty means the
@@ -179,6 +182,9 @@ class Settings:
             ),
             reap_interval_seconds=integer(
                 "REAP_INTERVAL_SECONDS", defaults.reap_interval_seconds, 1, 3600
+            ),
+            reconcile_interval_seconds=integer(
+                "RECONCILE_INTERVAL_SECONDS", defaults.reconcile_interval_seconds, 1, 3600
             ),
             abandoned_after_seconds=integer(
                 "ABANDONED_AFTER_SECONDS", defaults.abandoned_after_seconds, 1, 86400

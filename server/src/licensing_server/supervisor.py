@@ -15,6 +15,7 @@ from pathlib import Path
 from licensing_server.config import Settings
 from licensing_server.layout import DataLayout
 from licensing_server.process import load_settings
+from licensing_server.tasks import spawn
 
 
 async def _port_open(address: str, wait_seconds: float) -> bool:
@@ -139,10 +140,10 @@ async def run(settings: Settings) -> int:
         await frontend.start()
         if await _port_open(settings.frontend_api_addr, 120) and layout.ca_certificate.exists():
             print(_banner(settings), flush=True)
-        stopper = asyncio.create_task(stop.wait())
+        stopper = spawn(stop.wait(), name="stop-signal")
         while True:
             exits = {
-                asyncio.create_task(child.process.wait()): child
+                spawn(child.process.wait(), name=f"wait-{child.name}"): child
                 for child in children
                 if child.process is not None
             }

@@ -36,6 +36,7 @@ from licensing_client.attestation import (
 from licensing_server.errors import FailedPrecondition, Unavailable
 from licensing_server.pki import CertificateAuthority, write_public_file
 from licensing_server.storage import EpochRecord, MeasurementRecord, MeasurementStore
+from licensing_server.tasks import spawn
 from licensing_server.tpm import (
     AttestationKeyInfo,
     QuoteResult,
@@ -253,8 +254,19 @@ class Attestor:
             )
         )
         if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._drain())
+            self._worker = spawn(
+                self._drain(), name="attestation-quotes", on_failure=self._fail_pending
+            )
         return await future
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        """The quote worker died of a bug (logged): nobody waiting on it may hang."""
+        pending, self._pending = self._pending, []
+        for request in pending:
+            if not request.future.done():
+                request.future.set_exception(
+                    Unavailable("TPM_UNAVAILABLE", "the quote could not be made")
+                )
 
     async def _drain(self) -> None:
         while self._pending:
@@ -340,5 +352,5 @@ class Attestor:
     async def close(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._worker

@@ -29,6 +29,7 @@ from licensing_server.api.server import (
 )
 from licensing_server.attestation import Attestor
 from licensing_server.config import Settings
+from licensing_server.errors import Unavailable
 from licensing_server.layout import DataLayout
 from licensing_server.pki import (
     BACKEND_IDENTITY,
@@ -47,6 +48,7 @@ from licensing_server.provisioning import (
 )
 from licensing_server.runtimes._local import DEFAULT_COMMAND, LocalProcessRuntime
 from licensing_server.storage import Database, EnclaveStore, MeasurementStore, run_migrations
+from licensing_server.tasks import TaskSet, spawn
 from licensing_server.tpm import SwtpmSimulator, TpmDevice
 
 _log = logging.getLogger(__name__)
@@ -146,7 +148,8 @@ async def serve(settings: Settings) -> None:
         live_certificates=lambda: measured_certificates(store),
         simulated_tpm_latency=settings.tpm_simulated_latency_ms / 1000,
     )
-    proving = asyncio.create_task(attestor.keep_proving())
+    background = TaskSet()
+    background.spawn(attestor.keep_proving(), name="prove-attestation-key")
     provisioner = EnclaveProvisioner(
         store=store,
         runtime=runtime,
@@ -162,6 +165,7 @@ async def serve(settings: Settings) -> None:
         runtime=runtime,
         provisioner=provisioner,
         interval_seconds=settings.reap_interval_seconds,
+        settle_interval_seconds=settings.reconcile_interval_seconds,
         abandoned_after=dt.timedelta(seconds=settings.abandoned_after_seconds),
     )
     await reconciler.reconcile_after_start()
@@ -191,20 +195,29 @@ async def serve(settings: Settings) -> None:
     add_listener(server, settings.backend_addr, mtls_credentials(identity))
     await server.start()
     _log.info("backend serving internal mTLS API on %s", settings.backend_addr)
-    reaper = asyncio.create_task(reconciler.run())
+    reconciling = background.spawn(reconciler.run(), name="reconciler")
+    stopping = spawn(stop_requested(), name="stop-signal")
 
-    await stop_requested()
+    await asyncio.wait({stopping, reconciling}, return_when=asyncio.FIRST_COMPLETED)
+    # The reconciler never ends by itself; if it did (logged), nothing would settle
+    # interrupted enclaves: stop, and let the supervisor start a fresh backend.
+    lost_reconciler = reconciling.done()
     _log.info("backend shutting down")
+    stopping.cancel()
     await health.enter_graceful_shutdown()
-    reaper.cancel()
+    await background.cancel_all()
     await server.stop(5)
-    proving.cancel()
     await provisioner.shutdown()
     await attestor.close()
     await runtime.close()
-    await reconciler.settle_after_shutdown()
+    try:
+        await reconciler.settle_after_shutdown()
+    except Unavailable as exc:  # the reconciler at the next start settles them
+        _log.warning("could not record the stopped enclaves: %s", exc.reason)
     await tpm.close()
     await database.close()
+    if lost_reconciler:
+        raise SystemExit("the reconciler stopped unexpectedly")
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -27,7 +28,14 @@ from licensing_server.errors import (
     Unavailable,
 )
 from licensing_server.provisioning import EventTail, terminal_phases
-from licensing_server.storage import EnclaveRecord, EnclaveStore, EventRecord, Limits, Phase
+from licensing_server.storage import (
+    DatabaseUnavailable,
+    EnclaveRecord,
+    EnclaveStore,
+    EventRecord,
+    Limits,
+    Phase,
+)
 
 _log = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -132,7 +140,9 @@ class EnclaveCatalog:
                         return
             except Unavailable as exc:
                 if last <= 1:
-                    await self._fail_unprovisioned(record, exc)
+                    # With the database down too, the backend's reconciler frees it later.
+                    with contextlib.suppress(DatabaseUnavailable):
+                        await self._fail_unprovisioned(record, exc)
                 # Otherwise the backend restarted mid-way: its reconciler settles the
                 # enclave, and the database tells us how.
         async for event in self._tail.follow(record.id, last, _is_terminal):

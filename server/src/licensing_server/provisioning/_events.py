@@ -10,7 +10,8 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
 
 from licensing_server.errors import Unavailable
-from licensing_server.storage import EnclaveStore, EventRecord, Phase
+from licensing_server.storage import DatabaseUnavailable, EnclaveStore, EventRecord, Phase
+from licensing_server.tasks import spawn
 
 _log = logging.getLogger(__name__)
 
@@ -96,6 +97,8 @@ class EventTail:
     #: sequence against what the watcher has seen), so a failed tick loses nothing:
     #: the next one rings. This is only a net for bugs, and costs a read per watcher.
     FALLBACK_SECONDS = 60.0
+    #: How often to try while the database is unavailable (each try logs a warning).
+    OUTAGE_POLL_SECONDS = 1.0
 
     def __init__(self, store: EnclaveStore, *, poll_seconds: float = 0.1):
         self._store = store
@@ -114,7 +117,7 @@ class EventTail:
         wake = Wake(after, fallback_seconds=self.FALLBACK_SECONDS)
         self._watchers[enclave_id].add(wake)
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="event-tail")
+            self._task = spawn(self._run(), name="event-tail")
         try:
             events = follow_events(self._store, enclave_id, after, is_terminal, wake=wake)
             async for event in events:
@@ -132,13 +135,15 @@ class EventTail:
     async def _run(self) -> None:
         """Poll while anyone watches; stop when nobody does (the next watcher restarts it)."""
         while self._watchers:
+            pause = self._poll
             try:
                 await self._tick()
             except Unavailable:
-                pass  # the watchers' own fallback reads report it
+                # The database is down: a later tick rings what changed meanwhile.
+                pause = max(pause, self.OUTAGE_POLL_SECONDS)
             except Exception:  # a bug here must not silence every watch
                 _log.exception("event tail tick failed")
-            await asyncio.sleep(self._poll)
+            await asyncio.sleep(pause)
         self._task = None
 
     async def _tick(self) -> None:
@@ -165,16 +170,24 @@ async def follow_events(
     restarts. With a ``wake`` (from ``EventBus`` or ``EventTail``, registered
     before the first read) it reads again when rung; without one, every
     ``poll_seconds``. Deletion ends the stream with a synthetic ``DELETED`` event.
+    While the database is unavailable it waits and reads again; the caller's
+    deadline bounds how long.
     """
     last = after
     while True:
-        events = await store.events_after(enclave_id, last)
+        try:
+            events = await store.events_after(enclave_id, last)
+            gone = not events and await store.get(enclave_id) is None
+        except DatabaseUnavailable:
+            # An outage ends no stream: once the database is back, followers learn how
+            # their enclave ended (the reconciler settles what the outage interrupted).
+            events, gone = [], False
         for event in events:
             last = event.sequence
             yield event
             if is_terminal(event.phase):
                 return
-        if not events and await store.get(enclave_id) is None:
+        if gone:
             now = dt.datetime.now(dt.UTC)
             yield EventRecord(enclave_id, last + 1, Phase.DELETED, "the enclave was deleted", now)
             return

@@ -6,24 +6,38 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from licensing_server.attestation import Attestor
-from licensing_server.errors import DomainError, FailedPrecondition, NotFound
+from licensing_server.errors import DomainError, FailedPrecondition, NotFound, Unavailable
 from licensing_server.pki import TRUST_DOMAIN, CertificateAuthority, parse_csr
 from licensing_server.provisioning._events import EventBus, follow_events
 from licensing_server.provisioning._probe import HealthProbe
 from licensing_server.runtimes import EnclaveRuntime, RuntimeFailure, WorkloadSpec
-from licensing_server.storage import EnclaveRecord, EnclaveStore, EventRecord, Phase
+from licensing_server.storage import (
+    DatabaseUnavailable,
+    EnclaveRecord,
+    EnclaveStore,
+    EventRecord,
+    Phase,
+)
+from licensing_server.tasks import spawn
 
 _log = logging.getLogger(__name__)
 
 _TERMINAL = frozenset({Phase.ATTESTED, Phase.FAILED, Phase.DELETED})
 #: Enclaves whose certificate is measured in PCR 23 (re-measured in a new log epoch).
 MEASURED = frozenset({Phase.CERTIFICATE_ISSUED, Phase.READY, Phase.ATTESTING, Phase.ATTESTED})
+#: Messages of PROVISIONING_INTERRUPTED, by cause.
+_DATABASE_LOST = (
+    "provisioning was interrupted: the database was unavailable, so the enclave was stopped; "
+    "create it again"
+)
+_TASK_DIED = "provisioning was interrupted by an internal error; create the enclave again"
 
 
 def terminal_phases() -> frozenset[Phase]:
@@ -73,6 +87,9 @@ class EnclaveProvisioner:
         self._clock = clock
         self._bus = EventBus()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._deprovisioning: set[str] = set()
+        #: Why each enclave whose provisioning ended without a final phase stopped.
+        self._interrupted: dict[str, str] = {}
 
     # Commands -----------------------------------------------------------------
     async def start(self, enclave_id: str, owner_id: str, jwks_json: str) -> EnclaveRecord:
@@ -83,13 +100,32 @@ class EnclaveProvisioner:
         if record.phase is Phase.ACCEPTED and enclave_id not in self._tasks:
             if not jwks_json:
                 raise FailedPrecondition("JWKS_REQUIRED", "the enclave needs the token keys")
-            task = asyncio.create_task(self._provision(record, jwks_json))
+            task = spawn(
+                self._provision(record, jwks_json),
+                name=f"provision-{enclave_id}",
+                on_failure=functools.partial(self._task_died, enclave_id),
+            )
             self._tasks[enclave_id] = task
+            self._interrupted.pop(enclave_id, None)
             task.add_done_callback(lambda _: self._tasks.pop(enclave_id, None))
         return record
 
+    def _task_died(self, enclave_id: str, _exc: BaseException) -> None:
+        """A bug escaped ``_provision`` (it is logged): the reconciler settles the row."""
+        self._interrupted.setdefault(enclave_id, _TASK_DIED)
+
     def is_provisioning(self, enclave_id: str) -> bool:
-        return enclave_id in self._tasks
+        """Whether a task of this backend drives (or removes) the enclave right now.
+
+        Once it is False for an enclave past ACCEPTED it stays False (only ACCEPTED
+        enclaves are started), and everything its task wrote is in the database.
+        """
+        return enclave_id in self._tasks or enclave_id in self._deprovisioning
+
+    def interruption(self, enclave_id: str) -> str | None:
+        """Why this backend's provisioning of the enclave ended without a final phase
+        (a message for its FAILED event), or None if nothing is known of it."""
+        return self._interrupted.get(enclave_id)
 
     def follow(self, enclave_id: str, after: int) -> AsyncIterator[EventRecord]:
         return self._follow(enclave_id, after)
@@ -103,27 +139,38 @@ class EnclaveProvisioner:
 
     async def deprovision(self, enclave_id: str) -> None:
         """Stop the workload and remove every trace of the enclave; idempotent."""
-        task = self._tasks.pop(enclave_id, None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        record = await self._store.get(enclave_id)
-        await self._runtime.stop(enclave_id, record.runtime_handle if record else "")
-        await self._store.remove(enclave_id)
+        self._deprovisioning.add(enclave_id)
+        try:
+            task = self._tasks.get(enclave_id)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            record = await self._store.get(enclave_id)
+            await self._runtime.stop(enclave_id, record.runtime_handle if record else "")
+            await self._store.remove(enclave_id)
+        finally:
+            self._deprovisioning.discard(enclave_id)
+        self._interrupted.pop(enclave_id, None)
         self._bus.close(enclave_id)
         _log.info("enclave %s deprovisioned", enclave_id)
 
     async def fail(self, record: EnclaveRecord, reason: str, message: str) -> None:
-        """Stop whatever runs and record FAILED (used by the reconciler too)."""
+        """Stop whatever runs and record FAILED (used by the reconciler too).
+
+        Raises ``Unavailable`` when the database cannot record it: the workload is
+        stopped all the same, and the row stays for the reconciler to settle.
+        """
         with contextlib.suppress(Exception):
             await self._runtime.stop(record.id, record.runtime_handle)
         try:
             event = await self._store.advance(
                 record.id, Phase.FAILED, message, self._clock(), failure_reason=reason
             )
-        except DomainError:
+        except (NotFound, FailedPrecondition):
+            self._interrupted.pop(record.id, None)
             return  # deleted or already failed meanwhile
+        self._interrupted.pop(record.id, None)
         self._bus.publish(event)
         _log.info("enclave %s failed: %s (%s)", record.id, reason, message)
 
@@ -223,6 +270,8 @@ class EnclaveProvisioner:
             with contextlib.suppress(Exception):
                 await self._runtime.stop(enclave_id, handle)
             raise
+        except DatabaseUnavailable:
+            await self._fail_current(enclave_id, handle, "PROVISIONING_INTERRUPTED", _DATABASE_LOST)
         except RuntimeFailure as exc:
             await self._fail_current(enclave_id, handle, exc.reason, exc.message)
         except DomainError as exc:
@@ -242,14 +291,31 @@ class EnclaveProvisioner:
             )
 
     async def _fail_current(self, enclave_id: str, handle: str, reason: str, message: str) -> None:
-        record = await self._store.get(enclave_id)
-        if record is None:
-            with contextlib.suppress(Exception):
-                await self._runtime.stop(enclave_id, handle)
-            return
-        if handle and not record.runtime_handle:
-            record = _with_handle(record, handle)
-        await self.fail(record, reason, message)
+        """Stop the workload first (the database may be what failed), then record FAILED.
+
+        If the database cannot take the record, the task still ends cleanly: the
+        reconciler's next pass finds the row without a task and settles it.
+        """
+        with contextlib.suppress(Exception):
+            await self._runtime.stop(enclave_id, handle)
+        try:
+            record = await self._store.get(enclave_id)
+            if record is None:
+                return
+            if handle and not record.runtime_handle:
+                record = _with_handle(record, handle)
+            await self.fail(record, reason, message)
+        except Unavailable as exc:
+            self._interrupted[enclave_id] = (
+                _DATABASE_LOST if isinstance(exc, DatabaseUnavailable) else message
+            )
+            _log.warning(
+                "enclave %s stopped (%s) but its failure could not be recorded (%s); "
+                "the reconciler will settle it",
+                enclave_id,
+                reason,
+                exc.reason,
+            )
 
 
 def _with_handle(record: EnclaveRecord, handle: str) -> EnclaveRecord:

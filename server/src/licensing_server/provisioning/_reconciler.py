@@ -1,12 +1,14 @@
-"""Putting every enclave right: after a (crashed) restart, and when licences expire."""
+"""Putting every enclave right: after a (crashed) restart, when provisioning is interrupted
+while the backend runs (the database went away under it), and when licences expire."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
+from licensing_server.errors import Unavailable
 from licensing_server.provisioning._provisioner import EnclaveProvisioner
 from licensing_server.runtimes import EnclaveRuntime
 from licensing_server.storage import EnclaveStore, Phase
@@ -21,6 +23,9 @@ _IN_FLIGHT = {
     Phase.ATTESTING,
 }
 _SETTLED = {Phase.READY, Phase.ATTESTED}
+#: Phases only a provisioning task moves on from: without one, the enclave is stuck there.
+_DRIVEN = (_IN_FLIGHT - {Phase.ACCEPTED}) | {Phase.READY}
+_NO_TASK = "provisioning was interrupted; create the enclave again"
 
 
 def _utcnow() -> dt.datetime:
@@ -35,6 +40,7 @@ class Reconciler:
         runtime: EnclaveRuntime,
         provisioner: EnclaveProvisioner,
         interval_seconds: float = 5.0,
+        settle_interval_seconds: float = 5.0,
         abandoned_after: dt.timedelta = dt.timedelta(seconds=60),
         clock: Callable[[], dt.datetime] = _utcnow,
     ):
@@ -42,6 +48,7 @@ class Reconciler:
         self._runtime = runtime
         self._provisioner = provisioner
         self._interval = interval_seconds
+        self._settle_interval = settle_interval_seconds
         self._abandoned_after = abandoned_after
         self._clock = clock
 
@@ -103,11 +110,49 @@ class Reconciler:
                 released += 1
         return released
 
+    async def settle_interrupted(self) -> int:
+        """Provisioning that ended without a final phase while this backend runs: FAILED.
+
+        Its task stopped the workload but could not record the failure (the database
+        was down), or died of a bug (logged). Nothing else would ever move such an
+        enclave on, and it holds a licence: stop whatever is left, record FAILED /
+        ``PROVISIONING_INTERRUPTED``, tell its followers.
+        """
+        settled = 0
+        for record in await self._store.in_phases(_DRIVEN | {Phase.ACCEPTED}):
+            if self._provisioner.is_provisioning(record.id):
+                continue
+            cause = self._provisioner.interruption(record.id)
+            if record.phase is Phase.ACCEPTED and cause is None:
+                continue  # never started: release_abandoned's business
+            # Read after the check: a task that has ended wrote everything it will.
+            current = await self._store.get(record.id)
+            if current is None or current.phase not in _DRIVEN | {Phase.ACCEPTED}:
+                continue
+            if self._provisioner.is_provisioning(record.id):
+                continue  # a repeated create took the ACCEPTED enclave up meanwhile
+            await self._provisioner.fail(current, "PROVISIONING_INTERRUPTED", cause or _NO_TASK)
+            settled += 1
+        return settled
+
     async def run(self) -> None:
+        """Each step on its period; a failed step is logged and tried again next period."""
+        await asyncio.gather(
+            self._every(self._interval, self.reap_expired, self.release_abandoned),
+            self._every(self._settle_interval, self.settle_interrupted),
+        )
+
+    async def _every(self, seconds: float, *steps: Callable[[], Awaitable[int]]) -> None:
         while True:
-            for step in (self.reap_expired, self.release_abandoned):
+            for step in steps:
                 try:
                     await step()
+                except Unavailable as exc:  # the database (or TPM) is down: next period
+                    _log.warning("reconciling (%s) postponed: %s", _name(step), exc.reason)
                 except Exception:
-                    _log.exception("reconciling (%s) failed; retrying", step.__name__)
-            await asyncio.sleep(self._interval)
+                    _log.exception("reconciling (%s) failed; retrying", _name(step))
+            await asyncio.sleep(seconds)
+
+
+def _name(step: Callable[[], Awaitable[int]]) -> str:
+    return getattr(step, "__name__", repr(step))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from licensing_server.runtimes._protocol import RuntimeFailure
+from licensing_server.tasks import TaskSet, spawn
 
 _log = logging.getLogger(__name__)
 _SPAWN_TIMEOUT = 10.0
@@ -114,7 +115,7 @@ class ForkServer:
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._exits: dict[int, asyncio.Future[int]] = {}
         self._lock = asyncio.Lock()
-        self._orphan_watches: set[asyncio.Task[None]] = set()
+        self._orphan_watches = TaskSet()
 
     async def _ensure_started(self) -> socket.socket:
         if self._control is not None and self._process and self._process.returncode is None:
@@ -143,7 +144,7 @@ class ForkServer:
             theirs.close()
         ours.setblocking(False)
         self._control = ours
-        self._reader_task = asyncio.create_task(self._read_replies(ours))
+        self._reader_task = spawn(self._read_replies(ours), name="fork-server-replies")
         _log.info("enclave fork server started (pid %s)", self._process.pid)
         return ours
 
@@ -175,9 +176,7 @@ class ForkServer:
         self._replies.clear()
         for pid, exited in list(self._exits.items()):
             if not exited.done():
-                watch = asyncio.create_task(_watch_exit(pid, exited))
-                self._orphan_watches.add(watch)
-                watch.add_done_callback(self._orphan_watches.discard)
+                self._orphan_watches.spawn(_watch_exit(pid, exited), name=f"watch-exit-{pid}")
         self._control = None
 
     async def spawn(
@@ -196,7 +195,7 @@ class ForkServer:
                 reply = loop.create_future()
                 self._replies[request_id] = reply
                 message = {"id": request_id, "argv": list(argv), "cwd": str(cwd), "env": dict(env)}
-                socket.send_fds(control, [json.dumps(message).encode()], list(theirs))
+                await _send_fds(control, json.dumps(message).encode(), list(theirs))
             for fd in theirs:
                 os.close(fd)
             theirs = ()
@@ -232,8 +231,8 @@ class ForkServer:
             self._control = None
         if self._reader_task is not None:
             self._reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader_task
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader_task  # a failure was logged when it happened
             self._reader_task = None
         if self._process is not None and self._process.returncode is None:
             if self._process.stdin is not None:
@@ -244,6 +243,28 @@ class ForkServer:
                 self._process.kill()
                 await self._process.wait()
         self._process = None
+
+
+async def _send_fds(control: socket.socket, data: bytes, fds: list[int]) -> None:
+    """``socket.send_fds`` on our non-blocking socket, waiting while its buffer is full
+    (a burst of concurrent starts fills it: EAGAIN is not a failure)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            socket.send_fds(control, [data], fds)
+            return
+        except BlockingIOError:
+            writable: asyncio.Future[None] = loop.create_future()
+            loop.add_writer(control, _resolve, writable)
+            try:
+                await writable
+            finally:
+                loop.remove_writer(control)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def _watch_exit(pid: int, exited: asyncio.Future[int]) -> None:

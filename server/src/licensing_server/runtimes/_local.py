@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any
 from licensing_server.pki import write_public_file
 from licensing_server.runtimes._forkserver import EnclaveProcess, ForkServer, start_time
 from licensing_server.runtimes._protocol import RuntimeFailure, WorkloadSpec
+from licensing_server.tasks import spawn
 
 _log = logging.getLogger(__name__)
 
@@ -59,7 +61,9 @@ class LocalWorkload:
         self._host = host
         self._stderr_tail: list[str] = []
         assert process.stderr is not None
-        self._stderr_task = asyncio.create_task(self._drain_stderr(process.stderr))
+        self._stderr_task = spawn(
+            self._drain_stderr(process.stderr), name=f"enclave-stderr-{handle.pid}"
+        )
 
     @property
     def handle(self) -> str:
@@ -79,7 +83,7 @@ class LocalWorkload:
     async def _exit_reason(self) -> str:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._process.wait(), 2)
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(Exception):  # TimeoutError; a failed drain was logged
             await asyncio.wait_for(asyncio.shield(self._stderr_task), 1)
         code = self._process.returncode
         tail = "\n".join(self._stderr_tail)
@@ -155,24 +159,44 @@ class LocalProcessRuntime:
         self._workloads: dict[str, LocalWorkload] = {}
         self._port_of: dict[str, int] = {}
 
-    def _listen_port(self) -> int:
-        """Port 0 (the enclave picks) unless operators configured a range to firewall."""
+    def _reserve_port(self, enclave_id: str) -> int:
+        """Port 0 (the enclave picks) unless operators configured a range to firewall.
+
+        Reserved before anything awaits, so concurrent places never pick the same
+        one; ``_release_port`` gives it back on every path that does not place.
+        Ports some other process listens on (an enclave of an earlier backend still
+        draining, say) are skipped.
+        """
         if self._ports is None:
             return 0
         low, high = self._ports
         taken = set(self._port_of.values())
         for port in range(low, high + 1):
-            if port not in taken:
+            if port not in taken and _bindable(self._host, port):
+                self._port_of[enclave_id] = port
                 return port
-        raise RuntimeFailure("NO_FREE_PORT", f"no free port left in {low}-{high}")
+        raise RuntimeFailure(
+            "ENCLAVE_PORTS_EXHAUSTED",
+            f"every enclave port ({low}-{high}) is in use; delete an enclave or try again later",
+        )
+
+    def _release_port(self, enclave_id: str) -> None:
+        self._port_of.pop(enclave_id, None)
 
     async def place(self, spec: WorkloadSpec) -> LocalWorkload:
+        port = self._reserve_port(spec.enclave_id)
+        try:
+            return await self._place(spec, port)
+        except BaseException:
+            self._release_port(spec.enclave_id)
+            raise
+
+    async def _place(self, spec: WorkloadSpec, port: int) -> LocalWorkload:
         work_dir = self._root / spec.enclave_id
         shutil.rmtree(work_dir, ignore_errors=True)
         work_dir.mkdir(parents=True, mode=0o700)
         write_public_file(work_dir / "ca.pem", spec.ca_pem.encode())
         write_public_file(work_dir / "jwks.json", spec.jwks_json.encode())
-        port = self._listen_port()
         args = [
             "--enclave-id",
             spec.enclave_id,
@@ -217,18 +241,19 @@ class LocalProcessRuntime:
         handle = _Handle(process.pid, start_time(process.pid) or "", str(work_dir))
         workload = LocalWorkload(process, handle, self._host)
         self._workloads[spec.enclave_id] = workload
-        if port:
-            self._port_of[spec.enclave_id] = port
         return workload
 
     async def stop(self, enclave_id: str, handle: str) -> None:
         workload = self._workloads.pop(enclave_id, None)
-        self._port_of.pop(enclave_id, None)
         parsed = _Handle.load(handle) if handle else None
-        if workload is not None:
-            await _terminate(workload.process.pid, workload.process)
-        elif parsed is not None and parsed.alive():
-            await _terminate(parsed.pid, None)
+        try:
+            if workload is not None:
+                await _terminate(workload.process.pid, workload.process)
+            elif parsed is not None and parsed.alive():
+                await _terminate(parsed.pid, None)
+        finally:
+            # Given back once the process is gone, so the next enclave can bind it.
+            self._release_port(enclave_id)
         shutil.rmtree(self._root / enclave_id, ignore_errors=True)
 
     async def is_alive(self, enclave_id: str, handle: str) -> bool:
@@ -255,6 +280,17 @@ class LocalProcessRuntime:
             await self.stop(enclave_id, workload.handle)
         if self._fork_server is not None:
             await self._fork_server.close()
+
+
+def _bindable(host: str, port: int) -> bool:
+    """Whether nothing listens on ``host:port`` (bound as the enclave's gRPC server binds)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 async def _terminate(pid: int, process: EnclaveProcess | None) -> None:

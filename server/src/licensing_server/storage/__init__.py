@@ -1,6 +1,6 @@
 """Persistence: SQLAlchemy 2 models, Alembic migrations and the stores the domain uses."""
 
-from licensing_server.storage._database import Database, run_migrations
+from licensing_server.storage._database import Database, DatabaseUnavailable, run_migrations
 from licensing_server.storage._enclaves import (
     EnclaveRecord,
     EnclaveStore,
@@ -17,6 +17,7 @@ from licensing_server.storage._users import SessionRecord, UserRecord, UserStore
 
 __all__ = [
     "Database",
+    "DatabaseUnavailable",
     "EnclaveRecord",
     "EnclaveStore",
     "EpochRecord",

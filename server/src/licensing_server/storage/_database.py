@@ -25,6 +25,10 @@ _log = logging.getLogger(__name__)
 _MIGRATIONS = Path(__file__).with_name("migrations")
 
 
+class DatabaseUnavailable(Unavailable):
+    """The database cannot be reached (down, restarting, connection lost); it may come back."""
+
+
 def sync_url(url: str) -> str:
     """Alembic runs synchronously: the same database through the sync driver."""
     return url.replace("sqlite+aiosqlite://", "sqlite://", 1)
@@ -72,7 +76,9 @@ class Database:
         except (OperationalError, DBAPIError) as exc:
             if getattr(exc, "connection_invalidated", False) or isinstance(exc, OperationalError):
                 _log.warning("database unavailable: %s", type(exc.orig).__name__)
-                raise Unavailable("DATABASE_UNAVAILABLE", "the database is unavailable") from exc
+                raise DatabaseUnavailable(
+                    "DATABASE_UNAVAILABLE", "the database is unavailable"
+                ) from exc
             raise
 
     async def close(self) -> None:
