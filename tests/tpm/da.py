@@ -15,17 +15,24 @@ from tpm2_pytss.types import (
     TPMT_SIG_SCHEME,
 )
 
-from licensing_server.tpm._keys import AK_REQUIRED_ATTRIBUTES
-
 _LOCKOUT = 0x921
 _PASSWORD = b"da-protected"
+#: The AK's attributes before it was noDA.
+OLD_AK_ATTRIBUTES = (
+    TPMA_OBJECT.RESTRICTED
+    | TPMA_OBJECT.SIGN_ENCRYPT
+    | TPMA_OBJECT.FIXEDTPM
+    | TPMA_OBJECT.FIXEDPARENT
+    | TPMA_OBJECT.SENSITIVEDATAORIGIN
+    | TPMA_OBJECT.USERWITHAUTH
+)
 
 
 def old_attestation_key(tcti: str, handle: int) -> bytes:
     """Persist an AK at ``handle`` the way the server did before AKs were noDA; its public."""
     with closing(ESAPI(tcti)) as esapi:
         template = TPM2B_PUBLIC.parse(
-            "ecc256:ecdsa-sha256:null", objectAttributes=AK_REQUIRED_ATTRIBUTES
+            "ecc256:ecdsa-sha256:null", objectAttributes=OLD_AK_ATTRIBUTES
         )
         transient, public, _, _, _ = esapi.create_primary(
             TPM2B_SENSITIVE_CREATE(), template, ESYS_TR.ENDORSEMENT

@@ -86,6 +86,25 @@ def _stop(stack: Stack, how: str) -> None:
     wait_until("swtpm to end", lambda: _gone(swtpm), 30)
 
 
+def _start(stack: Stack) -> None:
+    """Start, then wait for the frontend to answer: an open port is not yet a started server."""
+    stack.start()
+
+    def answers() -> bool:
+        channel = grpc.secure_channel(
+            stack.enroll_addr, grpc.ssl_channel_credentials(root_certificates=stack.ca_pem)
+        )
+        try:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        except grpc.RpcError:
+            return False
+        finally:
+            channel.close()
+        return True
+
+    wait_until("the frontend to answer", answers, 60, step=0.2)
+
+
 def _create_attested(stack: Stack, user: LoggedIn) -> Event:
     create = StreamWatch.create(stack, user)
     events = create.wait_done(90)
@@ -116,7 +135,7 @@ def _lockout_counter_at_rest(stack: Stack) -> int:
 def test_ten_restarts_of_every_kind_never_lock_the_tpm(stack: Stack) -> None:
     aks = set()
     for cycle in range(CYCLES):
-        stack.start()
+        _start(stack)
         event = _create_attested(stack, stack.new_user())
         aks.add(_ak_public(event))
         _stop(stack, STOPS[cycle % len(STOPS)])
@@ -159,7 +178,7 @@ def _admin(stack: Stack, *args: str) -> dict[str, object]:
 
 
 def test_a_tpm_in_lockout_is_reported_and_the_operator_clears_it(stack: Stack) -> None:
-    stack.start()
+    _start(stack)
     user = stack.new_user()
     attested = _create_attested(stack, user)
     assert _backend_health(stack) == health_pb2.HealthCheckResponse.SERVING
@@ -206,7 +225,7 @@ def test_an_attestation_key_without_noda_is_replaced_and_recertified(stack: Stac
         simulator.stop()
     assert not _no_da(old)
 
-    stack.start()
+    _start(stack)
     event = _create_attested(stack, stack.new_user())  # verifies against the new certificate
     assert event.attestation is not None
     new = _ak_public(event)
