@@ -142,6 +142,12 @@ def test_ten_restarts_of_every_kind_never_lock_the_tpm(stack: Stack) -> None:
     assert len(aks) == 1, "the attestation key stays the same across restarts"
     assert _no_da(aks.pop())
     assert _lockout_counter_at_rest(stack) == 0
+    # Every stop but kill -9 sent TPM2_Shutdown while swtpm still ran (Ctrl-C included).
+    assert stack.log_path is not None
+    log = stack.log_path.read_text()
+    orderly = sum(STOPS[c % len(STOPS)] != "kill-9-group" for c in range(CYCLES))
+    assert log.count("TPM shut down in order") == orderly
+    assert "not shut down in order" not in log
 
 
 def _backend_health(stack: Stack) -> int:
