@@ -24,7 +24,13 @@ from tpm2_pytss.types import TPM2B_PUBLIC
 
 from licensing_server.layout import DataLayout
 from licensing_server.tpm import DEFAULT_AK_HANDLE, SwtpmSimulator
-from tests.provisioning.streams import Event, StreamWatch, assert_attested, wait_until
+from tests.provisioning.streams import (
+    RUNNING,
+    Event,
+    StreamWatch,
+    assert_attested,
+    wait_until,
+)
 from tests.support import LoggedIn, Stack, error_info, free_port, free_port_pair, pid_of
 from tests.tpm.da import lockout_counter, old_attestation_key, provoke_lockout
 
@@ -239,3 +245,29 @@ def test_an_attestation_key_without_noda_is_replaced_and_recertified(stack: Stac
     assert _no_da(new)
     chain = DataLayout(stack.data_dir).ak_certificate.read_text()
     assert chain.strip() == event.attestation.ak_certificate_chain_pem[0].strip()
+
+
+def test_a_create_right_after_start_waits_for_the_attestation_key(tmp_path: Path) -> None:
+    """The TPM (an external swtpm here) answers only once the create is under way."""
+    simulator = SwtpmSimulator.prepare(tmp_path / "external-tpm")
+    ca_file = tmp_path / "manufacturer-ca.pem"
+    ca_file.write_text(simulator.manufacturer_ca_pem())
+    port = free_port_pair()
+    stack = _new_stack(tmp_path)
+    stack.extra_env.update(
+        LICENSING_TPM_TCTI=f"swtpm:host=127.0.0.1,port={port}",
+        LICENSING_TPM_MANUFACTURER_CA_FILE=str(ca_file),
+        # Bounds the wait; generous, for a loaded machine (the AK is retried every 2 s).
+        LICENSING_TPM_COMMAND_TIMEOUT_SECONDS="60",
+    )
+    try:
+        _start(stack)
+        create = StreamWatch.create(stack, stack.new_user())
+        create.wait_for_phase(RUNNING, 60)  # the next step measures: it needs the AK
+        simulator.start(port)
+        events = create.wait_done(90)
+        assert create.error is None, (events, create.error and error_info(create.error))
+        assert_attested(stack, events, create.nonce)
+    finally:
+        stack.stop()
+        simulator.stop()
