@@ -198,11 +198,8 @@ async def serve(settings: Settings) -> None:
 
         async def tpm_availability(available: bool) -> None:
             # NOT_SERVING while the TPM is in dictionary-attack lockout.
-            status = (
-                health_pb2.HealthCheckResponse.SERVING
-                if available
-                else (health_pb2.HealthCheckResponse.NOT_SERVING)
-            )
+            serving = health_pb2.HealthCheckResponse.SERVING
+            status = serving if available else health_pb2.HealthCheckResponse.NOT_SERVING
             for name in ("", *SERVICE_NAMES):
                 await health.set(name, status)
 
