@@ -120,6 +120,17 @@ async def serve(settings: Settings) -> None:
     # From the start: a SIGTERM while starting up still ends in an orderly shutdown.
     stopping = asyncio.create_task(stop_requested())
     await asyncio.sleep(0)
+    tpm = TpmDevice(
+        settings.effective_tpm_tcti, command_timeout=settings.tpm_command_timeout_seconds
+    )
+    try:
+        await _serve(settings, tpm, stopping)
+    finally:
+        # TPM2_Shutdown (for swtpm): whatever ended the backend, the TPM stops in order.
+        await tpm.close()
+
+
+async def _serve(settings: Settings, tpm: TpmDevice, stopping: asyncio.Task[None]) -> None:
     layout = DataLayout(settings.data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     url = settings.effective_database_url
@@ -138,90 +149,83 @@ async def serve(settings: Settings) -> None:
         ports=settings.enclave_ports,
         fork_server=settings.enclave_launcher == "fork-server",
     )
-    tpm = TpmDevice(
-        settings.effective_tpm_tcti, command_timeout=settings.tpm_command_timeout_seconds
+    attestor = Attestor(
+        tpm=tpm,
+        ca=ca,
+        measurements=MeasurementStore(database),
+        manufacturer_ca_pem=_manufacturer_ca(settings),
+        ak_certificate_path=layout.ak_certificate,
+        live_certificates=lambda: measured_certificates(store),
+        simulated_tpm_latency=settings.tpm_simulated_latency_ms / 1000,
     )
-    try:
-        attestor = Attestor(
-            tpm=tpm,
-            ca=ca,
-            measurements=MeasurementStore(database),
-            manufacturer_ca_pem=_manufacturer_ca(settings),
-            ak_certificate_path=layout.ak_certificate,
-            live_certificates=lambda: measured_certificates(store),
-            simulated_tpm_latency=settings.tpm_simulated_latency_ms / 1000,
-        )
-        proving = asyncio.create_task(attestor.keep_proving())
-        provisioner = EnclaveProvisioner(
-            store=store,
-            runtime=runtime,
-            ca=ca,
-            probe=HealthProbe(ca_pem=ca_pem, key_pem=probe_key, cert_pem=probe_cert.pem.encode()),
-            attestor=attestor,
-            settings=ProvisioningSettings(
-                token_issuer=settings.token_issuer,
-                token_audience=settings.token_audience,
-                attestation_key_wait=settings.tpm_command_timeout_seconds,
-            ),
-        )
-        reconciler = Reconciler(
-            store=store,
-            runtime=runtime,
-            provisioner=provisioner,
-            interval_seconds=settings.reap_interval_seconds,
-            abandoned_after=dt.timedelta(seconds=settings.abandoned_after_seconds),
-        )
-        await reconciler.reconcile_after_start()
+    proving = asyncio.create_task(attestor.keep_proving())
+    provisioner = EnclaveProvisioner(
+        store=store,
+        runtime=runtime,
+        ca=ca,
+        probe=HealthProbe(ca_pem=ca_pem, key_pem=probe_key, cert_pem=probe_cert.pem.encode()),
+        attestor=attestor,
+        settings=ProvisioningSettings(
+            token_issuer=settings.token_issuer,
+            token_audience=settings.token_audience,
+            attestation_key_wait=settings.tpm_command_timeout_seconds,
+        ),
+    )
+    reconciler = Reconciler(
+        store=store,
+        runtime=runtime,
+        provisioner=provisioner,
+        interval_seconds=settings.reap_interval_seconds,
+        abandoned_after=dt.timedelta(seconds=settings.abandoned_after_seconds),
+    )
+    await reconciler.reconcile_after_start()
 
-        dns, ips = _split_names(
-            ["localhost", "licensing-backend", "127.0.0.1", _host(settings.backend_addr)]
-        )
-        key, cert = ca.issue_key_pair(
-            common_name="licensing-backend", dns_names=dns, ip_addresses=ips, server=True
-        )
-        identity = ServerIdentity(key, cert.pem.encode(), ca_pem)
+    dns, ips = _split_names(
+        ["localhost", "licensing-backend", "127.0.0.1", _host(settings.backend_addr)]
+    )
+    key, cert = ca.issue_key_pair(
+        common_name="licensing-backend", dns_names=dns, ip_addresses=ips, server=True
+    )
+    identity = ServerIdentity(key, cert.pem.encode(), ca_pem)
 
-        server = grpc.aio.server(interceptors=[AccessGuard(BACKEND_POLICY)], options=SERVER_OPTIONS)
-        control_pb2_grpc.add_CertificateServiceServicer_to_server(
-            CertificateServicer(
-                ca,
-                max_user_lifetime=dt.timedelta(seconds=settings.client_certificate_ttl_seconds),
-                ak_certificate_chain_pem=lambda: attestor.ak_certificate_chain_pem,
-            ),
-            server,
-        )
-        control_pb2_grpc.add_ProvisioningServiceServicer_to_server(
-            ProvisioningServicer(provisioner, store), server
-        )
-        control_pb2_grpc.add_QuoteServiceServicer_to_server(QuoteServicer(attestor, store), server)
-        health = await add_health_and_reflection(server, SERVICE_NAMES)
+    server = grpc.aio.server(interceptors=[AccessGuard(BACKEND_POLICY)], options=SERVER_OPTIONS)
+    control_pb2_grpc.add_CertificateServiceServicer_to_server(
+        CertificateServicer(
+            ca,
+            max_user_lifetime=dt.timedelta(seconds=settings.client_certificate_ttl_seconds),
+            ak_certificate_chain_pem=lambda: attestor.ak_certificate_chain_pem,
+        ),
+        server,
+    )
+    control_pb2_grpc.add_ProvisioningServiceServicer_to_server(
+        ProvisioningServicer(provisioner, store), server
+    )
+    control_pb2_grpc.add_QuoteServiceServicer_to_server(QuoteServicer(attestor, store), server)
+    health = await add_health_and_reflection(server, SERVICE_NAMES)
 
-        async def tpm_availability(available: bool) -> None:
-            # NOT_SERVING while the TPM is in dictionary-attack lockout.
-            serving = health_pb2.HealthCheckResponse.SERVING
-            status = serving if available else health_pb2.HealthCheckResponse.NOT_SERVING
-            for name in ("", *SERVICE_NAMES):
-                await health.set(name, status)
+    async def tpm_availability(available: bool) -> None:
+        # NOT_SERVING while the TPM is in dictionary-attack lockout.
+        serving = health_pb2.HealthCheckResponse.SERVING
+        status = serving if available else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICE_NAMES):
+            await health.set(name, status)
 
-        await attestor.set_availability_listener(tpm_availability)
-        add_listener(server, settings.backend_addr, mtls_credentials(identity))
-        await server.start()
-        _log.info("backend serving internal mTLS API on %s", settings.backend_addr)
-        reaper = asyncio.create_task(reconciler.run())
+    await attestor.set_availability_listener(tpm_availability)
+    add_listener(server, settings.backend_addr, mtls_credentials(identity))
+    await server.start()
+    _log.info("backend serving internal mTLS API on %s", settings.backend_addr)
+    reaper = asyncio.create_task(reconciler.run())
 
-        await stopping
-        _log.info("backend shutting down")
-        await health.enter_graceful_shutdown()
-        reaper.cancel()
-        await server.stop(5)
-        proving.cancel()
-        await provisioner.shutdown()
-        await attestor.close()
-        await runtime.close()
-        await reconciler.settle_after_shutdown()
-    finally:
-        # TPM2_Shutdown (for swtpm): whatever ended the backend, the TPM stops in order.
-        await tpm.close()
+    await stopping
+    _log.info("backend shutting down")
+    await health.enter_graceful_shutdown()
+    reaper.cancel()
+    await server.stop(5)
+    proving.cancel()
+    await provisioner.shutdown()
+    await attestor.close()
+    await runtime.close()
+    await reconciler.settle_after_shutdown()
     await database.close()
 
 
