@@ -141,6 +141,8 @@ class Stack:
     backend_port: int
     extra_env: dict[str, str] = field(default_factory=dict)
     swtpm_port: int = field(default_factory=free_port_pair)
+    #: Start the supervisor as a process-group leader, so tests can signal the whole group.
+    new_session: bool = False
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     _channels: list[grpc.Channel] = field(default_factory=list)
@@ -195,6 +197,7 @@ class Stack:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.data_dir.parent,
+            start_new_session=self.new_session,
         )
         wait_for_port(self.backend_port, 60, self.proc)
         wait_for_port(self.enroll_port, 60, self.proc)
@@ -203,6 +206,7 @@ class Stack:
     def stop(self) -> None:
         for channel in self._channels:
             channel.close()
+        self._channels.clear()
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:

@@ -6,7 +6,7 @@ import pytest
 from tpm2_pytss import TSS2_Exception
 
 from licensing_server.errors import FailedPrecondition, Unavailable
-from licensing_server.tpm import TpmCommandFailed, TpmUnavailable
+from licensing_server.tpm import LockoutState, TpmCommandFailed, TpmLockedOut, TpmUnavailable
 from licensing_server.tpm._errors import translate
 
 
@@ -19,6 +19,7 @@ from licensing_server.tpm._errors import translate
         (0x00000902, TpmUnavailable),  # TPM warning: object memory full
         (0x00000922, TpmUnavailable),  # TPM warning: retry
         (0x00000100, TpmUnavailable),  # TPM: not initialised
+        (0x00000921, TpmLockedOut),  # TPM warning: DA lockout
         (0x000001DF, TpmCommandFailed),  # TPM: integrity check failed (bad credential)
         (0x0000018B, TpmCommandFailed),  # TPM: wrong handle
     ],
@@ -26,8 +27,20 @@ from licensing_server.tpm._errors import translate
 def test_translate_by_layer(rc: int, expected: type) -> None:
     error = translate(TSS2_Exception(rc), "quote")
     assert type(error) is expected
-    assert error.metadata["rc"] == f"0x{rc:x}"
-    assert "quote" in error.message
+    if expected is not TpmLockedOut:
+        assert error.metadata["rc"] == f"0x{rc:x}"
+        assert "quote" in error.message
+
+
+def test_lockout_says_when_the_tpm_recovers() -> None:
+    state = LockoutState(
+        in_lockout=True, counter=4, max_tries=3, interval_seconds=1000, recovery_seconds=1000
+    )
+    error = TpmLockedOut(state)
+    assert isinstance(error, TpmUnavailable)
+    assert error.reason == "TPM_LOCKED_OUT"
+    assert error.metadata["recovery_seconds"] == "2000"  # two tries to forgive
+    assert error.metadata["retry_after_ms"] == "2000000"
 
 
 def test_domain_classes() -> None:

@@ -1,4 +1,4 @@
-"""``licensing-admin``: operator commands that act on the database directly.
+"""``licensing-admin``: operator commands that act on the database or the TPM directly.
 
 It runs where the server's configuration is (the same ``LICENSING_*`` variables),
 with the database credentials; it is not an API and needs no token.
@@ -17,6 +17,7 @@ from licensing_server.config import Settings
 from licensing_server.errors import DomainError
 from licensing_server.process import load_settings
 from licensing_server.storage import Database, EnclaveStore, Limits, UserStore, run_migrations
+from licensing_server.tpm import LockoutState, TpmDevice
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,10 +33,47 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("username")
     reset = actions.add_parser("reset", help="back to the configured defaults")
     reset.add_argument("username")
+    tpm = sub.add_parser("tpm", help="the TPM's dictionary-attack lockout")
+    tpm_actions = tpm.add_subparsers(dest="action", required=True)
+    tpm_actions.add_parser("status", help="lockout state, counter and limits")
+    tpm_actions.add_parser(
+        "clear-lockout", help="reset the lockout of the embedded swtpm (its lockout auth is empty)"
+    )
     return parser
 
 
+def _lockout_json(state: LockoutState) -> dict[str, object]:
+    return {
+        "in_lockout": state.in_lockout,
+        "lockout_counter": state.counter,
+        "max_auth_fail": state.max_tries,
+        "lockout_interval_seconds": state.interval_seconds,
+        "recovery_seconds": state.seconds_until_recovery,
+    }
+
+
+async def _tpm(args: argparse.Namespace, settings: Settings) -> dict[str, object]:
+    """Read or clear the DA lockout; the server keeps running (swtpm serves both)."""
+    if args.action == "clear-lockout" and settings.tpm_tcti:
+        # A hardware TPM's lockout authorization is not ours to guess: a wrong one
+        # locks the lockout hierarchy itself for TPM2_PT_LOCKOUT_RECOVERY seconds.
+        raise SystemExit(
+            "licensing-admin: clear-lockout is for the embedded swtpm; for LICENSING_TPM_TCTI "
+            "use tpm2_dictionarylockout --clear-lockout with the TPM's lockout authorization"
+        )
+    async with TpmDevice(
+        settings.effective_tpm_tcti,
+        command_timeout=settings.tpm_command_timeout_seconds,
+        shutdown_on_close=False,
+    ) as tpm:
+        if args.action == "clear-lockout":
+            await tpm.clear_lockout()
+        return _lockout_json(await tpm.lockout_state())
+
+
 async def _run(args: argparse.Namespace, settings: Settings) -> dict[str, object]:
+    if args.command == "tpm":
+        return await _tpm(args, settings)
     url = settings.effective_database_url
     await asyncio.to_thread(run_migrations, url)
     database = Database.connect(url)

@@ -71,17 +71,24 @@ class _Child:
 
     MAX_RESTARTS, WINDOW = 5, 60.0
 
-    def __init__(self, name: str, module: str, run_dir: Path, *args: str):
+    def __init__(self, name: str, module: str, run_dir: Path, *args: str, own_group: bool = False):
         self.name = name
         self._module = module
         self._args = args
+        self._own_group = own_group
         self._pid_file = run_dir / f"{name}.pid"
         self._restarts: list[float] = []
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
+        # A process in its own group misses a Ctrl-C (SIGINT to the terminal's
+        # group) and is stopped by ``stop`` instead, in the supervisor's order.
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", self._module, *self._args
+            sys.executable,
+            "-m",
+            self._module,
+            *self._args,
+            process_group=0 if self._own_group else None,
         )
         self._pid_file.write_text(f"{self.process.pid}\n")
 
@@ -113,6 +120,8 @@ async def run(settings: Settings) -> int:
     swtpm: _Child | None = None
     if not settings.tpm_tcti:
         # The embedded default TPM is a software TPM; production sets LICENSING_TPM_TCTI.
+        # It stops last, after the backend sent TPM2_Shutdown, even on Ctrl-C: so it
+        # runs in its own process group (and dies with us if we are killed).
         swtpm = _Child(
             "swtpm",
             "licensing_server.tpm",
@@ -121,6 +130,8 @@ async def run(settings: Settings) -> int:
             str(settings.swtpm_state_dir),
             "--port",
             str(settings.swtpm_port),
+            "--die-with-parent",
+            own_group=True,
         )
         children.insert(0, swtpm)
     stop = asyncio.Event()

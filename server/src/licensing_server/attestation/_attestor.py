@@ -39,7 +39,9 @@ from licensing_server.storage import EpochRecord, MeasurementRecord, Measurement
 from licensing_server.tasks import spawn
 from licensing_server.tpm import (
     AttestationKeyInfo,
+    LockoutState,
     QuoteResult,
+    TpmLockedOut,
     make_credential,
     public_key_pem,
 )
@@ -64,9 +66,12 @@ class QuoteSource(Protocol):
     async def extend_pcr(self, pcr: int, sha256_digest: bytes) -> None: ...
     async def reset_pcr(self, pcr: int) -> None: ...
     async def quote(self, qualifying_data: bytes, pcrs: list[int]) -> QuoteResult: ...
+    async def lockout_state(self) -> LockoutState: ...
 
 
 LiveCertificates = Callable[[], Awaitable[list[tuple[str, bytes]]]]
+#: Told True when the attestor can serve, False while the TPM is in lockout.
+AvailabilityListener = Callable[[bool], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +138,10 @@ class Attestor:
         self._clock = clock
         self._lock = asyncio.Lock()
         self._ak: AttestationKeyInfo | None = None
+        self._ak_proven = asyncio.Event()
+        self._ak_failure = ""  # why the last attempt to prove the AK failed
+        self._lockout: LockoutState | None = None  # set while the TPM is in DA lockout
+        self._listener: AvailabilityListener | None = None
         self._ak_chain: list[str] = []
         self._epoch: EpochRecord | None = None
         self._pending: list[_Request] = []
@@ -150,6 +159,9 @@ class Attestor:
         certificate the manufacturer signed; only then does our CA vouch for it.
         """
         async with self._lock:
+            await self._note_lockout(await self._tpm.lockout_state())
+            if self._lockout is not None:
+                raise TpmLockedOut(self._lockout)
             ek_cert = x509.load_der_x509_certificate(await self._tpm.ek_certificate_der())
             if not _chains_to(ek_cert, self._manufacturer):
                 raise FailedPrecondition(
@@ -187,20 +199,67 @@ class Attestor:
             write_public_file(self._ak_path, issued.pem.encode())
             self._ak = ak
             self._ak_chain = [issued.pem, *self._ca.ca_certificates_pem]
+            self._ak_proven.set()
             _log.info("attestation key proven by credential activation and certified")
 
     async def keep_proving(self, retry_seconds: float = 2.0) -> None:
-        """Retry until the TPM answers (it may start after us, or be down for a while)."""
-        while self._ak is None:
-            try:
-                await self.prove_attestation_key()
-            except Exception as exc:
-                _log.warning("attestation key not proven yet: %s", exc)
-                await asyncio.sleep(retry_seconds)
+        """Prove the AK, retrying until the TPM answers; then watch for DA lockout.
+
+        The TPM may start after us or be down for a while. A TPM in lockout is
+        reported as such (``TPM_LOCKED_OUT``) until it recovers or is cleared.
+        """
+        while True:
+            if self._ak is None:
+                try:
+                    await self.prove_attestation_key()
+                    continue
+                except Exception as exc:
+                    self._ak_failure = str(exc)
+                    _log.warning("attestation key not proven yet: %s", exc)
+            else:
+                # Quote failures surface to their callers; only lockout is noted here.
+                with contextlib.suppress(Exception):
+                    await self._note_lockout(await self._tpm.lockout_state())
+            await asyncio.sleep(retry_seconds)
+
+    async def set_availability_listener(self, listener: AvailabilityListener) -> None:
+        """Tell ``listener`` now and at every change whether the attestor can serve."""
+        self._listener = listener
+        await listener(self._lockout is None)
+
+    async def _note_lockout(self, state: LockoutState) -> None:
+        locked = state if state.in_lockout else None
+        if (locked is None) == (self._lockout is None):
+            self._lockout = locked
+            return
+        self._lockout = locked
+        if locked is not None:
+            _log.error("%s", TpmLockedOut(locked).message)
+        else:
+            _log.info("the TPM is out of dictionary-attack lockout")
+        if self._listener is not None:
+            await self._listener(locked is None)
+
+    def check_available(self) -> None:
+        """Raise ``TpmLockedOut`` while the TPM is known to be in lockout."""
+        if self._lockout is not None:
+            raise TpmLockedOut(self._lockout)
+
+    async def wait_until_proven(self, wait_seconds: float) -> None:
+        """Wait (at most ``wait_seconds``) for the AK: a create right after start needs it."""
+        self.check_available()
+        if self._ak is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ak_proven.wait(), wait_seconds)
+        self._require_ak()
 
     def _require_ak(self) -> AttestationKeyInfo:
+        self.check_available()
         if self._ak is None:
-            raise Unavailable("TPM_UNAVAILABLE", "the attestation key is not available yet")
+            detail = f": {self._ak_failure}" if self._ak_failure else ""
+            raise Unavailable(
+                "TPM_UNAVAILABLE", f"the attestation key is not available yet{detail}"
+            )
         return self._ak
 
     # Measurements ---------------------------------------------------------------------

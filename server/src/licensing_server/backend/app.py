@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 from cryptography import x509
+from grpc_health.v1 import health_pb2
 from licensing.control.v1 import control_pb2_grpc
 
 from licensing_server.api.backend import (
@@ -118,6 +119,20 @@ def _manufacturer_ca(settings: Settings) -> bytes:
 
 
 async def serve(settings: Settings) -> None:
+    # From the start: a SIGTERM while starting up still ends in an orderly shutdown.
+    stopping = spawn(stop_requested(), name="stop-signal")
+    await asyncio.sleep(0)
+    tpm = TpmDevice(
+        settings.effective_tpm_tcti, command_timeout=settings.tpm_command_timeout_seconds
+    )
+    try:
+        await _serve(settings, tpm, stopping)
+    finally:
+        # TPM2_Shutdown (for swtpm): whatever ended the backend, the TPM stops in order.
+        await tpm.close()
+
+
+async def _serve(settings: Settings, tpm: TpmDevice, stopping: asyncio.Task[None]) -> None:
     layout = DataLayout(settings.data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     url = settings.effective_database_url
@@ -135,9 +150,6 @@ async def serve(settings: Settings) -> None:
         command=settings.enclave_command or DEFAULT_COMMAND,
         ports=settings.enclave_ports,
         fork_server=settings.enclave_launcher == "fork-server",
-    )
-    tpm = TpmDevice(
-        settings.effective_tpm_tcti, command_timeout=settings.tpm_command_timeout_seconds
     )
     attestor = Attestor(
         tpm=tpm,
@@ -157,7 +169,9 @@ async def serve(settings: Settings) -> None:
         probe=HealthProbe(ca_pem=ca_pem, key_pem=probe_key, cert_pem=probe_cert.pem.encode()),
         attestor=attestor,
         settings=ProvisioningSettings(
-            token_issuer=settings.token_issuer, token_audience=settings.token_audience
+            token_issuer=settings.token_issuer,
+            token_audience=settings.token_audience,
+            attestation_key_wait=settings.tpm_command_timeout_seconds,
         ),
     )
     reconciler = Reconciler(
@@ -192,11 +206,19 @@ async def serve(settings: Settings) -> None:
     )
     control_pb2_grpc.add_QuoteServiceServicer_to_server(QuoteServicer(attestor, store), server)
     health = await add_health_and_reflection(server, SERVICE_NAMES)
+
+    async def tpm_availability(available: bool) -> None:
+        # NOT_SERVING while the TPM is in dictionary-attack lockout.
+        serving = health_pb2.HealthCheckResponse.SERVING
+        status = serving if available else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICE_NAMES):
+            await health.set(name, status)
+
+    await attestor.set_availability_listener(tpm_availability)
     add_listener(server, settings.backend_addr, mtls_credentials(identity))
     await server.start()
     _log.info("backend serving internal mTLS API on %s", settings.backend_addr)
     reconciling = background.spawn(reconciler.run(), name="reconciler")
-    stopping = spawn(stop_requested(), name="stop-signal")
 
     await asyncio.wait({stopping, reconciling}, return_when=asyncio.FIRST_COMPLETED)
     # The reconciler never ends by itself; if it did (logged), nothing would settle
@@ -214,7 +236,6 @@ async def serve(settings: Settings) -> None:
         await reconciler.settle_after_shutdown()
     except Unavailable as exc:  # the reconciler at the next start settles them
         _log.warning("could not record the stopped enclaves: %s", exc.reason)
-    await tpm.close()
     await database.close()
     if lost_reconciler:
         raise SystemExit("the reconciler stopped unexpectedly")

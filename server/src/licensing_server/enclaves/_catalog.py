@@ -143,6 +143,10 @@ class EnclaveCatalog:
                     # With the database down too, the backend's reconciler frees it later.
                     with contextlib.suppress(DatabaseUnavailable):
                         await self._fail_unprovisioned(record, exc)
+                    if exc.reason != "BACKEND_UNAVAILABLE":
+                        # The backend refused for a reason of its own (a TPM in
+                        # lockout): the caller gets it, with its metadata.
+                        raise
                 # Otherwise the backend restarted mid-way: its reconciler settles the
                 # enclave, and the database tells us how.
         async for event in self._tail.follow(record.id, last, _is_terminal):
@@ -154,12 +158,15 @@ class EnclaveCatalog:
         if current is None or current.phase is not Phase.ACCEPTED:
             return
         try:
+            specific = exc.reason != "BACKEND_UNAVAILABLE"
             await self._store.advance(
                 record.id,
                 Phase.FAILED,
-                "the provisioning backend is unavailable; try again shortly",
+                exc.message
+                if specific
+                else "the provisioning backend is unavailable; try again shortly",
                 self._clock(),
-                failure_reason="BACKEND_UNAVAILABLE",
+                failure_reason=exc.reason if specific else "BACKEND_UNAVAILABLE",
             )
         except DomainError:
             return

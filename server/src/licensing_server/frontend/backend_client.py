@@ -24,15 +24,20 @@ from licensing_server.storage import EnclaveRecord, EventRecord, Phase
 _CALL_TIMEOUT = 10.0
 
 
-def _reason(error: grpc.aio.AioRpcError) -> str:
+def _error_info(error: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
+    """The backend's ErrorInfo reason and metadata (``BACKEND_ERROR`` if it sent none)."""
     from google.rpc import error_details_pb2
 
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
     for detail in status.details if status else ():
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info):
-            return str(info.reason)
-    return "BACKEND_ERROR"
+            return str(info.reason), dict(info.metadata)
+    return "BACKEND_ERROR", {}
+
+
+def _reason(error: grpc.aio.AioRpcError) -> str:
+    return _error_info(error)[0]
 
 
 def _translate(error: grpc.aio.AioRpcError) -> DomainError:
@@ -43,8 +48,10 @@ def _translate(error: grpc.aio.AioRpcError) -> DomainError:
         grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     }
     if error.code() == grpc.StatusCode.UNAVAILABLE and _reason(error) != "BACKEND_ERROR":
-        # The backend is up but a dependency of it (the TPM) is not: say which.
-        return Unavailable(_reason(error), error.details() or "unavailable")
+        # The backend is up but a dependency of it (the TPM) is not: say which, and
+        # pass its figures on (a TPM in lockout says when it recovers).
+        reason, metadata = _error_info(error)
+        return Unavailable(reason, error.details() or "unavailable", metadata)
     kind = passed.get(error.code())
     if kind is not None:
         return kind(_reason(error), error.details() or "rejected by the backend")

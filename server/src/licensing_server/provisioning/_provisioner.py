@@ -64,6 +64,8 @@ class ProvisioningSettings:
     #: How long a workload may take to send its CSR, and to answer SERVING.
     start_timeout: float = 30.0
     ready_timeout: float = 15.0
+    #: How long a create right after start waits for the attestation key to be proven.
+    attestation_key_wait: float = 10.0
 
 
 class EnclaveProvisioner:
@@ -100,6 +102,7 @@ class EnclaveProvisioner:
         if record.phase is Phase.ACCEPTED and enclave_id not in self._tasks:
             if not jwks_json:
                 raise FailedPrecondition("JWKS_REQUIRED", "the enclave needs the token keys")
+            self._attestor.check_available()  # a TPM in lockout: refuse before starting anything
             task = spawn(
                 self._provision(record, jwks_json),
                 name=f"provision-{enclave_id}",
@@ -235,6 +238,7 @@ class EnclaveProvisioner:
                 uris=[enclave_identity(enclave_id)],
                 server=True,
             )
+            await self._attestor.wait_until_proven(settings.attestation_key_wait)
             await self._attestor.measure(enclave_id, issued.sha256)
             await self._advance(
                 enclave_id,

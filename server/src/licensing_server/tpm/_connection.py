@@ -20,8 +20,11 @@ from tpm2_pytss.constants import (
     TPM2_ALG,
     TPM2_CAP,
     TPM2_HT,
+    TPM2_PT,
     TPM2_PT_NV,
     TPM2_SE,
+    TPM2_SU,
+    TPMA_PERMANENT,
     TPMA_SESSION,
 )
 from tpm2_pytss.types import (
@@ -48,6 +51,7 @@ from licensing_server.tpm._errors import (
 )
 from licensing_server.tpm._keys import (
     EK_CANDIDATES,
+    ak_lacks_noda,
     ak_problem,
     ak_template,
     check_ak_handle,
@@ -55,7 +59,7 @@ from licensing_server.tpm._keys import (
     pcr_digest,
     pcr_selection,
 )
-from licensing_server.tpm._results import AttestationKeyInfo, QuoteResult
+from licensing_server.tpm._results import AttestationKeyInfo, LockoutState, QuoteResult
 
 __all__ = ["TpmConnection"]
 
@@ -181,6 +185,15 @@ class TpmConnection:
                     "TPM_AK_HANDLE_CONFLICT",
                     f"the object at 0x{persistent_handle:08x} is not an attestation key: {problem}",
                 )
+            if ak_lacks_noda(public):
+                # Made before AKs were noDA: replace it (EvictControl needs owner
+                # authorization, which DA lockout does not block). The new key gets a
+                # new certificate when the attestor proves it.
+                self._esapi.evict_control(ESYS_TR.OWNER, ak, persistent_handle)
+                _log.warning(
+                    "replacing the attestation key at 0x%08x: it lacked noDA", persistent_handle
+                )
+                ak = self._create_ak(persistent_handle)
         else:
             ak = self._create_ak(persistent_handle)
         self._aks[persistent_handle] = ak
@@ -287,6 +300,47 @@ class TpmConnection:
         time_info = self._esapi.read_clock()
         clock = time_info.clockInfo
         return int(clock.resetCount), int(clock.restartCount)
+
+    # -- dictionary-attack state and power -----------------------------------
+
+    def lockout_state(self) -> LockoutState:
+        """TPMA_PERMANENT.inLockout and the DA properties (no authorization needed)."""
+        wanted = (
+            TPM2_PT.PERMANENT,
+            TPM2_PT.LOCKOUT_COUNTER,
+            TPM2_PT.MAX_AUTH_FAIL,
+            TPM2_PT.LOCKOUT_INTERVAL,
+            TPM2_PT.LOCKOUT_RECOVERY,
+        )
+        _, capability = self._esapi.get_capability(
+            TPM2_CAP.TPM_PROPERTIES,
+            TPM2_PT.PERMANENT,
+            int(TPM2_PT.LOCKOUT_RECOVERY) - int(TPM2_PT.PERMANENT) + 1,
+        )
+        properties = capability.data.tpmProperties
+        found = {
+            int(properties[i].property): int(properties[i].value) for i in range(len(properties))
+        }
+        values = [found.get(int(p), 0) for p in wanted]
+        return LockoutState(
+            in_lockout=bool(values[0] & int(TPMA_PERMANENT.INLOCKOUT)),
+            counter=values[1],
+            max_tries=values[2],
+            interval_seconds=values[3],
+            recovery_seconds=values[4],
+        )
+
+    def clear_lockout(self) -> None:
+        """TPM2_DictionaryAttackLockReset with the lockout hierarchy's (empty) authorization."""
+        self._esapi.dictionary_attack_lock_reset(ESYS_TR.LOCKOUT)
+
+    def shutdown(self) -> None:
+        """TPM2_Shutdown(CLEAR): the next TPM2_Startup finds an orderly state.
+
+        Commands sent afterwards still run (the TPM marks its state disorderly
+        again when one changes it), so a TPM that outlives us loses nothing.
+        """
+        self._esapi.shutdown(TPM2_SU.CLEAR)
 
     # -- housekeeping ---------------------------------------------------------
 

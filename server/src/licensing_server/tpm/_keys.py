@@ -18,10 +18,12 @@ from tpm2_pytss.types import TPM2B_PUBLIC, TPML_PCR_SELECTION
 
 __all__ = [
     "AK_ATTRIBUTES",
+    "AK_REQUIRED_ATTRIBUTES",
     "DEFAULT_AK_HANDLE",
     "EK_CANDIDATES",
     "PCR_COUNT",
     "EkCandidate",
+    "ak_lacks_noda",
     "ak_problem",
     "ak_template",
     "check_ak_handle",
@@ -36,7 +38,8 @@ __all__ = [
 DEFAULT_AK_HANDLE = 0x81010010
 _OWNER_PERSISTENT = range(0x81000000, 0x81800000)
 
-AK_ATTRIBUTES = (
+#: What makes a key an AK whose quotes verifiers may trust.
+AK_REQUIRED_ATTRIBUTES = (
     TPMA_OBJECT.RESTRICTED
     | TPMA_OBJECT.SIGN_ENCRYPT
     | TPMA_OBJECT.FIXEDTPM
@@ -44,6 +47,10 @@ AK_ATTRIBUTES = (
     | TPMA_OBJECT.SENSITIVEDATAORIGIN
     | TPMA_OBJECT.USERWITHAUTH
 )
+#: The AK's authorization is empty, so dictionary-attack protection guards nothing;
+#: without ``noDA`` every disorderly TPM stop after a use counts as a failed try, and
+#: three of them lock the AK out (swtpm's defaults: 3 tries, 1000 s interval).
+AK_ATTRIBUTES = AK_REQUIRED_ATTRIBUTES | TPMA_OBJECT.NODA
 
 PCR_COUNT = 24
 
@@ -87,7 +94,8 @@ def ak_problem(public: TPM2B_PUBLIC) -> str | None:
         return "not an ECC P-256 key"
     if area.nameAlg != TPM2_ALG.SHA256:
         return "name algorithm is not SHA-256"
-    if int(area.objectAttributes) & int(AK_ATTRIBUTES) != int(AK_ATTRIBUTES):
+    required = int(AK_REQUIRED_ATTRIBUTES)
+    if int(area.objectAttributes) & required != required:
         return "missing restricted/sign/fixedTPM attributes"
     if int(area.objectAttributes) & int(TPMA_OBJECT.DECRYPT):
         return "is a decryption key"
@@ -95,6 +103,11 @@ def ak_problem(public: TPM2B_PUBLIC) -> str | None:
     if scheme.scheme != TPM2_ALG.ECDSA or scheme.details.ecdsa.hashAlg != TPM2_ALG.SHA256:
         return "scheme is not ECDSA-SHA256"
     return None
+
+
+def ak_lacks_noda(public: TPM2B_PUBLIC) -> bool:
+    """True for an AK made before ``noDA`` was set (it is replaced: see ``AK_ATTRIBUTES``)."""
+    return not int(public.publicArea.objectAttributes) & int(TPMA_OBJECT.NODA)
 
 
 def ecc_public_pem(public: TPM2B_PUBLIC) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["AttestationKeyInfo", "QuoteResult"]
+__all__ = ["AttestationKeyInfo", "LockoutState", "QuoteResult"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,3 +37,27 @@ class QuoteResult:
     pcr_values: dict[int, bytes] = field(hash=False)
     reset_count: int
     restart_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class LockoutState:
+    """The TPM's dictionary-attack state, from GetCapability(TPM_PROPERTIES).
+
+    ``counter`` is TPM2_PT_LOCKOUT_COUNTER (failed tries, including disorderly
+    shutdowns after a DA-protected use); at ``max_tries`` the TPM refuses every
+    DA-protected authorization, and it forgives one try per ``interval_seconds``
+    of TPM uptime.
+    """
+
+    in_lockout: bool
+    counter: int
+    max_tries: int
+    interval_seconds: int
+    recovery_seconds: int  # TPM2_PT_LOCKOUT_RECOVERY: after a failed lockoutAuth
+
+    @property
+    def seconds_until_recovery(self) -> int:
+        """An upper bound: the TPM does not say how far into the current interval it is."""
+        if not self.in_lockout:
+            return 0
+        return max(1, self.counter - self.max_tries + 1) * self.interval_seconds

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from tpm2_pytss import TSS2_Exception
 
 from licensing_server.tpm._connection import TpmConnection
-from licensing_server.tpm._errors import TpmUnavailable, translate
+from licensing_server.tpm._errors import TpmLockedOut, TpmUnavailable, is_lockout, translate
 
 __all__ = ["TpmThread"]
 
@@ -85,12 +85,23 @@ class TpmThread:
             self._disconnect()
             raise
         except TSS2_Exception as exc:
+            if is_lockout(exc) and self._connection is not None:
+                raise self._locked_out(self._connection) from exc
             error = translate(exc, job.action)
             if isinstance(error, TpmUnavailable):
                 # A failed transport leaves ESAPI mid-command: start afresh next time.
                 _log.warning("TPM %s failed (%s); reconnecting on next use", job.action, exc)
                 self._disconnect()
             raise error from exc
+
+    @staticmethod
+    def _locked_out(connection: TpmConnection) -> TpmLockedOut:
+        """The lockout error with the TPM's own figures (reading them needs no authorization)."""
+        try:
+            return TpmLockedOut(connection.lockout_state())
+        except TSS2_Exception:
+            _log.warning("could not read the TPM's lockout state", exc_info=True)
+            return TpmLockedOut()
 
     def _disconnect(self) -> None:
         connection, self._connection = self._connection, None

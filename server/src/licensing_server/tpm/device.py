@@ -9,19 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from licensing_server.tpm._connection import TpmConnection
-from licensing_server.tpm._errors import TPM_UNAVAILABLE, TpmUnavailable
+from licensing_server.tpm._errors import TPM_UNAVAILABLE, TpmCommandFailed, TpmUnavailable
 from licensing_server.tpm._keys import DEFAULT_AK_HANDLE, check_ak_handle, check_pcrs
-from licensing_server.tpm._results import AttestationKeyInfo, QuoteResult
+from licensing_server.tpm._results import AttestationKeyInfo, LockoutState, QuoteResult
 from licensing_server.tpm._worker import TpmThread
 
 __all__ = ["DEFAULT_AK_HANDLE", "TpmDevice"]
 
+_log = logging.getLogger(__name__)
+
 _T = TypeVar("_T")
+
+#: TCTIs of simulators, which lose power when their process stops (see ``close``).
+_SIMULATOR_TCTIS = ("swtpm", "mssim")
 
 MAX_QUALIFYING_DATA = 64  # TPM2B_DATA holds a TPMT_HA (66 bytes); a hash is what belongs here
 
@@ -33,8 +39,13 @@ class TpmDevice:
     ``command_timeout`` seconds (``key_creation_timeout`` for calls that create a
     primary key: an RSA EK takes seconds on some hardware TPMs) or the transport
     breaks; the next call reconnects. ``TpmCommandFailed`` means the TPM answered
-    and refused. Calls are served in order; waiting for a turn is not timed, so a
-    caller bounds that with its own deadline (cancelling is safe).
+    and refused; ``TpmLockedOut`` (a ``TpmUnavailable``) that it is in
+    dictionary-attack lockout. Calls are served in order; waiting for a turn is
+    not timed, so a caller bounds that with its own deadline (cancelling is safe).
+
+    ``shutdown_on_close`` (default: for simulator TCTIs) sends TPM2_Shutdown when
+    the device closes: a simulator stops with its process, and without it every
+    stop is a disorderly shutdown. A hardware TPM is shut down by the kernel.
     """
 
     def __init__(
@@ -43,6 +54,7 @@ class TpmDevice:
         *,
         command_timeout: float = 10.0,
         key_creation_timeout: float = 120.0,
+        shutdown_on_close: bool | None = None,
     ) -> None:
         if command_timeout <= 0 or key_creation_timeout <= 0:
             raise ValueError("TPM timeouts must be positive")
@@ -54,6 +66,9 @@ class TpmDevice:
         self._in_flight: asyncio.Future[Any] | None = None
         self._generation = itertools.count(1)
         self._closed = False
+        if shutdown_on_close is None:
+            shutdown_on_close = tcti.startswith(_SIMULATOR_TCTIS)
+        self._shutdown_on_close = shutdown_on_close
 
     @property
     def tcti(self) -> str:
@@ -66,7 +81,23 @@ class TpmDevice:
         await self.close()
 
     async def close(self) -> None:
-        """Release the connection and the thread (a hung command is not waited for)."""
+        """Shut the TPM down if asked to, then release the connection and the thread.
+
+        A hung command is not waited for longer than the command timeout (5 s at most).
+        """
+        if self._closed:
+            return
+        if self._shutdown_on_close and self._thread is not None:
+            try:
+                await self._run(
+                    "shut down the TPM",
+                    lambda c: c.shutdown(),
+                    limit=min(self._command_timeout, 5.0),
+                )
+            except (TpmUnavailable, TpmCommandFailed) as exc:
+                _log.warning("the TPM was not shut down in order: %s", exc)
+            else:
+                _log.info("TPM shut down in order")
         self._closed = True
         thread, self._thread = self._thread, None
         if thread is not None:
@@ -161,6 +192,16 @@ class TpmDevice:
     async def loaded_handle_count(self) -> int:
         """Transient objects and sessions loaded: stays 0 between calls unless something leaks."""
         return await self._run("list handles", lambda c: c.loaded_handle_count())
+
+    # -- dictionary-attack lockout ---------------------------------------------
+
+    async def lockout_state(self) -> LockoutState:
+        """Whether the TPM is in DA lockout, its counter, limit and recovery interval."""
+        return await self._run("read the lockout state", lambda c: c.lockout_state())
+
+    async def clear_lockout(self) -> None:
+        """TPM2_DictionaryAttackLockReset with an empty lockout authorization (swtpm's)."""
+        await self._run("clear the lockout", lambda c: c.clear_lockout())
 
     # -- the TPM thread ---------------------------------------------------------
 

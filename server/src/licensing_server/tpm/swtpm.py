@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import fcntl
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +30,7 @@ _ROOT_CA = "swtpm-localca-rootca-cert.pem"
 _ISSUER_CA = "issuercert.pem"
 _PREPARED = ".prepared"  # written last: a half-made state is redone, never used
 _HOST = "127.0.0.1"
+_PR_SET_PDEATHSIG = 1
 
 
 class SwtpmSimulator:
@@ -284,6 +287,22 @@ def _tail(output: bytes, lines: int = 5) -> str:
     return " | ".join(output.decode(errors="replace").strip().splitlines()[-lines:])
 
 
+def _die_with_parent() -> None:
+    """SIGKILL when the parent dies (survives exec): a supervisor killed with -9 takes swtpm too.
+
+    The supervisor runs swtpm in a process group of its own, so a signal to its
+    group no longer reaches swtpm.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # the parent died before the prctl
+        raise SystemExit(1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Prepare the state, then become swtpm (exec): signals and pids reach the TPM itself."""
     parser = argparse.ArgumentParser(
@@ -291,7 +310,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--port", type=int, default=2321, help="command port; control is +1")
+    parser.add_argument(
+        "--die-with-parent", action="store_true", help="get SIGKILL when the parent process dies"
+    )
     args = parser.parse_args(argv)
+    if args.die_with_parent:
+        _die_with_parent()
     simulator = SwtpmSimulator.prepare(args.state_dir)
     command = simulator.command(args.port)
     print(f"swtpm serving swtpm:host={_HOST},port={args.port}", flush=True)
