@@ -135,11 +135,32 @@ class Reconciler:
             settled += 1
         return settled
 
+    async def settle_lost_workloads(self) -> int:
+        """ATTESTED enclaves whose workload stopped (crashed, killed): FAILED / ``WORKLOAD_LOST``.
+
+        Nothing else notices while the backend runs: the row would hold its licence, and
+        its certificate stay in the measured set, until the enclave expired.
+        """
+        lost = 0
+        for record in await self._store.in_phases({Phase.ATTESTED}):
+            if self._provisioner.is_provisioning(record.id) or await self._runtime.is_alive(
+                record.id, record.runtime_handle
+            ):
+                continue
+            current = await self._store.get(record.id)  # deleted meanwhile: nothing to do
+            if current is None or current.phase is not Phase.ATTESTED:
+                continue
+            await self._provisioner.fail(
+                current, "WORKLOAD_LOST", "the enclave's workload stopped running"
+            )
+            lost += 1
+        return lost
+
     async def run(self) -> None:
         """Each step on its period; a failed step is logged and tried again next period."""
         await asyncio.gather(
             self._every(self._interval, self.reap_expired, self.release_abandoned),
-            self._every(self._settle_interval, self.settle_interrupted),
+            self._every(self._settle_interval, self.settle_interrupted, self.settle_lost_workloads),
         )
 
     async def _every(self, seconds: float, *steps: Callable[[], Awaitable[int]]) -> None:
