@@ -111,6 +111,7 @@ class EnclaveProvisioner:
         record = await self._store.get(enclave_id)
         await self._runtime.stop(enclave_id, record.runtime_handle if record else "")
         await self._store.remove(enclave_id)
+        self._attestor.forget(enclave_id)
         self._bus.close(enclave_id)
         _log.info("enclave %s deprovisioned", enclave_id)
 
@@ -124,6 +125,8 @@ class EnclaveProvisioner:
             )
         except DomainError:
             return  # deleted or already failed meanwhile
+        finally:
+            self._attestor.forget(record.id)
         self._bus.publish(event)
         _log.info("enclave %s failed: %s (%s)", record.id, reason, message)
 
