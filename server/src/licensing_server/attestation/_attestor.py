@@ -320,6 +320,11 @@ class Attestor:
     async def attest(
         self, certificate_pem: str, certificate_sha256: bytes, nonce: bytes
     ) -> attestation_pb2.Attestation:
+        """A quote bound to ``nonce`` and the certificate, with its proof of being in PCR 23.
+
+        Raises ``FailedPrecondition`` ``ENCLAVE_NOT_MEASURED`` when the certificate is not
+        in the live set when the quote is taken (the enclave was deleted or failed).
+        """
         self._require_ak()
         future: asyncio.Future[attestation_pb2.Attestation] = (
             asyncio.get_running_loop().create_future()
