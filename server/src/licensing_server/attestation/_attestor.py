@@ -391,6 +391,7 @@ class Attestor:
                     "MEASUREMENT_LOG_MISMATCH", "the measurement log could not be re-established"
                 )
             # The TPM was reset (or PCR 23 changed behind our back): write it again.
+            _log.warning("PCR 23 does not hold the live set (TPM reset?); writing it again")
             written = await self._write(quote.reset_count)
         selection = attestation_pb2.PcrSelection(hash_algorithm="sha256", pcrs=QUOTED_PCRS)
         values = [attestation_pb2.PcrValue(pcr=p, value=quote.pcr_values[p]) for p in QUOTED_PCRS]
