@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import math
 import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +23,14 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from google.protobuf import json_format
 from licensing.v1 import attestation_pb2, attestation_pb2_grpc, enclave_pb2, enclave_pb2_grpc
 
-from licensing_client.attestation import AttestationError, Check, verify_attestation
+from licensing_client.attestation import AttestationError, Check, MerkleTree, verify_attestation
 from licensing_server.pki import CertificateAuthority
 from tests.grpcurl import run_grpcurl
 from tests.support import LoggedIn, Stack, error_reason, pid_of, start_stack
 
 AK_URI = "spiffe://licensing.internal/tpm/attestation-key"
+#: Enclaves created and deleted to show evidence does not grow (each adds ~105 bytes on old code).
+CREATE_DELETE_CYCLES = 30
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -317,17 +320,113 @@ def test_tampered_pcr_values_are_refused(tpm_stack: Stack, attested: Attested) -
     )
 
 
-def test_an_event_log_without_the_certificate_hash_is_refused(
+def _with_log(
+    attestation: attestation_pb2.Attestation, digests: list[bytes]
+) -> attestation_pb2.Attestation:
+    forged = copy.deepcopy(attestation)
+    del forged.event_log[:]
+    for sequence, digest in enumerate(digests, start=1):
+        forged.event_log.add(pcr=23, digest=digest, kind="enclave-certificate", sequence=sequence)
+    return forged
+
+
+def test_an_event_log_that_does_not_replay_to_pcr_23_is_refused(
     tpm_stack: Stack, attested: Attested
 ) -> None:
-    forged = copy.deepcopy(attested.attestation)
-    kept = [e for e in forged.event_log if e.digest != forged.enclave_certificate_sha256]
-    assert len(kept) < len(forged.event_log)
-    del forged.event_log[:]
-    forged.event_log.extend(kept)
-    assert check_of(forged, tpm_stack, attested.nonce, attested.enclave.certificate_pem) is (
-        Check.EVENT_LOG
+    real = attested.attestation
+    cert_hash = real.enclave_certificate_sha256
+    # A set forged to hold the certificate, with a proof that leads to its root.
+    forged_set = MerkleTree([cert_hash, os.urandom(32)])
+    for digests in (
+        [],  # nothing measured
+        [cert_hash],  # the certificate itself, as older servers logged it
+        [forged_set.root],
+        [real.event_log[0].digest, forged_set.root],  # the real root, then the forged one
+    ):
+        forged = _with_log(real, digests)
+        forged.measurement_proof.CopyFrom(
+            attestation_pb2.MerkleProof(leaf_index=0, leaf_count=2, siblings=forged_set.proof(0))
+        )
+        assert check_of(forged, tpm_stack, attested.nonce, attested.enclave.certificate_pem) is (
+            Check.EVENT_LOG
+        ), digests
+
+
+def test_a_measurement_proof_that_does_not_lead_to_the_root_is_refused(
+    tpm_stack: Stack, attested: Attested
+) -> None:
+    other = create(tpm_stack, attested.user)  # two live enclaves: the proof has a sibling
+    try:
+        real = quote(tpm_stack, attested, attested.nonce)
+        assert real.measurement_proof.leaf_count >= 2
+        assert len(real.measurement_proof.siblings) >= 1
+        verify_attestation(
+            real,
+            nonce=attested.nonce,
+            expected_certificate_pem=attested.enclave.certificate_pem,
+            trusted_ca_pem=[tpm_stack.ca_pem.decode()],
+        )
+
+        def forged_proof(change: Callable[[attestation_pb2.MerkleProof], None]) -> Check:
+            forged = copy.deepcopy(real)
+            change(forged.measurement_proof)
+            return check_of(forged, tpm_stack, attested.nonce, attested.enclave.certificate_pem)
+
+        def flip_sibling(proof: attestation_pb2.MerkleProof) -> None:
+            proof.siblings[0] = _flip(proof.siblings[0], 0)
+
+        def other_leaf(proof: attestation_pb2.MerkleProof) -> None:
+            proof.leaf_index ^= 1
+
+        def out_of_range(proof: attestation_pb2.MerkleProof) -> None:
+            proof.leaf_index = proof.leaf_count
+
+        def extra_sibling(proof: attestation_pb2.MerkleProof) -> None:
+            proof.siblings.append(bytes(32))
+
+        def no_proof(proof: attestation_pb2.MerkleProof) -> None:
+            proof.Clear()
+
+        for change in (flip_sibling, other_leaf, out_of_range, extra_sibling, no_proof):
+            assert forged_proof(change) is Check.MEASUREMENT_PROOF, change.__name__
+        # The other enclave's (valid) proof is for another leaf: it proves nothing here.
+        theirs = quote(tpm_stack, other, other.nonce).measurement_proof
+        assert forged_proof(lambda proof: proof.CopyFrom(theirs)) is Check.MEASUREMENT_PROOF
+    finally:
+        _delete(tpm_stack, other)
+
+
+def _delete(stack: Stack, attested: Attested) -> None:
+    enclave_pb2_grpc.EnclaveServiceStub(stack.user_channel(attested.user)).DeleteEnclave(
+        enclave_pb2.DeleteEnclaveRequest(enclave_id=attested.enclave.id),
+        metadata=attested.user.bearer,
     )
+
+
+def test_evidence_does_not_grow_with_the_enclaves_ever_created(
+    tpm_stack: Stack, attested: Attested
+) -> None:
+    """Each quote's evidence is one PCR 23 event and a path logarithmic in the live set."""
+    before = quote(tpm_stack, attested, os.urandom(32))
+    for _ in range(CREATE_DELETE_CYCLES):
+        _delete(tpm_stack, create(tpm_stack, attested.user))
+    fresh = create(tpm_stack, attested.user)
+    try:
+        after = quote(tpm_stack, attested, os.urandom(32))
+        # The live set grew by one (fresh): at most one more sibling, and varint bytes.
+        assert len(after.SerializeToString()) <= len(before.SerializeToString()) + 40
+        for evidence in (after, fresh.attestation):
+            assert len(evidence.event_log) == 1
+            assert evidence.event_log[0].kind == "enclave-certificate-set"
+        live = before.measurement_proof.leaf_count
+        assert after.measurement_proof.leaf_count == live + 1
+        for evidence in (after, fresh.attestation):
+            assert len(evidence.measurement_proof.siblings) <= math.ceil(math.log2(live + 1))
+        # A deleted enclave leaves PCR 23 before the next quote is taken.
+        _delete(tpm_stack, create(tpm_stack, attested.user))
+        assert quote(tpm_stack, attested, os.urandom(32)).measurement_proof.leaf_count == live + 1
+    finally:
+        _delete(tpm_stack, fresh)
 
 
 def test_a_hundred_concurrent_attestations_all_verify(tpm_stack: Stack, attested: Attested) -> None:

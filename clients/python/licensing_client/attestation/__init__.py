@@ -2,12 +2,14 @@
 
 from licensing_client.attestation._binding import (
     DERIVATION,
+    MerkleTree,
     merkle_root_and_proofs,
     merkle_root_from_proof,
     qualifying_value,
 )
 from licensing_client.attestation._verify import (
     AK_CERTIFICATE_IDENTITY,
+    MEASURED_SET_KIND,
     MEASUREMENT_PCR,
     AttestationError,
     Check,
@@ -19,10 +21,12 @@ from licensing_client.attestation._verify import (
 __all__ = [
     "AK_CERTIFICATE_IDENTITY",
     "DERIVATION",
+    "MEASURED_SET_KIND",
     "MEASUREMENT_PCR",
     "AttestationError",
     "Check",
     "CheckResult",
+    "MerkleTree",
     "VerificationReport",
     "merkle_root_and_proofs",
     "merkle_root_from_proof",

@@ -9,6 +9,7 @@ promoted), each response carrying its path.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 DOMAIN = b"licensing-attest-v1"
 DERIVATION = 'sha256("licensing-attest-v1" || nonce || sha256(enclave_certificate_der))'
@@ -26,24 +27,50 @@ def _node(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(b"\x01" + left + right).digest()
 
 
+class MerkleTree:
+    """A Merkle tree kept level by level: built once in O(n), then any leaf's path in O(log n).
+
+    The backend keeps one over the live enclave certificates (its root is what PCR 23
+    holds) and builds one per shared quote over the requests' qualifying values.
+    """
+
+    __slots__ = ("_levels",)
+
+    def __init__(self, values: Sequence[bytes]):
+        if not values:
+            raise ValueError("no values")
+        levels = [[_leaf(v) for v in values]]
+        while len(levels[-1]) > 1:
+            level = levels[-1]
+            upper = [_node(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+            if len(level) % 2:
+                upper.append(level[-1])
+            levels.append(upper)
+        self._levels = levels
+
+    def __len__(self) -> int:
+        return len(self._levels[0])
+
+    @property
+    def root(self) -> bytes:
+        return self._levels[-1][0]
+
+    def proof(self, index: int) -> list[bytes]:
+        """Leaf ``index``'s sibling path from the leaf up, for ``merkle_root_from_proof``."""
+        if not 0 <= index < len(self):
+            raise ValueError("leaf index out of range")
+        path = []
+        for level in self._levels[:-1]:
+            if index ^ 1 < len(level):
+                path.append(level[index ^ 1])
+            index //= 2
+        return path
+
+
 def merkle_root_and_proofs(values: list[bytes]) -> tuple[bytes, list[list[bytes]]]:
     """The root over ``values`` and, for each, its sibling path from the leaf up."""
-    if not values:
-        raise ValueError("no values")
-    level = [_leaf(v) for v in values]
-    positions = list(range(len(values)))
-    proofs: list[list[bytes]] = [[] for _ in values]
-    while len(level) > 1:
-        for leaf, index in enumerate(positions):
-            sibling = index ^ 1
-            if sibling < len(level):
-                proofs[leaf].append(level[sibling])
-        nxt = [_node(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            nxt.append(level[-1])
-        level = nxt
-        positions = [p // 2 for p in positions]
-    return level[0], proofs
+    tree = MerkleTree(values)
+    return tree.root, [tree.proof(i) for i in range(len(values))]
 
 
 def merkle_root_from_proof(

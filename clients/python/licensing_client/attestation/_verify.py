@@ -45,6 +45,8 @@ from licensing_client.attestation._tpm_structures import (
 #: URI SAN the licensing CA puts in the attestation key's certificate, and only there.
 AK_CERTIFICATE_IDENTITY = "spiffe://licensing.internal/tpm/attestation-key"
 MEASUREMENT_PCR = 23
+#: ``MeasurementEvent.kind`` of the one PCR 23 event: the root over the live certificates.
+MEASURED_SET_KIND = "enclave-certificate-set"
 _ZERO = bytes(32)
 
 
@@ -58,6 +60,7 @@ class Check(enum.StrEnum):
     QUALIFYING_DATA = "qualifying_data"
     PCR_DIGEST = "pcr_digest"
     EVENT_LOG = "event_log"
+    MEASUREMENT_PROOF = "measurement_proof"
 
 
 class AttestationError(Exception):
@@ -108,6 +111,8 @@ class AttestationLike(Protocol):
     def nonce(self) -> bytes: ...
     @property
     def merkle_proof(self) -> Any: ...
+    @property
+    def measurement_proof(self) -> Any: ...
 
 
 def _fail(check: Check, detail: str) -> AttestationError:
@@ -274,18 +279,39 @@ def verify_attestation(
 
     if MEASUREMENT_PCR not in values:
         raise _fail(Check.EVENT_LOG, f"PCR {MEASUREMENT_PCR} is not quoted")
-    replayed, seen = _ZERO, False
+    replayed, root = _ZERO, None
     for event in sorted(attestation.event_log, key=lambda e: int(e.sequence)):
         if int(event.pcr) != MEASUREMENT_PCR:
             continue
-        event_digest = bytes(event.digest)
-        replayed = hashlib.sha256(replayed + event_digest).digest()
-        seen = seen or hmac.compare_digest(event_digest, cert_hash)
+        root = bytes(event.digest)
+        replayed = hashlib.sha256(replayed + root).digest()
     if not hmac.compare_digest(replayed, values[MEASUREMENT_PCR]):
         raise _fail(Check.EVENT_LOG, f"the event log does not replay to PCR {MEASUREMENT_PCR}")
-    if not seen:
-        raise _fail(Check.EVENT_LOG, "the certificate was never measured")
+    if root is None:
+        raise _fail(Check.EVENT_LOG, f"nothing was measured into PCR {MEASUREMENT_PCR}")
     results.append(
-        CheckResult(Check.EVENT_LOG, f"replays to PCR {MEASUREMENT_PCR}; certificate measured")
+        CheckResult(Check.EVENT_LOG, f"replays to PCR {MEASUREMENT_PCR}; set root {root.hex()}")
+    )
+
+    # The last extend is the root of the tree over the live certificates: the
+    # certificate must be one of its leaves.
+    measured = attestation.measurement_proof
+    count = int(measured.leaf_count) if measured is not None else 0
+    if count < 1:
+        raise _fail(Check.MEASUREMENT_PROOF, "no proof that the certificate was measured")
+    index = int(measured.leaf_index)
+    try:
+        computed = merkle_root_from_proof(
+            cert_hash, index, count, [bytes(s) for s in measured.siblings]
+        )
+    except (ValueError, StopIteration) as exc:
+        raise _fail(Check.MEASUREMENT_PROOF, "the measurement proof is malformed") from exc
+    if not hmac.compare_digest(computed, root):
+        raise _fail(
+            Check.MEASUREMENT_PROOF,
+            f"the certificate is not in the set measured into PCR {MEASUREMENT_PCR}",
+        )
+    results.append(
+        CheckResult(Check.MEASUREMENT_PROOF, f"leaf {index} of {count} live certificates")
     )
     return VerificationReport(cert_hash, attest.reset_count, values, results)

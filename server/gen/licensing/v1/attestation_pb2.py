@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elicensing/v1/attestation.proto\x12\x0clicensing.v1\":\n\x15GetAttestationRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\"H\n\x16GetAttestationResponse\x12.\n\x0b\x61ttestation\x18\x01 \x01(\x0b\x32\x19.licensing.v1.Attestation\"\xc9\x03\n\x0b\x41ttestation\x12\r\n\x05quote\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x11\n\tak_public\x18\x03 \x01(\x0c\x12\x15\n\rak_public_pem\x18\x04 \x01(\t\x12 \n\x18\x61k_certificate_chain_pem\x18\x05 \x03(\t\x12\x31\n\rpcr_selection\x18\x06 \x01(\x0b\x32\x1a.licensing.v1.PcrSelection\x12*\n\npcr_values\x18\x07 \x03(\x0b\x32\x16.licensing.v1.PcrValue\x12\x31\n\tevent_log\x18\x08 \x03(\x0b\x32\x1e.licensing.v1.MeasurementEvent\x12\x1f\n\x17\x65nclave_certificate_pem\x18\t \x01(\t\x12\"\n\x1a\x65nclave_certificate_sha256\x18\n \x01(\x0c\x12\r\n\x05nonce\x18\x0b \x01(\x0c\x12\"\n\x1aqualifying_data_derivation\x18\x0c \x01(\t\x12/\n\x0cmerkle_proof\x18\r \x01(\x0b\x32\x19.licensing.v1.MerkleProof\x12\x11\n\tlog_epoch\x18\x0e \x01(\x04\"4\n\x0cPcrSelection\x12\x16\n\x0ehash_algorithm\x18\x01 \x01(\t\x12\x0c\n\x04pcrs\x18\x02 \x03(\r\"&\n\x08PcrValue\x12\x0b\n\x03pcr\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x0c\"c\n\x10MeasurementEvent\x12\x0b\n\x03pcr\x18\x01 \x01(\r\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x12\n\nenclave_id\x18\x04 \x01(\t\x12\x10\n\x08sequence\x18\x05 \x01(\x04\"G\n\x0bMerkleProof\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x12\n\nleaf_count\x18\x02 \x01(\x04\x12\x10\n\x08siblings\x18\x03 \x03(\x0c\x32q\n\x12\x41ttestationService\x12[\n\x0eGetAttestation\x12#.licensing.v1.GetAttestationRequest\x1a$.licensing.v1.GetAttestationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elicensing/v1/attestation.proto\x12\x0clicensing.v1\":\n\x15GetAttestationRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\"H\n\x16GetAttestationResponse\x12.\n\x0b\x61ttestation\x18\x01 \x01(\x0b\x32\x19.licensing.v1.Attestation\"\xff\x03\n\x0b\x41ttestation\x12\r\n\x05quote\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x11\n\tak_public\x18\x03 \x01(\x0c\x12\x15\n\rak_public_pem\x18\x04 \x01(\t\x12 \n\x18\x61k_certificate_chain_pem\x18\x05 \x03(\t\x12\x31\n\rpcr_selection\x18\x06 \x01(\x0b\x32\x1a.licensing.v1.PcrSelection\x12*\n\npcr_values\x18\x07 \x03(\x0b\x32\x16.licensing.v1.PcrValue\x12\x31\n\tevent_log\x18\x08 \x03(\x0b\x32\x1e.licensing.v1.MeasurementEvent\x12\x1f\n\x17\x65nclave_certificate_pem\x18\t \x01(\t\x12\"\n\x1a\x65nclave_certificate_sha256\x18\n \x01(\x0c\x12\r\n\x05nonce\x18\x0b \x01(\x0c\x12\"\n\x1aqualifying_data_derivation\x18\x0c \x01(\t\x12/\n\x0cmerkle_proof\x18\r \x01(\x0b\x32\x19.licensing.v1.MerkleProof\x12\x11\n\tlog_epoch\x18\x0e \x01(\x04\x12\x34\n\x11measurement_proof\x18\x0f \x01(\x0b\x32\x19.licensing.v1.MerkleProof\"4\n\x0cPcrSelection\x12\x16\n\x0ehash_algorithm\x18\x01 \x01(\t\x12\x0c\n\x04pcrs\x18\x02 \x03(\r\"&\n\x08PcrValue\x12\x0b\n\x03pcr\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x0c\"c\n\x10MeasurementEvent\x12\x0b\n\x03pcr\x18\x01 \x01(\r\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x12\n\nenclave_id\x18\x04 \x01(\t\x12\x10\n\x08sequence\x18\x05 \x01(\x04\"G\n\x0bMerkleProof\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x12\n\nleaf_count\x18\x02 \x01(\x04\x12\x10\n\x08siblings\x18\x03 \x03(\x0c\x32q\n\x12\x41ttestationService\x12[\n\x0eGetAttestation\x12#.licensing.v1.GetAttestationRequest\x1a$.licensing.v1.GetAttestationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,15 +36,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETATTESTATIONRESPONSE']._serialized_start=108
   _globals['_GETATTESTATIONRESPONSE']._serialized_end=180
   _globals['_ATTESTATION']._serialized_start=183
-  _globals['_ATTESTATION']._serialized_end=640
-  _globals['_PCRSELECTION']._serialized_start=642
-  _globals['_PCRSELECTION']._serialized_end=694
-  _globals['_PCRVALUE']._serialized_start=696
-  _globals['_PCRVALUE']._serialized_end=734
-  _globals['_MEASUREMENTEVENT']._serialized_start=736
-  _globals['_MEASUREMENTEVENT']._serialized_end=835
-  _globals['_MERKLEPROOF']._serialized_start=837
-  _globals['_MERKLEPROOF']._serialized_end=908
-  _globals['_ATTESTATIONSERVICE']._serialized_start=910
-  _globals['_ATTESTATIONSERVICE']._serialized_end=1023
+  _globals['_ATTESTATION']._serialized_end=694
+  _globals['_PCRSELECTION']._serialized_start=696
+  _globals['_PCRSELECTION']._serialized_end=748
+  _globals['_PCRVALUE']._serialized_start=750
+  _globals['_PCRVALUE']._serialized_end=788
+  _globals['_MEASUREMENTEVENT']._serialized_start=790
+  _globals['_MEASUREMENTEVENT']._serialized_end=889
+  _globals['_MERKLEPROOF']._serialized_start=891
+  _globals['_MERKLEPROOF']._serialized_end=962
+  _globals['_ATTESTATIONSERVICE']._serialized_start=964
+  _globals['_ATTESTATIONSERVICE']._serialized_end=1077
 # @@protoc_insertion_point(module_scope)

@@ -83,6 +83,7 @@ class Attestation(_message.Message):
     QUALIFYING_DATA_DERIVATION_FIELD_NUMBER: _builtins.int
     MERKLE_PROOF_FIELD_NUMBER: _builtins.int
     LOG_EPOCH_FIELD_NUMBER: _builtins.int
+    MEASUREMENT_PROOF_FIELD_NUMBER: _builtins.int
     quote: _builtins.bytes
     """TPMS_ATTEST bytes, as signed."""
     signature: _builtins.bytes
@@ -98,7 +99,10 @@ class Attestation(_message.Message):
     "sha256(\\"licensing-attest-v1\\" || nonce || sha256(cert_der))".
     """
     log_epoch: _builtins.int
-    """Epoch of the measurement log (the TPM reset count it belongs to)."""
+    """Identifies the life of PCR 23 that event_log belongs to: a new epoch
+    starts each time the backend rewrites PCR 23 (when the set of live
+    enclaves changes, and after a TPM reset).
+    """
     @_builtins.property
     def ak_certificate_chain_pem(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Leaf first."""
@@ -108,10 +112,30 @@ class Attestation(_message.Message):
     @_builtins.property
     def pcr_values(self) -> _containers.RepeatedCompositeFieldContainer[Global___PcrValue]: ...
     @_builtins.property
-    def event_log(self) -> _containers.RepeatedCompositeFieldContainer[Global___MeasurementEvent]: ...
+    def event_log(self) -> _containers.RepeatedCompositeFieldContainer[Global___MeasurementEvent]:
+        """The extends of PCR 23 since the backend last reset it, in sequence order.
+        PCR 23 holds one thing: the root of a Merkle tree over the SHA-256 of
+        every live enclave's certificate (sorted), so this log has one event
+        (kind "enclave-certificate-set", digest = that root, no enclave_id), or
+        none while no enclave is live. Its size does not depend on how many
+        enclaves were ever created. Verifiers replay it to the quoted PCR 23 and
+        take its last event as the root measurement_proof must lead to.
+        """
+
     @_builtins.property
     def merkle_proof(self) -> Global___MerkleProof:
-        """Empty when the quote covers one request."""
+        """Inclusion proof of this request's qualifying value in the tree whose root
+        is the quote's qualifyingData. Empty when the quote covers one request.
+        """
+
+    @_builtins.property
+    def measurement_proof(self) -> Global___MerkleProof:
+        """Inclusion proof of enclave_certificate_sha256 in the Merkle tree whose
+        root is the last PCR 23 event of event_log (leaves SHA-256(0x00 ||
+        certificate SHA-256), nodes SHA-256(0x01 || left || right), an odd last
+        node promoted): leaf_count is the number of live enclaves and siblings
+        holds at most ceil(log2(leaf_count)) hashes.
+        """
 
     def __init__(
         self,
@@ -130,10 +154,11 @@ class Attestation(_message.Message):
         qualifying_data_derivation: _builtins.str = ...,
         merkle_proof: Global___MerkleProof | None = ...,
         log_epoch: _builtins.int = ...,
+        measurement_proof: Global___MerkleProof | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["merkle_proof", b"merkle_proof", "pcr_selection", b"pcr_selection"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["measurement_proof", b"measurement_proof", "merkle_proof", b"merkle_proof", "pcr_selection", b"pcr_selection"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ak_certificate_chain_pem", b"ak_certificate_chain_pem", "ak_public", b"ak_public", "ak_public_pem", b"ak_public_pem", "enclave_certificate_pem", b"enclave_certificate_pem", "enclave_certificate_sha256", b"enclave_certificate_sha256", "event_log", b"event_log", "log_epoch", b"log_epoch", "merkle_proof", b"merkle_proof", "nonce", b"nonce", "pcr_selection", b"pcr_selection", "pcr_values", b"pcr_values", "qualifying_data_derivation", b"qualifying_data_derivation", "quote", b"quote", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ak_certificate_chain_pem", b"ak_certificate_chain_pem", "ak_public", b"ak_public", "ak_public_pem", b"ak_public_pem", "enclave_certificate_pem", b"enclave_certificate_pem", "enclave_certificate_sha256", b"enclave_certificate_sha256", "event_log", b"event_log", "log_epoch", b"log_epoch", "measurement_proof", b"measurement_proof", "merkle_proof", b"merkle_proof", "nonce", b"nonce", "pcr_selection", b"pcr_selection", "pcr_values", b"pcr_values", "qualifying_data_derivation", b"qualifying_data_derivation", "quote", b"quote", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -198,8 +223,12 @@ class MeasurementEvent(_message.Message):
     digest: _builtins.bytes
     """SHA-256 digest extended into the PCR."""
     kind: _builtins.str
-    """What was measured, e.g. "enclave-certificate"."""
+    """What was measured: "enclave-certificate-set" (the root over the live
+    enclave certificates). Older servers logged one "enclave-certificate"
+    event per certificate.
+    """
     enclave_id: _builtins.str
+    """Empty for "enclave-certificate-set" events."""
     sequence: _builtins.int
     def __init__(
         self,

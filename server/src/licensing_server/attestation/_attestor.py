@@ -1,9 +1,13 @@
 """The backend's attestor: proves its AK, measures certificates, answers quote requests.
 
-One asyncio lock orders every TPM use that touches PCR 23, so the event log
-and the PCR never disagree for an honest client. Quote requests that arrive
-while the TPM is busy share the next quote through a Merkle tree of their
-qualifying values: throughput then scales past the TPM's own quote rate.
+PCR 23 holds the root of a Merkle tree over the live enclave certificates: each
+change of that set resets PCR 23 and extends the new root once, and each answer
+carries that one event and the certificate's inclusion proof, so evidence stays
+logarithmic in the live enclaves however many were ever created. One asyncio
+lock orders every TPM use that touches PCR 23, so no quote is taken while PCR 23
+is being rewritten. Quote requests that arrive while the TPM is busy share the
+next quote through a Merkle tree of their qualifying values: throughput then
+scales past the TPM's own quote rate.
 """
 
 from __future__ import annotations
@@ -29,11 +33,13 @@ from licensing.v1 import attestation_pb2
 from licensing_client.attestation import (
     AK_CERTIFICATE_IDENTITY,
     DERIVATION,
+    MEASURED_SET_KIND,
     MEASUREMENT_PCR,
+    MerkleTree,
     merkle_root_and_proofs,
     qualifying_value,
 )
-from licensing_server.errors import FailedPrecondition, Unavailable
+from licensing_server.errors import DomainError, FailedPrecondition, Unavailable
 from licensing_server.pki import CertificateAuthority, write_public_file
 from licensing_server.storage import EpochRecord, MeasurementRecord, MeasurementStore
 from licensing_server.tasks import spawn
@@ -67,6 +73,7 @@ class QuoteSource(Protocol):
     async def reset_pcr(self, pcr: int) -> None: ...
     async def quote(self, qualifying_data: bytes, pcrs: list[int]) -> QuoteResult: ...
     async def lockout_state(self) -> LockoutState: ...
+    async def clock_info(self) -> tuple[int, int]: ...
 
 
 LiveCertificates = Callable[[], Awaitable[list[tuple[str, bytes]]]]
@@ -83,6 +90,26 @@ class _Request:
     future: asyncio.Future[attestation_pb2.Attestation]
 
 
+@dataclass(frozen=True, slots=True)
+class _MeasuredSet:
+    """What PCR 23 was last written with: the tree over a version of the live set."""
+
+    epoch: EpochRecord
+    events: list[MeasurementRecord]
+    tree: MerkleTree | None  # None while no enclave is live (PCR 23 stays zero)
+    index: dict[bytes, int]  # certificate SHA-256 -> leaf index
+    pcr: bytes
+    version: int
+
+    def proof(self, certificate_sha256: bytes) -> attestation_pb2.MerkleProof | None:
+        index = self.index.get(certificate_sha256)
+        if index is None or self.tree is None:
+            return None
+        return attestation_pb2.MerkleProof(
+            leaf_index=index, leaf_count=len(self.tree), siblings=self.tree.proof(index)
+        )
+
+
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -93,6 +120,13 @@ def _replay(events: list[MeasurementRecord]) -> bytes:
         if event.pcr == MEASUREMENT_PCR:
             pcr = hashlib.sha256(pcr + event.digest).digest()
     return pcr
+
+
+def _not_measured() -> DomainError:
+    return FailedPrecondition(
+        "ENCLAVE_NOT_MEASURED",
+        "the enclave's certificate is not among the live ones measured into PCR 23",
+    )
 
 
 def _chains_to(cert: x509.Certificate, anchors: list[x509.Certificate]) -> bool:
@@ -143,7 +177,13 @@ class Attestor:
         self._lockout: LockoutState | None = None  # set while the TPM is in DA lockout
         self._listener: AvailabilityListener | None = None
         self._ak_chain: list[str] = []
-        self._epoch: EpochRecord | None = None
+        # The live set (enclave id -> certificate SHA-256), read from the database at
+        # first use and kept here after; _version counts its changes.
+        self._members: dict[str, bytes] | None = None
+        self._forgotten: set[str] = set()
+        self._version = 0
+        # What PCR 23 holds; None when unknown or mid-rewrite (the next use rewrites it).
+        self._written: _MeasuredSet | None = None
         self._pending: list[_Request] = []
         self._worker: asyncio.Task[None] | None = None
 
@@ -264,41 +304,87 @@ class Attestor:
 
     # Measurements ---------------------------------------------------------------------
     async def measure(self, enclave_id: str, certificate_sha256: bytes) -> None:
-        """Extend PCR 23 with a new enclave certificate and log it, in that order."""
+        """Add a new enclave certificate to the live set and rewrite PCR 23 before returning."""
         self._require_ak()
         async with self._lock:
-            epoch = self._epoch or await self._store.current_epoch()
-            if epoch is None:
-                epoch = await self._reestablish(None)
-            self._epoch = epoch
-            await self._tpm.extend_pcr(MEASUREMENT_PCR, certificate_sha256)
-            await self._store.append(
-                epoch,
-                MEASUREMENT_PCR,
-                certificate_sha256,
-                "enclave-certificate",
-                enclave_id,
-                self._clock(),
-            )
+            members = await self._load_members()
+            members[enclave_id] = certificate_sha256
+            self._version += 1
+            try:
+                await self._write(None)
+            except BaseException:
+                if members.get(enclave_id) == certificate_sha256:
+                    del members[enclave_id]
+                    self._version += 1
+                raise
 
-    async def _reestablish(self, reset_count: int | None) -> EpochRecord:
-        """Start a new log epoch: PCR 23 from zero, then every live certificate again."""
+    def forget(self, enclave_id: str) -> None:
+        """Drop an enclave (deleted, failed) from the live set.
+
+        PCR 23 follows at the next measure or quote, before any evidence is made,
+        so a delete never waits for (or fails with) the TPM, and a burst of them
+        costs one rewrite.
+        """
+        if self._members is None:
+            self._forgotten.add(enclave_id)  # in case a load is reading the live set now
+        elif self._members.pop(enclave_id, None) is not None:
+            self._version += 1
+
+    async def _load_members(self) -> dict[str, bytes]:
+        if self._members is None:
+            live = await self._live()
+            self._members = {i: d for i, d in live if i not in self._forgotten}
+            self._forgotten.clear()
+        return self._members
+
+    async def _write(self, reset_count: int | None) -> _MeasuredSet:
+        """Under the lock: reset PCR 23, extend the live set's root once, start an epoch.
+
+        Until it completes ``_written`` is None, so a crash or TPM failure in between
+        only means the next use writes PCR 23 again from the live set.
+        """
+        members = await self._load_members()
+        version = self._version
+        digests = sorted(set(members.values()))
+        tree = MerkleTree(digests) if digests else None
+        previous, self._written = self._written, None
         await self._tpm.reset_pcr(MEASUREMENT_PCR)
         if reset_count is None:
-            reset_count = (await self._tpm.quote(bytes(32), [MEASUREMENT_PCR])).reset_count
-        epoch = await self._store.start_epoch(reset_count, self._clock())
-        for enclave_id, digest in await self._live():
-            await self._tpm.extend_pcr(MEASUREMENT_PCR, digest)
-            await self._store.append(
-                epoch, MEASUREMENT_PCR, digest, "enclave-certificate", enclave_id, self._clock()
+            if previous is not None:
+                reset_count = previous.epoch.reset_count
+            else:
+                reset_count, _ = await self._tpm.clock_info()
+        if tree is not None:
+            await self._tpm.extend_pcr(MEASUREMENT_PCR, tree.root)
+        events = [] if tree is None else [(MEASUREMENT_PCR, tree.root, MEASURED_SET_KIND, "")]
+        epoch, records = await self._store.start_epoch(reset_count, self._clock(), events)
+        written = _MeasuredSet(
+            epoch=epoch,
+            events=records,
+            tree=tree,
+            index={digest: i for i, digest in enumerate(digests)},
+            pcr=_replay(records),
+            version=version,
+        )
+        self._written = written
+        if previous is None or previous.epoch.reset_count != reset_count:
+            _log.info(
+                "PCR 23 re-established over %d live certificates (epoch %d, TPM reset count %d)",
+                len(digests),
+                epoch.id,
+                reset_count,
             )
-        _log.info("measurement log epoch %d started (TPM reset count %d)", epoch.id, reset_count)
-        return epoch
+        return written
 
     # Quotes ---------------------------------------------------------------------------
     async def attest(
         self, certificate_pem: str, certificate_sha256: bytes, nonce: bytes
     ) -> attestation_pb2.Attestation:
+        """A quote bound to ``nonce`` and the certificate, with its proof of being in PCR 23.
+
+        Raises ``FailedPrecondition`` ``ENCLAVE_NOT_MEASURED`` when the certificate is not
+        in the live set when the quote is taken (the enclave was deleted or failed).
+        """
         self._require_ak()
         future: asyncio.Future[attestation_pb2.Attestation] = (
             asyncio.get_running_loop().create_future()
@@ -342,34 +428,42 @@ class Attestor:
                             request.future.set_exception(exc)
                     continue
             for request, result in zip(batch, results, strict=True):
-                if not request.future.done():
+                if request.future.done():
+                    continue
+                if isinstance(result, DomainError):
+                    request.future.set_exception(result)
+                else:
                     request.future.set_result(result)
 
-    async def _quote_batch(self, batch: list[_Request]) -> list[attestation_pb2.Attestation]:
+    async def _quote_batch(
+        self, batch: list[_Request]
+    ) -> list[attestation_pb2.Attestation | DomainError]:
+        """One quote for the batch, taken with PCR 23 as ``written`` says (checked after)."""
         ak = self._require_ak()
         proofs: list[list[bytes]] = [[]]
         if len(batch) == 1:
             extra = batch[0].value
         else:
             extra, proofs = merkle_root_and_proofs([r.value for r in batch])
+        written = self._written
+        if written is None or written.version != self._version:
+            written = await self._write(None)
         for attempt in range(2):
             if self._latency:
                 await asyncio.sleep(self._latency)
             quote = await self._tpm.quote(extra, QUOTED_PCRS)
-            epoch = self._epoch or await self._store.current_epoch()
-            events = await self._store.events(epoch) if epoch else []
             if (
-                epoch is not None
-                and epoch.reset_count == quote.reset_count
-                and _replay(events) == quote.pcr_values[MEASUREMENT_PCR]
+                written.epoch.reset_count == quote.reset_count
+                and written.pcr == quote.pcr_values[MEASUREMENT_PCR]
             ):
-                self._epoch = epoch
                 break
             if attempt:
                 raise Unavailable(
                     "MEASUREMENT_LOG_MISMATCH", "the measurement log could not be re-established"
                 )
-            self._epoch = await self._reestablish(quote.reset_count)
+            # The TPM was reset (or PCR 23 changed behind our back): write it again.
+            _log.warning("PCR 23 does not hold the live set (TPM reset?); writing it again")
+            written = await self._write(quote.reset_count)
         selection = attestation_pb2.PcrSelection(hash_algorithm="sha256", pcrs=QUOTED_PCRS)
         values = [attestation_pb2.PcrValue(pcr=p, value=quote.pcr_values[p]) for p in QUOTED_PCRS]
         log = [
@@ -380,10 +474,14 @@ class Attestor:
                 enclave_id=e.enclave_id,
                 sequence=e.sequence,
             )
-            for e in events
+            for e in written.events
         ]
-        results = []
+        results: list[attestation_pb2.Attestation | DomainError] = []
         for index, request in enumerate(batch):
+            measured = written.proof(request.certificate_sha256)
+            if measured is None:
+                results.append(_not_measured())
+                continue
             message = attestation_pb2.Attestation(
                 quote=quote.attest,
                 signature=quote.signature,
@@ -397,7 +495,8 @@ class Attestor:
                 enclave_certificate_sha256=request.certificate_sha256,
                 nonce=request.nonce,
                 qualifying_data_derivation=DERIVATION,
-                log_epoch=self._epoch.id if self._epoch else 0,
+                log_epoch=written.epoch.id,
+                measurement_proof=measured,
             )
             if len(batch) > 1:
                 message.merkle_proof.CopyFrom(

@@ -152,6 +152,7 @@ class EnclaveProvisioner:
             record = await self._store.get(enclave_id)
             await self._runtime.stop(enclave_id, record.runtime_handle if record else "")
             await self._store.remove(enclave_id)
+            self._attestor.forget(enclave_id)
         finally:
             self._deprovisioning.discard(enclave_id)
         self._interrupted.pop(enclave_id, None)
@@ -173,6 +174,8 @@ class EnclaveProvisioner:
         except (NotFound, FailedPrecondition):
             self._interrupted.pop(record.id, None)
             return  # deleted or already failed meanwhile
+        finally:
+            self._attestor.forget(record.id)  # stopped: out of the measured set either way
         self._interrupted.pop(record.id, None)
         self._bus.publish(event)
         _log.info("enclave %s failed: %s (%s)", record.id, reason, message)

@@ -1,11 +1,16 @@
-"""The PCR 23 event log: which certificate hashes were extended, in which epoch."""
+"""The PCR 23 log: what the backend extended since it last reset PCR 23 (one epoch).
+
+Each rewrite of PCR 23 (the set of live enclaves changed, or the TPM was reset)
+starts a new epoch holding the one root it extended; older epochs are dropped in
+the same transaction, so the table holds the current epoch only.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import delete
 
 from licensing_server.storage._database import Database
 from licensing_server.storage._models import Measurement, MeasurementEpoch
@@ -31,53 +36,34 @@ class MeasurementStore:
     def __init__(self, database: Database):
         self._db = database
 
-    async def current_epoch(self) -> EpochRecord | None:
-        async with self._db.session() as session:
-            row = await session.scalar(
-                select(MeasurementEpoch).order_by(MeasurementEpoch.id.desc()).limit(1)
-            )
-            return EpochRecord(row.id, row.reset_count) if row else None
-
-    async def start_epoch(self, reset_count: int, now: dt.datetime) -> EpochRecord:
-        async with self._db.session() as session:
-            row = MeasurementEpoch(reset_count=reset_count, started_at=now)
-            session.add(row)
-            await session.flush()
-            return EpochRecord(row.id, row.reset_count)
-
-    async def append(
+    async def start_epoch(
         self,
-        epoch: EpochRecord,
-        pcr: int,
-        digest: bytes,
-        kind: str,
-        enclave_id: str,
+        reset_count: int,
         now: dt.datetime,
-    ) -> MeasurementRecord:
-        async with self._db.session() as session:
-            last = await session.scalar(
-                select(func.max(Measurement.sequence)).where(Measurement.epoch_id == epoch.id)
-            )
-            row = Measurement(
-                epoch_id=epoch.id,
-                sequence=(last or 0) + 1,
-                pcr=pcr,
-                digest=digest,
-                kind=kind,
-                enclave_id=enclave_id,
-                created_at=now,
-            )
-            session.add(row)
-            return MeasurementRecord(epoch.id, row.sequence, pcr, digest, kind, enclave_id)
+        events: list[tuple[int, bytes, str, str]],
+    ) -> tuple[EpochRecord, list[MeasurementRecord]]:
+        """A new epoch with its ``(pcr, digest, kind, enclave_id)`` events; older ones go.
 
-    async def events(self, epoch: EpochRecord) -> list[MeasurementRecord]:
+        Epoch ids keep rising across restarts (they are ``Attestation.log_epoch``).
+        """
         async with self._db.session() as session:
-            rows = await session.scalars(
-                select(Measurement)
-                .where(Measurement.epoch_id == epoch.id)
-                .order_by(Measurement.sequence)
-            )
-            return [
-                MeasurementRecord(r.epoch_id, r.sequence, r.pcr, r.digest, r.kind, r.enclave_id)
-                for r in rows
-            ]
+            epoch = MeasurementEpoch(reset_count=reset_count, started_at=now)
+            session.add(epoch)
+            await session.flush()
+            records = []
+            for sequence, (pcr, digest, kind, enclave_id) in enumerate(events, start=1):
+                session.add(
+                    Measurement(
+                        epoch_id=epoch.id,
+                        sequence=sequence,
+                        pcr=pcr,
+                        digest=digest,
+                        kind=kind,
+                        enclave_id=enclave_id,
+                        created_at=now,
+                    )
+                )
+                records.append(MeasurementRecord(epoch.id, sequence, pcr, digest, kind, enclave_id))
+            await session.execute(delete(Measurement).where(Measurement.epoch_id < epoch.id))
+            await session.execute(delete(MeasurementEpoch).where(MeasurementEpoch.id < epoch.id))
+            return EpochRecord(epoch.id, epoch.reset_count), records

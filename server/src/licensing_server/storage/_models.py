@@ -140,7 +140,7 @@ class EnclaveEvent(Base):
 
 
 class MeasurementEpoch(Base):
-    """One life of PCR 23: it starts when the PCR starts again from zero (TPM reset)."""
+    """One life of PCR 23: from a reset by the backend (live set changed, or TPM reset)."""
 
     __tablename__ = "measurement_epochs"
 

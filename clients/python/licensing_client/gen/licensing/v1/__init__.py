@@ -73,6 +73,16 @@ class Attestation(betterproto.Message):
     pcr_selection: "PcrSelection" = betterproto.message_field(6)
     pcr_values: List["PcrValue"] = betterproto.message_field(7)
     event_log: List["MeasurementEvent"] = betterproto.message_field(8)
+    """
+    The extends of PCR 23 since the backend last reset it, in sequence order.
+     PCR 23 holds one thing: the root of a Merkle tree over the SHA-256 of
+     every live enclave's certificate (sorted), so this log has one event
+     (kind "enclave-certificate-set", digest = that root, no enclave_id), or
+     none while no enclave is live. Its size does not depend on how many
+     enclaves were ever created. Verifiers replay it to the quoted PCR 23 and
+     take its last event as the root measurement_proof must lead to.
+    """
+
     enclave_certificate_pem: str = betterproto.string_field(9)
     enclave_certificate_sha256: bytes = betterproto.bytes_field(10)
     nonce: bytes = betterproto.bytes_field(11)
@@ -83,10 +93,26 @@ class Attestation(betterproto.Message):
     """
 
     merkle_proof: "MerkleProof" = betterproto.message_field(13)
-    """Empty when the quote covers one request."""
+    """
+    Inclusion proof of this request's qualifying value in the tree whose root
+     is the quote's qualifyingData. Empty when the quote covers one request.
+    """
 
     log_epoch: int = betterproto.uint64_field(14)
-    """Epoch of the measurement log (the TPM reset count it belongs to)."""
+    """
+    Identifies the life of PCR 23 that event_log belongs to: a new epoch
+     starts each time the backend rewrites PCR 23 (when the set of live
+     enclaves changes, and after a TPM reset).
+    """
+
+    measurement_proof: "MerkleProof" = betterproto.message_field(15)
+    """
+    Inclusion proof of enclave_certificate_sha256 in the Merkle tree whose
+     root is the last PCR 23 event of event_log (leaves SHA-256(0x00 ||
+     certificate SHA-256), nodes SHA-256(0x01 || left || right), an odd last
+     node promoted): leaf_count is the number of live enclaves and siblings
+     holds at most ceil(log2(leaf_count)) hashes.
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -110,9 +136,15 @@ class MeasurementEvent(betterproto.Message):
     """SHA-256 digest extended into the PCR."""
 
     kind: str = betterproto.string_field(3)
-    """What was measured, e.g. "enclave-certificate"."""
+    """
+    What was measured: "enclave-certificate-set" (the root over the live
+     enclave certificates). Older servers logged one "enclave-certificate"
+     event per certificate.
+    """
 
     enclave_id: str = betterproto.string_field(4)
+    """Empty for "enclave-certificate-set" events."""
+
     sequence: int = betterproto.uint64_field(5)
 
 
