@@ -181,6 +181,8 @@ class Stack:
             # starts stacks with the production values.
             LICENSING_RATE_LIMIT_PERCENT="100000",
             LICENSING_LOGIN_FAILURES_PER_MINUTE="100000",
+            # Likewise the calls one address may have in flight (watch-heavy tests).
+            LICENSING_MAX_CALLS_PER_ADDRESS="100000",
         )
         env.update(self.extra_env)
         env.update(extra)

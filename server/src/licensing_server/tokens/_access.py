@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -30,6 +31,11 @@ _log = logging.getLogger(__name__)
 ALGORITHM = "ES256"
 MAX_TOKEN_LENGTH = 4096
 _REQUIRED = ["exp", "iat", "sub", "jti", "iss", "aud"]
+#: No token we sign lives longer (``LICENSING_ACCESS_TOKEN_TTL_SECONDS`` is at most an hour);
+#: a longer-lived one is refused however well it is signed.
+MAX_TOKEN_LIFETIME = dt.timedelta(days=1)
+#: NumericDate claims must name a second a ``datetime`` can hold (years 1970-9999).
+_LAST_SECOND = int(dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC).timestamp())
 
 
 def _b64url(data: bytes) -> str:
@@ -228,6 +234,7 @@ class AccessTokenVerifier:
             raise Unauthenticated("TOKEN_EXPIRED", "the access token expired") from exc
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated("TOKEN_INVALID", "the access token is not valid") from exc
+        expires_at = _check_times(payload)
         cnf = payload.get("cnf")
         thumbprint = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
         sub, sid, jti = payload.get("sub"), payload.get("sid", ""), payload.get("jti")
@@ -238,6 +245,35 @@ class AccessTokenVerifier:
             username=str(payload.get("preferred_username", "")),
             session_id=str(sid),
             token_id=jti,
-            expires_at=dt.datetime.fromtimestamp(int(payload["exp"]), dt.UTC),
+            expires_at=expires_at,
             certificate_thumbprint=thumbprint,
         )
+
+
+def _numeric_date(payload: Mapping[str, Any], claim: str) -> int | None:
+    """A NumericDate claim as whole seconds, or None if absent; absurd values are refused."""
+    value = payload.get(claim)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Unauthenticated("TOKEN_INVALID", f"the access token's {claim} is not a time")
+    if not (math.isfinite(value) and 0 <= value <= _LAST_SECOND):
+        raise Unauthenticated("TOKEN_INVALID", f"the access token's {claim} is out of range")
+    return int(value)
+
+
+def _check_times(payload: Mapping[str, Any]) -> dt.datetime:
+    """``exp``, ``iat`` and ``nbf`` in range, and a lifetime no token of ours exceeds.
+
+    PyJWT has already refused tokens that expired or claim to be from the future;
+    this refuses the rest (an ``exp`` of 2**70, a lifetime of years) with a reason
+    instead of letting ``datetime`` overflow. With ``iat`` not in the future, the
+    lifetime bound also bounds how far ahead ``exp`` may be.
+    """
+    exp, iat = _numeric_date(payload, "exp"), _numeric_date(payload, "iat")
+    _numeric_date(payload, "nbf")
+    if exp is None or iat is None:  # PyJWT requires both; kept for the type checker
+        raise Unauthenticated("TOKEN_INVALID", "the access token is not valid")
+    if exp - iat > MAX_TOKEN_LIFETIME.total_seconds():
+        raise Unauthenticated("TOKEN_INVALID", "the access token's lifetime is too long")
+    return dt.datetime.fromtimestamp(exp, dt.UTC)
