@@ -257,7 +257,9 @@ def _numeric_date(payload: Mapping[str, Any], claim: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise Unauthenticated("TOKEN_INVALID", f"the access token's {claim} is not a time")
-    if not (math.isfinite(value) and 0 <= value <= _LAST_SECOND):
+    # No float conversion of an int: 10**400 would overflow it (and NaN compares false).
+    finite = not isinstance(value, float) or math.isfinite(value)
+    if not (finite and 0 <= value <= _LAST_SECOND):
         raise Unauthenticated("TOKEN_INVALID", f"the access token's {claim} is out of range")
     return int(value)
 
