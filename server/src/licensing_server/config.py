@@ -60,9 +60,11 @@ class Settings:
     # calls in flight per client address are counted by the guard.
     handshake_timeout_seconds: int = 10
     connection_idle_seconds: int = 120
-    max_connections: int = 1000
+    max_connections: int = 2000
     max_streams_per_connection: int = 100
     max_calls_per_address: int = 256
+    # How often the frontend returns freed heap memory to the OS (glibc); 0: never.
+    malloc_trim_seconds: int = 30
     access_token_ttl_seconds: int = 600
     refresh_token_ttl_seconds: int = 7 * 24 * 3600
     client_certificate_ttl_seconds: int = 24 * 3600
@@ -172,6 +174,9 @@ class Settings:
             ),
             max_calls_per_address=integer(
                 "MAX_CALLS_PER_ADDRESS", defaults.max_calls_per_address, 0, 1_000_000
+            ),
+            malloc_trim_seconds=integer(
+                "MALLOC_TRIM_SECONDS", defaults.malloc_trim_seconds, 0, 86400
             ),
             access_token_ttl_seconds=integer(
                 "ACCESS_TOKEN_TTL_SECONDS", defaults.access_token_ttl_seconds, 30, 3600

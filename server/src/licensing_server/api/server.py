@@ -43,7 +43,7 @@ class ConnectionLimits:
 
     handshake_timeout_seconds: int = 10
     idle_seconds: int = 120
-    max_connections: int = 1000
+    max_connections: int = 2000
     max_streams_per_connection: int = 100
 
     def options(self) -> list[tuple[str, int]]:

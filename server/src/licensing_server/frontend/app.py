@@ -41,7 +41,7 @@ from licensing_server.frontend.backend_client import (
     BackendProvisioningClient,
 )
 from licensing_server.layout import DataLayout
-from licensing_server.process import run_process, stop_requested
+from licensing_server.process import freed_memory_released, run_process, stop_requested
 from licensing_server.provisioning import EventTail
 from licensing_server.storage import Database, EnclaveStore, Limits, UserStore, run_migrations
 from licensing_server.tokens import AccessTokenSigner, AccessTokenVerifier, SigningKey
@@ -173,7 +173,8 @@ async def serve(settings: Settings) -> None:
         settings.frontend_api_addr,
     )
 
-    await stop_requested()
+    async with freed_memory_released(settings.malloc_trim_seconds):
+        await stop_requested()
     _log.info("frontend shutting down")
     await health.enter_graceful_shutdown()
     await server.stop(5)
