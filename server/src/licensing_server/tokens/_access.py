@@ -166,6 +166,8 @@ class AccessTokenVerifier:
 
     Verified tokens are cached (bounded, until ``exp``) because an ES256 verify
     per call halves throughput; the certificate binding is still checked per call.
+    The cache is keyed by the token's SHA-256, so a full cache holds 32 bytes per
+    token rather than the token itself.
     """
 
     def __init__(
@@ -181,14 +183,15 @@ class AccessTokenVerifier:
         self._issuer = issuer
         self._audience = audience
         self._clock = clock
-        self._cache: OrderedDict[str, AccessClaims] = OrderedDict()
+        self._cache: OrderedDict[bytes, AccessClaims] = OrderedDict()
         self._cache_size = cache_size
 
     def verify(self, token: str, certificate_sha256: bytes) -> AccessClaims:
-        claims = self._cached(token)
+        key = hashlib.sha256(token.encode(errors="surrogatepass")).digest()
+        claims = self._cached(key)
         if claims is None:
             claims = self._decode(token)
-            self._cache[token] = claims
+            self._cache[key] = claims
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         if not hmac.compare_digest(claims.certificate_thumbprint, x5t_s256(certificate_sha256)):
@@ -200,17 +203,17 @@ class AccessTokenVerifier:
 
     def forget(self, session_id: str) -> None:
         """Drop cached tokens of a revoked session."""
-        for token in [t for t, c in self._cache.items() if c.session_id == session_id]:
-            del self._cache[token]
+        for key in [k for k, c in self._cache.items() if c.session_id == session_id]:
+            del self._cache[key]
 
-    def _cached(self, token: str) -> AccessClaims | None:
-        claims = self._cache.get(token)
+    def _cached(self, key: bytes) -> AccessClaims | None:
+        claims = self._cache.get(key)
         if claims is None:
             return None
         if claims.expires_at <= self._clock():
-            del self._cache[token]
+            del self._cache[key]
             raise Unauthenticated("TOKEN_EXPIRED", "the access token expired")
-        self._cache.move_to_end(token)
+        self._cache.move_to_end(key)
         return claims
 
     def _decode(self, token: str) -> AccessClaims:
