@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -90,7 +90,7 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def closed_by_server(socks: list[socket.socket]) -> int:
+def closed_by_server(socks: Sequence[socket.socket]) -> int:
     """How many of ``socks`` the server closed (readable with EOF, or reset)."""
     closed = 0
     for sock in socks:
@@ -118,11 +118,12 @@ def tcp_flood(stack: Stack, count: int) -> list[socket.socket]:
     return socks
 
 
-def tls_flood(stack: Stack, count: int) -> tuple[list[socket.socket], int]:
+def tls_flood(stack: Stack, count: int) -> tuple[list[ssl.SSLSocket], int]:
     context = ssl.create_default_context(cadata=stack.ca_pem.decode())
     context.check_hostname = False
     context.set_alpn_protocols(["h2"])
-    socks, refused = [], 0
+    socks: list[ssl.SSLSocket] = []
+    refused = 0
     for _ in range(count):
         try:
             raw = socket.create_connection(("127.0.0.1", stack.enroll_port), timeout=10)
@@ -221,7 +222,7 @@ def main() -> None:
         print(f"frontend pid {pid}; limits: {limits_env(args) or 'defaults'}", flush=True)
         warm, _ = asyncio.run(grpc_clients(stack, 5, args.calls))
         for channel in warm:
-            asyncio.run(channel.close())
+            asyncio.run(channel.close(None))
         settle(3)
         baseline = rss(pid)
         figure("baseline", pid, baseline)
@@ -260,7 +261,7 @@ def main() -> None:
         for sock in [*tcp, *tls]:
             sock.close()
         for channel in channels:
-            loop.run_until_complete(channel.close())
+            loop.run_until_complete(channel.close(None))
         loop.close()
         settle(5)
         figure("5 s after the bench closed all", pid, baseline)

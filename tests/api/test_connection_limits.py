@@ -225,7 +225,7 @@ def test_calls_beyond_the_per_address_limit_are_resource_exhausted(tight: Stack)
                 health_pb2.HealthCheckRequest(), timeout=PATIENCE
             )
         error = caught.value
-        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         info = error_info(error)
         assert info is not None
         assert (info.reason, info.metadata["limit"]) == ("TOO_MANY_CALLS", "3")
