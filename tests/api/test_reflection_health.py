@@ -185,8 +185,12 @@ def test_the_frontend_describes_nothing_of_the_control_api(stack: Stack, method:
         reflection_pb2.ServerReflectionRequest(file_containing_symbol=s)
         for s in sorted(FRONTEND_SERVICES)
     ]
+    # The error details it sends are described too, so grpcurl can print them.
+    served.append(
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="google.rpc.ErrorInfo")
+    )
     files = set().union(*(_files(a) for a in _reflect(channel, method, served)))
-    assert "licensing/v1/enclave.proto" in files
+    assert {"licensing/v1/enclave.proto", "google/rpc/error_details.proto"} <= files
     assert not [f for f in files if f.startswith("licensing/control/")], files
 
 

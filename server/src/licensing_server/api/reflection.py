@@ -17,6 +17,7 @@ from collections.abc import Iterable
 
 import grpc
 from google.protobuf import descriptor, descriptor_pb2, descriptor_pool
+from google.rpc import error_details_pb2, status_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
@@ -49,7 +50,11 @@ def _register_v1_descriptor() -> None:
 
 
 def served_pool(service_names: Iterable[str]) -> descriptor_pool.DescriptorPool:
-    """A pool of the files defining ``service_names`` and what they import, nothing else."""
+    """A pool of the files defining ``service_names`` and what they import, nothing else.
+
+    Plus the error details every server sends (``google.rpc.ErrorInfo``, ``RetryInfo``
+    in ``grpc-status-details-bin``), so that tools such as grpcurl can decode them.
+    """
     default = descriptor_pool.Default()
     pool = descriptor_pool.DescriptorPool()
     added: set[str] = set()
@@ -66,6 +71,8 @@ def served_pool(service_names: Iterable[str]) -> descriptor_pool.DescriptorPool:
 
     for name in service_names:
         add(default.FindServiceByName(name).file)
+    add(status_pb2.DESCRIPTOR)
+    add(error_details_pb2.DESCRIPTOR)
     return pool
 
 
