@@ -22,6 +22,7 @@ import h2.settings
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from licensing_server.config import ConfigError, Settings
 from tests.support import Stack, error_info, start_stack
 
 #: How long a test waits for the server to act; the limits under test are 1-2 s.
@@ -234,3 +235,24 @@ def test_calls_beyond_the_per_address_limit_are_resource_exhausted(tight: Stack)
             watch.cancel()
         for channel in channels:
             channel.close()
+
+
+def test_the_limits_are_read_from_the_environment_and_checked() -> None:
+    defaults = Settings.from_env({})
+    assert (
+        defaults.handshake_timeout_seconds,
+        defaults.connection_idle_seconds,
+        defaults.max_connections,
+        defaults.max_streams_per_connection,
+        defaults.max_calls_per_address,
+        defaults.malloc_trim_seconds,
+    ) == (10, 120, 2000, 100, 256, 30)
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(
+            {
+                "LICENSING_HANDSHAKE_TIMEOUT_SECONDS": "0",
+                "LICENSING_MAX_CONNECTIONS": "0",
+                "LICENSING_MAX_STREAMS_PER_CONNECTION": "lots",
+            }
+        )
+    assert len(caught.value.problems) == 3
