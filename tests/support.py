@@ -183,6 +183,8 @@ class Stack:
             # starts stacks with the production values.
             LICENSING_RATE_LIMIT_PERCENT="100000",
             LICENSING_LOGIN_FAILURES_PER_MINUTE="100000",
+            # Likewise the calls one address may have in flight (watch-heavy tests).
+            LICENSING_MAX_CALLS_PER_ADDRESS="100000",
         )
         env.update(self.extra_env)
         env.update(extra)
@@ -376,3 +378,30 @@ class TwoProcessDatabase:
     async def close(self) -> None:
         await self.frontend_db.close()
         await self.backend_db.close()
+
+
+#: Time claims no token of ours carries: each must be refused as TOKEN_INVALID, however
+#: well signed (2**70 once overflowed ``datetime`` into INTERNAL).
+ABSURD_TIME_CLAIMS: list[dict[str, object]] = [
+    {"exp": 2**70},
+    {"exp": 10**400},
+    {"exp": 1e300},
+    {"exp": 2**63 - 1},
+    {"exp": int(time.time()) + 10 * 365 * 86400},
+    {"iat": -(2**70)},
+    {"iat": 0},
+    {"nbf": -(2**70)},
+    {"nbf": 2**70},
+    {"exp": "tomorrow"},
+    {"iat": True},
+]
+
+
+def resigned(token: str, key_pem: bytes, **claims: object) -> str:
+    """``token`` with ``claims`` replaced, signed again with the real signing key."""
+    import jwt
+
+    header = jwt.get_unverified_header(token)
+    payload = jwt.decode(token, options={"verify_signature": False})
+    payload.update(claims)
+    return jwt.encode(payload, key_pem, algorithm="ES256", headers=header)

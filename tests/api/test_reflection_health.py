@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
+from google.protobuf import descriptor_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
 from tests.grpcurl import run_grpcurl
 from tests.support import Stack, key_pem, new_key
@@ -124,3 +127,88 @@ def test_a_certificate_from_another_ca_cannot_reach_the_api(
         "list",
     )
     assert result.returncode != 0
+
+
+CONTROL_SYMBOLS = [
+    "licensing.control.v1.ProvisioningService",
+    "licensing.control.v1.CertificateService",
+    "licensing.control.v1.QuoteService",
+    "licensing.control.v1.SignUserCertificateRequest",
+]
+CONTROL_FILE = "licensing/control/v1/control.proto"
+REFLECTION_METHODS = [
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+]
+
+
+def _reflect(
+    channel: grpc.Channel, method: str, requests: list[reflection_pb2.ServerReflectionRequest]
+) -> list[reflection_pb2.ServerReflectionResponse]:
+    """One reflection stream; v1 and v1alpha share their messages on the wire."""
+    rpc = channel.stream_stream(
+        method,
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    return list(rpc(iter(requests), timeout=30))
+
+
+def _files(response: reflection_pb2.ServerReflectionResponse) -> set[str]:
+    names = set()
+    for raw in response.file_descriptor_response.file_descriptor_proto:
+        names.add(descriptor_pb2.FileDescriptorProto.FromString(raw).name)
+    return names
+
+
+def _backend_channel(stack: Stack) -> grpc.Channel:
+    frontend = stack.data_dir / "frontend"
+    return stack.backend_channel(
+        (frontend / "internal-client-key.pem").read_bytes(),
+        (frontend / "internal-client.pem").read_bytes(),
+    )
+
+
+@pytest.mark.parametrize("method", REFLECTION_METHODS)
+def test_the_frontend_describes_nothing_of_the_control_api(stack: Stack, method: str) -> None:
+    channel = stack.enroll_channel()
+    asks = [
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol=s) for s in CONTROL_SYMBOLS
+    ]
+    asks.append(reflection_pb2.ServerReflectionRequest(file_by_filename=CONTROL_FILE))
+    for answer in _reflect(channel, method, asks):
+        assert answer.WhichOneof("message_response") == "error_response", answer
+        assert answer.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+
+    # What it does describe, with every import, stays within what it serves.
+    served = [
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol=s)
+        for s in sorted(FRONTEND_SERVICES)
+    ]
+    # The error details it sends are described too, so grpcurl can print them.
+    served.append(
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="google.rpc.ErrorInfo")
+    )
+    files = set().union(*(_files(a) for a in _reflect(channel, method, served)))
+    assert {"licensing/v1/enclave.proto", "google/rpc/error_details.proto"} <= files
+    assert not [f for f in files if f.startswith("licensing/control/")], files
+
+
+@pytest.mark.parametrize("method", REFLECTION_METHODS)
+def test_the_backend_still_describes_the_control_api(stack: Stack, method: str) -> None:
+    asks = [
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol=s) for s in CONTROL_SYMBOLS
+    ]
+    for answer in _reflect(_backend_channel(stack), method, asks):
+        assert CONTROL_FILE in _files(answer), answer
+
+
+@pytest.mark.parametrize("listener", ["enrollment", "api"])
+def test_grpcurl_cannot_describe_a_control_service_on_the_frontend(
+    stack: Stack, grpcurl: str, listener: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    *flags, address = _listeners(stack, tmp_path_factory)[listener]
+    for symbol in CONTROL_SYMBOLS:
+        described = run_grpcurl(grpcurl, *flags, address, "describe", symbol)
+        assert described.returncode != 0, described.stdout
+        assert "not found" in described.stderr.lower(), described.stderr

@@ -31,7 +31,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from licensing_server.pki import CertificateAuthority
 from licensing_server.tokens import AccessTokenSigner, SigningKey
-from tests.support import error_info, key_pem, make_csr
+from tests.support import ABSURD_TIME_CLAIMS, error_info, key_pem, make_csr, resigned
 
 ISSUER = AUDIENCE = "licensing"
 ENCLAVE_HOST = "enclave.licensing.internal"
@@ -458,6 +458,25 @@ def test_a_token_from_a_key_outside_the_jwks_is_refused(
         stub.ListSecrets,
         workload_pb2.ListSecretsRequest(),
         metadata=(("authorization", f"Bearer {forged}"),),
+    )
+    assert_error(error, grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID")
+
+
+@pytest.mark.parametrize("claims", ABSURD_TIME_CLAIMS, ids=lambda c: ",".join(c))
+def test_a_well_signed_token_with_absurd_times_is_refused(
+    backend: Backend, owner: User, enclave: Enclave, claims: dict[str, object]
+) -> None:
+    key = backend.token_key.private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    token = resigned(owner.token, key, **claims)
+    stub = enclave.workload(backend, owner)
+    error = rejected(
+        stub.ListSecrets,
+        workload_pb2.ListSecretsRequest(),
+        metadata=(("authorization", f"Bearer {token}"),),
     )
     assert_error(error, grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID")
 

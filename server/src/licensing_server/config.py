@@ -56,6 +56,15 @@ class Settings:
     login_failures_per_minute: int = 10
     # Scales the per-method rate limits of api/limits.py; 0 turns them off.
     rate_limit_percent: int = 100
+    # What connections to the public frontend may hold (api/server.py ConnectionLimits);
+    # calls in flight per client address are counted by the guard.
+    handshake_timeout_seconds: int = 10
+    connection_idle_seconds: int = 120
+    max_connections: int = 2000
+    max_streams_per_connection: int = 100
+    max_calls_per_address: int = 256
+    # How often the frontend returns freed heap memory to the OS (glibc); 0: never.
+    malloc_trim_seconds: int = 30
     access_token_ttl_seconds: int = 600
     refresh_token_ttl_seconds: int = 7 * 24 * 3600
     client_certificate_ttl_seconds: int = 24 * 3600
@@ -155,6 +164,22 @@ class Settings:
             ),
             rate_limit_percent=integer(
                 "RATE_LIMIT_PERCENT", defaults.rate_limit_percent, 0, 1_000_000
+            ),
+            handshake_timeout_seconds=integer(
+                "HANDSHAKE_TIMEOUT_SECONDS", defaults.handshake_timeout_seconds, 1, 300
+            ),
+            connection_idle_seconds=integer(
+                "CONNECTION_IDLE_SECONDS", defaults.connection_idle_seconds, 1, 86400
+            ),
+            max_connections=integer("MAX_CONNECTIONS", defaults.max_connections, 1, 1_000_000),
+            max_streams_per_connection=integer(
+                "MAX_STREAMS_PER_CONNECTION", defaults.max_streams_per_connection, 1, 10_000
+            ),
+            max_calls_per_address=integer(
+                "MAX_CALLS_PER_ADDRESS", defaults.max_calls_per_address, 0, 1_000_000
+            ),
+            malloc_trim_seconds=integer(
+                "MALLOC_TRIM_SECONDS", defaults.malloc_trim_seconds, 0, 86400
             ),
             access_token_ttl_seconds=integer(
                 "ACCESS_TOKEN_TTL_SECONDS", defaults.access_token_ttl_seconds, 30, 3600

@@ -121,6 +121,36 @@ def client_address(peer: str) -> str:
     return peer
 
 
+class _CallsPerAddress:
+    """Calls in flight per client address: one peer cannot hold the whole server.
+
+    grpc cannot cap connections per address, but every connection that costs more
+    than its handshake carries calls; watch streams hold theirs for as long as
+    they watch. The event loop is single-threaded, so a plain dict is enough.
+    """
+
+    def __init__(self, limit: int):
+        self._limit = limit
+        self._active: dict[str, int] = {}
+
+    def enter(self, peer: str) -> str:
+        address = client_address(peer)
+        held = self._active.get(address, 0)
+        if held >= self._limit:
+            raise ResourceExhausted(
+                "TOO_MANY_CALLS",
+                f"at most {self._limit} calls at once from one address; finish some first",
+                {"limit": str(self._limit)},
+            )
+        self._active[address] = held + 1
+        return address
+
+    def leave(self, address: str) -> None:
+        held = self._active.pop(address) - 1
+        if held:
+            self._active[address] = held
+
+
 def _check_parsed(request: Any) -> None:
     if request is _MALFORMED:
         raise InvalidArgument("REQUEST_MALFORMED", "the request is not a valid protobuf message")
@@ -134,8 +164,11 @@ class AccessGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         *,
         rate_limits: Mapping[str, RateLimit] | None = None,
         rate_limit_percent: int = 100,
+        max_calls_per_address: int = 0,
     ):
         self._policy = dict(policy)
+        # 0: calls per address are not counted (backend, enclaves).
+        self._calls = _CallsPerAddress(max_calls_per_address) if max_calls_per_address else None
         self._authenticate = authenticate
         self._peers = _PeerCache()
         # 0 percent turns the limits off.
@@ -218,24 +251,24 @@ class AccessGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         admit = functools.partial(self._admit, method)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _unary(handler.unary_unary, admit, method),
+                _unary(handler.unary_unary, admit, method, self._calls),
                 request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _streaming(handler.unary_stream, admit, method),
+                _streaming(handler.unary_stream, admit, method, self._calls),
                 request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _unary(handler.stream_unary, admit, method),
+                _unary(handler.stream_unary, admit, method, self._calls),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
-            _streaming(handler.stream_stream, admit, method),
+            _streaming(handler.stream_stream, admit, method, self._calls),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -249,9 +282,11 @@ def _is_abort(exc: BaseException) -> bool:
     return type(exc).__name__ == "AbortError"
 
 
-def _unary(behavior: Any, admit: Admit, method: str) -> Any:
+def _unary(behavior: Any, admit: Admit, method: str, calls: _CallsPerAddress | None) -> Any:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        address = None
         try:
+            address = calls.enter(context.peer()) if calls else None
             _caller.set(await admit(context))
             _check_parsed(request)
             return await behavior(request, context)
@@ -259,15 +294,20 @@ def _unary(behavior: Any, admit: Admit, method: str) -> Any:
             if _is_abort(exc):
                 raise
             await errors.abort(context, exc, method)
+        finally:
+            if calls and address is not None:
+                calls.leave(address)
 
     return wrapped
 
 
-def _streaming(behavior: Any, admit: Admit, method: str) -> Any:
+def _streaming(behavior: Any, admit: Admit, method: str, calls: _CallsPerAddress | None) -> Any:
     async def wrapped(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
+        address = None
         try:
+            address = calls.enter(context.peer()) if calls else None
             _caller.set(await admit(context))
             _check_parsed(request)
             result = behavior(request, context)
@@ -280,6 +320,9 @@ def _streaming(behavior: Any, admit: Admit, method: str) -> Any:
             if _is_abort(exc):
                 raise
             await errors.abort(context, exc, method)
+        finally:
+            if calls and address is not None:
+                calls.leave(address)
 
     return wrapped
 

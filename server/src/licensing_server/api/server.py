@@ -27,6 +27,36 @@ SERVER_OPTIONS: Sequence[tuple[str, int]] = (
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """What one connection, and all of them together, may hold on a public server.
+
+    Each maps to a grpc core channel argument, enforced in C before any Python runs:
+    ``handshake_timeout_seconds`` closes connections that have not finished TLS and
+    sent their HTTP/2 settings (idle TCP and idle TLS connections);
+    ``idle_seconds`` sends GOAWAY to connections without a call in flight for that
+    long (watch streams are calls, so watchers are never idle); ``max_connections``
+    closes connections accepted beyond it, on all of the server's listeners together;
+    ``max_streams_per_connection`` is advertised as HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS
+    (grpc clients queue beyond it; a peer that opens more gets RST_STREAM REFUSED_STREAM).
+    grpc has no per-address connection cap; calls per address are bounded by the guard.
+    """
+
+    handshake_timeout_seconds: int = 10
+    idle_seconds: int = 120
+    max_connections: int = 2000
+    max_streams_per_connection: int = 100
+
+    def options(self) -> list[tuple[str, int]]:
+        return [
+            *SERVER_OPTIONS,
+            ("grpc.server_handshake_timeout_ms", self.handshake_timeout_seconds * 1000),
+            ("grpc.max_connection_idle_ms", self.idle_seconds * 1000),
+            ("grpc.max_allowed_incoming_connections", self.max_connections),
+            ("grpc.max_concurrent_streams", self.max_streams_per_connection),
+        ]
+
+
+@dataclass(frozen=True, slots=True)
 class ServerIdentity:
     """A server's certificate chain and key (PEM) and the CA its clients must chain to."""
 

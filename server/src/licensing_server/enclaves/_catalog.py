@@ -11,9 +11,9 @@ import base64
 import binascii
 import contextlib
 import datetime as dt
-import json
 import logging
 import re
+import struct
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +29,7 @@ from licensing_server.errors import (
 )
 from licensing_server.provisioning import EventTail, terminal_phases
 from licensing_server.storage import (
+    MAX_SEQUENCE,
     DatabaseUnavailable,
     EnclaveRecord,
     EnclaveStore,
@@ -190,6 +191,11 @@ class EnclaveCatalog:
     async def watch(
         self, owner_id: str, enclave_id: str, from_sequence: int
     ) -> AsyncIterator[EnclaveUpdate]:
+        if not 0 <= from_sequence <= MAX_SEQUENCE:
+            # Checked before any query: SQLite cannot even bind an integer past 2**63 - 1.
+            raise InvalidArgument(
+                "FROM_SEQUENCE_INVALID", f"from_sequence must be between 0 and {MAX_SEQUENCE}"
+            )
         record = await self.owned(owner_id, enclave_id)
         return self._watch(record.id, from_sequence)
 
@@ -220,15 +226,37 @@ class EnclaveCatalog:
         await self._backend.deprovision(record.id)
 
 
+#: Page token: version, creation time (microseconds since the epoch), enclave id.
+#: A fixed layout: nothing in it can nest, recurse or grow.
+_PAGE_TOKEN = struct.Struct(">Bq16s")
+_PAGE_TOKEN_VERSION = 1
+_PAGE_TOKEN_CHARS = 34  # base64url of 25 bytes, unpadded
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
 def _encode_page_token(record: EnclaveRecord) -> str:
-    raw = json.dumps([record.created_at.isoformat(), record.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    micros = (record.created_at - _EPOCH) // _MICROSECOND
+    return _encode_raw(_PAGE_TOKEN.pack(_PAGE_TOKEN_VERSION, micros, uuid.UUID(record.id).bytes))
 
 
 def _decode_page_token(token: str) -> tuple[dt.datetime, str]:
+    """The position after which the next page starts; anything but our own layout is refused."""
+    invalid = InvalidArgument("PAGE_TOKEN_INVALID", "page_token is not valid")
+    # The length is checked before decoding, so a huge token costs nothing.
+    if len(token) != _PAGE_TOKEN_CHARS or not token.isascii():
+        raise invalid
     try:
-        padded = token + "=" * (-len(token) % 4)
-        created, enclave_id = json.loads(base64.urlsafe_b64decode(padded))
-        return dt.datetime.fromisoformat(created), str(uuid.UUID(enclave_id))
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise InvalidArgument("PAGE_TOKEN_INVALID", "page_token is not valid") from exc
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        version, micros, enclave_id = _PAGE_TOKEN.unpack(raw)
+        created = _EPOCH + micros * _MICROSECOND
+    except (ValueError, OverflowError, struct.error, binascii.Error) as exc:
+        raise invalid from exc
+    # Re-encoding refuses what the lenient decoder skipped (stray characters, spare bits).
+    if version != _PAGE_TOKEN_VERSION or _encode_raw(raw) != token:
+        raise invalid
+    return created, str(uuid.UUID(bytes=enclave_id))
+
+
+def _encode_raw(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")

@@ -26,7 +26,7 @@ from licensing_server.api.guard import AccessGuard
 from licensing_server.api.limits import FRONTEND_RATE_LIMITS
 from licensing_server.api.policy import FRONTEND_POLICY
 from licensing_server.api.server import (
-    SERVER_OPTIONS,
+    ConnectionLimits,
     ServerIdentity,
     add_health_and_reflection,
     add_listener,
@@ -41,7 +41,7 @@ from licensing_server.frontend.backend_client import (
     BackendProvisioningClient,
 )
 from licensing_server.layout import DataLayout
-from licensing_server.process import run_process, stop_requested
+from licensing_server.process import freed_memory_released, run_process, stop_requested
 from licensing_server.provisioning import EventTail
 from licensing_server.storage import Database, EnclaveStore, Limits, UserStore, run_migrations
 from licensing_server.tokens import AccessTokenSigner, AccessTokenVerifier, SigningKey
@@ -134,9 +134,15 @@ async def serve(settings: Settings) -> None:
                 auth.authenticate,
                 rate_limits=FRONTEND_RATE_LIMITS,
                 rate_limit_percent=settings.rate_limit_percent,
+                max_calls_per_address=settings.max_calls_per_address,
             )
         ],
-        options=SERVER_OPTIONS,
+        options=ConnectionLimits(
+            handshake_timeout_seconds=settings.handshake_timeout_seconds,
+            idle_seconds=settings.connection_idle_seconds,
+            max_connections=settings.max_connections,
+            max_streams_per_connection=settings.max_streams_per_connection,
+        ).options(),
     )
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
     trust_pb2_grpc.add_TrustServiceServicer_to_server(
@@ -167,7 +173,8 @@ async def serve(settings: Settings) -> None:
         settings.frontend_api_addr,
     )
 
-    await stop_requested()
+    async with freed_memory_released(settings.malloc_trim_seconds):
+        await stop_requested()
     _log.info("frontend shutting down")
     await health.enter_graceful_shutdown()
     await server.stop(5)

@@ -2,6 +2,7 @@
 
 from licensing_server.storage._database import Database, DatabaseUnavailable, run_migrations
 from licensing_server.storage._enclaves import (
+    MAX_SEQUENCE,
     EnclaveRecord,
     EnclaveStore,
     EventRecord,
@@ -16,6 +17,7 @@ from licensing_server.storage._measurements import (
 from licensing_server.storage._users import SessionRecord, UserRecord, UserStore
 
 __all__ = [
+    "MAX_SEQUENCE",
     "Database",
     "DatabaseUnavailable",
     "EnclaveRecord",

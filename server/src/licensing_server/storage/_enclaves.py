@@ -32,6 +32,9 @@ class Phase(enum.StrEnum):
 
 #: Phases that hold a licence: everything but FAILED (deleted enclaves have no row).
 _NOT_COUNTED = (Phase.FAILED.value,)
+#: The largest event sequence the schema can hold (a 32-bit ``Integer`` column);
+#: callers validate sequences against it before they reach a query.
+MAX_SEQUENCE = 2**31 - 1
 #: Ids per ``IN (...)``: well under SQLite's and PostgreSQL's bound-parameter limits.
 _IN_CHUNK = 500
 

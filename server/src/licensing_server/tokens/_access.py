@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -30,6 +31,11 @@ _log = logging.getLogger(__name__)
 ALGORITHM = "ES256"
 MAX_TOKEN_LENGTH = 4096
 _REQUIRED = ["exp", "iat", "sub", "jti", "iss", "aud"]
+#: No token we sign lives longer (``LICENSING_ACCESS_TOKEN_TTL_SECONDS`` is at most an hour);
+#: a longer-lived one is refused however well it is signed.
+MAX_TOKEN_LIFETIME = dt.timedelta(days=1)
+#: NumericDate claims must name a second a ``datetime`` can hold (years 1970-9999).
+_LAST_SECOND = int(dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC).timestamp())
 
 
 def _b64url(data: bytes) -> str:
@@ -160,6 +166,8 @@ class AccessTokenVerifier:
 
     Verified tokens are cached (bounded, until ``exp``) because an ES256 verify
     per call halves throughput; the certificate binding is still checked per call.
+    The cache is keyed by the token's SHA-256, so a full cache holds 32 bytes per
+    token rather than the token itself.
     """
 
     def __init__(
@@ -175,14 +183,15 @@ class AccessTokenVerifier:
         self._issuer = issuer
         self._audience = audience
         self._clock = clock
-        self._cache: OrderedDict[str, AccessClaims] = OrderedDict()
+        self._cache: OrderedDict[bytes, AccessClaims] = OrderedDict()
         self._cache_size = cache_size
 
     def verify(self, token: str, certificate_sha256: bytes) -> AccessClaims:
-        claims = self._cached(token)
+        key = hashlib.sha256(token.encode(errors="surrogatepass")).digest()
+        claims = self._cached(key)
         if claims is None:
             claims = self._decode(token)
-            self._cache[token] = claims
+            self._cache[key] = claims
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         if not hmac.compare_digest(claims.certificate_thumbprint, x5t_s256(certificate_sha256)):
@@ -194,17 +203,17 @@ class AccessTokenVerifier:
 
     def forget(self, session_id: str) -> None:
         """Drop cached tokens of a revoked session."""
-        for token in [t for t, c in self._cache.items() if c.session_id == session_id]:
-            del self._cache[token]
+        for key in [k for k, c in self._cache.items() if c.session_id == session_id]:
+            del self._cache[key]
 
-    def _cached(self, token: str) -> AccessClaims | None:
-        claims = self._cache.get(token)
+    def _cached(self, key: bytes) -> AccessClaims | None:
+        claims = self._cache.get(key)
         if claims is None:
             return None
         if claims.expires_at <= self._clock():
-            del self._cache[token]
+            del self._cache[key]
             raise Unauthenticated("TOKEN_EXPIRED", "the access token expired")
-        self._cache.move_to_end(token)
+        self._cache.move_to_end(key)
         return claims
 
     def _decode(self, token: str) -> AccessClaims:
@@ -228,6 +237,7 @@ class AccessTokenVerifier:
             raise Unauthenticated("TOKEN_EXPIRED", "the access token expired") from exc
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated("TOKEN_INVALID", "the access token is not valid") from exc
+        expires_at = _check_times(payload)
         cnf = payload.get("cnf")
         thumbprint = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
         sub, sid, jti = payload.get("sub"), payload.get("sid", ""), payload.get("jti")
@@ -238,6 +248,37 @@ class AccessTokenVerifier:
             username=str(payload.get("preferred_username", "")),
             session_id=str(sid),
             token_id=jti,
-            expires_at=dt.datetime.fromtimestamp(int(payload["exp"]), dt.UTC),
+            expires_at=expires_at,
             certificate_thumbprint=thumbprint,
         )
+
+
+def _numeric_date(payload: Mapping[str, Any], claim: str) -> int | None:
+    """A NumericDate claim as whole seconds, or None if absent; absurd values are refused."""
+    value = payload.get(claim)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Unauthenticated("TOKEN_INVALID", f"the access token's {claim} is not a time")
+    # No float conversion of an int: 10**400 would overflow it (and NaN compares false).
+    finite = not isinstance(value, float) or math.isfinite(value)
+    if not (finite and 0 <= value <= _LAST_SECOND):
+        raise Unauthenticated("TOKEN_INVALID", f"the access token's {claim} is out of range")
+    return int(value)
+
+
+def _check_times(payload: Mapping[str, Any]) -> dt.datetime:
+    """``exp``, ``iat`` and ``nbf`` in range, and a lifetime no token of ours exceeds.
+
+    PyJWT has already refused tokens that expired or claim to be from the future;
+    this refuses the rest (an ``exp`` of 2**70, a lifetime of years) with a reason
+    instead of letting ``datetime`` overflow. With ``iat`` not in the future, the
+    lifetime bound also bounds how far ahead ``exp`` may be.
+    """
+    exp, iat = _numeric_date(payload, "exp"), _numeric_date(payload, "iat")
+    _numeric_date(payload, "nbf")
+    if exp is None or iat is None:  # PyJWT requires both; kept for the type checker
+        raise Unauthenticated("TOKEN_INVALID", "the access token is not valid")
+    if exp - iat > MAX_TOKEN_LIFETIME.total_seconds():
+        raise Unauthenticated("TOKEN_INVALID", "the access token's lifetime is too long")
+    return dt.datetime.fromtimestamp(exp, dt.UTC)
