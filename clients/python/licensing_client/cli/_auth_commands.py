@@ -14,7 +14,7 @@ from grpclib.exceptions import GRPCError
 
 from licensing_client.cli._context import Context
 from licensing_client.cli._errors import CliError, SessionEnded, UsageError, explain
-from licensing_client.cli._keys import load_certificates, new_key_and_csr
+from licensing_client._keys import load_certificates, new_key_and_csr
 from licensing_client.cli._output import user_json
 from licensing_client.cli._session import CALL_TIMEOUT, Metadata
 from licensing_client.cli._store import SessionRecord, format_time

@@ -40,7 +40,7 @@ from licensing_client.cli._errors import (
     explain,
     is_transient,
 )
-from licensing_client.cli._keys import fingerprint, verify_signature
+from licensing_client._keys import fingerprint, verify_signature
 from licensing_client.cli._output import (
     Event,
     EventView,

@@ -35,7 +35,7 @@ from licensing_client.cli._errors import (
     explain,
     reason_of,
 )
-from licensing_client.cli._keys import new_key_and_csr
+from licensing_client._keys import new_key_and_csr
 from licensing_client.cli._store import CredentialStore, SessionRecord
 from licensing_client.gen.licensing import v1
 
