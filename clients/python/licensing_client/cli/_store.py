@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from licensing_client._session import Session
 from licensing_client.cli._errors import CliError, UsageError
 
 _DIR_MODE = 0o700
@@ -187,3 +188,62 @@ class CredentialStore:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+class FileSessionStore:
+    """``CredentialStore`` as the client's ``SessionStore``: ``session.json`` with the key and
+    certificate beside it, locked between processes (``CredentialStore.lock``)."""
+
+    def __init__(self, store: CredentialStore, *, server: str, api: str) -> None:
+        self.store = store
+        self.server = server
+        self.api = api
+
+    def load(self) -> Session | None:
+        record = self.store.load_session()
+        if record is None:
+            return None
+        try:
+            cert_pem = self.store.cert_path.read_bytes()
+            key_pem = self.store.key_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        return Session(
+            username=record.username,
+            user_id=record.user_id,
+            access_token=record.access_token,
+            access_token_expire_time=record.access_token_expire_time,
+            refresh_token=record.refresh_token,
+            refresh_token_expire_time=record.refresh_token_expire_time,
+            client_certificate_pem=cert_pem,
+            client_key_pem=key_pem,
+            client_certificate_expire_time=record.client_certificate_expire_time,
+        )
+
+    def save(self, session: Session) -> None:
+        """The key and certificate first (if they changed), then the record naming them."""
+        try:
+            same = (
+                self.store.cert_path.read_bytes() == session.client_certificate_pem
+                and self.store.key_path.read_bytes() == session.client_key_pem
+            )
+        except FileNotFoundError:
+            same = False
+        if not same:
+            self.store.save_credentials(session.client_key_pem, session.client_certificate_pem)
+        self.store.save_session(
+            SessionRecord(
+                username=session.username,
+                user_id=session.user_id,
+                server=self.server,
+                api=self.api,
+                access_token=session.access_token,
+                access_token_expire_time=session.access_token_expire_time,
+                refresh_token=session.refresh_token,
+                refresh_token_expire_time=session.refresh_token_expire_time,
+                client_certificate_expire_time=session.client_certificate_expire_time,
+            )
+        )
+
+    def lock(self) -> contextlib.AbstractContextManager[object]:
+        return self.store.lock()
