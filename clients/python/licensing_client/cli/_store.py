@@ -190,6 +190,10 @@ class CredentialStore:
             os.close(fd)
 
 
+#: What ``session.json`` and ``Session`` both hold (the PEMs live in files of their own).
+_SHARED_FIELDS = tuple(f.name for f in fields(Session) if f.name in SessionRecord.__annotations__)
+
+
 class FileSessionStore:
     """``CredentialStore`` as the client's ``SessionStore``: ``session.json`` with the key and
     certificate beside it, locked between processes (``CredentialStore.lock``)."""
@@ -208,17 +212,8 @@ class FileSessionStore:
             key_pem = self.store.key_path.read_bytes()
         except FileNotFoundError:
             return None
-        return Session(
-            username=record.username,
-            user_id=record.user_id,
-            access_token=record.access_token,
-            access_token_expire_time=record.access_token_expire_time,
-            refresh_token=record.refresh_token,
-            refresh_token_expire_time=record.refresh_token_expire_time,
-            client_certificate_pem=cert_pem,
-            client_key_pem=key_pem,
-            client_certificate_expire_time=record.client_certificate_expire_time,
-        )
+        shared = {name: getattr(record, name) for name in _SHARED_FIELDS}
+        return Session(**shared, client_certificate_pem=cert_pem, client_key_pem=key_pem)
 
     def save(self, session: Session) -> None:
         """The key and certificate first (if they changed), then the record naming them."""
@@ -231,19 +226,8 @@ class FileSessionStore:
             same = False
         if not same:
             self.store.save_credentials(session.client_key_pem, session.client_certificate_pem)
-        self.store.save_session(
-            SessionRecord(
-                username=session.username,
-                user_id=session.user_id,
-                server=self.server,
-                api=self.api,
-                access_token=session.access_token,
-                access_token_expire_time=session.access_token_expire_time,
-                refresh_token=session.refresh_token,
-                refresh_token_expire_time=session.refresh_token_expire_time,
-                client_certificate_expire_time=session.client_certificate_expire_time,
-            )
-        )
+        shared = {name: getattr(session, name) for name in _SHARED_FIELDS}
+        self.store.save_session(SessionRecord(**shared, server=self.server, api=self.api))
 
     def lock(self) -> contextlib.AbstractContextManager[object]:
         return self.store.lock()
