@@ -11,12 +11,15 @@ import asyncio
 import dataclasses
 import datetime as dt
 import uuid
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from grpclib.const import Status
+from grpclib.exceptions import StreamTerminatedError
 
 from licensing_client import (
     AttestationFailedError,
@@ -26,6 +29,7 @@ from licensing_client import (
     MemorySessionStore,
     NotLoggedInError,
     Progress,
+    Reconnecting,
     Session,
 )
 from licensing_client.attestation import Check
@@ -193,3 +197,39 @@ async def test_a_token_the_server_calls_expired_is_refreshed_and_the_call_retrie
     assert after.refresh_token != session.refresh_token
     assert after.access_token != session.access_token
     assert after.access_token_expire_time != FAR_FUTURE
+
+
+async def test_a_dropped_create_stream_is_resumed_from_the_last_event(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first CreateEnclave stream breaks after two events (in this process only); the
+    client says so, resumes with WatchEnclave from sequence 2, and shows no event twice."""
+    original = v1.EnclaveServiceStub.create_enclave
+    calls: list[int] = []
+
+    async def breaking(
+        self: v1.EnclaveServiceStub, request: v1.CreateEnclaveRequest, **kwargs: Any
+    ) -> AsyncIterator[v1.CreateEnclaveResponse]:
+        calls.append(1)
+        seen = 0
+        async for event in original(self, request, **kwargs):
+            yield event
+            seen += 1
+            if seen == 2 and len(calls) == 1:
+                raise StreamTerminatedError("connection lost (test)")
+
+    monkeypatch.setattr(v1.EnclaveServiceStub, "create_enclave", breaking)
+    async with _client(stack) as client:
+        await _logged_in(client)
+        events = [event async for event in client.create_enclave()]
+        reconnects = [e for e in events if isinstance(e, Reconnecting)]
+        assert [(r.attempt, r.from_sequence) for r in reconnects] == [(1, 2)]
+        assert isinstance(reconnects[0].error, StreamTerminatedError)
+        progress = [e for e in events if isinstance(e, Progress)]
+        assert [v1.Phase(e.phase).name for e in progress] == PHASES
+        assert len({e.sequence for e in progress}) == len(progress)
+        assert calls == [1]  # resumed by WatchEnclave, not a second CreateEnclave
+        created = events[-1]
+        assert isinstance(created, Created)
+        assert created.attestation is not None
+        await client.delete_enclave(created.enclave.id)
