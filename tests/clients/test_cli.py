@@ -12,22 +12,19 @@ import json
 import stat
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.clients.attestation_support import self_signed_ca_pem
 from tests.clients.cli_support import Cli
-from tests.support import PASSWORD, Stack, free_port, start_stack
+from tests.support import PASSWORD, Stack, free_port
 
 PAST = "2000-01-01T00:00:00Z"
 FAR_FUTURE = "2999-01-01T00:00:00Z"
 #: The shortest access token lifetime the server accepts.
-SHORT_TTL = 30
 
 
 def fingerprint(pem: bytes) -> str:
@@ -237,20 +234,6 @@ def test_a_certificate_about_to_expire_is_renewed_with_a_new_local_key(
     for file in ("key.pem", "cert.pem", "session.json"):
         assert mode(config / file) == 0o600, file
     cli.run("whoami").ok()  # the new certificate and its bound token work together
-
-
-@pytest.fixture(scope="module")
-def short_lived_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A second stack whose access tokens live 30 s, so one can really expire."""
-    stacks = start_stack("sqlite", tmp_path_factory.mktemp("short-ttl"), None)
-    with pytest.MonkeyPatch.context() as patch:  # the server reads it at start only
-        patch.setenv("LICENSING_ACCESS_TOKEN_TTL_SECONDS", str(SHORT_TTL))
-        stack = next(stacks)
-    try:
-        yield stack
-    finally:
-        for _ in stacks:  # runs start_stack's clean-up
-            pass
 
 
 def test_a_token_the_server_calls_expired_is_refreshed_and_the_call_retried(

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from grpclib.client import Channel
 
 from licensing_client._connect import bearer, enclave_channel
+from licensing_client._errors import EnclaveNotReady
 from licensing_client.attestation import VerificationReport, verify_attestation
 from licensing_client.gen.licensing import v1
 
@@ -33,21 +34,6 @@ NONCE_BYTES = 32
 DEFAULT_TIMEOUT = 30.0
 #: Phases in which an enclave runs with its certificate (the server quotes only these).
 ATTESTABLE_PHASES = frozenset({v1.Phase.READY, v1.Phase.ATTESTING, v1.Phase.ATTESTED})
-
-
-class EnclaveNotReady(Exception):
-    """The enclave is not running with a certificate (not yet, or no more): nothing to attest."""
-
-    def __init__(self, enclave: v1.Enclave) -> None:
-        try:
-            phase = v1.Phase(enclave.phase).name or str(int(enclave.phase))
-        except ValueError:
-            phase = f"PHASE_{int(enclave.phase)}"
-        super().__init__(
-            f"enclave {enclave.id} is not running with a certificate to attest (it is {phase})"
-        )
-        self.enclave = enclave
-        self.phase = phase
 
 
 @dataclass(frozen=True, slots=True)

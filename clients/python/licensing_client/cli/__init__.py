@@ -1,10 +1,13 @@
-"""``licensing``: the command line client, on the betterproto-generated client.
+"""``licensing``: the command line client, a thin layer over ``LicensingClient``.
 
-Modules, one concern each: ``_store`` (the config directory and credentials),
-``_trust`` (pinning the licensing CA), ``_session`` (channels and automatic token
-refresh), ``_output`` (text, JSON lines, the live progress bar), ``_errors``
-(failures as sentences), ``_auth_commands`` and ``_enclave_commands`` (the
-commands), ``_parser`` (the grammar), ``_context`` (settings).
+Modules, one concern each: ``_store`` (the config directory, the on-disk session
+store with its lock), ``_trust`` (pinning the licensing CA), ``_session`` (one
+command's client and the peers its errors name), ``_output`` (text, JSON lines, the
+live progress bar), ``_errors`` (failures as sentences, one ``explain``), the
+commands: ``_auth_commands``, ``_progress_commands`` (create, watch),
+``_attest_commands`` (attest, the verification report), ``_workload_commands``
+(call), ``_enclave_commands`` (list, get, delete); ``_parser`` (the grammar),
+``_context`` (settings).
 """
 
 from __future__ import annotations

@@ -5,20 +5,14 @@ from __future__ import annotations
 import argparse
 import getpass
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
-from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from licensing_client._keys import load_certificates
 from licensing_client.cli._context import Context
-from licensing_client.cli._errors import CliError, SessionEnded, UsageError, explain
-from licensing_client.cli._keys import load_certificates, new_key_and_csr
+from licensing_client.cli._errors import CliError, SessionEnded, UsageError
 from licensing_client.cli._output import user_json
-from licensing_client.cli._session import CALL_TIMEOUT, Metadata
-from licensing_client.cli._store import SessionRecord, format_time
-from licensing_client.gen.licensing import v1
+from licensing_client.cli._store import format_time
 
 
 def read_password(ctx: Context, args: argparse.Namespace, *, confirm: bool) -> str:
@@ -45,113 +39,53 @@ def read_password(ctx: Context, args: argparse.Namespace, *, confirm: bool) -> s
 
 async def signup(ctx: Context, args: argparse.Namespace) -> int:
     password = read_password(ctx, args, confirm=True)
-    async with ctx.connections() as connections:
-        with explain(
-            "sign-up",
-            peer=f"the licensing server at {connections.server}",
-            trust=connections.trust_hint,
-        ):
-            reply = await v1.AuthServiceStub(connections.enrollment()).sign_up(
-                v1.SignUpRequest(username=args.username, password=password),
-                timeout=CALL_TIMEOUT,
-            )
+    async with ctx.connect() as connection:
+        with connection.explain("sign-up", enrollment=True):
+            account = await connection.client.sign_up(args.username, password)
     ctx.output.result(
-        f"signed up as {reply.username} (user id {reply.user_id}); "
-        f"next: licensing login {reply.username}",
-        {"user_id": reply.user_id, "username": reply.username},
+        f"signed up as {account.username} (user id {account.user_id}); "
+        f"next: licensing login {account.username}",
+        {"user_id": account.user_id, "username": account.username},
     )
     return 0
 
 
-def _same_key(cert_pem: bytes, key_pem: bytes) -> bool:
-    certificate = x509.load_pem_x509_certificate(cert_pem)
-    key = serialization.load_pem_private_key(key_pem, password=None)
-    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    return certificate.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)
-
-
-def _username_in(cert_pem: bytes, fallback: str) -> str:
-    """The server puts the normalised username in the certificate's subject."""
-    names = x509.load_pem_x509_certificate(cert_pem).subject.get_attributes_for_oid(
-        NameOID.COMMON_NAME
-    )
-    return str(names[0].value) if names else fallback
-
-
 async def login(ctx: Context, args: argparse.Namespace) -> int:
     password = read_password(ctx, args, confirm=False)
-    fresh = new_key_and_csr(args.username)  # the private key stays here; only the CSR is sent
-    async with ctx.connections() as connections:
-        with explain(
-            "login",
-            peer=f"the licensing server at {connections.server}",
-            trust=connections.trust_hint,
-        ):
-            reply = await v1.AuthServiceStub(connections.enrollment()).login(
-                v1.LoginRequest(username=args.username, password=password, csr_pem=fresh.csr_pem),
-                timeout=CALL_TIMEOUT,
-            )
-        server = connections.server
-    cert_pem = reply.client_certificate_pem.encode()
-    try:
-        matches = _same_key(cert_pem, fresh.key_pem)
-    except ValueError as exc:
-        raise CliError("login failed: the server sent an unreadable client certificate") from exc
-    if not matches:
-        raise CliError("login failed: the certificate the server issued is not for our key")
-
     store = ctx.store
     previous = store.load_session()
-    store.save_credentials(fresh.key_pem, cert_pem)
-    bundle = "".join(
-        pem if pem.endswith("\n") else pem + "\n" for pem in reply.ca_certificates_pem
-    ).encode()
+    async with ctx.connect() as connection:
+        with connection.explain("login", enrollment=True):
+            session = await connection.client.log_in(args.username, password)
+        bundle = connection.client.login_ca_bundle
     if bundle and store.pinned_ca() != bundle:
         load_certificates(bundle)  # came over the verified connection; refuse junk all the same
         store.pin_ca(bundle)
-    username = _username_in(cert_pem, args.username)
-    record = SessionRecord(
-        username=username,
-        user_id=reply.user_id,
-        server=server,
-        api=ctx.api(),
-        access_token=reply.access_token,
-        access_token_expire_time=reply.access_token_expire_time,
-        refresh_token=reply.refresh_token,
-        refresh_token_expire_time=reply.refresh_token_expire_time,
-        client_certificate_expire_time=reply.client_certificate_expire_time,
-    )
-    store.save_session(record)
+    username = session.username
     if previous is not None and previous.username != username:
         ctx.output.notice(f"replaced the stored session of {previous.username}")
     ctx.output.result(
-        f"logged in as {username} (user id {reply.user_id}); "
-        f"certificate valid until {format_time(record.client_certificate_expire_time)}, "
+        f"logged in as {username} (user id {session.user_id}); "
+        f"certificate valid until {format_time(session.client_certificate_expire_time)}, "
         f"session stored in {store.root}",
         {
-            "user_id": reply.user_id,
+            "user_id": session.user_id,
             "username": username,
-            "access_token_expire_time": format_time(record.access_token_expire_time),
-            "refresh_token_expire_time": format_time(record.refresh_token_expire_time),
-            "client_certificate_expire_time": format_time(record.client_certificate_expire_time),
+            "access_token_expire_time": format_time(session.access_token_expire_time),
+            "refresh_token_expire_time": format_time(session.refresh_token_expire_time),
+            "client_certificate_expire_time": format_time(session.client_certificate_expire_time),
             "config_dir": str(store.root),
         },
     )
     return 0
 
 
-async def _logout(channel: Channel, metadata: Metadata) -> v1.LogoutResponse:
-    return await v1.AuthServiceStub(channel).logout(
-        v1.LogoutRequest(), metadata=metadata, timeout=CALL_TIMEOUT
-    )
-
-
 async def logout(ctx: Context, args: argparse.Namespace) -> int:
-    async with ctx.session() as session:
-        username = session.record.username
+    async with ctx.session() as connection:
+        username = connection.client.session.username
         try:
-            with explain("logout", peer=session.api_peer, trust=session.connections.trust_hint):
-                await session.call(_logout)
+            with connection.explain("logout"):
+                await connection.client.log_out()
         except SessionEnded:
             already = True
         except CliError as exc:
@@ -171,17 +105,10 @@ async def logout(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _current_user(channel: Channel, metadata: Metadata) -> v1.GetCurrentUserResponse:
-    return await v1.AuthServiceStub(channel).get_current_user(
-        v1.GetCurrentUserRequest(), metadata=metadata, timeout=CALL_TIMEOUT
-    )
-
-
 async def whoami(ctx: Context, args: argparse.Namespace) -> int:
-    async with ctx.session() as session:
-        with explain("whoami", peer=session.api_peer, trust=session.connections.trust_hint):
-            reply = await session.call(_current_user)
-    user = reply.user
+    async with ctx.session() as connection:
+        with connection.explain("whoami"):
+            user = await connection.client.current_user()
     created = user_json(user)["create_time"]
     ctx.output.result(
         f"{user.username} (user id {user.id}" + (f", signed up {created})" if created else ")"),

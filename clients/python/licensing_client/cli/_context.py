@@ -9,10 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from licensing_client import LicensingClient
 from licensing_client.cli._errors import CliError
 from licensing_client.cli._output import Mode, Output
-from licensing_client.cli._session import Connections, Session
-from licensing_client.cli._store import CredentialStore, SessionRecord, default_config_dir
+from licensing_client.cli._session import CALL_TIMEOUT, Connection
+from licensing_client.cli._store import (
+    CredentialStore,
+    FileSessionStore,
+    SessionRecord,
+    default_config_dir,
+)
 from licensing_client.cli._trust import ensure_trust
 
 DEFAULT_SERVER = "127.0.0.1:8443"
@@ -72,21 +78,42 @@ class Context:
         return self.settings.api or (record.api if record else None) or DEFAULT_API
 
     @asynccontextmanager
-    async def connections(self, record: SessionRecord | None = None) -> AsyncIterator[Connections]:
-        """Channels to the licensing server, verified against the pinned CA (pinned first)."""
+    async def connect(
+        self, record: SessionRecord | None = None, *, api: str | None = None
+    ) -> AsyncIterator[Connection]:
+        """A client verifying the server against the pinned CA (pinned first).
+
+        Its session lives in the config directory under the addresses of ``record``
+        (or the current ones when there is none, as at login).
+        """
         self.store.prepare()
         server = self.server(record)
         ca_path = await ensure_trust(
             self.store, self.output, server=server, ca_file=self.settings.ca_file
         )
-        connections = Connections(server=server, ca_path=ca_path)
+        store = FileSessionStore(
+            self.store,
+            server=record.server if record else server,
+            api=record.api if record else self.api(),
+        )
         try:
-            yield connections
-        finally:
-            connections.close()
+            ca_pem = ca_path.read_bytes()
+            client = LicensingClient(
+                server,
+                api or self.api(record),
+                ca_pem=ca_pem,
+                store=store,
+                rpc_timeout=CALL_TIMEOUT,
+            )
+        except (OSError, ValueError) as exc:
+            raise CliError(
+                f"the pinned CA {ca_path} cannot be read ({exc}); pass --ca-file"
+            ) from exc
+        async with client:
+            yield Connection(client, store, ca_path)
 
     @asynccontextmanager
-    async def session(self) -> AsyncIterator[Session]:
+    async def session(self) -> AsyncIterator[Connection]:
         """The stored session; ``CliError`` if there is none."""
         record = self.store.load_session()
         if record is None:
@@ -97,5 +124,5 @@ class Context:
         for path in (self.store.key_path, self.store.cert_path):
             if not path.exists():
                 raise CliError(f"the session is incomplete ({path} is missing); log in again")
-        async with self.connections(record) as connections:
-            yield Session(self.store, connections, record, api=self.api(record))
+        async with self.connect(record) as connection:
+            yield connection

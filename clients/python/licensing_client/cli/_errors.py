@@ -11,20 +11,39 @@ import asyncio
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
-from google.rpc import error_details_pb2  # registers ErrorInfo for grpclib's details codec
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+
+from licensing_client._client import is_transient
+from licensing_client._errors import (
+    TRANSPORT_ERRORS,
+    AttestationFailedError,
+    EnclaveFailedError,
+    EnclaveNotReady,
+    LicensingError,
+    NotLoggedInError,
+    RefreshFailedError,
+    SessionEndedError,
+    SignatureInvalidError,
+    error_info,
+    reason_of,
+)
 
 #: Exit codes: the operation failed (the server said no, or could not be reached).
 EXIT_FAILED = 1
 #: Exit codes: the command line itself is wrong.
 EXIT_USAGE = 2
 
-#: A dropped connection; OSError covers refused, reset and unreachable.
-_TRANSIENT = (StreamTerminatedError, asyncio.IncompleteReadError, OSError)
+__all__ = ["error_info", "is_transient", "reason_of"]
 
+#: The client's own verdicts: each command words them itself, ``explain`` lets them pass.
+_DOMAIN_ERRORS = (
+    AttestationFailedError,
+    EnclaveFailedError,
+    EnclaveNotReady,
+    SignatureInvalidError,
+)
 _STATUS_TEXT = {
     Status.UNAVAILABLE: "the service is unavailable",
     Status.DEADLINE_EXCEEDED: "the server did not answer in time",
@@ -56,20 +75,6 @@ class UsageError(CliError):
         super().__init__(sentence, EXIT_USAGE)
 
 
-def error_info(error: GRPCError) -> Any | None:
-    """The ``google.rpc.ErrorInfo`` in the status details, if the server sent one."""
-    details: Any = error.details
-    for detail in details or ():
-        if isinstance(detail, error_details_pb2.ErrorInfo):
-            return detail
-    return None
-
-
-def reason_of(error: GRPCError) -> str | None:
-    info = error_info(error)
-    return str(info.reason) if info is not None and info.reason else None
-
-
 def describe_status(error: GRPCError) -> str:
     """``message (CODE, REASON)``.
 
@@ -81,15 +86,6 @@ def describe_status(error: GRPCError) -> str:
     if reason and reason != error.status.name:
         labels.append(reason)
     return f"{message} ({', '.join(labels)})"
-
-
-def is_transient(error: BaseException) -> bool:
-    """Worth reconnecting for: the server is unreachable or the connection dropped."""
-    if isinstance(error, GRPCError):
-        return error.status is Status.UNAVAILABLE
-    if isinstance(error, ssl.SSLError):
-        return False  # a handshake that fails once fails again
-    return isinstance(error, _TRANSIENT)
 
 
 def describe_transport(error: BaseException, peer: str, trust: str) -> str:
@@ -110,14 +106,47 @@ def describe_transport(error: BaseException, peer: str, trust: str) -> str:
     return f"talking to {peer} failed: {error}"
 
 
+def _sentence(
+    action: str, error: BaseException, *, peer: str, trust: str
+) -> tuple[str, BaseException]:
+    """``(sentence, cause)`` for a failure of ``action``; a ``LicensingError`` is worded
+    by what it wraps, which becomes the cause (so callers can still test its status)."""
+    if isinstance(error, LicensingError) and isinstance(
+        error.__cause__, (GRPCError, *TRANSPORT_ERRORS)
+    ):
+        error = error.__cause__
+    if isinstance(error, GRPCError):
+        return f"{action} failed: {describe_status(error)}", error
+    if isinstance(error, LicensingError):
+        return f"{action} failed: {error.message}", error
+    return f"{action} failed: {describe_transport(error, peer, trust)}", error
+
+
 @contextmanager
 def explain(action: str, *, peer: str, trust: str = "") -> Iterator[None]:
-    """Turn failures of ``action`` (e.g. ``login``) into ``CliError("login failed: ...")``."""
+    """Turn failures of ``action`` (e.g. ``login``) into ``CliError("login failed: ...")``.
+
+    A refresh that failed on the way is worded as such, an ended session as
+    ``SessionEnded``; the client's verdicts on enclaves pass unchanged.
+    """
     try:
         yield
-    except CliError:
+    except (CliError, *_DOMAIN_ERRORS):
         raise
-    except GRPCError as exc:
-        raise CliError(f"{action} failed: {describe_status(exc)}") from exc
-    except (OSError, StreamTerminatedError, ProtocolError, asyncio.IncompleteReadError) as exc:
-        raise CliError(f"{action} failed: {describe_transport(exc, peer, trust)}") from exc
+    except SessionEndedError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, GRPCError):
+            raise SessionEnded(
+                f"the session has ended: {describe_status(cause)}; "
+                "run `licensing login USERNAME` again"
+            ) from cause
+        raise SessionEnded(f"{exc.message}; run `licensing login USERNAME` again") from exc
+    except NotLoggedInError as exc:
+        raise CliError(f"{exc.message}; run `licensing login USERNAME`") from exc
+    except RefreshFailedError as exc:
+        server = f"the licensing server at {exc.address}"
+        sentence, cause = _sentence("refreshing the session", exc, peer=server, trust=trust)
+        raise CliError(sentence) from cause
+    except (GRPCError, LicensingError, *TRANSPORT_ERRORS) as exc:
+        sentence, cause = _sentence(action, exc, peer=peer, trust=trust)
+        raise CliError(sentence) from cause

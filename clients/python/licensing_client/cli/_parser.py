@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from licensing_client.cli import _attest_commands, _progress_commands, _workload_commands
 from licensing_client.cli import _auth_commands as auth
 from licensing_client.cli import _enclave_commands as enclaves
 from licensing_client.cli._context import DEFAULT_API, DEFAULT_SERVER, address
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not verify the attestation against our nonce and the enclave's certificate",
     )
-    create.set_defaults(handler=enclaves.create)
+    create.set_defaults(handler=_progress_commands.create)
 
     watch = _command(actions, "watch", "follow an enclave's phase events")
     watch.add_argument("enclave_id", metavar="ID")
@@ -139,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="resume after event N (default 0: all)",
     )
-    watch.set_defaults(handler=enclaves.watch)
+    watch.set_defaults(handler=_progress_commands.watch)
 
     listing = _command(actions, "list", "list your enclaves (every page)")
     listing.add_argument(
@@ -161,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         "verify a fresh TPM attestation of an enclave's certificate and print every check",
     )
     attest.add_argument("enclave_id", metavar="ID")
-    attest.set_defaults(handler=enclaves.attest)
+    attest.set_defaults(handler=_attest_commands.attest)
 
     call = _command(
         actions,
@@ -185,5 +186,5 @@ def build_parser() -> argparse.ArgumentParser:
     operations.add_parser(
         "sign", help="sign DATA ('-' reads stdin) and verify the signature locally"
     ).add_argument("data", metavar="DATA")
-    call.set_defaults(handler=enclaves.call)
+    call.set_defaults(handler=_workload_commands.call)
     return parser

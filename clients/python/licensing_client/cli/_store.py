@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from licensing_client._session import Session
 from licensing_client.cli._errors import CliError, UsageError
 
 _DIR_MODE = 0o700
@@ -187,3 +188,46 @@ class CredentialStore:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+#: What ``session.json`` and ``Session`` both hold (the PEMs live in files of their own).
+_SHARED_FIELDS = tuple(f.name for f in fields(Session) if f.name in SessionRecord.__annotations__)
+
+
+class FileSessionStore:
+    """``CredentialStore`` as the client's ``SessionStore``: ``session.json`` with the key and
+    certificate beside it, locked between processes (``CredentialStore.lock``)."""
+
+    def __init__(self, store: CredentialStore, *, server: str, api: str) -> None:
+        self.store = store
+        self.server = server
+        self.api = api
+
+    def load(self) -> Session | None:
+        record = self.store.load_session()
+        if record is None:
+            return None
+        try:
+            cert_pem = self.store.cert_path.read_bytes()
+            key_pem = self.store.key_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        shared = {name: getattr(record, name) for name in _SHARED_FIELDS}
+        return Session(**shared, client_certificate_pem=cert_pem, client_key_pem=key_pem)
+
+    def save(self, session: Session) -> None:
+        """The key and certificate first (if they changed), then the record naming them."""
+        try:
+            same = (
+                self.store.cert_path.read_bytes() == session.client_certificate_pem
+                and self.store.key_path.read_bytes() == session.client_key_pem
+            )
+        except FileNotFoundError:
+            same = False
+        if not same:
+            self.store.save_credentials(session.client_key_pem, session.client_certificate_pem)
+        shared = {name: getattr(session, name) for name in _SHARED_FIELDS}
+        self.store.save_session(SessionRecord(**shared, server=self.server, api=self.api))
+
+    def lock(self) -> contextlib.AbstractContextManager[object]:
+        return self.store.lock()

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from licensing_client import enrollment_channel, unverified_channel
+from licensing_client._keys import fingerprint, load_certificates, subject_of
 from licensing_client.cli._errors import CliError, UsageError, explain
-from licensing_client.cli._keys import fingerprint, load_certificates, subject_of
 from licensing_client.cli._output import Output
 from licensing_client.cli._store import CredentialStore
 from licensing_client.gen.licensing import v1
