@@ -167,8 +167,8 @@ def test_the_launcher_follows_the_enclave_command(environ: dict[str, str], launc
 
 #: One bad value per row, and the words its problem must contain.
 _BAD: list[tuple[str, str, str]] = [
-    ("BCRYPT_COST", "twelve", "LICENSING_BCRYPT_COST='twelve' is not an integer"),
     ("BCRYPT_COST", "3", "LICENSING_BCRYPT_COST=3 is outside 4..16"),
+    ("BCRYPT_COST", "twelve", "LICENSING_BCRYPT_COST='twelve' is not an integer"),
     ("ACCESS_TOKEN_TTL_SECONDS", "3601", "LICENSING_ACCESS_TOKEN_TTL_SECONDS=3601 is outside"),
     ("SWTPM_PORT", "65535", "LICENSING_SWTPM_PORT=65535 is outside 1..65534"),
     ("MAX_ENCLAVES", "-1", "LICENSING_MAX_ENCLAVES=-1 is outside"),
@@ -206,7 +206,8 @@ def test_the_fork_server_cannot_run_a_custom_enclave_command() -> None:
 
 def test_every_problem_is_reported_in_one_error() -> None:
     """An operator fixes the whole configuration in one go, not one variable per restart."""
-    bad = {name: value for name, value, _ in _BAD}  # one bad value per variable
+    bad = {name: value for name, value, _ in _BAD}  # one bad value per variable (the last)
+    assert bad["BCRYPT_COST"] == "twelve"  # not an integer, besides values out of range
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({f"LICENSING_{name}": value for name, value in bad.items()})
     problems = caught.value.problems

@@ -17,11 +17,9 @@ from licensing_server.pki import parse_csr
 
 
 def _csr(key: CertificateIssuerPrivateKeyTypes) -> str:
-    algorithm = (
-        None
-        if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey)
-        else (hashes.SHA256())
-    )
+    # Ed25519 and Ed448 sign without a separate hash.
+    eddsa = isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey)
+    algorithm = None if eddsa else hashes.SHA256()
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "someone")]))
