@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from licensing_server.runtimes._forkserver import ForkServer
-from tests.enclave.test_workload import Backend, enclave_args
+from tests.workload.test_workload import Backend, enclave_args
 
 
 def _cmdline(pid: int) -> bytes:

@@ -1,0 +1,219 @@
+"""``Settings.from_env``: the documented defaults, every variable parsed, every problem at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from licensing_server.config import ConfigError, Settings
+
+
+def test_no_variables_give_the_documented_defaults() -> None:
+    settings = Settings.from_env({})
+    # The same as the dataclass's, with the launcher decided (no enclave command: fork-server).
+    assert settings == dataclasses.replace(Settings(), enclave_launcher="fork-server")
+    assert (settings.data_dir, settings.database_url) == (Path(".licensing"), "")
+    assert (settings.frontend_enroll_addr, settings.frontend_api_addr, settings.backend_addr) == (
+        "127.0.0.1:8443",
+        "127.0.0.1:9443",
+        "127.0.0.1:8444",
+    )
+    assert settings.server_names == ("localhost", "127.0.0.1")
+    assert (settings.bcrypt_cost, settings.bcrypt_threads) == (
+        12,
+        max(1, len(os.sched_getaffinity(0))),
+    )
+    assert (settings.access_token_ttl_seconds, settings.refresh_token_ttl_seconds) == (
+        600,
+        7 * 24 * 3600,
+    )
+    assert (settings.max_enclaves, settings.enclave_ttl_seconds) == (3, 3600)
+    assert (settings.enclave_command, settings.enclave_launcher, settings.enclave_ports) == (
+        (),
+        "fork-server",
+        None,
+    )
+    assert (settings.tpm_tcti, settings.swtpm_port) == ("", 2321)
+    assert (settings.token_issuer, settings.token_audience, settings.log_level) == (
+        "licensing",
+        "licensing",
+        "INFO",
+    )
+
+
+def test_the_effective_values_derive_from_the_data_directory() -> None:
+    settings = Settings.from_env({"LICENSING_DATA_DIR": "/srv/licensing"})
+    assert settings.effective_database_url == "sqlite+aiosqlite:////srv/licensing/licensing.db"
+    assert settings.effective_tpm_tcti == "swtpm:host=127.0.0.1,port=2321"
+    assert settings.swtpm_state_dir == Path("/srv/licensing/tpm")
+    assert settings.effective_manufacturer_ca_file == Path("/srv/licensing/tpm/manufacturer-ca.pem")
+    chosen = Settings.from_env(
+        {
+            "LICENSING_DATABASE_URL": "postgresql://u:p@db/licensing",
+            "LICENSING_TPM_TCTI": "device:/dev/tpmrm0",
+            "LICENSING_TPM_MANUFACTURER_CA_FILE": "/etc/tpm-ca.pem",
+        }
+    )
+    assert chosen.effective_database_url == "postgresql+psycopg://u:p@db/licensing"
+    assert chosen.effective_tpm_tcti == "device:/dev/tpmrm0"
+    assert chosen.effective_manufacturer_ca_file == Path("/etc/tpm-ca.pem")
+
+
+#: (variable, value, attribute, parsed): one row per LICENSING_* variable.
+_PARSED: list[tuple[str, str, str, object]] = [
+    ("DATA_DIR", "/var/lib/licensing", "data_dir", Path("/var/lib/licensing")),
+    ("DATABASE_URL", "sqlite:///x.db", "database_url", "sqlite+aiosqlite:///x.db"),
+    ("FRONTEND_ENROLL_ADDR", "0.0.0.0:443", "frontend_enroll_addr", "0.0.0.0:443"),
+    ("FRONTEND_API_ADDR", "[::]:9443", "frontend_api_addr", "[::]:9443"),
+    ("BACKEND_ADDR", "backend.internal:8444", "backend_addr", "backend.internal:8444"),
+    ("SERVER_NAMES", " a.example , ,10.0.0.1 ", "server_names", ("a.example", "10.0.0.1")),
+    ("BCRYPT_COST", "4", "bcrypt_cost", 4),
+    ("BCRYPT_THREADS", "3", "bcrypt_threads", 3),
+    ("LOGIN_QUEUE_LIMIT", "10000", "login_queue_limit", 10_000),
+    ("LOGIN_FAILURES_PER_MINUTE", "0", "login_failures_per_minute", 0),
+    ("RATE_LIMIT_PERCENT", "250", "rate_limit_percent", 250),
+    ("HANDSHAKE_TIMEOUT_SECONDS", "300", "handshake_timeout_seconds", 300),
+    ("CONNECTION_IDLE_SECONDS", "1", "connection_idle_seconds", 1),
+    ("MAX_CONNECTIONS", "5", "max_connections", 5),
+    ("MAX_STREAMS_PER_CONNECTION", "7", "max_streams_per_connection", 7),
+    ("MAX_CALLS_PER_ADDRESS", "0", "max_calls_per_address", 0),
+    ("MALLOC_TRIM_SECONDS", "0", "malloc_trim_seconds", 0),
+    ("ACCESS_TOKEN_TTL_SECONDS", "30", "access_token_ttl_seconds", 30),
+    ("REFRESH_TOKEN_TTL_SECONDS", "7776000", "refresh_token_ttl_seconds", 90 * 86400),
+    ("CLIENT_CERTIFICATE_TTL_SECONDS", "60", "client_certificate_ttl_seconds", 60),
+    ("TOKEN_ISSUER", "https://licensing.example", "token_issuer", "https://licensing.example"),
+    ("TOKEN_AUDIENCE", "enclaves", "token_audience", "enclaves"),
+    ("LOG_LEVEL", "debug", "log_level", "DEBUG"),
+    ("MAX_ENCLAVES", "0", "max_enclaves", 0),
+    ("ENCLAVE_TTL_SECONDS", "10", "enclave_ttl_seconds", 10),
+    (
+        "ENCLAVE_COMMAND",
+        "my-enclave --flag 'a b'",
+        "enclave_command",
+        ("my-enclave", "--flag", "a b"),
+    ),
+    ("ENCLAVE_LAUNCHER", " EXEC ", "enclave_launcher", "exec"),
+    ("ENCLAVE_PORTS", "9000-9010", "enclave_ports", (9000, 9010)),
+    ("REAP_INTERVAL_SECONDS", "3600", "reap_interval_seconds", 3600),
+    ("RECONCILE_INTERVAL_SECONDS", "2", "reconcile_interval_seconds", 2),
+    ("ABANDONED_AFTER_SECONDS", "86400", "abandoned_after_seconds", 86400),
+    ("TPM_TCTI", "device:/dev/tpmrm0", "tpm_tcti", "device:/dev/tpmrm0"),
+    ("TPM_MANUFACTURER_CA_FILE", "/etc/ca.pem", "tpm_manufacturer_ca_file", "/etc/ca.pem"),
+    ("SWTPM_PORT", "65534", "swtpm_port", 65534),
+    ("TPM_COMMAND_TIMEOUT_SECONDS", "600", "tpm_command_timeout_seconds", 600),
+    ("TPM_SIMULATED_LATENCY_MS", "25", "tpm_simulated_latency_ms", 25),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "attribute", "parsed"), _PARSED, ids=[r[0] for r in _PARSED]
+)
+def test_each_variable_is_parsed(name: str, value: str, attribute: str, parsed: object) -> None:
+    settings = Settings.from_env({f"LICENSING_{name}": value})
+    assert getattr(settings, attribute) == parsed
+    # ...and only that one changes.
+    defaults = Settings.from_env({})
+    others = {f: getattr(defaults, f) for f in Settings.__dataclass_fields__ if f != attribute}
+    if name == "ENCLAVE_COMMAND":  # a custom enclave means a fresh process per enclave
+        others["enclave_launcher"] = "exec"
+    assert {f: getattr(settings, f) for f in others} == others
+
+
+def test_every_settings_field_has_a_variable() -> None:
+    assert {row[2] for row in _PARSED} == set(Settings.__dataclass_fields__)
+
+
+def test_blank_values_mean_the_default() -> None:
+    blank = {f"LICENSING_{name}": "  " for name, *_ in _PARSED}
+    assert Settings.from_env(blank) == Settings.from_env({})
+
+
+def test_the_process_environment_is_read_when_none_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LICENSING_MAX_ENCLAVES", "9")
+    assert Settings.from_env().max_enclaves == 9
+
+
+@pytest.mark.parametrize(
+    ("url", "normalised"),
+    [
+        ("postgres://u@db/l", "postgresql+psycopg://u@db/l"),
+        ("postgresql://u@db/l", "postgresql+psycopg://u@db/l"),
+        ("postgresql+psycopg://u@db/l", "postgresql+psycopg://u@db/l"),
+        ("sqlite:////abs/l.db", "sqlite+aiosqlite:////abs/l.db"),
+        ("sqlite+aiosqlite:///l.db", "sqlite+aiosqlite:///l.db"),
+    ],
+)
+def test_database_urls_get_the_drivers_we_ship(url: str, normalised: str) -> None:
+    assert Settings.from_env({"LICENSING_DATABASE_URL": url}).database_url == normalised
+
+
+@pytest.mark.parametrize(
+    ("environ", "launcher"),
+    [
+        ({}, "fork-server"),
+        ({"LICENSING_ENCLAVE_LAUNCHER": "fork-server"}, "fork-server"),
+        ({"LICENSING_ENCLAVE_COMMAND": "my-enclave"}, "exec"),
+        ({"LICENSING_ENCLAVE_LAUNCHER": "exec"}, "exec"),
+    ],
+)
+def test_the_launcher_follows_the_enclave_command(environ: dict[str, str], launcher: str) -> None:
+    assert Settings.from_env(environ).enclave_launcher == launcher
+
+
+#: One bad value per row, and the words its problem must contain.
+_BAD: list[tuple[str, str, str]] = [
+    ("BCRYPT_COST", "3", "LICENSING_BCRYPT_COST=3 is outside 4..16"),
+    ("BCRYPT_COST", "twelve", "LICENSING_BCRYPT_COST='twelve' is not an integer"),
+    ("ACCESS_TOKEN_TTL_SECONDS", "3601", "LICENSING_ACCESS_TOKEN_TTL_SECONDS=3601 is outside"),
+    ("SWTPM_PORT", "65535", "LICENSING_SWTPM_PORT=65535 is outside 1..65534"),
+    ("MAX_ENCLAVES", "-1", "LICENSING_MAX_ENCLAVES=-1 is outside"),
+    ("BACKEND_ADDR", "localhost", "LICENSING_BACKEND_ADDR='localhost' is not host:port"),
+    ("FRONTEND_API_ADDR", ":9443", "LICENSING_FRONTEND_API_ADDR=':9443' is not host:port"),
+    ("FRONTEND_ENROLL_ADDR", "h:65536", "LICENSING_FRONTEND_ENROLL_ADDR='h:65536' is not"),
+    ("FRONTEND_ENROLL_ADDR", "h:0", "LICENSING_FRONTEND_ENROLL_ADDR='h:0' is not host:port"),
+    ("DATABASE_URL", "mysql://db/l", "LICENSING_DATABASE_URL must be a postgresql://"),
+    ("ENCLAVE_PORTS", "9000", "LICENSING_ENCLAVE_PORTS='9000' is not LOW-HIGH"),
+    ("ENCLAVE_PORTS", "9010-9000", "LICENSING_ENCLAVE_PORTS='9010-9000' is not a valid"),
+    ("ENCLAVE_PORTS", "0-10", "LICENSING_ENCLAVE_PORTS='0-10' is not a valid port range"),
+    ("ENCLAVE_LAUNCHER", "thread", "LICENSING_ENCLAVE_LAUNCHER='thread' is not 'exec' or"),
+    ("LOG_LEVEL", "chatty", "LICENSING_LOG_LEVEL='CHATTY' is not a log level"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "problem"), _BAD, ids=[f"{n}={v}" for n, v, _ in _BAD])
+def test_a_bad_value_names_the_variable_and_what_is_wrong(
+    name: str, value: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({f"LICENSING_{name}": value})
+    [reported] = caught.value.problems
+    assert reported.startswith(problem)
+
+
+def test_the_fork_server_cannot_run_a_custom_enclave_command() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(
+            {"LICENSING_ENCLAVE_LAUNCHER": "fork-server", "LICENSING_ENCLAVE_COMMAND": "mine"}
+        )
+    [problem] = caught.value.problems
+    assert "unset LICENSING_ENCLAVE_COMMAND or use exec" in problem
+
+
+def test_every_problem_is_reported_in_one_error() -> None:
+    """An operator fixes the whole configuration in one go, not one variable per restart."""
+    bad = {name: value for name, value, _ in _BAD}  # one bad value per variable (the last)
+    assert bad["BCRYPT_COST"] == "twelve"  # not an integer, besides values out of range
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({f"LICENSING_{name}": value for name, value in bad.items()})
+    problems = caught.value.problems
+    assert len(problems) == len(bad)
+    for name in bad:
+        assert sum(f"LICENSING_{name}" in p for p in problems) == 1, (name, problems)
+    message = str(caught.value)
+    assert message.startswith("invalid configuration:\n  - ")
+    assert all(problem in message for problem in problems)

@@ -1,0 +1,45 @@
+"""MeasurementStore on a real database: one epoch of the PCR 23 log at a time."""
+
+from __future__ import annotations
+
+import hashlib
+
+import sqlalchemy as sa
+
+from licensing_server.storage import Database, EpochRecord, MeasurementRecord, MeasurementStore
+from tests.storage.conftest import NOW
+
+
+def _events(*names: str) -> list[tuple[int, bytes, str, str]]:
+    return [(23, hashlib.sha256(n.encode()).digest(), "enclave_set", n) for n in names]
+
+
+async def _rows(database: Database, query: str) -> list[tuple[object, ...]]:
+    async with database.session() as session:
+        result = await session.execute(sa.text(query))
+        return [tuple(row) for row in result]
+
+
+async def test_an_epoch_numbers_its_events_from_one(database: Database) -> None:
+    epoch, records = await MeasurementStore(database).start_epoch(4, NOW, _events("a", "b", "c"))
+    assert epoch.reset_count == 4
+    assert records == [
+        MeasurementRecord(epoch.id, sequence, 23, digest, kind, enclave_id)
+        for sequence, (_, digest, kind, enclave_id) in enumerate(_events("a", "b", "c"), start=1)
+    ]
+
+
+async def test_a_new_epoch_replaces_the_old_ones_and_its_id_keeps_rising(
+    database: Database,
+) -> None:
+    store = MeasurementStore(database)
+    first, _ = await store.start_epoch(1, NOW, _events("a", "b"))
+    second, _ = await store.start_epoch(1, NOW, _events("c"))
+    third, records = await store.start_epoch(2, NOW, [])
+    assert first.id < second.id < third.id
+    assert (third, records) == (EpochRecord(third.id, 2), [])
+    fourth, records = await store.start_epoch(2, NOW, _events("d"))
+    assert [r.epoch_id for r in records] == [fourth.id]
+    # Only the newest epoch and its events are kept.
+    assert await _rows(database, "SELECT id FROM measurement_epochs") == [(fourth.id,)]
+    assert await _rows(database, "SELECT epoch_id, sequence FROM measurements") == [(fourth.id, 1)]
