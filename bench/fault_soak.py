@@ -44,6 +44,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # no INFO lines for every GOAWAY
+
 import grpc
 import sqlalchemy as sa
 from licensing.v1 import attestation_pb2, attestation_pb2_grpc, enclave_pb2
@@ -264,6 +266,18 @@ def attest_and_verify(stack: Stack, user: LoggedIn, enclave: enclave_pb2.Enclave
     return None
 
 
+def attest_recovering(stack: Stack, user: LoggedIn, enclave: enclave_pb2.Enclave) -> str | None:
+    """``attest_and_verify``, waiting out UNAVAILABLE while the TPM comes back (bounded)."""
+    deadline = time.monotonic() + RECOVER_SECONDS
+    while True:
+        try:
+            return attest_and_verify(stack, user, enclave)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 # Faults ----------------------------------------------------------------------------------
 
 
@@ -321,15 +335,43 @@ def _rows(stack: Stack) -> list[sa.Row[tuple[str, str, str, str]]]:
         engine.dispose()
 
 
+def _held_and_live(stack: Stack) -> tuple[set[str], set[str], set[str]] | None:
+    """(held rows, enclaves with a process, work directories), or None while any row is
+    still in a provisioning phase."""
+    rows = _rows(stack)
+    if not all(row.phase in FINAL for row in rows):
+        return None
+    root = stack.data_dir / "backend" / "enclaves"
+    dirs = {p.name for p in root.iterdir()} if root.exists() else set()
+    held = {row.id for row in rows if row.phase != "FAILED"}
+    return held, set(enclave_pids(stack).values()), dirs
+
+
 def wait_settled(stack: Stack) -> float:
-    """Seconds until no enclave is in a provisioning phase (the database answering)."""
+    """Seconds until every enclave is final and held licences match live enclaves.
+
+    -1 if that did not happen within ``SETTLE_SECONDS``; ``check`` then says what is off.
+    """
     start = time.monotonic()
     while time.monotonic() - start < SETTLE_SECONDS:
         with contextlib.suppress(sa.exc.OperationalError):
-            if all(row.phase in FINAL for row in _rows(stack)):
+            state = _held_and_live(stack)
+            if state is not None and state[0] == state[1] == state[2]:
                 return time.monotonic() - start
-        time.sleep(0.5)
+        time.sleep(0.25)
     return -1.0
+
+
+def log_in_again(stack: Stack, name: str) -> LoggedIn:
+    """Log in, waiting out UNAVAILABLE while the stack recovers (bounded)."""
+    deadline = time.monotonic() + RECOVER_SECONDS
+    while True:
+        try:
+            return stack.log_in(name)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def wait_answering(stack: Stack) -> float:
@@ -346,7 +388,7 @@ def check(stack: Stack, ledger: Ledger) -> dict[str, int]:
     """Every invariant of the module docstring; returns a few counts for the report."""
     for name in list(ledger.users):
         try:
-            ledger.users[name] = stack.log_in(name)
+            ledger.users[name] = log_in_again(stack, name)
         except grpc.RpcError as exc:
             ledger.violation(f"acknowledged user {name} cannot log in: {exc.code()}")
     rows = {row.id: row for row in _rows(stack)}
@@ -390,7 +432,10 @@ def check(stack: Stack, ledger: Ledger) -> dict[str, int]:
             metadata=user.bearer,
             timeout=RPC_TIMEOUT,
         )
-        problem = attest_and_verify(stack, user, enclave.enclave)
+        try:
+            problem = attest_recovering(stack, user, enclave.enclave)
+        except grpc.RpcError as exc:
+            problem = f"GetAttestation answered {exc.code()} {exc.details()}"
         if problem:
             ledger.violation(f"ATTESTED enclave {enclave_id} does not verify: {problem}")
     return {"rows": len(rows), "held": len(held), "failed": len(rows) - len(held)}
