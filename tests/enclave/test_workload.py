@@ -633,7 +633,7 @@ def test_a_bad_command_line_is_a_usage_error(backend: Backend, owner: User) -> N
 
 
 def test_every_workload_method_needs_the_owner() -> None:
-    from licensing_enclave._access import ENCLAVE_POLICY
+    from licensing_enclave import ENCLAVE_POLICY
     from licensing_server.api.policy import Access
 
     service = workload_pb2.DESCRIPTOR.services_by_name["WorkloadService"]
@@ -642,9 +642,13 @@ def test_every_workload_method_needs_the_owner() -> None:
 
 
 async def test_the_handshake_gives_up_when_no_certificate_comes() -> None:
-    from licensing_enclave._bootstrap import StartupError, obtain_certificate
-    from licensing_enclave._keys import EnclaveKey
-    from licensing_enclave._stdio import ParentStdin, ProtocolOut
+    from licensing_enclave import (
+        EnclaveKey,
+        ParentStdin,
+        ProtocolOut,
+        StartupError,
+        obtain_certificate,
+    )
 
     read_end, write_end = os.pipe()
     stdin = ParentStdin(read_end)

@@ -259,7 +259,8 @@ async def _serve(
         add_listener(server, settings.backend_addr, mtls_credentials(identity))
     except (OSError, RuntimeError) as exc:
         raise SystemExit(
-            f"licensing-backend: cannot listen on {settings.backend_addr}: {exc}"
+            f"licensing-backend: cannot listen on {settings.backend_addr} "
+            "(is another process listening there?)"
         ) from exc
     await server.start()
     _log.info("backend serving internal mTLS API on %s", settings.backend_addr)
