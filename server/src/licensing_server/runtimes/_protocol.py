@@ -78,5 +78,6 @@ class EnclaveRuntime(Protocol):
         ...
 
     async def close(self) -> None:
-        """Stop every workload this runtime started (the process is shutting down)."""
+        """Stop every workload this runtime started and what ``start`` started (the
+        process is shutting down); idempotent."""
         ...
