@@ -12,6 +12,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -621,6 +622,34 @@ def test_stdin_closed_before_the_certificate_fails_startup(backend: Backend, own
         assert "stdin closed before the certificate" in enclave.stderr()
     finally:
         enclave.close()
+
+
+def test_a_listen_address_in_use_fails_startup_after_the_handshake(
+    backend: Backend, owner: User
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        enclave = start(backend, owner, "--listen", address)
+        try:
+            csr = read_line(enclave.proc)
+            send_line(
+                enclave.proc,
+                {
+                    "type": "certificate",
+                    "certificate_pem": sign_csr(backend, enclave, csr["csr_pem"]),
+                    "ca_certificates_pem": backend.ca.ca_certificates_pem,
+                },
+            )
+            assert enclave.wait() == 1
+            log = enclave.stderr()
+            assert f"licensing-enclave: cannot listen on {address}" in log, log
+            assert "Traceback" not in log, log
+            assert enclave.proc.stdout is not None
+            assert enclave.proc.stdout.read() == b""  # never announced serving
+        finally:
+            enclave.close()
 
 
 def test_a_bad_command_line_is_a_usage_error(backend: Backend, owner: User) -> None:
