@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from licensing_server.auth._service import UserProfile, _ProfileCache
+from licensing_server.auth import ProfileCache, UserProfile
 
 _T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -14,7 +14,7 @@ def _profile(n: int) -> UserProfile:
 
 
 def test_the_cache_forgets_the_least_recently_used_profile_first() -> None:
-    cache = _ProfileCache(size=2)
+    cache = ProfileCache(size=2)
     cache.put(_profile(1))
     cache.put(_profile(2))
     assert cache.get("user-1") == _profile(1)  # user-1 is now the most recent
@@ -25,7 +25,7 @@ def test_the_cache_forgets_the_least_recently_used_profile_first() -> None:
 
 
 def test_a_forgotten_profile_is_looked_up_again() -> None:
-    cache = _ProfileCache()
+    cache = ProfileCache()
     cache.put(_profile(1))
     cache.forget("user-1")
     assert cache.get("user-1") is None

@@ -19,7 +19,7 @@ import grpc
 import pytest
 from licensing.v1 import enclave_pb2
 
-from licensing_server.runtimes._local import LocalProcessRuntime, _Handle
+from licensing_server.runtimes import LocalHandle, LocalProcessRuntime
 from tests.provisioning.streams import (
     ACCEPTED,
     ATTESTED,
@@ -270,7 +270,7 @@ def test_an_exited_unreaped_workload_is_not_alive(tmp_path: Path) -> None:
         stat = wait_until(
             "the child to exit", lambda: _stat_if_zombie(child.pid), timeout=10, step=0.05
         )
-        handle = _Handle(child.pid, stat[19], str(tmp_path / "gone")).dump()
+        handle = LocalHandle(child.pid, stat[19], str(tmp_path / "gone")).dump()
         runtime = LocalProcessRuntime(tmp_path)
         assert not asyncio.run(runtime.is_alive("some-enclave", handle))
         started = time.monotonic()

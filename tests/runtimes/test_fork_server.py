@@ -17,7 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from licensing_server.runtimes._forkserver import ForkServer
+from licensing_server.runtimes import ForkServer
 from tests.workload.test_workload import Backend, enclave_args
 
 

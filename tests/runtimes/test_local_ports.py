@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from licensing_server.runtimes import RuntimeFailure, WorkloadSpec
-from licensing_server.runtimes._local import LocalProcessRuntime
+from licensing_server.runtimes import (
+    ExecLauncher,
+    LocalProcessRuntime,
+    RuntimeFailure,
+    WorkloadSpec,
+)
 from tests.provisioning.test_enclave_ports import _free_port_range
 
 #: Stands in for the enclave: runs until stopped, whatever arguments it gets.
@@ -27,7 +31,7 @@ def test_concurrent_places_reserve_distinct_ports(tmp_path: Path) -> None:
     low, high = _free_port_range(5)
 
     async def main() -> None:
-        runtime = LocalProcessRuntime(tmp_path, command=IDLE, ports=(low, high))
+        runtime = LocalProcessRuntime(tmp_path, launcher=ExecLauncher(IDLE), ports=(low, high))
         try:
             results = await asyncio.gather(
                 *(runtime.place(_spec(n)) for n in range(8)), return_exceptions=True
@@ -55,7 +59,9 @@ def test_a_failed_place_gives_its_port_back(tmp_path: Path) -> None:
     low, _ = _free_port_range(1)
 
     async def main() -> None:
-        runtime = LocalProcessRuntime(tmp_path, command=("/nonexistent",), ports=(low, low))
+        runtime = LocalProcessRuntime(
+            tmp_path, launcher=ExecLauncher(("/nonexistent",)), ports=(low, low)
+        )
         with pytest.raises(RuntimeFailure) as failed:
             await runtime.place(_spec(1))
         assert failed.value.reason == "ENCLAVE_START_FAILED"

@@ -6,8 +6,13 @@ import pytest
 from tpm2_pytss import TSS2_Exception
 
 from licensing_server.errors import FailedPrecondition, Unavailable
-from licensing_server.tpm import LockoutState, TpmCommandFailed, TpmLockedOut, TpmUnavailable
-from licensing_server.tpm._errors import translate
+from licensing_server.tpm import (
+    LockoutState,
+    TpmCommandFailed,
+    TpmLockedOut,
+    TpmUnavailable,
+    translate,
+)
 
 
 @pytest.mark.parametrize(

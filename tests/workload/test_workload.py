@@ -12,6 +12,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -623,6 +624,34 @@ def test_stdin_closed_before_the_certificate_fails_startup(backend: Backend, own
         enclave.close()
 
 
+def test_a_listen_address_in_use_fails_startup_after_the_handshake(
+    backend: Backend, owner: User
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        enclave = start(backend, owner, "--listen", address)
+        try:
+            csr = read_line(enclave.proc)
+            send_line(
+                enclave.proc,
+                {
+                    "type": "certificate",
+                    "certificate_pem": sign_csr(backend, enclave, csr["csr_pem"]),
+                    "ca_certificates_pem": backend.ca.ca_certificates_pem,
+                },
+            )
+            assert enclave.wait() == 1
+            log = enclave.stderr()
+            assert f"licensing-enclave: cannot listen on {address}" in log, log
+            assert "Traceback" not in log, log
+            assert enclave.proc.stdout is not None
+            assert enclave.proc.stdout.read() == b""  # never announced serving
+        finally:
+            enclave.close()
+
+
 def test_a_bad_command_line_is_a_usage_error(backend: Backend, owner: User) -> None:
     enclave = start(backend, owner, owner_arg="not-a-uuid")
     try:
@@ -633,7 +662,7 @@ def test_a_bad_command_line_is_a_usage_error(backend: Backend, owner: User) -> N
 
 
 def test_every_workload_method_needs_the_owner() -> None:
-    from licensing_enclave._access import ENCLAVE_POLICY
+    from licensing_enclave import ENCLAVE_POLICY
     from licensing_server.api.policy import Access
 
     service = workload_pb2.DESCRIPTOR.services_by_name["WorkloadService"]
@@ -642,9 +671,13 @@ def test_every_workload_method_needs_the_owner() -> None:
 
 
 async def test_the_handshake_gives_up_when_no_certificate_comes() -> None:
-    from licensing_enclave._bootstrap import StartupError, obtain_certificate
-    from licensing_enclave._keys import EnclaveKey
-    from licensing_enclave._stdio import ParentStdin, ProtocolOut
+    from licensing_enclave import (
+        EnclaveKey,
+        ParentStdin,
+        ProtocolOut,
+        StartupError,
+        obtain_certificate,
+    )
 
     read_end, write_end = os.pipe()
     stdin = ParentStdin(read_end)

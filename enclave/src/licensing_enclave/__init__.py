@@ -3,3 +3,18 @@
 Started by the backend's runtime with ``python -m licensing_enclave``; the stdio handshake
 (``_bootstrap``) gets its key certified without the key ever leaving the process.
 """
+
+from licensing_enclave._access import ENCLAVE_POLICY, WORKLOAD_SERVICE
+from licensing_enclave._bootstrap import StartupError, obtain_certificate
+from licensing_enclave._keys import EnclaveKey
+from licensing_enclave._stdio import ParentStdin, ProtocolOut
+
+__all__ = [
+    "ENCLAVE_POLICY",
+    "WORKLOAD_SERVICE",
+    "EnclaveKey",
+    "ParentStdin",
+    "ProtocolOut",
+    "StartupError",
+    "obtain_certificate",
+]

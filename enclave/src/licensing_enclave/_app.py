@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable
@@ -59,30 +60,37 @@ def _server(config: EnclaveConfig, servicer: WorkloadServicer) -> grpc.aio.Serve
 
 
 async def run(config: EnclaveConfig, out: ProtocolOut) -> int:
-    """Serve until SIGTERM/SIGINT or stdin EOF; the exit status is 0 in all those cases."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    stdin = ParentStdin()
-    stdin.start()
+    """Serve until SIGTERM/SIGINT or stdin EOF; the exit status is 0 in all those cases.
 
-    key = EnclaveKey()
-    certificate = await _unless(stop, obtain_certificate(key, config.enclave_id, out, stdin))
-    if certificate is None:
-        _log.info("enclave %s stopped during the handshake", config.enclave_id)
-        return 0
+    What start-up opens is closed by one exit stack in reverse order, also when a
+    step fails half-way (the listener cannot bind, the handshake breaks).
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+            stack.callback(loop.remove_signal_handler, sig)
+        stdin = ParentStdin()
+        stdin.start()
 
-    servicer = WorkloadServicer(
-        enclave_id=config.enclave_id,
-        owner=config.owner,
-        key=key,
-        certificate=certificate,
-        secrets=SecretStore(),
-    )
-    server = _server(config, servicer)
-    try:
+        key = EnclaveKey()
+        certificate = await _unless(stop, obtain_certificate(key, config.enclave_id, out, stdin))
+        if certificate is None:
+            _log.info("enclave %s stopped during the handshake", config.enclave_id)
+            return 0
+
+        servicer = WorkloadServicer(
+            enclave_id=config.enclave_id,
+            owner=config.owner,
+            key=key,
+            certificate=certificate,
+            secrets=SecretStore(),
+        )
+        server = _server(config, servicer)
+        stack.push_async_callback(server.stop, SHUTDOWN_GRACE)
         health = await add_health_and_reflection(server, [WORKLOAD_SERVICE])
+        stack.push_async_callback(health.enter_graceful_shutdown)
         identity = ServerIdentity(key.tls_private_key_pem(), certificate.chain_pem, config.ca_pem)
         try:
             port = add_listener(server, config.listen, mtls_credentials(identity))
@@ -98,7 +106,4 @@ async def run(config: EnclaveConfig, out: ProtocolOut) -> int:
             _log.info("signalled: enclave %s shuts down", config.enclave_id)
         else:
             _log.info("stdin closed (parent gone): enclave %s exits", config.enclave_id)
-        await health.enter_graceful_shutdown()
-    finally:
-        await server.stop(SHUTDOWN_GRACE)
     return 0

@@ -12,6 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from licensing_server.catalog import (
+    CERTIFICATE_ISSUERS,
+    ENCLAVE_LAUNCHERS,
+    ENCLAVE_RUNTIMES,
+    TPM_TRANSPORTS,
+)
+from licensing_server.registry import Registry
+
 __all__ = ["ConfigError", "Settings"]
 
 
@@ -23,10 +31,21 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+def _backend(registry: Registry[object], value: str, default: str, problems: list[str]) -> str:
+    """The registered name ``value`` (``default`` when empty); an unknown one is a problem."""
+    choice = value.strip().lower() or default
+    problem = registry.problem(choice)
+    if problem is not None:
+        problems.append(problem)
+        return default
+    return choice
+
+
 def _launcher(value: str, has_command: bool, problems: list[str]) -> str:
     choice = value.strip().lower() or ("exec" if has_command else "fork-server")
-    if choice not in ("exec", "fork-server"):
-        problems.append(f"LICENSING_ENCLAVE_LAUNCHER={value!r} is not 'exec' or 'fork-server'")
+    problem = ENCLAVE_LAUNCHERS.problem(choice)
+    if problem is not None:
+        problems.append(problem)
         return "exec"
     if choice == "fork-server" and has_command:
         problems.append(
@@ -74,6 +93,10 @@ class Settings:
     # Licences: defaults for users without an entitlement row (see licensing-admin).
     max_enclaves: int = 3
     enclave_ttl_seconds: int = 3600
+    # Where enclaves run (catalog.ENCLAVE_RUNTIMES) and who signs their certificates
+    # (catalog.CERTIFICATE_ISSUERS).
+    enclave_runtime: str = "local"
+    certificate_issuer: str = "builtin"
     # The local runtime: the enclave program and, optionally, the ports it may use.
     enclave_command: tuple[str, ...] = ()
     # "fork-server" (pre-imported, fast) or "exec" (a fresh process; the only way to
@@ -98,6 +121,11 @@ class Settings:
     @property
     def effective_tpm_tcti(self) -> str:
         return self.tpm_tcti or f"swtpm:host=127.0.0.1,port={self.swtpm_port}"
+
+    @property
+    def tpm_transport(self) -> str:
+        """The TCTI's name (``swtpm``, ``device``): which ``catalog.TPM_TRANSPORTS`` entry."""
+        return self.effective_tpm_tcti.partition(":")[0].strip().lower()
 
     @property
     def swtpm_state_dir(self) -> Path:
@@ -200,6 +228,15 @@ class Settings:
             enclave_ttl_seconds=integer(
                 "ENCLAVE_TTL_SECONDS", defaults.enclave_ttl_seconds, 10, 365 * 86400
             ),
+            enclave_runtime=_backend(
+                ENCLAVE_RUNTIMES, text("ENCLAVE_RUNTIME", ""), defaults.enclave_runtime, problems
+            ),
+            certificate_issuer=_backend(
+                CERTIFICATE_ISSUERS,
+                text("CERTIFICATE_ISSUER", ""),
+                defaults.certificate_issuer,
+                problems,
+            ),
             enclave_command=tuple(shlex.split(text("ENCLAVE_COMMAND", ""))),
             enclave_ports=_port_range(text("ENCLAVE_PORTS", ""), problems),
             enclave_launcher=_launcher(
@@ -224,6 +261,8 @@ class Settings:
                 "TPM_SIMULATED_LATENCY_MS", defaults.tpm_simulated_latency_ms, 0, 10_000
             ),
         )
+        if (transport := TPM_TRANSPORTS.problem(settings.tpm_transport)) is not None:
+            problems.append(f"{transport} (from {settings.effective_tpm_tcti!r})")
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             problems.append(f"LICENSING_LOG_LEVEL={settings.log_level!r} is not a log level")
         if problems:

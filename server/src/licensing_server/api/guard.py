@@ -27,7 +27,7 @@ from licensing_server.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
-from licensing_server.pki._identity import PeerIdentity, peer_identity
+from licensing_server.pki import PeerIdentity, peer_identity
 from licensing_server.throttle import TokenBuckets
 from licensing_server.tokens import AccessClaims
 

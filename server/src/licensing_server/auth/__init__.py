@@ -4,6 +4,7 @@ from licensing_server.auth._passwords import PasswordHasher, check_password_poli
 from licensing_server.auth._service import (
     AuthService,
     LoginResult,
+    ProfileCache,
     SignedUserCertificate,
     UserCertificateSigner,
     UserProfile,
@@ -14,6 +15,7 @@ __all__ = [
     "AuthService",
     "LoginResult",
     "PasswordHasher",
+    "ProfileCache",
     "SignedUserCertificate",
     "UserCertificateSigner",
     "UserProfile",

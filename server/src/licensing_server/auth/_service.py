@@ -18,13 +18,13 @@ from licensing_server.pki import parse_csr
 from licensing_server.storage import SessionRecord, UserRecord, UserStore
 from licensing_server.throttle import Rate, TokenBuckets
 from licensing_server.tokens import (
+    MAX_REFRESH_TOKEN_LENGTH,
     AccessClaims,
     AccessTokenSigner,
     AccessTokenVerifier,
     hash_refresh_token,
     new_refresh_token,
 )
-from licensing_server.tokens._refresh import MAX_REFRESH_TOKEN_LENGTH
 
 _log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class UserProfile:
     created_at: dt.datetime
 
 
-class _ProfileCache:
+class ProfileCache:
     """Recently seen profiles, so GetCurrentUser needs no database round trip.
 
     Sound because an account never changes once created (there is no rename or
@@ -128,7 +128,7 @@ class AuthService:
         self._cert_ttl = client_certificate_ttl
         self._clock = clock
         self._active_sessions: dict[str, float] = {}
-        self._profiles = _ProfileCache()
+        self._profiles = ProfileCache()
         self._failures = TokenBuckets()
         per_minute = login_failures_per_minute
         self._failure_rate = Rate(per_minute / 60, per_minute) if per_minute > 0 else None
@@ -257,6 +257,7 @@ class AuthService:
 __all__ = [
     "AuthService",
     "LoginResult",
+    "ProfileCache",
     "SessionRecord",
     "SignedUserCertificate",
     "UserProfile",

@@ -1,8 +1,9 @@
-"""Composition root of the backend: builds the CA and the internal API, then serves it."""
+"""Composition root of the backend: builds the CA, the TPM, the runtime and the internal API."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import ipaddress
 import logging
@@ -29,6 +30,7 @@ from licensing_server.api.server import (
     mtls_credentials,
 )
 from licensing_server.attestation import Attestor
+from licensing_server.catalog import CERTIFICATE_ISSUERS, ENCLAVE_RUNTIMES, TPM_TRANSPORTS
 from licensing_server.config import Settings
 from licensing_server.errors import Unavailable
 from licensing_server.layout import DataLayout
@@ -47,10 +49,9 @@ from licensing_server.provisioning import (
     Reconciler,
     measured_certificates,
 )
-from licensing_server.runtimes._local import DEFAULT_COMMAND, LocalProcessRuntime
 from licensing_server.storage import Database, EnclaveStore, MeasurementStore, run_migrations
 from licensing_server.tasks import TaskSet, spawn
-from licensing_server.tpm import SwtpmSimulator, TpmDevice
+from licensing_server.tpm import TpmDevice, TpmTransport
 
 _log = logging.getLogger(__name__)
 
@@ -106,38 +107,72 @@ def provision_frontend_identity(
         _log.info("issued frontend internal client certificate")
 
 
-def _manufacturer_ca(settings: Settings) -> bytes:
+def _manufacturer_ca(transport: TpmTransport) -> bytes:
     """The CA bundle that must have signed the TPM's EK certificate."""
-    path = settings.effective_manufacturer_ca_file
-    if path.exists():
-        return path.read_bytes()
-    if not settings.tpm_tcti:
-        # The embedded swtpm: its own local CA signed the EK certificate.
-        pem = SwtpmSimulator(settings.swtpm_state_dir).manufacturer_ca_pem()
-        return pem.encode() if isinstance(pem, str) else bytes(pem)
-    raise SystemExit(f"LICENSING_TPM_MANUFACTURER_CA_FILE {path} does not exist")
+    try:
+        return transport.manufacturer_ca_pem()
+    except FileNotFoundError as exc:
+        raise SystemExit(f"licensing-backend: {exc}") from exc
+
+
+class _AfterShutdown:
+    """Records what the shutdown did to workloads; runs once the runtime has closed."""
+
+    def __init__(self) -> None:
+        self.reconciler: Reconciler | None = None
+
+    async def run(self) -> None:
+        if self.reconciler is None:
+            return
+        try:
+            await self.reconciler.settle_after_shutdown()
+        except Unavailable as exc:  # the reconciler at the next start settles them
+            _log.warning("could not record the stopped enclaves: %s", exc.reason)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task  # a failure was logged by spawn
 
 
 async def serve(settings: Settings) -> None:
-    # From the start: a SIGTERM while starting up still ends in an orderly shutdown.
-    stopping = spawn(stop_requested(), name="stop-signal")
-    await asyncio.sleep(0)
-    tpm = TpmDevice(
-        settings.effective_tpm_tcti, command_timeout=settings.tpm_command_timeout_seconds
-    )
-    try:
-        await _serve(settings, tpm, stopping)
-    finally:
-        # TPM2_Shutdown (for swtpm): whatever ended the backend, the TPM stops in order.
-        await tpm.close()
+    """Build the backend in start-up order, each part closed by the exit stack.
+
+    Whatever ends the backend (SIGTERM, a lost reconciler, a start-up step that
+    fails half-way), everything opened so far is closed in reverse order, the TPM
+    last (TPM2_Shutdown for swtpm).
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        # From the start: a SIGTERM while starting up still ends in an orderly shutdown.
+        stopping = spawn(stop_requested(), name="stop-signal")
+        stack.push_async_callback(_cancelled, stopping)
+        await asyncio.sleep(0)
+        transport = TPM_TRANSPORTS.resolve(settings.tpm_transport)(settings)
+        tpm = TpmDevice(
+            transport.tcti,
+            command_timeout=settings.tpm_command_timeout_seconds,
+            shutdown_on_close=transport.shutdown_on_close,
+        )
+        stack.push_async_callback(tpm.close)
+        await _serve(settings, stack, tpm, transport, stopping)
 
 
-async def _serve(settings: Settings, tpm: TpmDevice, stopping: asyncio.Task[None]) -> None:
+async def _serve(
+    settings: Settings,
+    stack: contextlib.AsyncExitStack,
+    tpm: TpmDevice,
+    transport: TpmTransport,
+    stopping: asyncio.Task[None],
+) -> None:
     layout = DataLayout(settings.data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     url = settings.effective_database_url
     await asyncio.to_thread(run_migrations, url)
     database = Database.connect(url)
+    stack.push_async_callback(database.close)
+    after_shutdown = _AfterShutdown()  # before the database closes, after the runtime did
+    stack.push_async_callback(after_shutdown.run)
     store = EnclaveStore(database)
     ca = CertificateAuthority.load_or_create(layout.ca_key, layout.ca_certificate)
     provision_frontend_identity(ca, layout, settings)
@@ -145,27 +180,28 @@ async def _serve(settings: Settings, tpm: TpmDevice, stopping: asyncio.Task[None
     probe_key, probe_cert = ca.issue_key_pair(
         common_name="licensing-backend", uris=[BACKEND_IDENTITY], client=True
     )
-    runtime = LocalProcessRuntime(
-        layout.enclaves_dir,
-        command=settings.enclave_command or DEFAULT_COMMAND,
-        ports=settings.enclave_ports,
-        fork_server=settings.enclave_launcher == "fork-server",
-    )
+    issuer = CERTIFICATE_ISSUERS.resolve(settings.certificate_issuer)(settings, ca)
+    stack.push_async_callback(issuer.close)
+    runtime = ENCLAVE_RUNTIMES.resolve(settings.enclave_runtime)(settings, layout)
+    stack.push_async_callback(runtime.close)
+    await runtime.start()
     attestor = Attestor(
         tpm=tpm,
         ca=ca,
         measurements=MeasurementStore(database),
-        manufacturer_ca_pem=_manufacturer_ca(settings),
+        manufacturer_ca_pem=_manufacturer_ca(transport),
         ak_certificate_path=layout.ak_certificate,
         live_certificates=lambda: measured_certificates(store),
         simulated_tpm_latency=settings.tpm_simulated_latency_ms / 1000,
     )
+    stack.push_async_callback(attestor.close)
     background = TaskSet()
+    stack.push_async_callback(background.cancel_all)
     background.spawn(attestor.keep_proving(), name="prove-attestation-key")
     provisioner = EnclaveProvisioner(
         store=store,
         runtime=runtime,
-        ca=ca,
+        issuer=issuer,
         probe=HealthProbe(ca_pem=ca_pem, key_pem=probe_key, cert_pem=probe_cert.pem.encode()),
         attestor=attestor,
         settings=ProvisioningSettings(
@@ -174,6 +210,7 @@ async def _serve(settings: Settings, tpm: TpmDevice, stopping: asyncio.Task[None
             attestation_key_wait=settings.tpm_command_timeout_seconds,
         ),
     )
+    stack.push_async_callback(provisioner.shutdown)
     reconciler = Reconciler(
         store=store,
         runtime=runtime,
@@ -182,6 +219,7 @@ async def _serve(settings: Settings, tpm: TpmDevice, stopping: asyncio.Task[None
         settle_interval_seconds=settings.reconcile_interval_seconds,
         abandoned_after=dt.timedelta(seconds=settings.abandoned_after_seconds),
     )
+    after_shutdown.reconciler = reconciler
     await reconciler.reconcile_after_start()
 
     dns, ips = _split_names(
@@ -193,6 +231,7 @@ async def _serve(settings: Settings, tpm: TpmDevice, stopping: asyncio.Task[None
     identity = ServerIdentity(key, cert.pem.encode(), ca_pem)
 
     server = grpc.aio.server(interceptors=[AccessGuard(BACKEND_POLICY)], options=SERVER_OPTIONS)
+    stack.push_async_callback(server.stop, 5)
     control_pb2_grpc.add_CertificateServiceServicer_to_server(
         CertificateServicer(
             ca,
@@ -206,6 +245,7 @@ async def _serve(settings: Settings, tpm: TpmDevice, stopping: asyncio.Task[None
     )
     control_pb2_grpc.add_QuoteServiceServicer_to_server(QuoteServicer(attestor, store), server)
     health = await add_health_and_reflection(server, SERVICE_NAMES)
+    stack.push_async_callback(health.enter_graceful_shutdown)
 
     async def tpm_availability(available: bool) -> None:
         # NOT_SERVING while the TPM is in dictionary-attack lockout.
@@ -215,29 +255,23 @@ async def _serve(settings: Settings, tpm: TpmDevice, stopping: asyncio.Task[None
             await health.set(name, status)
 
     await attestor.set_availability_listener(tpm_availability)
-    add_listener(server, settings.backend_addr, mtls_credentials(identity))
+    try:
+        add_listener(server, settings.backend_addr, mtls_credentials(identity))
+    except (OSError, RuntimeError) as exc:
+        raise SystemExit(
+            f"licensing-backend: cannot listen on {settings.backend_addr} "
+            "(is another process listening there?)"
+        ) from exc
     await server.start()
     _log.info("backend serving internal mTLS API on %s", settings.backend_addr)
     reconciling = background.spawn(reconciler.run(), name="reconciler")
+    stack.push_async_callback(_cancelled, reconciling)
 
     await asyncio.wait({stopping, reconciling}, return_when=asyncio.FIRST_COMPLETED)
+    _log.info("backend shutting down")
     # The reconciler never ends by itself; if it did (logged), nothing would settle
     # interrupted enclaves: stop, and let the supervisor start a fresh backend.
-    lost_reconciler = reconciling.done()
-    _log.info("backend shutting down")
-    stopping.cancel()
-    await health.enter_graceful_shutdown()
-    await background.cancel_all()
-    await server.stop(5)
-    await provisioner.shutdown()
-    await attestor.close()
-    await runtime.close()
-    try:
-        await reconciler.settle_after_shutdown()
-    except Unavailable as exc:  # the reconciler at the next start settles them
-        _log.warning("could not record the stopped enclaves: %s", exc.reason)
-    await database.close()
-    if lost_reconciler:
+    if reconciling.done():
         raise SystemExit("the reconciler stopped unexpectedly")
 
 

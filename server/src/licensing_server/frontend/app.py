@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import gc
 import logging
@@ -67,11 +68,22 @@ async def _wait_for_identity(layout: DataLayout, wait_seconds: float = 60.0) -> 
 
 
 async def serve(settings: Settings) -> None:
+    """Build the frontend in start-up order, each part closed by the exit stack.
+
+    Whatever ends the frontend (SIGTERM, a start-up step that fails half-way),
+    everything opened so far is closed in reverse order.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        await _serve(settings, stack)
+
+
+async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
     layout = DataLayout(settings.data_dir)
     await _wait_for_identity(layout)
     url = settings.effective_database_url
     await asyncio.to_thread(run_migrations, url)
     database = Database.connect(url)
+    stack.push_async_callback(database.close)
 
     ca_pem = layout.ca_certificate.read_bytes()
     identity = ServerIdentity(
@@ -83,6 +95,7 @@ async def serve(settings: Settings) -> None:
         key_pem=layout.frontend_client_key.read_bytes(),
         cert_pem=layout.frontend_client_cert.read_bytes(),
     )
+    stack.push_async_callback(backend_channel.close, None)
     certificates = BackendCertificateSigner(backend_channel)
     provisioning = BackendProvisioningClient(backend_channel)
 
@@ -103,6 +116,7 @@ async def serve(settings: Settings) -> None:
         threads=settings.bcrypt_threads,
         queue_limit=settings.login_queue_limit,
     )
+    stack.callback(passwords.close)
     auth = AuthService(
         users=UserStore(database),
         passwords=passwords,
@@ -116,6 +130,7 @@ async def serve(settings: Settings) -> None:
     ca_list = [ca_pem.decode()]
     enclaves = EnclaveStore(database)
     tail = EventTail(enclaves)
+    stack.push_async_callback(tail.close)
     catalog = EnclaveCatalog(
         store=enclaves,
         backend=provisioning,
@@ -144,6 +159,7 @@ async def serve(settings: Settings) -> None:
             max_streams_per_connection=settings.max_streams_per_connection,
         ).options(),
     )
+    stack.push_async_callback(server.stop, 5)
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
     trust_pb2_grpc.add_TrustServiceServicer_to_server(
         TrustServicer(
@@ -160,8 +176,18 @@ async def serve(settings: Settings) -> None:
         AttestationServicer(catalog), server
     )
     health = await add_health_and_reflection(server, SERVICE_NAMES)
-    add_listener(server, settings.frontend_enroll_addr, tls_credentials(identity))
-    add_listener(server, settings.frontend_api_addr, mtls_credentials(identity))
+    stack.push_async_callback(health.enter_graceful_shutdown)
+    for address, credentials in (
+        (settings.frontend_enroll_addr, tls_credentials(identity)),
+        (settings.frontend_api_addr, mtls_credentials(identity)),
+    ):
+        try:
+            add_listener(server, address, credentials)
+        except (OSError, RuntimeError) as exc:
+            raise SystemExit(
+                f"licensing-frontend: cannot listen on {address} "
+                "(is another process listening there?)"
+            ) from exc
     # Startup objects (modules, descriptors, ORM metadata) live as long as the process;
     # freezing them keeps a full collection from stalling the event loop for tens of ms.
     gc.collect()
@@ -176,12 +202,6 @@ async def serve(settings: Settings) -> None:
     async with freed_memory_released(settings.malloc_trim_seconds):
         await stop_requested()
     _log.info("frontend shutting down")
-    await health.enter_graceful_shutdown()
-    await server.stop(5)
-    await tail.close()
-    await backend_channel.close(None)
-    passwords.close()
-    await database.close()
 
 
 def main() -> None:

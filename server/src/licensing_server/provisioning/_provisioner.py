@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from licensing_server.attestation import Attestor
 from licensing_server.errors import DomainError, FailedPrecondition, NotFound, Unavailable
-from licensing_server.pki import TRUST_DOMAIN, CertificateAuthority, parse_csr
+from licensing_server.issuers import CertificateIssuer, EnclaveCertificateRequest
+from licensing_server.pki import TRUST_DOMAIN
 from licensing_server.provisioning._events import EventBus, follow_events
 from licensing_server.provisioning._probe import HealthProbe
 from licensing_server.runtimes import EnclaveRuntime, RuntimeFailure, WorkloadSpec
@@ -74,7 +75,7 @@ class EnclaveProvisioner:
         *,
         store: EnclaveStore,
         runtime: EnclaveRuntime,
-        ca: CertificateAuthority,
+        issuer: CertificateIssuer,
         probe: HealthProbe,
         attestor: Attestor,
         settings: ProvisioningSettings,
@@ -82,7 +83,7 @@ class EnclaveProvisioner:
     ):
         self._store = store
         self._runtime = runtime
-        self._ca = ca
+        self._issuer = issuer
         self._probe = probe
         self._attestor = attestor
         self._settings = settings
@@ -210,7 +211,7 @@ class EnclaveProvisioner:
                     enclave_id=enclave_id,
                     owner_id=record.owner_id,
                     jwks_json=jwks_json,
-                    ca_pem=self._ca.ca_certificates_pem[0],
+                    ca_pem=self._issuer.ca_certificates_pem[0],
                     token_issuer=settings.token_issuer,
                     token_audience=settings.token_audience,
                 )
@@ -230,16 +231,16 @@ class EnclaveProvisioner:
             await self._advance(
                 enclave_id, Phase.RUNNING, "workload running; it made its key and CSR"
             )
-            csr = parse_csr(csr_pem)
             name = enclave_server_name(enclave_id)
-            issued = self._ca.issue(
-                csr.public_key(),
-                common_name=enclave_id,
-                lifetime=max(record.expires_at - self._clock(), dt.timedelta(minutes=1)),
-                dns_names=[name],
-                ip_addresses=["127.0.0.1"],
-                uris=[enclave_identity(enclave_id)],
-                server=True,
+            issued = await self._issuer.issue_enclave_certificate(
+                EnclaveCertificateRequest(
+                    csr_pem=csr_pem,
+                    common_name=enclave_id,
+                    lifetime=max(record.expires_at - self._clock(), dt.timedelta(minutes=1)),
+                    dns_names=[name],
+                    ip_addresses=["127.0.0.1"],
+                    uris=[enclave_identity(enclave_id)],
+                )
             )
             await self._attestor.wait_until_proven(settings.attestation_key_wait)
             await self._attestor.measure(enclave_id, issued.sha256)
@@ -252,7 +253,7 @@ class EnclaveProvisioner:
                 tls_server_name=name,
             )
             endpoint = await asyncio.wait_for(
-                workload.install_certificate(issued.pem, self._ca.ca_certificates_pem),
+                workload.install_certificate(issued.pem, self._issuer.ca_certificates_pem),
                 settings.start_timeout,
             )
             await self._probe.wait_serving(endpoint, name, settings.ready_timeout)

@@ -1,5 +1,17 @@
-"""Enclave runtimes: where an enclave's workload runs (a local process, a Kubernetes pod)."""
+"""Enclave runtimes: where an enclave's workload runs (a local process, a Kubernetes pod).
 
+``EnclaveRuntime`` is the contract; ``licensing_server.catalog`` resolves the configured
+runtime (``local``) and, for the local runtime, the launcher (``exec``, ``fork-server``).
+"""
+
+from licensing_server.runtimes._forkserver import ForkServer, start_time
+from licensing_server.runtimes._launcher import (
+    DEFAULT_COMMAND,
+    EnclaveLauncher,
+    EnclaveProcess,
+    ExecLauncher,
+)
+from licensing_server.runtimes._local import LocalHandle, LocalProcessRuntime, LocalWorkload
 from licensing_server.runtimes._protocol import (
     EnclaveRuntime,
     RuntimeFailure,
@@ -7,4 +19,18 @@ from licensing_server.runtimes._protocol import (
     WorkloadSpec,
 )
 
-__all__ = ["EnclaveRuntime", "RuntimeFailure", "Workload", "WorkloadSpec"]
+__all__ = [
+    "DEFAULT_COMMAND",
+    "EnclaveLauncher",
+    "EnclaveProcess",
+    "EnclaveRuntime",
+    "ExecLauncher",
+    "ForkServer",
+    "LocalHandle",
+    "LocalProcessRuntime",
+    "LocalWorkload",
+    "RuntimeFailure",
+    "Workload",
+    "WorkloadSpec",
+    "start_time",
+]

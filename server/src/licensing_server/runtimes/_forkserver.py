@@ -15,10 +15,12 @@ import json
 import logging
 import os
 import socket
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from licensing_server.runtimes._launcher import LINE_LIMIT
 from licensing_server.runtimes._protocol import RuntimeFailure
 from licensing_server.tasks import TaskSet, spawn
 
@@ -26,24 +28,7 @@ _log = logging.getLogger(__name__)
 _SPAWN_TIMEOUT = 10.0
 
 
-class EnclaveProcess(Protocol):
-    """What ``LocalWorkload`` uses of a process: ``asyncio.subprocess.Process`` has it."""
-
-    pid: int
-
-    @property
-    def returncode(self) -> int | None: ...
-
-    @property
-    def stdin(self) -> asyncio.StreamWriter | None: ...
-
-    @property
-    def stdout(self) -> asyncio.StreamReader | None: ...
-
-    @property
-    def stderr(self) -> asyncio.StreamReader | None: ...
-
-    async def wait(self) -> int: ...
+__all__ = ["ForkServer", "ForkedProcess", "start_time"]
 
 
 class ForkedProcess:
@@ -103,7 +88,11 @@ async def _writer(fd: int) -> asyncio.StreamWriter:
 
 
 class ForkServer:
-    """The backend's side of ``licensing_enclave.forkserver``: started on first use."""
+    """The backend's side of ``licensing_enclave.forkserver`` (the ``fork-server`` launcher).
+
+    ``start`` starts it at once; otherwise the first ``spawn`` does, and a spawn after
+    it died starts a new one.
+    """
 
     def __init__(self, python: str, *, line_limit: int):
         self._python = python
@@ -116,6 +105,15 @@ class ForkServer:
         self._exits: dict[int, asyncio.Future[int]] = {}
         self._lock = asyncio.Lock()
         self._orphan_watches = TaskSet()
+
+    @classmethod
+    def for_this_interpreter(cls) -> ForkServer:
+        return cls(sys.executable, line_limit=LINE_LIMIT)
+
+    async def start(self) -> None:
+        """Start the fork server now (at backend start) rather than on the first spawn."""
+        async with self._lock:
+            await self._ensure_started()
 
     async def _ensure_started(self) -> socket.socket:
         if self._control is not None and self._process and self._process.returncode is None:

@@ -16,25 +16,25 @@ import os
 import shutil
 import signal
 import socket
-import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from licensing_server.pki import write_public_file
-from licensing_server.runtimes._forkserver import EnclaveProcess, ForkServer, start_time
+from licensing_server.runtimes._forkserver import start_time
+from licensing_server.runtimes._launcher import EnclaveLauncher, EnclaveProcess, ExecLauncher
 from licensing_server.runtimes._protocol import RuntimeFailure, WorkloadSpec
 from licensing_server.tasks import spawn
 
-_log = logging.getLogger(__name__)
+__all__ = ["LocalHandle", "LocalProcessRuntime", "LocalWorkload"]
 
-DEFAULT_COMMAND = (sys.executable, "-m", "licensing_enclave")
-_LINE_LIMIT = 1024 * 1024
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class _Handle:
+class LocalHandle:
+    """What a local workload's ``handle`` holds: enough to find its process after a restart."""
+
     pid: int
     start_time: str
     work_dir: str
@@ -43,7 +43,7 @@ class _Handle:
         return json.dumps({"pid": self.pid, "start_time": self.start_time, "dir": self.work_dir})
 
     @classmethod
-    def load(cls, text: str) -> _Handle | None:
+    def load(cls, text: str) -> LocalHandle | None:
         try:
             raw: Any = json.loads(text)
             return cls(int(raw["pid"]), str(raw["start_time"]), str(raw["dir"]))
@@ -55,7 +55,7 @@ class _Handle:
 
 
 class LocalWorkload:
-    def __init__(self, process: EnclaveProcess, handle: _Handle, host: str):
+    def __init__(self, process: EnclaveProcess, handle: LocalHandle, host: str):
         self._process = process
         self._handle = handle
         self._host = host
@@ -142,18 +142,14 @@ class LocalProcessRuntime:
         self,
         work_root: Path,
         *,
-        command: Sequence[str] = DEFAULT_COMMAND,
+        launcher: EnclaveLauncher | None = None,
         host: str = "127.0.0.1",
         ports: tuple[int, int] | None = None,
-        fork_server: bool = False,
     ):
-        """``fork_server``: start enclaves by forking a process that has their modules
-        imported (``licensing_enclave.forkserver``) rather than running ``command``."""
+        """``launcher`` starts the processes (default: exec of the built-in enclave);
+        the runtime starts and closes it with itself."""
         self._root = work_root.resolve()
-        self._command = tuple(command)
-        self._fork_server = (
-            ForkServer(sys.executable, line_limit=_LINE_LIMIT) if fork_server else None
-        )
+        self._launcher: EnclaveLauncher = launcher or ExecLauncher()
         self._host = host
         self._ports = ports
         self._workloads: dict[str, LocalWorkload] = {}
@@ -216,20 +212,7 @@ class LocalProcessRuntime:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LICENSING_")}
         process: EnclaveProcess
         try:
-            if self._fork_server is not None:
-                process = await self._fork_server.spawn(args, cwd=work_dir, env=env)
-            else:
-                process = await asyncio.create_subprocess_exec(
-                    *self._command,
-                    *args,
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
-                    cwd=work_dir,
-                    env=env,
-                    start_new_session=True,
-                    limit=_LINE_LIMIT,
-                )
+            process = await self._launcher.spawn(args, cwd=work_dir, env=env)
         except OSError as exc:
             shutil.rmtree(work_dir, ignore_errors=True)
             raise RuntimeFailure(
@@ -238,14 +221,14 @@ class LocalProcessRuntime:
         except RuntimeFailure:
             shutil.rmtree(work_dir, ignore_errors=True)
             raise
-        handle = _Handle(process.pid, start_time(process.pid) or "", str(work_dir))
+        handle = LocalHandle(process.pid, start_time(process.pid) or "", str(work_dir))
         workload = LocalWorkload(process, handle, self._host)
         self._workloads[spec.enclave_id] = workload
         return workload
 
     async def stop(self, enclave_id: str, handle: str) -> None:
         workload = self._workloads.pop(enclave_id, None)
-        parsed = _Handle.load(handle) if handle else None
+        parsed = LocalHandle.load(handle) if handle else None
         try:
             if workload is not None:
                 await _terminate(workload.process.pid, workload.process)
@@ -275,11 +258,15 @@ class LocalProcessRuntime:
                     removed.append(entry.name)
         return removed
 
+    async def start(self) -> None:
+        await self._launcher.start()
+
     async def close(self) -> None:
-        for enclave_id, workload in list(self._workloads.items()):
-            await self.stop(enclave_id, workload.handle)
-        if self._fork_server is not None:
-            await self._fork_server.close()
+        try:
+            for enclave_id, workload in list(self._workloads.items()):
+                await self.stop(enclave_id, workload.handle)
+        finally:
+            await self._launcher.close()
 
 
 def _bindable(host: str, port: int) -> bool:

@@ -50,6 +50,17 @@ class Workload(Protocol):
 
 
 class EnclaveRuntime(Protocol):
+    """Where enclaves run; one per backend, named by ``LICENSING_ENCLAVE_RUNTIME``.
+
+    The composition root calls ``start`` once before anything else and ``close``
+    once at the end, also when start-up fails half-way (so ``close`` works whether
+    or not ``start`` ran or succeeded).
+    """
+
+    async def start(self) -> None:
+        """Get ready to place workloads (start helpers, connect to an API)."""
+        ...
+
     async def place(self, spec: WorkloadSpec) -> Workload:
         """Place the workload (SCHEDULED once this returns)."""
         ...
@@ -67,5 +78,6 @@ class EnclaveRuntime(Protocol):
         ...
 
     async def close(self) -> None:
-        """Stop every workload this runtime started (the process is shutting down)."""
+        """Stop every workload this runtime started and what ``start`` started (the
+        process is shutting down); idempotent."""
         ...

@@ -8,9 +8,14 @@ from licensing_server.tokens._access import (
     jwks_public_keys,
     x5t_s256,
 )
-from licensing_server.tokens._refresh import hash_refresh_token, new_refresh_token
+from licensing_server.tokens._refresh import (
+    MAX_REFRESH_TOKEN_LENGTH,
+    hash_refresh_token,
+    new_refresh_token,
+)
 
 __all__ = [
+    "MAX_REFRESH_TOKEN_LENGTH",
     "AccessClaims",
     "AccessTokenSigner",
     "AccessTokenVerifier",

@@ -1,0 +1,105 @@
+"""The built-in backends of every capability: the one place a configured name is resolved.
+
+- enclave runtime (``runtimes.EnclaveRuntime``), ``LICENSING_ENCLAVE_RUNTIME``: ``local``;
+- enclave launcher of the local runtime (``runtimes.EnclaveLauncher``),
+  ``LICENSING_ENCLAVE_LAUNCHER``: ``exec``, ``fork-server``;
+- certificate issuer (``issuers.CertificateIssuer``), ``LICENSING_CERTIFICATE_ISSUER``:
+  ``builtin``;
+- TPM transport (``tpm.TpmTransport``), the TCTI name in ``LICENSING_TPM_TCTI``:
+  ``device``, ``swtpm``.
+
+A new backend (``kubernetes``, ``cert-manager``) is one module in its capability's
+package and one entry here. Each factory imports its backend when called, so that
+reading the names (``config`` does, in every process) loads none of them: the
+frontend never imports tpm2-pytss this way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from licensing_server.registry import Registry
+
+if TYPE_CHECKING:
+    from licensing_server.config import Settings
+    from licensing_server.issuers import CertificateIssuer
+    from licensing_server.layout import DataLayout
+    from licensing_server.pki import CertificateAuthority
+    from licensing_server.runtimes import EnclaveLauncher, EnclaveRuntime
+    from licensing_server.tpm import TpmTransport
+
+__all__ = [
+    "CERTIFICATE_ISSUERS",
+    "ENCLAVE_LAUNCHERS",
+    "ENCLAVE_RUNTIMES",
+    "TPM_TRANSPORTS",
+    "IssuerFactory",
+    "LauncherFactory",
+    "RuntimeFactory",
+    "TransportFactory",
+]
+
+#: (settings, data layout) -> a runtime; the composition root starts and closes it.
+RuntimeFactory = Callable[["Settings", "DataLayout"], "EnclaveRuntime"]
+#: settings -> a launcher; the local runtime starts and closes it.
+LauncherFactory = Callable[["Settings"], "EnclaveLauncher"]
+#: (settings, the built-in CA) -> an issuer for enclave certificates.
+IssuerFactory = Callable[["Settings", "CertificateAuthority"], "CertificateIssuer"]
+#: settings -> how to reach the TPM.
+TransportFactory = Callable[["Settings"], "TpmTransport"]
+
+
+def _local_runtime(settings: Settings, layout: DataLayout) -> EnclaveRuntime:
+    from licensing_server.runtimes import LocalProcessRuntime
+
+    launcher = ENCLAVE_LAUNCHERS.resolve(settings.enclave_launcher)(settings)
+    return LocalProcessRuntime(layout.enclaves_dir, launcher=launcher, ports=settings.enclave_ports)
+
+
+def _exec_launcher(settings: Settings) -> EnclaveLauncher:
+    from licensing_server.runtimes import DEFAULT_COMMAND, ExecLauncher
+
+    return ExecLauncher(settings.enclave_command or DEFAULT_COMMAND)
+
+
+def _fork_server_launcher(settings: Settings) -> EnclaveLauncher:
+    from licensing_server.runtimes import ForkServer
+
+    return ForkServer.for_this_interpreter()
+
+
+def _builtin_issuer(settings: Settings, ca: CertificateAuthority) -> CertificateIssuer:
+    from licensing_server.issuers import BuiltinCaIssuer
+
+    return BuiltinCaIssuer(ca)
+
+
+def _swtpm_transport(settings: Settings) -> TpmTransport:
+    from licensing_server.tpm import SwtpmTransport
+
+    return SwtpmTransport.from_settings(settings)
+
+
+def _device_transport(settings: Settings) -> TpmTransport:
+    from licensing_server.tpm import DeviceTransport
+
+    return DeviceTransport.from_settings(settings)
+
+
+ENCLAVE_RUNTIMES: Registry[RuntimeFactory] = Registry(
+    "enclave runtime", "LICENSING_ENCLAVE_RUNTIME", {"local": _local_runtime}
+)
+ENCLAVE_LAUNCHERS: Registry[LauncherFactory] = Registry(
+    "enclave launcher",
+    "LICENSING_ENCLAVE_LAUNCHER",
+    {"exec": _exec_launcher, "fork-server": _fork_server_launcher},
+)
+CERTIFICATE_ISSUERS: Registry[IssuerFactory] = Registry(
+    "certificate issuer", "LICENSING_CERTIFICATE_ISSUER", {"builtin": _builtin_issuer}
+)
+TPM_TRANSPORTS: Registry[TransportFactory] = Registry(
+    "TPM transport (TCTI)",
+    "LICENSING_TPM_TCTI",
+    {"device": _device_transport, "swtpm": _swtpm_transport},
+)
