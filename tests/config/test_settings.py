@@ -96,6 +96,8 @@ _PARSED: list[tuple[str, str, str, object]] = [
         ("my-enclave", "--flag", "a b"),
     ),
     ("ENCLAVE_LAUNCHER", " EXEC ", "enclave_launcher", "exec"),
+    ("ENCLAVE_RUNTIME", "local", "enclave_runtime", "local"),
+    ("CERTIFICATE_ISSUER", "builtin", "certificate_issuer", "builtin"),
     ("ENCLAVE_PORTS", "9000-9010", "enclave_ports", (9000, 9010)),
     ("REAP_INTERVAL_SECONDS", "3600", "reap_interval_seconds", 3600),
     ("RECONCILE_INTERVAL_SECONDS", "2", "reconcile_interval_seconds", 2),
@@ -180,7 +182,21 @@ _BAD: list[tuple[str, str, str]] = [
     ("ENCLAVE_PORTS", "9000", "LICENSING_ENCLAVE_PORTS='9000' is not LOW-HIGH"),
     ("ENCLAVE_PORTS", "9010-9000", "LICENSING_ENCLAVE_PORTS='9010-9000' is not a valid"),
     ("ENCLAVE_PORTS", "0-10", "LICENSING_ENCLAVE_PORTS='0-10' is not a valid port range"),
-    ("ENCLAVE_LAUNCHER", "thread", "LICENSING_ENCLAVE_LAUNCHER='thread' is not 'exec' or"),
+    (
+        "ENCLAVE_LAUNCHER",
+        "thread",
+        "LICENSING_ENCLAVE_LAUNCHER='thread' is not a known enclave launcher; valid: 'exec'",
+    ),
+    (
+        "ENCLAVE_RUNTIME",
+        "kubernetes",
+        "LICENSING_ENCLAVE_RUNTIME='kubernetes' is not a known enclave runtime; valid: 'local'",
+    ),
+    (
+        "CERTIFICATE_ISSUER",
+        "vault",
+        "LICENSING_CERTIFICATE_ISSUER='vault' is not a known certificate issuer",
+    ),
     ("LOG_LEVEL", "chatty", "LICENSING_LOG_LEVEL='CHATTY' is not a log level"),
 ]
 
