@@ -18,15 +18,15 @@ from licensing_enclave._keys import EnclaveKey
 from licensing_enclave._secrets import SecretStore
 from licensing_enclave._servicer import WorkloadServicer
 from licensing_enclave._stdio import ParentStdin, ProtocolOut
-from licensing_server.api.guard import AccessGuard
-from licensing_server.api.server import (
+from licensing_common.rpc.guard import AccessGuard
+from licensing_common.rpc.server import (
     SERVER_OPTIONS,
     ServerIdentity,
     add_health_and_reflection,
     add_listener,
     mtls_credentials,
 )
-from licensing_server.tokens import AccessTokenVerifier
+from licensing_common.tokens import AccessTokenVerifier
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 from licensing_server.config import ConfigError, Settings
-from licensing_server.logs import configure_logging
+from licensing_common.logs import configure_logging
 
 _T = TypeVar("_T")
 

@@ -1,6 +1,9 @@
 """Client-side verification of enclave attestations (pure Python, no TSS libraries)."""
 
-from licensing_client.attestation._binding import (
+from licensing_common.binding import (
+    AK_CERTIFICATE_IDENTITY,
+    MEASURED_SET_KIND,
+    MEASUREMENT_PCR,
     DERIVATION,
     MerkleTree,
     merkle_root_and_proofs,
@@ -8,9 +11,6 @@ from licensing_client.attestation._binding import (
     qualifying_value,
 )
 from licensing_client.attestation._verify import (
-    AK_CERTIFICATE_IDENTITY,
-    MEASURED_SET_KIND,
-    MEASUREMENT_PCR,
     AttestationError,
     Check,
     CheckResult,

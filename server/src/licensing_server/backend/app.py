@@ -19,9 +19,9 @@ from licensing_server.api.backend import (
     ProvisioningServicer,
     QuoteServicer,
 )
-from licensing_server.api.guard import AccessGuard
+from licensing_common.rpc.guard import AccessGuard
 from licensing_server.api.policy import BACKEND_POLICY
-from licensing_server.api.server import (
+from licensing_common.rpc.server import (
     SERVER_OPTIONS,
     ServerIdentity,
     add_health_and_reflection,
@@ -30,7 +30,7 @@ from licensing_server.api.server import (
 )
 from licensing_server.attestation import Attestor
 from licensing_server.config import Settings
-from licensing_server.errors import Unavailable
+from licensing_common.errors import Unavailable
 from licensing_server.layout import DataLayout
 from licensing_server.pki import (
     BACKEND_IDENTITY,

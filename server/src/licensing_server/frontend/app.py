@@ -22,10 +22,10 @@ from licensing_server.api.frontend import (
     EnclaveServicer,
     TrustServicer,
 )
-from licensing_server.api.guard import AccessGuard
+from licensing_common.rpc.guard import AccessGuard
 from licensing_server.api.limits import FRONTEND_RATE_LIMITS
 from licensing_server.api.policy import FRONTEND_POLICY
-from licensing_server.api.server import (
+from licensing_common.rpc.server import (
     ConnectionLimits,
     ServerIdentity,
     add_health_and_reflection,
@@ -42,7 +42,7 @@ from licensing_server.frontend.backend_client import (
 )
 from licensing_server.layout import DataLayout
 from licensing_server.process import freed_memory_released, run_process, stop_requested
-from licensing_server.provisioning import EventTail
+from licensing_server.events import EventTail
 from licensing_server.storage import Database, EnclaveStore, Limits, UserStore, run_migrations
 from licensing_server.tokens import AccessTokenSigner, AccessTokenVerifier, SigningKey
 

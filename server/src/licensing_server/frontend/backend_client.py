@@ -12,7 +12,7 @@ from licensing.v1 import enclave_pb2
 
 from licensing_server.api.convert import timestamp
 from licensing_server.auth import SignedUserCertificate
-from licensing_server.errors import (
+from licensing_common.errors import (
     DomainError,
     FailedPrecondition,
     InvalidArgument,

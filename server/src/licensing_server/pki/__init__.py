@@ -3,7 +3,7 @@
 from licensing_server.pki._ca import CertificateAuthority, IssuedCertificate
 from licensing_server.pki._csr import parse_csr
 from licensing_server.pki._files import write_private_file, write_public_file
-from licensing_server.pki._identity import (
+from licensing_common.identity import (
     BACKEND_IDENTITY,
     FRONTEND_IDENTITY,
     TRUST_DOMAIN,
