@@ -14,7 +14,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from licensing_server import errors as domain
+from licensing_common import errors as domain
 from licensing_common.rpc import errors
 from licensing_common.rpc.guard import AccessGuard
 from licensing_server.api.policy import Access

@@ -11,13 +11,6 @@ from typing import TypeVar
 import grpc
 from enclave.v1 import workload_pb2_grpc
 
-from licensing_enclave._access import ENCLAVE_POLICY, WORKLOAD_SERVICE, OwnerAuthenticator
-from licensing_enclave._bootstrap import StartupError, announce_serving, obtain_certificate
-from licensing_enclave._config import EnclaveConfig
-from licensing_enclave._keys import EnclaveKey
-from licensing_enclave._secrets import SecretStore
-from licensing_enclave._servicer import WorkloadServicer
-from licensing_enclave._stdio import ParentStdin, ProtocolOut
 from licensing_common.rpc.guard import AccessGuard
 from licensing_common.rpc.server import (
     SERVER_OPTIONS,
@@ -27,6 +20,13 @@ from licensing_common.rpc.server import (
     mtls_credentials,
 )
 from licensing_common.tokens import AccessTokenVerifier
+from licensing_enclave._access import ENCLAVE_POLICY, WORKLOAD_SERVICE, OwnerAuthenticator
+from licensing_enclave._bootstrap import StartupError, announce_serving, obtain_certificate
+from licensing_enclave._config import EnclaveConfig
+from licensing_enclave._keys import EnclaveKey
+from licensing_enclave._secrets import SecretStore
+from licensing_enclave._servicer import WorkloadServicer
+from licensing_enclave._stdio import ParentStdin, ProtocolOut
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")

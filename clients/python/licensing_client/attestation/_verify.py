@@ -20,13 +20,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from licensing_common.binding import (
-    AK_CERTIFICATE_IDENTITY,
-    MEASURED_SET_KIND,
-    MEASUREMENT_PCR,
-    merkle_root_from_proof,
-    qualifying_value,
-)
 from licensing_client.attestation._tpm_structures import (
     ATTR_DECRYPT,
     ATTR_FIXED_PARENT,
@@ -43,6 +36,12 @@ from licensing_client.attestation._tpm_structures import (
     parse_attest,
     parse_public,
     parse_signature,
+)
+from licensing_common.binding import (
+    AK_CERTIFICATE_IDENTITY,
+    MEASUREMENT_PCR,
+    merkle_root_from_proof,
+    qualifying_value,
 )
 
 _ZERO = bytes(32)

@@ -17,9 +17,6 @@ from typing import Any
 
 import grpc
 
-from licensing_common.rpc import errors
-from licensing_common.rpc.limits import CountedBy, RateLimit
-from licensing_common.rpc.policy import Access
 from licensing_common.errors import (
     DomainError,
     InvalidArgument,
@@ -28,6 +25,9 @@ from licensing_common.errors import (
     Unauthenticated,
 )
 from licensing_common.identity import PeerIdentity, peer_identity
+from licensing_common.rpc import errors
+from licensing_common.rpc.limits import CountedBy, RateLimit
+from licensing_common.rpc.policy import Access
 from licensing_common.throttle import TokenBuckets
 from licensing_common.tokens import AccessClaims
 

@@ -13,14 +13,8 @@ from cryptography import x509
 from grpc_health.v1 import health_pb2
 from licensing.control.v1 import control_pb2_grpc
 
-from licensing_server.api.backend import (
-    SERVICE_NAMES,
-    CertificateServicer,
-    ProvisioningServicer,
-    QuoteServicer,
-)
+from licensing_common.errors import Unavailable
 from licensing_common.rpc.guard import AccessGuard
-from licensing_server.api.policy import BACKEND_POLICY
 from licensing_common.rpc.server import (
     SERVER_OPTIONS,
     ServerIdentity,
@@ -28,9 +22,15 @@ from licensing_common.rpc.server import (
     add_listener,
     mtls_credentials,
 )
+from licensing_server.api.backend import (
+    SERVICE_NAMES,
+    CertificateServicer,
+    ProvisioningServicer,
+    QuoteServicer,
+)
+from licensing_server.api.policy import BACKEND_POLICY
 from licensing_server.attestation import Attestor
 from licensing_server.config import Settings
-from licensing_common.errors import Unavailable
 from licensing_server.layout import DataLayout
 from licensing_server.pki import (
     BACKEND_IDENTITY,

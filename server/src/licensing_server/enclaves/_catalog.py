@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from licensing_server.enclaves.nonces import check_nonce
 from licensing_common.errors import (
     DomainError,
     InvalidArgument,
@@ -28,6 +27,7 @@ from licensing_common.errors import (
     Unavailable,
 )
 from licensing_common.phases import TERMINAL
+from licensing_server.enclaves.nonces import check_nonce
 from licensing_server.events import EventTail
 from licensing_server.storage import (
     MAX_SEQUENCE,

@@ -12,11 +12,11 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from licensing_server.attestation import Attestor
-from licensing_common.phases import TERMINAL
 from licensing_common.errors import DomainError, FailedPrecondition, NotFound, Unavailable
-from licensing_server.pki import TRUST_DOMAIN, CertificateAuthority, parse_csr
+from licensing_common.phases import TERMINAL
+from licensing_server.attestation import Attestor
 from licensing_server.events import EventBus, follow_events
+from licensing_server.pki import TRUST_DOMAIN, CertificateAuthority, parse_csr
 from licensing_server.provisioning._probe import HealthProbe
 from licensing_server.runtimes import EnclaveRuntime, RuntimeFailure, WorkloadSpec
 from licensing_server.storage import (

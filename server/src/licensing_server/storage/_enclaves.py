@@ -15,7 +15,6 @@ from licensing_common.phases import Phase
 from licensing_server.storage._database import Database
 from licensing_server.storage._models import Enclave, EnclaveEvent, Entitlement, User
 
-
 #: Phases that hold a licence: everything but FAILED (deleted enclaves have no row).
 _NOT_COUNTED = (Phase.FAILED.value,)
 #: The largest event sequence the schema can hold (a 32-bit ``Integer`` column);
