@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
 _PRINT_MODULES = (
     "import importlib, json, sys; importlib.import_module(sys.argv[1]); "
     "print(json.dumps(sorted(sys.modules)))"
@@ -29,6 +31,7 @@ def closure(module: str) -> list[str]:
         check=True,
         capture_output=True,
         text=True,
+        cwd=ROOT,
     ).stdout
     names: list[str] = json.loads(out)
     return names
@@ -75,3 +78,12 @@ def test_the_client_imports_no_server_package() -> None:
     assert "licensing_client.cli" in names
     assert under(names, "licensing_server", "licensing_enclave", "licensing", "enclave") == []
     assert under(names, *_SERVER_ONLY) == []
+
+
+def test_the_shared_package_imports_nothing_else_of_ours() -> None:
+    """All of ``licensing_common`` at once: only its own modules and its four dependencies."""
+    names = closure("tests.common_everything")
+    assert "licensing_common.rpc.guard" in names
+    assert under(names, "licensing_server", "licensing_client", "licensing_enclave") == []
+    assert under(names, "licensing", "enclave") == []  # no generated stubs either
+    assert under(names, *_SERVER_ONLY, "grpclib", "betterproto", "rich", "setproctitle") == []
