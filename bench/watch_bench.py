@@ -37,7 +37,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.login_bench import percentile  # noqa: E402
-from licensing_server.provisioning import EventTail, follow_events, terminal_phases  # noqa: E402
+from licensing_server.events import EventTail, follow_events  # noqa: E402
+from licensing_server.provisioning import terminal_phases  # noqa: E402
 from licensing_server.storage import (  # noqa: E402
     EventRecord,
     Phase,

@@ -14,9 +14,9 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from licensing_server import errors as domain
-from licensing_server.api import errors
-from licensing_server.api.guard import AccessGuard
+from licensing_common import errors as domain
+from licensing_common.rpc import errors
+from licensing_common.rpc.guard import AccessGuard
 from licensing_server.api.policy import Access
 
 METHOD = "/licensing.v1.AuthService/Login"
@@ -162,7 +162,7 @@ async def test_an_unexpected_exception_is_internal_with_only_a_correlation_id(
     async def broken(request: Any, context: Any) -> Any:
         raise RuntimeError(SECRET)
 
-    with caplog.at_level(logging.ERROR, logger="licensing_server.api.errors"):
+    with caplog.at_level(logging.ERROR, logger="licensing_common.rpc.errors"):
         context = await _call_through_guard(broken)
 
     correlation_id = _assert_internal_without_leaks(context)

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 from licensing.control.v1 import control_pb2
 
-from licensing_server.api.guard import AccessGuard
+from licensing_common.rpc.guard import AccessGuard
 from licensing_server.api.policy import BACKEND_POLICY, FRONTEND_POLICY, Access
 
 

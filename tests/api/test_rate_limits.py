@@ -15,7 +15,7 @@ from licensing.v1 import auth_pb2, enclave_pb2, enclave_pb2_grpc
 from licensing_client import api_channel, bearer
 from licensing_client.cli._session import paced, retry_delay
 from licensing_client.gen.licensing import v1
-from licensing_server.api.guard import client_address
+from licensing_common.rpc.guard import client_address
 from licensing_server.api.limits import FRONTEND_RATE_LIMITS, CountedBy
 from licensing_server.api.policy import FRONTEND_POLICY, Access
 from tests.api.test_policy import FRONTEND_METHODS, OPS_METHODS

@@ -16,7 +16,7 @@ import pytest
 from licensing.v1 import attestation_pb2
 
 from licensing_client.attestation import MEASURED_SET_KIND, MEASUREMENT_PCR
-from licensing_server.errors import FailedPrecondition
+from licensing_common.errors import FailedPrecondition
 from licensing_server.pki import IssuedCertificate
 from tests.attestation.harness import Harness, attestor_on_swtpm
 

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
-from licensing_server.errors import InvalidArgument
+from licensing_common.errors import InvalidArgument
 from licensing_server.pki import parse_csr
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from licensing_server.provisioning import EventTail, Wake, terminal_phases
+from licensing_server.events import EventTail, Wake
+from licensing_server.provisioning import terminal_phases
 from licensing_server.storage import (
     EventRecord,
     Phase,

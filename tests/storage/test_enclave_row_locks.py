@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from licensing_server.errors import ResourceExhausted
+from licensing_common.errors import ResourceExhausted
 from licensing_server.storage import Database, EnclaveStore, Limits, run_migrations
 from tests.storage.conftest import NOW, new_user
 from tests.support import create_postgres_database, drop_postgres_database, required_postgres

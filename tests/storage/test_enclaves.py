@@ -9,7 +9,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from licensing_server.errors import FailedPrecondition, NotFound, ResourceExhausted
+from licensing_common.errors import FailedPrecondition, NotFound, ResourceExhausted
 from licensing_server.storage import (
     Database,
     EnclaveRecord,

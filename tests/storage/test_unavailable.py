@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from licensing_server.errors import Unavailable
+from licensing_common.errors import Unavailable
 from licensing_server.storage import (
     Database,
     DatabaseUnavailable,

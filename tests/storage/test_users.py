@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from licensing_server.errors import AlreadyExists, Unauthenticated
+from licensing_common.errors import AlreadyExists, Unauthenticated
 from licensing_server.storage import Database, SessionRecord, UserRecord, UserStore
 from tests.storage.conftest import NOW, new_user
 

@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from licensing_server.errors import Unauthenticated
+from licensing_common.errors import Unauthenticated
 from licensing_server.tokens import (
     AccessClaims,
     AccessTokenSigner,
@@ -80,7 +80,7 @@ def _token(key: SigningKey, **overrides: object) -> tuple[str, dt.datetime]:
 def _refusal(verifier: AccessTokenVerifier, token: str, cert: bytes = CERT) -> str:
     with pytest.raises(Unauthenticated) as caught:
         verifier.verify(token, cert)
-    return caught.value.reason
+    return str(caught.value.reason)
 
 
 def test_a_signed_token_verifies_to_its_claims(key: SigningKey) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from tpm2_pytss import TSS2_Exception
 
-from licensing_server.errors import FailedPrecondition, Unavailable
+from licensing_common.errors import FailedPrecondition, Unavailable
 from licensing_server.tpm import (
     LockoutState,
     TpmCommandFailed,

@@ -662,8 +662,8 @@ def test_a_bad_command_line_is_a_usage_error(backend: Backend, owner: User) -> N
 
 
 def test_every_workload_method_needs_the_owner() -> None:
+    from licensing_common.rpc.policy import Access
     from licensing_enclave import ENCLAVE_POLICY
-    from licensing_server.api.policy import Access
 
     service = workload_pb2.DESCRIPTOR.services_by_name["WorkloadService"]
     for method in service.methods:

@@ -8,11 +8,11 @@ import resource
 import sys
 from collections.abc import Sequence
 
+from licensing_common.logs import configure_logging
 from licensing_enclave._app import run
 from licensing_enclave._bootstrap import StartupError
 from licensing_enclave._config import parse_args
 from licensing_enclave._stdio import ProtocolOut
-from licensing_server.logs import configure_logging
 
 _PR_SET_DUMPABLE = 4
 _PR_SET_NO_NEW_PRIVS = 38

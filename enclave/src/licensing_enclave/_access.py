@@ -6,9 +6,9 @@ WorkloadService call needs the owner's certificate plus an access token bound to
 
 from __future__ import annotations
 
-from licensing_server.api.policy import Access
-from licensing_server.errors import PermissionDenied
-from licensing_server.tokens import AccessClaims, AccessTokenVerifier
+from licensing_common.errors import PermissionDenied
+from licensing_common.rpc.policy import Access
+from licensing_common.tokens import AccessClaims, AccessTokenVerifier
 
 WORKLOAD_SERVICE = "enclave.v1.WorkloadService"
 

@@ -12,6 +12,15 @@ from typing import TypeVar
 import grpc
 from enclave.v1 import workload_pb2_grpc
 
+from licensing_common.rpc.guard import AccessGuard
+from licensing_common.rpc.server import (
+    SERVER_OPTIONS,
+    ServerIdentity,
+    add_health_and_reflection,
+    add_listener,
+    mtls_credentials,
+)
+from licensing_common.tokens import AccessTokenVerifier
 from licensing_enclave._access import ENCLAVE_POLICY, WORKLOAD_SERVICE, OwnerAuthenticator
 from licensing_enclave._bootstrap import StartupError, announce_serving, obtain_certificate
 from licensing_enclave._config import EnclaveConfig
@@ -19,15 +28,6 @@ from licensing_enclave._keys import EnclaveKey
 from licensing_enclave._secrets import SecretStore
 from licensing_enclave._servicer import WorkloadServicer
 from licensing_enclave._stdio import ParentStdin, ProtocolOut
-from licensing_server.api.guard import AccessGuard
-from licensing_server.api.server import (
-    SERVER_OPTIONS,
-    ServerIdentity,
-    add_health_and_reflection,
-    add_listener,
-    mtls_credentials,
-)
-from licensing_server.tokens import AccessTokenVerifier
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")

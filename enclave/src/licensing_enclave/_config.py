@@ -18,7 +18,7 @@ import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from licensing_server.tokens import jwks_public_keys
+from licensing_common.tokens import jwks_public_keys
 
 # The id becomes the CSR's common name (at most 64 characters) and appears in logs.
 _ENCLAVE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import NameOID
 
-from licensing_server.pki import certificate_sha256
+from licensing_common.identity import certificate_sha256
 
 
 def _spki(key: CertificatePublicKeyTypes) -> bytes:

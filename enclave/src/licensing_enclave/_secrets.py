@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from licensing_server.errors import InvalidArgument, NotFound, ResourceExhausted
+from licensing_common.errors import InvalidArgument, NotFound, ResourceExhausted
 
 MAX_NAME_LENGTH = 128
 MAX_VALUE_BYTES = 64 * 1024

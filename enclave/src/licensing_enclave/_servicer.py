@@ -11,9 +11,9 @@ from typing import Any
 import grpc
 from enclave.v1 import workload_pb2, workload_pb2_grpc
 
+from licensing_common.errors import InvalidArgument
 from licensing_enclave._keys import EnclaveCertificate, EnclaveKey
 from licensing_enclave._secrets import SecretStore
-from licensing_server.errors import InvalidArgument
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

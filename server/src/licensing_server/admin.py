@@ -12,9 +12,9 @@ import datetime as dt
 import json
 import sys
 
+from licensing_common.errors import DomainError
 from licensing_server.auth import normalise_username
 from licensing_server.config import Settings
-from licensing_server.errors import DomainError
 from licensing_server.process import load_settings
 from licensing_server.storage import Database, EnclaveStore, Limits, UserStore, run_migrations
 from licensing_server.tpm import LockoutState, TpmDevice

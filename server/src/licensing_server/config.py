@@ -75,7 +75,7 @@ class Settings:
     login_failures_per_minute: int = 10
     # Scales the per-method rate limits of api/limits.py; 0 turns them off.
     rate_limit_percent: int = 100
-    # What connections to the public frontend may hold (api/server.py ConnectionLimits);
+    # What connections to the public frontend may hold (rpc.server.ConnectionLimits);
     # calls in flight per client address are counted by the guard.
     handshake_timeout_seconds: int = 10
     connection_idle_seconds: int = 120

@@ -10,8 +10,8 @@ import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
+from licensing_common.logs import configure_logging
 from licensing_server.config import ConfigError, Settings
-from licensing_server.logs import configure_logging
 
 _T = TypeVar("_T")
 

@@ -20,10 +20,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from licensing_client.attestation._binding import (
-    merkle_root_from_proof,
-    qualifying_value,
-)
 from licensing_client.attestation._tpm_structures import (
     ATTR_DECRYPT,
     ATTR_FIXED_PARENT,
@@ -41,12 +37,13 @@ from licensing_client.attestation._tpm_structures import (
     parse_public,
     parse_signature,
 )
+from licensing_common.binding import (
+    AK_CERTIFICATE_IDENTITY,
+    MEASUREMENT_PCR,
+    merkle_root_from_proof,
+    qualifying_value,
+)
 
-#: URI SAN the licensing CA puts in the attestation key's certificate, and only there.
-AK_CERTIFICATE_IDENTITY = "spiffe://licensing.internal/tpm/attestation-key"
-MEASUREMENT_PCR = 23
-#: ``MeasurementEvent.kind`` of the one PCR 23 event: the root over the live certificates.
-MEASURED_SET_KIND = "enclave-certificate-set"
 _ZERO = bytes(32)
 
 

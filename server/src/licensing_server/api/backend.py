@@ -10,11 +10,11 @@ from typing import Any
 import grpc
 from licensing.control.v1 import control_pb2, control_pb2_grpc
 
+from licensing_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from licensing_server.api.convert import enclave_message, phase_number, timestamp
 from licensing_server.attestation import Attestor
 from licensing_server.auth import normalise_username
 from licensing_server.enclaves.nonces import ATTESTABLE, check_nonce
-from licensing_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from licensing_server.pki import CertificateAuthority, parse_csr
 from licensing_server.provisioning import EnclaveProvisioner, terminal_phases
 from licensing_server.storage import EnclaveStore

@@ -17,11 +17,11 @@ from licensing.v1 import (
     trust_pb2_grpc,
 )
 
+from licensing_common.errors import Unavailable
+from licensing_common.rpc.guard import current_claims
 from licensing_server.api.convert import enclave_message, phase_number, timestamp
-from licensing_server.api.guard import current_claims
 from licensing_server.auth import AuthService
 from licensing_server.enclaves import EnclaveCatalog, EnclaveUpdate
-from licensing_server.errors import Unavailable
 from licensing_server.storage import Phase
 
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -8,23 +8,10 @@ scales the whole table (0 turns it off).
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
-
-from licensing_server.throttle import Rate
+from licensing_common.rpc.limits import CountedBy, RateLimit
+from licensing_common.throttle import Rate
 
 __all__ = ["FRONTEND_RATE_LIMITS", "CountedBy", "RateLimit"]
-
-
-class CountedBy(enum.Enum):
-    CLIENT_ADDRESS = "client_address"
-    USER = "user"
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimit:
-    rate: Rate
-    counted_by: CountedBy
 
 
 def _per_address(per_second: float, burst: int) -> RateLimit:

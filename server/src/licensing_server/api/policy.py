@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-import enum
+from licensing_common.rpc.policy import Access
 
 __all__ = ["BACKEND_POLICY", "FRONTEND_POLICY", "Access"]
-
-
-class Access(enum.Enum):
-    #: No client certificate needed (served on the TLS enrollment listener too).
-    PUBLIC = "public"
-    #: Any client certificate issued by the licensing CA.
-    PEER = "peer"
-    #: A user's client certificate and an access token bound to it.
-    USER = "user"
-    #: Only the frontend's internal client certificate.
-    FRONTEND = "frontend"
 
 
 _OPS = {

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from licensing.v1 import attestation_pb2
 
-from licensing_client.attestation import (
+from licensing_common.binding import (
     AK_CERTIFICATE_IDENTITY,
     DERIVATION,
     MEASURED_SET_KIND,
@@ -39,7 +39,7 @@ from licensing_client.attestation import (
     merkle_root_and_proofs,
     qualifying_value,
 )
-from licensing_server.errors import DomainError, FailedPrecondition, Unavailable
+from licensing_common.errors import DomainError, FailedPrecondition, Unavailable
 from licensing_server.pki import CertificateAuthority, write_public_file
 from licensing_server.storage import EpochRecord, MeasurementRecord, MeasurementStore
 from licensing_server.tasks import spawn

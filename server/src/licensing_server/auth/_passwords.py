@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import bcrypt
 
-from licensing_server.errors import InvalidArgument, ResourceExhausted
+from licensing_common.errors import InvalidArgument, ResourceExhausted
 
 MIN_PASSWORD_BYTES = 8
 MAX_PASSWORD_BYTES = 72  # bcrypt's own limit: longer input is refused, never truncated.

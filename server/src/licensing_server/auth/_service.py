@@ -11,12 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from licensing_common.errors import InvalidArgument, ResourceExhausted, Unauthenticated
+from licensing_common.throttle import Rate, TokenBuckets
 from licensing_server.auth._passwords import PasswordHasher, check_password_policy
 from licensing_server.auth._usernames import normalise_username
-from licensing_server.errors import InvalidArgument, ResourceExhausted, Unauthenticated
 from licensing_server.pki import parse_csr
 from licensing_server.storage import SessionRecord, UserRecord, UserStore
-from licensing_server.throttle import Rate, TokenBuckets
 from licensing_server.tokens import (
     MAX_REFRESH_TOKEN_LENGTH,
     AccessClaims,

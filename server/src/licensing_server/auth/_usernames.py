@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from licensing_server.errors import InvalidArgument
+from licensing_common.errors import InvalidArgument
 
 MIN_LENGTH, MAX_LENGTH = 3, 32
 _CANONICAL = re.compile(r"[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?")

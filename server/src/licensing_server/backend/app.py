@@ -14,25 +14,25 @@ from cryptography import x509
 from grpc_health.v1 import health_pb2
 from licensing.control.v1 import control_pb2_grpc
 
-from licensing_server.api.backend import (
-    SERVICE_NAMES,
-    CertificateServicer,
-    ProvisioningServicer,
-    QuoteServicer,
-)
-from licensing_server.api.guard import AccessGuard
-from licensing_server.api.policy import BACKEND_POLICY
-from licensing_server.api.server import (
+from licensing_common.errors import Unavailable
+from licensing_common.rpc.guard import AccessGuard
+from licensing_common.rpc.server import (
     SERVER_OPTIONS,
     ServerIdentity,
     add_health_and_reflection,
     add_listener,
     mtls_credentials,
 )
+from licensing_server.api.backend import (
+    SERVICE_NAMES,
+    CertificateServicer,
+    ProvisioningServicer,
+    QuoteServicer,
+)
+from licensing_server.api.policy import BACKEND_POLICY
 from licensing_server.attestation import Attestor
 from licensing_server.catalog import CERTIFICATE_ISSUERS, ENCLAVE_RUNTIMES, TPM_TRANSPORTS
 from licensing_server.config import Settings
-from licensing_server.errors import Unavailable
 from licensing_server.layout import DataLayout
 from licensing_server.pki import (
     BACKEND_IDENTITY,

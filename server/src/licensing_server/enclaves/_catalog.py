@@ -20,14 +20,15 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from licensing_server.enclaves.nonces import check_nonce
-from licensing_server.errors import (
+from licensing_common.errors import (
     DomainError,
     InvalidArgument,
     NotFound,
     Unavailable,
 )
-from licensing_server.provisioning import EventTail, terminal_phases
+from licensing_common.phases import TERMINAL
+from licensing_server.enclaves.nonces import check_nonce
+from licensing_server.events import EventTail
 from licensing_server.storage import (
     MAX_SEQUENCE,
     DatabaseUnavailable,
@@ -80,7 +81,7 @@ def parse_enclave_id(raw: str) -> str:
 
 
 def _is_terminal(phase: Phase) -> bool:
-    return phase in terminal_phases()
+    return phase in TERMINAL
 
 
 class EnclaveCatalog:

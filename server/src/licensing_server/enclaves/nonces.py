@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from licensing_server.errors import InvalidArgument
-from licensing_server.storage import Phase
+from licensing_common.errors import InvalidArgument
+from licensing_common.phases import ATTESTABLE
+
+__all__ = ["ATTESTABLE", "MAX_NONCE", "MIN_NONCE", "check_nonce"]
 
 MIN_NONCE, MAX_NONCE = 16, 64
-#: Phases in which an enclave's certificate can be quoted.
-ATTESTABLE = frozenset({Phase.READY, Phase.ATTESTING, Phase.ATTESTED})
 
 
 def check_nonce(nonce: bytes, *, optional: bool = False) -> bytes:

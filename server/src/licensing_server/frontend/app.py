@@ -16,17 +16,8 @@ from licensing.v1 import (
     trust_pb2_grpc,
 )
 
-from licensing_server.api.frontend import (
-    SERVICE_NAMES,
-    AttestationServicer,
-    AuthServicer,
-    EnclaveServicer,
-    TrustServicer,
-)
-from licensing_server.api.guard import AccessGuard
-from licensing_server.api.limits import FRONTEND_RATE_LIMITS
-from licensing_server.api.policy import FRONTEND_POLICY
-from licensing_server.api.server import (
+from licensing_common.rpc.guard import AccessGuard
+from licensing_common.rpc.server import (
     ConnectionLimits,
     ServerIdentity,
     add_health_and_reflection,
@@ -34,16 +25,25 @@ from licensing_server.api.server import (
     mtls_credentials,
     tls_credentials,
 )
+from licensing_server.api.frontend import (
+    SERVICE_NAMES,
+    AttestationServicer,
+    AuthServicer,
+    EnclaveServicer,
+    TrustServicer,
+)
+from licensing_server.api.limits import FRONTEND_RATE_LIMITS
+from licensing_server.api.policy import FRONTEND_POLICY
 from licensing_server.auth import AuthService, PasswordHasher
 from licensing_server.config import Settings
 from licensing_server.enclaves import EnclaveCatalog
+from licensing_server.events import EventTail
 from licensing_server.frontend.backend_client import (
     BackendCertificateSigner,
     BackendProvisioningClient,
 )
 from licensing_server.layout import DataLayout
 from licensing_server.process import freed_memory_released, run_process, stop_requested
-from licensing_server.provisioning import EventTail
 from licensing_server.storage import Database, EnclaveStore, Limits, UserStore, run_migrations
 from licensing_server.tokens import AccessTokenSigner, AccessTokenVerifier, SigningKey
 

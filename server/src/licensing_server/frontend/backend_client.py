@@ -10,15 +10,15 @@ from grpc_status import rpc_status
 from licensing.control.v1 import control_pb2, control_pb2_grpc
 from licensing.v1 import enclave_pb2
 
-from licensing_server.api.convert import timestamp
-from licensing_server.auth import SignedUserCertificate
-from licensing_server.errors import (
+from licensing_common.errors import (
     DomainError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     Unavailable,
 )
+from licensing_server.api.convert import timestamp
+from licensing_server.auth import SignedUserCertificate
 from licensing_server.storage import EnclaveRecord, EventRecord, Phase
 
 _CALL_TIMEOUT = 10.0

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from licensing_common.identity import certificate_sha256, user_identity
 from licensing_server.pki._files import write_private_file, write_public_file
-from licensing_server.pki._identity import certificate_sha256, user_identity
 
 _log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from licensing_server.errors import InvalidArgument
+from licensing_common.errors import InvalidArgument
 
 MAX_CSR_BYTES = 16 * 1024
 _CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)

@@ -1,6 +1,5 @@
 """Driving enclaves through their phases, and putting them right after crashes."""
 
-from licensing_server.provisioning._events import EventBus, EventTail, Wake, follow_events
 from licensing_server.provisioning._probe import HealthProbe
 from licensing_server.provisioning._provisioner import (
     EnclaveProvisioner,
@@ -12,13 +11,9 @@ from licensing_server.provisioning._reconciler import Reconciler
 
 __all__ = [
     "EnclaveProvisioner",
-    "EventBus",
-    "EventTail",
     "HealthProbe",
     "ProvisioningSettings",
     "Reconciler",
-    "Wake",
-    "follow_events",
     "measured_certificates",
     "terminal_phases",
 ]

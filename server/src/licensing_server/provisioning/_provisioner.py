@@ -12,11 +12,12 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from licensing_common.errors import DomainError, FailedPrecondition, NotFound, Unavailable
+from licensing_common.phases import TERMINAL
 from licensing_server.attestation import Attestor
-from licensing_server.errors import DomainError, FailedPrecondition, NotFound, Unavailable
+from licensing_server.events import EventBus, follow_events
 from licensing_server.issuers import CertificateIssuer, EnclaveCertificateRequest
 from licensing_server.pki import TRUST_DOMAIN
-from licensing_server.provisioning._events import EventBus, follow_events
 from licensing_server.provisioning._probe import HealthProbe
 from licensing_server.runtimes import EnclaveRuntime, RuntimeFailure, WorkloadSpec
 from licensing_server.storage import (
@@ -30,7 +31,6 @@ from licensing_server.tasks import spawn
 
 _log = logging.getLogger(__name__)
 
-_TERMINAL = frozenset({Phase.ATTESTED, Phase.FAILED, Phase.DELETED})
 #: Enclaves whose certificate is measured in PCR 23 (re-measured in a new log epoch).
 MEASURED = frozenset({Phase.CERTIFICATE_ISSUED, Phase.READY, Phase.ATTESTING, Phase.ATTESTED})
 #: Messages of PROVISIONING_INTERRUPTED, by cause.
@@ -43,7 +43,7 @@ _TASK_DIED = "provisioning was interrupted by an internal error; create the encl
 
 def terminal_phases() -> frozenset[Phase]:
     """Where provisioning ends."""
-    return _TERMINAL
+    return TERMINAL
 
 
 def _utcnow() -> dt.datetime:
@@ -137,7 +137,7 @@ class EnclaveProvisioner:
     async def _follow(self, enclave_id: str, after: int) -> AsyncIterator[EventRecord]:
         with self._bus.subscribe(enclave_id, after) as wake:
             async for event in follow_events(
-                self._store, enclave_id, after, _TERMINAL.__contains__, wake=wake
+                self._store, enclave_id, after, TERMINAL.__contains__, wake=wake
             ):
                 yield event
 

@@ -8,7 +8,7 @@ import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 
-from licensing_server.errors import Unavailable
+from licensing_common.errors import Unavailable
 from licensing_server.provisioning._provisioner import EnclaveProvisioner
 from licensing_server.runtimes import EnclaveRuntime
 from licensing_server.storage import EnclaveStore, Phase

@@ -1,5 +1,6 @@
 """Persistence: SQLAlchemy 2 models, Alembic migrations and the stores the domain uses."""
 
+from licensing_common.phases import Phase
 from licensing_server.storage._database import Database, DatabaseUnavailable, run_migrations
 from licensing_server.storage._enclaves import (
     MAX_SEQUENCE,
@@ -7,7 +8,6 @@ from licensing_server.storage._enclaves import (
     EnclaveStore,
     EventRecord,
     Limits,
-    Phase,
 )
 from licensing_server.storage._measurements import (
     EpochRecord,

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from licensing_server.errors import Unavailable
+from licensing_common.errors import Unavailable
 
 _log = logging.getLogger(__name__)
 _MIGRATIONS = Path(__file__).with_name("migrations")

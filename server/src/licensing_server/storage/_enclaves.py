@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,24 +10,10 @@ from dataclasses import dataclass
 from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
-from licensing_server.errors import FailedPrecondition, NotFound, ResourceExhausted
+from licensing_common.errors import FailedPrecondition, NotFound, ResourceExhausted
+from licensing_common.phases import Phase
 from licensing_server.storage._database import Database
 from licensing_server.storage._models import Enclave, EnclaveEvent, Entitlement, User
-
-
-class Phase(enum.StrEnum):
-    """Mirrors ``licensing.v1.Phase`` without its prefix."""
-
-    ACCEPTED = "ACCEPTED"
-    SCHEDULED = "SCHEDULED"
-    RUNNING = "RUNNING"
-    CERTIFICATE_ISSUED = "CERTIFICATE_ISSUED"
-    READY = "READY"
-    ATTESTING = "ATTESTING"
-    ATTESTED = "ATTESTED"
-    FAILED = "FAILED"
-    DELETED = "DELETED"
-
 
 #: Phases that hold a licence: everything but FAILED (deleted enclaves have no row).
 _NOT_COUNTED = (Phase.FAILED.value,)

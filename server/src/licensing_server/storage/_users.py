@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from licensing_server.errors import AlreadyExists, Unauthenticated
+from licensing_common.errors import AlreadyExists, Unauthenticated
 from licensing_server.storage._database import Database
 from licensing_server.storage._models import RefreshToken, Session, User
 

@@ -1,18 +1,15 @@
-"""Access tokens (ES256 JWTs bound to a client certificate) and opaque refresh tokens."""
+"""Access tokens (ES256 JWTs bound to a client certificate) and opaque refresh tokens.
 
-from licensing_server.tokens._access import (
-    AccessClaims,
-    AccessTokenSigner,
-    AccessTokenVerifier,
-    SigningKey,
-    jwks_public_keys,
-    x5t_s256,
-)
+Verification lives in ``licensing_common.tokens`` (enclaves verify too); signing is here.
+"""
+
+from licensing_common.tokens import AccessClaims, AccessTokenVerifier, jwks_public_keys, x5t_s256
 from licensing_server.tokens._refresh import (
     MAX_REFRESH_TOKEN_LENGTH,
     hash_refresh_token,
     new_refresh_token,
 )
+from licensing_server.tokens._signing import AccessTokenSigner, SigningKey
 
 __all__ = [
     "MAX_REFRESH_TOKEN_LENGTH",

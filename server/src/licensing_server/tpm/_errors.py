@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from tpm2_pytss import TSS2_Exception
 
-from licensing_server.errors import FailedPrecondition, Unavailable
+from licensing_common.errors import FailedPrecondition, Unavailable
 from licensing_server.tpm._results import LockoutState
 
 __all__ = ["TpmCommandFailed", "TpmLockedOut", "TpmUnavailable", "translate"]

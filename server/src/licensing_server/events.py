@@ -9,7 +9,7 @@ import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
 
-from licensing_server.errors import Unavailable
+from licensing_common.errors import Unavailable
 from licensing_server.storage import DatabaseUnavailable, EnclaveStore, EventRecord, Phase
 from licensing_server.tasks import spawn
 

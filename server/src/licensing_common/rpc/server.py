@@ -9,7 +9,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from licensing_server.api.reflection import enable_reflection
+from licensing_common.rpc.reflection import enable_reflection
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 HEALTH_SERVICE = "grpc.health.v1.Health"

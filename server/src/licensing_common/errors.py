@@ -1,6 +1,6 @@
 """Domain errors: what went wrong, in terms a caller can act on.
 
-Services raise these; ``licensing_server.api.errors`` maps each class to one gRPC
+Services raise these; ``licensing_common.rpc.errors`` maps each class to one gRPC
 status code and a ``google.rpc.ErrorInfo`` reason. Adapters translate library
 exceptions into them with ``raise ... from exc`` so no driver text reaches the wire.
 """

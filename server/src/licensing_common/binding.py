@@ -11,6 +11,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+#: URI SAN the licensing CA puts in the attestation key's certificate, and only there.
+AK_CERTIFICATE_IDENTITY = "spiffe://licensing.internal/tpm/attestation-key"
+MEASUREMENT_PCR = 23
+#: ``MeasurementEvent.kind`` of the one PCR 23 event: the root over the live certificates.
+MEASURED_SET_KIND = "enclave-certificate-set"
 DOMAIN = b"licensing-attest-v1"
 DERIVATION = 'sha256("licensing-attest-v1" || nonce || sha256(enclave_certificate_der))'
 

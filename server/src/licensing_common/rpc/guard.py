@@ -17,19 +17,19 @@ from typing import Any
 
 import grpc
 
-from licensing_server.api import errors
-from licensing_server.api.limits import CountedBy, RateLimit
-from licensing_server.api.policy import Access
-from licensing_server.errors import (
+from licensing_common.errors import (
     DomainError,
     InvalidArgument,
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
 )
-from licensing_server.pki import PeerIdentity, peer_identity
-from licensing_server.throttle import TokenBuckets
-from licensing_server.tokens import AccessClaims
+from licensing_common.identity import PeerIdentity, peer_identity
+from licensing_common.rpc import errors
+from licensing_common.rpc.limits import CountedBy, RateLimit
+from licensing_common.rpc.policy import Access
+from licensing_common.throttle import TokenBuckets
+from licensing_common.tokens import AccessClaims
 
 _log = logging.getLogger(__name__)
 

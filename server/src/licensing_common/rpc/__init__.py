@@ -1,0 +1,1 @@
+"""gRPC server plumbing: TLS listeners, the guard, policy kinds, the error table, reflection."""
