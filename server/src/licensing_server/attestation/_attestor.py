@@ -254,8 +254,9 @@ class Attestor:
                     await self.prove_attestation_key()
                     continue
                 except Exception as exc:
-                    self._ak_failure = str(exc)
-                    _log.warning("attestation key not proven yet: %s", exc)
+                    # Callers are told a domain error's fixed text, never another's detail.
+                    self._ak_failure = exc.message if isinstance(exc, DomainError) else ""
+                    _log.warning("attestation key not proven yet: %r", exc)
             else:
                 # Quote failures surface to their callers; only lockout is noted here.
                 with contextlib.suppress(Exception):
