@@ -202,7 +202,7 @@ async def _serve(settings: Settings, tpm: TpmDevice, stopping: asyncio.Task[None
         server,
     )
     control_pb2_grpc.add_ProvisioningServiceServicer_to_server(
-        ProvisioningServicer(provisioner, store), server
+        ProvisioningServicer(provisioner), server
     )
     control_pb2_grpc.add_QuoteServiceServicer_to_server(QuoteServicer(attestor, store), server)
     health = await add_health_and_reflection(server, SERVICE_NAMES)

@@ -12,7 +12,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from licensing_server.attestation import Attestor
+from licensing_server.attestation import Attestor, encode_attestation
 from licensing_server.errors import DomainError, FailedPrecondition, NotFound, Unavailable
 from licensing_server.pki import TRUST_DOMAIN, CertificateAuthority, parse_csr
 from licensing_server.provisioning._events import EventBus, follow_events
@@ -264,13 +264,13 @@ class EnclaveProvisioner:
             )
             await self._advance(enclave_id, Phase.ATTESTING, "quoting the TPM over the certificate")
             nonce = record.nonce or secrets.token_bytes(32)
-            attestation = await self._attestor.attest(issued.pem, issued.sha256, nonce)
+            evidence = await self._attestor.attest(issued.pem, issued.sha256, nonce)
             origin = "your nonce" if record.nonce else "a server-chosen nonce (none was given)"
             await self._advance(
                 enclave_id,
                 Phase.ATTESTED,
                 f"TPM quote binds {origin} to the certificate",
-                attestation=attestation.SerializeToString(),
+                attestation=encode_attestation(evidence),
             )
             _log.info("enclave %s ready on %s and attested", enclave_id, endpoint)
         except asyncio.CancelledError:
