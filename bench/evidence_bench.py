@@ -48,6 +48,7 @@ if str(REPO) not in sys.path:
 
 from bench.login_bench import percentile  # noqa: E402
 from licensing_client.attestation import verify_attestation  # noqa: E402
+from licensing_server.attestation import attestation_message  # noqa: E402
 from tests.attestation.harness import Harness, attestor_on_swtpm  # noqa: E402
 from tests.support import LoggedIn, Stack, start_stack  # noqa: E402
 
@@ -182,7 +183,7 @@ async def in_process(creates: int, live_levels: list[int], samples: int) -> None
             await h.create("probe", probe.sha256)
 
             async def get(nonce: bytes) -> attestation_pb2.Attestation:
-                return await h.attestor.attest(probe.pem, probe.sha256, nonce)
+                return attestation_message(await h.attestor.attest(probe.pem, probe.sha256, nonce))
 
             def verify(attestation: attestation_pb2.Attestation, nonce: bytes) -> object:
                 return h.verify(attestation, nonce, probe.pem)

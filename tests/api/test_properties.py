@@ -949,9 +949,6 @@ def test_enclave_rpcs_survive_arbitrary_request_bytes(
     ledger.check(call_any_raw(channel, method, payload, user.bearer))
 
 
-INT64 = (-(2**63), 2**63 - 1)
-
-
 @st.composite
 def control_requests(draw: st.DrawFn, method: str) -> bytes:
     """Requests of the backend's enclave API for enclaves that are not there, every field drawn."""
@@ -961,11 +958,8 @@ def control_requests(draw: st.DrawFn, method: str) -> bytes:
         message = control_pb2.ProvisionRequest(
             enclave_id=enclave_id,
             owner=draw(user_ids()),
-            nonce=draw(binaries()),
             jwks_json=draw(texts(200)),
         )
-        message.expire_time.seconds = draw(integers(*INT64))
-        message.expire_time.nanos = draw(integers(*INT32))
     elif method == QUOTE:
         message = control_pb2.QuoteRequest(enclave_id=enclave_id, nonce=draw(binaries()))
     else:

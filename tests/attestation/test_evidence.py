@@ -17,6 +17,7 @@ from licensing.v1 import attestation_pb2
 
 from licensing_client.attestation import MEASURED_SET_KIND, MEASUREMENT_PCR
 from licensing_common.errors import FailedPrecondition
+from licensing_server.attestation import attestation_message
 from licensing_server.pki import IssuedCertificate
 from tests.attestation.harness import Harness, attestor_on_swtpm
 
@@ -39,7 +40,7 @@ async def probe(harness: Harness) -> IssuedCertificate:
 
 async def attest(h: Harness, issued: IssuedCertificate) -> attestation_pb2.Attestation:
     nonce = os.urandom(32)
-    attestation = await h.attestor.attest(issued.pem, issued.sha256, nonce)
+    attestation = attestation_message(await h.attestor.attest(issued.pem, issued.sha256, nonce))
     h.verify(attestation, nonce, issued.pem)
     return attestation
 
@@ -128,7 +129,7 @@ async def test_a_restarted_attestor_writes_pcr_23_from_the_live_set(
     await restarted.prove_attestation_key()
     try:
         nonce = os.urandom(32)
-        after = await restarted.attest(probe.pem, probe.sha256, nonce)
+        after = attestation_message(await restarted.attest(probe.pem, probe.sha256, nonce))
         harness.verify(after, nonce, probe.pem)
         assert after.log_epoch > before.log_epoch
         assert after.measurement_proof.leaf_count == len(harness.live)

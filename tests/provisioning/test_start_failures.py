@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -104,6 +105,18 @@ def test_enclave_program_missing(database: str, tmp_path: Path) -> None:
             assert failure.last.failure_reason == "ENCLAVE_START_FAILED"
             assert "cannot start the enclave program" in failure.last.message
             assert "cannot start the enclave program" in failure.details
+            # A fixed text and a correlation id: the OS error is only in the server's log.
+            match = re.fullmatch(
+                r"cannot start the enclave program \(correlation id ([0-9a-f]{16})\)",
+                failure.last.message,
+            )
+            assert match, failure.last.message
+            assert stack.log_path is not None
+            logged = [
+                line for line in stack.log_path.read_text().splitlines() if match.group(1) in line
+            ]
+            assert logged, match.group(1)
+            assert "No such file or directory" in logged[0], logged
         assert failures[0].last.enclave_id != failures[1].last.enclave_id
         _nothing_left(stack, failures)
 

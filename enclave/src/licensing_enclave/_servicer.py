@@ -37,7 +37,9 @@ class WorkloadServicer(workload_pb2_grpc.WorkloadServiceServicer):
         self._certificate = certificate
         self._secrets = secrets
 
-    async def GetIdentity(self, request: Any, context: Context) -> Any:
+    async def GetIdentity(
+        self, request: workload_pb2.GetIdentityRequest, context: Context
+    ) -> workload_pb2.GetIdentityResponse:
         return workload_pb2.GetIdentityResponse(
             enclave_id=self._enclave_id,
             owner=self._owner,
@@ -45,22 +47,32 @@ class WorkloadServicer(workload_pb2_grpc.WorkloadServiceServicer):
             certificate_pem=self._certificate.pem,
         )
 
-    async def PutSecret(self, request: Any, context: Context) -> Any:
+    async def PutSecret(
+        self, request: workload_pb2.PutSecretRequest, context: Context
+    ) -> workload_pb2.PutSecretResponse:
         self._secrets.put(request.name, request.value)
         return workload_pb2.PutSecretResponse()
 
-    async def GetSecret(self, request: Any, context: Context) -> Any:
+    async def GetSecret(
+        self, request: workload_pb2.GetSecretRequest, context: Context
+    ) -> workload_pb2.GetSecretResponse:
         return workload_pb2.GetSecretResponse(value=self._secrets.get(request.name))
 
-    async def ListSecrets(self, request: Any, context: Context) -> Any:
+    async def ListSecrets(
+        self, request: workload_pb2.ListSecretsRequest, context: Context
+    ) -> workload_pb2.ListSecretsResponse:
         return workload_pb2.ListSecretsResponse(names=self._secrets.names())
 
-    async def DeleteSecret(self, request: Any, context: Context) -> Any:
+    async def DeleteSecret(
+        self, request: workload_pb2.DeleteSecretRequest, context: Context
+    ) -> workload_pb2.DeleteSecretResponse:
         self._secrets.delete(request.name)
         return workload_pb2.DeleteSecretResponse()
 
-    async def Sign(self, request: Any, context: Context) -> Any:
-        data: bytes = request.data
+    async def Sign(
+        self, request: workload_pb2.SignRequest, context: Context
+    ) -> workload_pb2.SignResponse:
+        data = request.data
         if len(data) > MAX_SIGN_BYTES:
             raise InvalidArgument(
                 "SIGN_DATA_TOO_LARGE",

@@ -7,9 +7,11 @@ request, so that an enclave reaches its CSR in milliseconds.
 The backend holds the other end of a ``SOCK_SEQPACKET`` socket pair (fd N). Each
 request is one JSON message ``{"id", "argv", "cwd", "env"}`` carrying the child's
 stdin, stdout and stderr as ``SCM_RIGHTS`` descriptors; the answer is
-``{"id", "pid"}`` (or ``{"id", "error"}``), and when a child ends, ``{"pid",
-"exit"}``. The server exits when the backend's end closes; its children do not
-depend on it (each exits when its stdin closes, as an exec'd enclave does).
+``{"id", "pid"}`` (or ``{"id", "error", "correlation_id"}``: a stable reason,
+``REQUEST_INVALID`` or ``FORK_FAILED``, whose details this process writes to its
+stderr under that id), and when a child ends, ``{"pid", "exit"}``. The server
+exits when the backend's end closes; its children do not depend on it (each
+exits when its stdin closes, as an exec'd enclave does).
 
 Nothing secret exists here before a fork: keys are made in the child, after it.
 The server runs a single thread (checked at start), so forking is safe.
@@ -27,6 +29,7 @@ import socket
 import sys
 import threading
 import traceback
+import uuid
 from typing import Any
 
 import setproctitle
@@ -42,6 +45,23 @@ def _send(control: socket.socket, message: dict[str, Any]) -> None:
         control.send(json.dumps(message).encode())
 
 
+def _refuse(control: socket.socket, request_id: Any, reason: str, exc: BaseException) -> None:
+    """Answer a stable reason and a correlation id; the exception stays in our stderr.
+
+    The backend logs the reason under the same id and tells its user a fixed text.
+    """
+    correlation_id = uuid.uuid4().hex[:16]
+    print(
+        f"licensing-enclave forkserver: request refused ({reason},"
+        f" correlation id {correlation_id}): {type(exc).__name__}: {exc}",
+        file=sys.stderr,
+        flush=True,
+    )
+    if not isinstance(request_id, int | str):
+        request_id = None
+    _send(control, {"id": request_id, "error": reason, "correlation_id": correlation_id})
+
+
 def _run_child(request: dict[str, Any], fds: list[int], control: socket.socket) -> int:
     """In the forked child: become the enclave process and run it."""
     signal.set_wakeup_fd(-1)
@@ -51,13 +71,15 @@ def _run_child(request: dict[str, Any], fds: list[int], control: socket.socket) 
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
     os.closerange(3, 1 << 16)
-    sys.argv = ["licensing-enclave", *request["argv"]]
-    # What ps and /proc/<pid>/cmdline show: this enclave, not the fork server.
-    setproctitle.setproctitle(" ".join(sys.argv))
-    os.chdir(request["cwd"])
-    os.environ.clear()
-    os.environ.update(request["env"])
     try:
+        sys.argv = ["licensing-enclave", *request["argv"]]
+        # What ps and /proc/<pid>/cmdline show: this enclave, not the fork server.
+        setproctitle.setproctitle(" ".join(sys.argv))
+        # A work directory it cannot enter ends the child like any failed start: the
+        # traceback goes to its stderr (the backend's log), its exit code to the backend.
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
         return enclave_main.main(request["argv"])
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
@@ -86,8 +108,10 @@ def _spawn(control: socket.socket, message: bytes, fds: list[int]) -> None:
                         stream.flush()
                 os._exit(code)
         _send(control, {"id": request_id, "pid": pid})
-    except (ValueError, KeyError, TypeError, OSError) as exc:
-        _send(control, {"id": request_id, "error": f"{type(exc).__name__}: {exc}"})
+    except (ValueError, KeyError, TypeError) as exc:
+        _refuse(control, request_id, "REQUEST_INVALID", exc)
+    except OSError as exc:
+        _refuse(control, request_id, "FORK_FAILED", exc)
     finally:
         for fd in fds:
             os.close(fd)

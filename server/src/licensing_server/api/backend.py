@@ -11,12 +11,12 @@ import grpc
 from licensing.control.v1 import control_pb2, control_pb2_grpc
 
 from licensing_common.errors import FailedPrecondition, InvalidArgument, NotFound
-from licensing_server.api.convert import enclave_message, phase_number, timestamp
-from licensing_server.attestation import Attestor
+from licensing_server.api.convert import phase_number, timestamp
+from licensing_server.attestation import Attestor, attestation_message
 from licensing_server.auth import normalise_username
 from licensing_server.enclaves.nonces import ATTESTABLE, check_nonce
 from licensing_server.pki import CertificateAuthority, parse_csr
-from licensing_server.provisioning import EnclaveProvisioner, terminal_phases
+from licensing_server.provisioning import EnclaveProvisioner
 from licensing_server.storage import EnclaveStore
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -40,7 +40,9 @@ class CertificateServicer(control_pb2_grpc.CertificateServiceServicer):
         self._ak_chain = ak_certificate_chain_pem
         self._max_lifetime = max_user_lifetime
 
-    async def SignUserCertificate(self, request: Any, context: Context) -> Any:
+    async def SignUserCertificate(
+        self, request: control_pb2.SignUserCertificateRequest, context: Context
+    ) -> control_pb2.SignUserCertificateResponse:
         try:
             user_id = str(uuid.UUID(request.user_id))
         except ValueError as exc:
@@ -58,7 +60,9 @@ class CertificateServicer(control_pb2_grpc.CertificateServiceServicer):
             ca_certificates_pem=self._ca.ca_certificates_pem,
         )
 
-    async def GetCaCertificates(self, request: Any, context: Context) -> Any:
+    async def GetCaCertificates(
+        self, request: control_pb2.GetCaCertificatesRequest, context: Context
+    ) -> control_pb2.GetCaCertificatesResponse:
         return control_pb2.GetCaCertificatesResponse(
             ca_certificates_pem=self._ca.ca_certificates_pem,
             ak_certificate_chain_pem=self._ak_chain(),
@@ -66,28 +70,23 @@ class CertificateServicer(control_pb2_grpc.CertificateServiceServicer):
 
 
 class ProvisioningServicer(control_pb2_grpc.ProvisioningServiceServicer):
-    def __init__(self, provisioner: EnclaveProvisioner, store: EnclaveStore):
+    def __init__(self, provisioner: EnclaveProvisioner):
         self._provisioner = provisioner
-        self._store = store
 
     async def Provision(
         self, request: control_pb2.ProvisionRequest, context: Context
     ) -> AsyncIterator[control_pb2.ProvisionResponse]:
         enclave_id = _enclave_id(request.enclave_id)
         await self._provisioner.start(enclave_id, request.owner, request.jwks_json)
+        # The frontend reads the enclave and its attestation from the database.
         async for event in self._provisioner.follow(enclave_id, 0):
-            reply = control_pb2.ProvisionResponse(
+            yield control_pb2.ProvisionResponse(
                 enclave_id=event.enclave_id,
-                phase=phase_number(event.phase),  # type: ignore[arg-type]
+                phase=phase_number(event.phase),
                 message=event.message,
                 sequence=event.sequence,
                 time=timestamp(event.time),
             )
-            if event.phase in terminal_phases():
-                record = await self._store.get(enclave_id)
-                if record is not None:
-                    reply.enclave.CopyFrom(enclave_message(record))
-            yield reply
 
     async def Deprovision(
         self, request: control_pb2.DeprovisionRequest, context: Context
@@ -121,7 +120,7 @@ class QuoteServicer(control_pb2_grpc.QuoteServiceServicer):
                 f"the enclave is {record.phase.value}; only a running enclave can be attested",
                 {"phase": record.phase.value},
             )
-        attestation = await self._attestor.attest(
+        evidence = await self._attestor.attest(
             record.certificate_pem, record.certificate_sha256, nonce
         )
-        return control_pb2.QuoteResponse(attestation=attestation)
+        return control_pb2.QuoteResponse(attestation=attestation_message(evidence))

@@ -16,15 +16,15 @@ def timestamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def phase_number(phase: Phase) -> int:
-    return int(enclave_pb2.Phase.Value(f"PHASE_{phase.value}"))
+def phase_number(phase: Phase) -> enclave_pb2.Phase.ValueType:
+    return enclave_pb2.Phase.Value(f"PHASE_{phase.value}")
 
 
 def enclave_message(record: EnclaveRecord) -> enclave_pb2.Enclave:
     return enclave_pb2.Enclave(
         id=record.id,
         owner=record.owner_id,
-        phase=phase_number(record.phase),  # type: ignore[arg-type]
+        phase=phase_number(record.phase),
         endpoint=record.endpoint,
         tls_server_name=record.tls_server_name,
         certificate_pem=record.certificate_pem,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from licensing.v1 import (
@@ -38,11 +38,15 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def __init__(self, auth: AuthService):
         self._auth = auth
 
-    async def SignUp(self, request: Any, context: Context) -> Any:
+    async def SignUp(
+        self, request: auth_pb2.SignUpRequest, context: Context
+    ) -> auth_pb2.SignUpResponse:
         user = await self._auth.sign_up(request.username, request.password)
         return auth_pb2.SignUpResponse(user_id=user.id, username=user.username)
 
-    async def Login(self, request: Any, context: Context) -> Any:
+    async def Login(
+        self, request: auth_pb2.LoginRequest, context: Context
+    ) -> auth_pb2.LoginResponse:
         result = await self._auth.login(request.username, request.password, request.csr_pem)
         assert result.certificate is not None
         return auth_pb2.LoginResponse(
@@ -56,7 +60,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             user_id=result.user_id,
         )
 
-    async def RefreshToken(self, request: Any, context: Context) -> Any:
+    async def RefreshToken(
+        self, request: auth_pb2.RefreshTokenRequest, context: Context
+    ) -> auth_pb2.RefreshTokenResponse:
         result = await self._auth.refresh(request.refresh_token, request.csr_pem)
         reply = auth_pb2.RefreshTokenResponse(
             access_token=result.access_token,
@@ -69,11 +75,15 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             reply.client_certificate_expire_time.CopyFrom(timestamp(result.certificate.expires_at))
         return reply
 
-    async def Logout(self, request: Any, context: Context) -> Any:
+    async def Logout(
+        self, request: auth_pb2.LogoutRequest, context: Context
+    ) -> auth_pb2.LogoutResponse:
         await self._auth.logout(current_claims())
         return auth_pb2.LogoutResponse()
 
-    async def GetCurrentUser(self, request: Any, context: Context) -> Any:
+    async def GetCurrentUser(
+        self, request: auth_pb2.GetCurrentUserRequest, context: Context
+    ) -> auth_pb2.GetCurrentUserResponse:
         user = await self._auth.current_user(current_claims())
         return auth_pb2.GetCurrentUserResponse(
             user=auth_pb2.User(
@@ -98,7 +108,9 @@ class TrustServicer(trust_pb2_grpc.TrustServiceServicer):
         self._issuer = issuer
         self._audience = audience
 
-    async def GetTrustBundle(self, request: Any, context: Context) -> Any:
+    async def GetTrustBundle(
+        self, request: trust_pb2.GetTrustBundleRequest, context: Context
+    ) -> trust_pb2.GetTrustBundleResponse:
         return trust_pb2.GetTrustBundleResponse(
             ca_certificates_pem=self._ca(),
             jwks_json=self._jwks,
@@ -108,20 +120,24 @@ class TrustServicer(trust_pb2_grpc.TrustServiceServicer):
         )
 
 
-def _event_fields(update: EnclaveUpdate) -> dict[str, Any]:
+_Event = TypeVar("_Event", enclave_pb2.CreateEnclaveResponse, enclave_pb2.WatchEnclaveResponse)
+
+
+def _event(kind: type[_Event], update: EnclaveUpdate) -> _Event:
+    """One event of the enclave's history; the stored attestation is already wire bytes."""
     event = update.event
-    fields: dict[str, Any] = {
-        "enclave_id": event.enclave_id,
-        "phase": phase_number(event.phase),
-        "message": event.message,
-        "sequence": event.sequence,
-        "time": timestamp(event.time),
-    }
+    reply = kind(
+        enclave_id=event.enclave_id,
+        phase=phase_number(event.phase),
+        message=event.message,
+        sequence=event.sequence,
+        time=timestamp(event.time),
+    )
     if update.enclave is not None:
-        fields["enclave"] = enclave_message(update.enclave)
+        reply.enclave.CopyFrom(enclave_message(update.enclave))
     if update.attestation:
-        fields["attestation"] = attestation_pb2.Attestation.FromString(update.attestation)
-    return fields
+        reply.attestation.ParseFromString(update.attestation)
+    return reply
 
 
 class EnclaveServicer(enclave_pb2_grpc.EnclaveServiceServicer):
@@ -134,7 +150,7 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServiceServicer):
         owner = current_claims().user_id
         updates = await self._catalog.create(owner, request.request_id, request.nonce)
         async for update in updates:
-            yield enclave_pb2.CreateEnclaveResponse(**_event_fields(update))
+            yield _event(enclave_pb2.CreateEnclaveResponse, update)
             if update.event.phase is Phase.FAILED:
                 record = update.enclave
                 raise Unavailable(
@@ -152,7 +168,7 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServiceServicer):
         owner = current_claims().user_id
         updates = await self._catalog.watch(owner, request.enclave_id, request.from_sequence)
         async for update in updates:
-            yield enclave_pb2.WatchEnclaveResponse(**_event_fields(update))
+            yield _event(enclave_pb2.WatchEnclaveResponse, update)
 
     async def GetEnclave(
         self, request: enclave_pb2.GetEnclaveRequest, context: Context

@@ -28,7 +28,6 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from licensing.v1 import attestation_pb2
 
 from licensing_common.binding import (
     AK_CERTIFICATE_IDENTITY,
@@ -40,6 +39,12 @@ from licensing_common.binding import (
     qualifying_value,
 )
 from licensing_common.errors import DomainError, FailedPrecondition, Unavailable
+from licensing_server.attestation._evidence import (
+    AttestationEvidence,
+    MeasurementEvent,
+    MerkleProof,
+    PcrValue,
+)
 from licensing_server.pki import CertificateAuthority, write_public_file
 from licensing_server.storage import EpochRecord, MeasurementRecord, MeasurementStore
 from licensing_server.tasks import spawn
@@ -87,7 +92,7 @@ class _Request:
     certificate_sha256: bytes
     nonce: bytes
     value: bytes
-    future: asyncio.Future[attestation_pb2.Attestation]
+    future: asyncio.Future[AttestationEvidence]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +106,12 @@ class _MeasuredSet:
     pcr: bytes
     version: int
 
-    def proof(self, certificate_sha256: bytes) -> attestation_pb2.MerkleProof | None:
+    def proof(self, certificate_sha256: bytes) -> MerkleProof | None:
         index = self.index.get(certificate_sha256)
         if index is None or self.tree is None:
             return None
-        return attestation_pb2.MerkleProof(
-            leaf_index=index, leaf_count=len(self.tree), siblings=self.tree.proof(index)
+        return MerkleProof(
+            leaf_index=index, leaf_count=len(self.tree), siblings=tuple(self.tree.proof(index))
         )
 
 
@@ -254,8 +259,9 @@ class Attestor:
                     await self.prove_attestation_key()
                     continue
                 except Exception as exc:
-                    self._ak_failure = str(exc)
-                    _log.warning("attestation key not proven yet: %s", exc)
+                    # Callers are told a domain error's fixed text, never another's detail.
+                    self._ak_failure = exc.message if isinstance(exc, DomainError) else ""
+                    _log.warning("attestation key not proven yet: %r", exc)
             else:
                 # Quote failures surface to their callers; only lockout is noted here.
                 with contextlib.suppress(Exception):
@@ -379,16 +385,14 @@ class Attestor:
     # Quotes ---------------------------------------------------------------------------
     async def attest(
         self, certificate_pem: str, certificate_sha256: bytes, nonce: bytes
-    ) -> attestation_pb2.Attestation:
+    ) -> AttestationEvidence:
         """A quote bound to ``nonce`` and the certificate, with its proof of being in PCR 23.
 
         Raises ``FailedPrecondition`` ``ENCLAVE_NOT_MEASURED`` when the certificate is not
         in the live set when the quote is taken (the enclave was deleted or failed).
         """
         self._require_ak()
-        future: asyncio.Future[attestation_pb2.Attestation] = (
-            asyncio.get_running_loop().create_future()
-        )
+        future: asyncio.Future[AttestationEvidence] = asyncio.get_running_loop().create_future()
         self._pending.append(
             _Request(
                 certificate_pem,
@@ -435,9 +439,7 @@ class Attestor:
                 else:
                     request.future.set_result(result)
 
-    async def _quote_batch(
-        self, batch: list[_Request]
-    ) -> list[attestation_pb2.Attestation | DomainError]:
+    async def _quote_batch(self, batch: list[_Request]) -> list[AttestationEvidence | DomainError]:
         """One quote for the batch, taken with PCR 23 as ``written`` says (checked after)."""
         ak = self._require_ak()
         proofs: list[list[bytes]] = [[]]
@@ -464,31 +466,30 @@ class Attestor:
             # The TPM was reset (or PCR 23 changed behind our back): write it again.
             _log.warning("PCR 23 does not hold the live set (TPM reset?); writing it again")
             written = await self._write(quote.reset_count)
-        selection = attestation_pb2.PcrSelection(hash_algorithm="sha256", pcrs=QUOTED_PCRS)
-        values = [attestation_pb2.PcrValue(pcr=p, value=quote.pcr_values[p]) for p in QUOTED_PCRS]
-        log = [
-            attestation_pb2.MeasurementEvent(
-                pcr=e.pcr,
-                digest=e.digest,
-                kind=e.kind,
-                enclave_id=e.enclave_id,
-                sequence=e.sequence,
-            )
+        values = tuple(PcrValue(p, quote.pcr_values[p]) for p in QUOTED_PCRS)
+        log = tuple(
+            MeasurementEvent(e.pcr, e.digest, e.kind, e.enclave_id, e.sequence)
             for e in written.events
-        ]
-        results: list[attestation_pb2.Attestation | DomainError] = []
+        )
+        results: list[AttestationEvidence | DomainError] = []
         for index, request in enumerate(batch):
             measured = written.proof(request.certificate_sha256)
             if measured is None:
                 results.append(_not_measured())
                 continue
-            message = attestation_pb2.Attestation(
+            shared = None
+            if len(batch) > 1:
+                shared = MerkleProof(
+                    leaf_index=index, leaf_count=len(batch), siblings=tuple(proofs[index])
+                )
+            evidence = AttestationEvidence(
                 quote=quote.attest,
                 signature=quote.signature,
                 ak_public=ak.public,
                 ak_public_pem=ak.public_pem,
-                ak_certificate_chain_pem=self._ak_chain,
-                pcr_selection=selection,
+                ak_certificate_chain_pem=tuple(self._ak_chain),
+                hash_algorithm="sha256",
+                pcr_selection=tuple(QUOTED_PCRS),
                 pcr_values=values,
                 event_log=log,
                 enclave_certificate_pem=request.certificate_pem,
@@ -497,14 +498,9 @@ class Attestor:
                 qualifying_data_derivation=DERIVATION,
                 log_epoch=written.epoch.id,
                 measurement_proof=measured,
+                merkle_proof=shared,
             )
-            if len(batch) > 1:
-                message.merkle_proof.CopyFrom(
-                    attestation_pb2.MerkleProof(
-                        leaf_index=index, leaf_count=len(batch), siblings=proofs[index]
-                    )
-                )
-            results.append(message)
+            results.append(evidence)
         return results
 
     async def close(self) -> None:

@@ -241,7 +241,7 @@ async def _serve(
         server,
     )
     control_pb2_grpc.add_ProvisioningServiceServicer_to_server(
-        ProvisioningServicer(provisioner, store), server
+        ProvisioningServicer(provisioner), server
     )
     control_pb2_grpc.add_QuoteServiceServicer_to_server(QuoteServicer(attestor, store), server)
     health = await add_health_and_reflection(server, SERVICE_NAMES)

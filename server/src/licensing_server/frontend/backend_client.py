@@ -17,7 +17,6 @@ from licensing_common.errors import (
     NotFound,
     Unavailable,
 )
-from licensing_server.api.convert import timestamp
 from licensing_server.auth import SignedUserCertificate
 from licensing_server.storage import EnclaveRecord, EventRecord, Phase
 
@@ -117,12 +116,9 @@ class BackendProvisioningClient:
         self._quotes = control_pb2_grpc.QuoteServiceStub(channel)
 
     async def provision(self, record: EnclaveRecord, jwks_json: str) -> AsyncIterator[EventRecord]:
+        # The backend reads the nonce and expiry from the row the frontend reserved.
         request = control_pb2.ProvisionRequest(
-            enclave_id=record.id,
-            owner=record.owner_id,
-            nonce=record.nonce,
-            expire_time=timestamp(record.expires_at),
-            jwks_json=jwks_json,
+            enclave_id=record.id, owner=record.owner_id, jwks_json=jwks_json
         )
         try:
             async for reply in self._stub.Provision(request):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from licensing_common.errors import DomainError, FailedPrecondition, NotFound, Unavailable
 from licensing_common.phases import TERMINAL
-from licensing_server.attestation import Attestor
+from licensing_server.attestation import Attestor, encode_attestation
 from licensing_server.events import EventBus, follow_events
 from licensing_server.issuers import CertificateIssuer, EnclaveCertificateRequest
 from licensing_server.pki import TRUST_DOMAIN
@@ -265,13 +265,13 @@ class EnclaveProvisioner:
             )
             await self._advance(enclave_id, Phase.ATTESTING, "quoting the TPM over the certificate")
             nonce = record.nonce or secrets.token_bytes(32)
-            attestation = await self._attestor.attest(issued.pem, issued.sha256, nonce)
+            evidence = await self._attestor.attest(issued.pem, issued.sha256, nonce)
             origin = "your nonce" if record.nonce else "a server-chosen nonce (none was given)"
             await self._advance(
                 enclave_id,
                 Phase.ATTESTED,
                 f"TPM quote binds {origin} to the certificate",
-                attestation=attestation.SerializeToString(),
+                attestation=encode_attestation(evidence),
             )
             _log.info("enclave %s ready on %s and attested", enclave_id, endpoint)
         except asyncio.CancelledError:

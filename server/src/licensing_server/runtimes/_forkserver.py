@@ -21,11 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from licensing_server.runtimes._launcher import LINE_LIMIT
-from licensing_server.runtimes._protocol import RuntimeFailure
+from licensing_server.runtimes._protocol import RuntimeFailure, logged_failure
 from licensing_server.tasks import TaskSet, spawn
 
 _log = logging.getLogger(__name__)
 _SPAWN_TIMEOUT = 10.0
+
+# What users are told (reason ENCLAVE_START_FAILED); the details are in the log.
+FORK_SERVER_NOT_STARTED = "cannot start the enclave fork server"
+FORK_SERVER_REFUSED = "the enclave fork server could not start the enclave"
+FORK_SERVER_NO_ANSWER = "the enclave fork server did not answer"
+FORK_SERVER_STOPPED = "the enclave fork server stopped"
 
 
 __all__ = ["ForkServer", "ForkedProcess", "start_time"]
@@ -135,8 +141,14 @@ class ForkServer:
             )
         except OSError as exc:
             ours.close()
-            raise RuntimeFailure(
-                "ENCLAVE_START_FAILED", f"cannot start the enclave fork server: {exc.strerror}"
+            raise logged_failure(
+                _log,
+                "ENCLAVE_START_FAILED",
+                FORK_SERVER_NOT_STARTED,
+                "%s -m licensing_enclave.forkserver: %s",
+                self._python,
+                exc,
+                exc=exc,
             ) from exc
         finally:
             theirs.close()
@@ -168,9 +180,7 @@ class ForkServer:
         """The fork server is gone: pending starts fail; running children are watched by pid."""
         for reply in self._replies.values():
             if not reply.done():
-                reply.set_exception(
-                    RuntimeFailure("ENCLAVE_START_FAILED", "the enclave fork server stopped")
-                )
+                reply.set_exception(RuntimeFailure("ENCLAVE_START_FAILED", FORK_SERVER_STOPPED))
         self._replies.clear()
         for pid, exited in list(self._exits.items()):
             if not exited.done():
@@ -199,8 +209,15 @@ class ForkServer:
             theirs = ()
             answer = await asyncio.wait_for(reply, _SPAWN_TIMEOUT)
             if "error" in answer:
-                raise RuntimeFailure(
-                    "ENCLAVE_START_FAILED", f"the fork server refused: {answer['error']}"
+                # Its reason is logged, not passed on: the fork server is the less trusted
+                # side, and its own log (stderr) has the details under the same id.
+                raise logged_failure(
+                    _log,
+                    "ENCLAVE_START_FAILED",
+                    FORK_SERVER_REFUSED,
+                    "the fork server answered %.64r",
+                    answer.get("error"),
+                    correlation_id=answer.get("correlation_id", ""),
                 )
             pid = int(answer["pid"])
             exited = self._exits.setdefault(pid, loop.create_future())
@@ -215,8 +232,13 @@ class ForkServer:
             ours = []
             return process
         except (OSError, TimeoutError) as exc:
-            raise RuntimeFailure(
-                "ENCLAVE_START_FAILED", f"the enclave fork server did not answer: {exc}"
+            raise logged_failure(
+                _log,
+                "ENCLAVE_START_FAILED",
+                FORK_SERVER_NO_ANSWER,
+                "%r",
+                exc,
+                exc=exc,
             ) from exc
         finally:
             for fd in (*theirs, *ours):

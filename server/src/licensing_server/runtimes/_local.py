@@ -23,7 +23,7 @@ from typing import Any
 from licensing_server.pki import write_public_file
 from licensing_server.runtimes._forkserver import start_time
 from licensing_server.runtimes._launcher import EnclaveLauncher, EnclaveProcess, ExecLauncher
-from licensing_server.runtimes._protocol import RuntimeFailure, WorkloadSpec
+from licensing_server.runtimes._protocol import RuntimeFailure, WorkloadSpec, logged_failure
 from licensing_server.tasks import spawn
 
 __all__ = ["LocalHandle", "LocalProcessRuntime", "LocalWorkload"]
@@ -80,24 +80,26 @@ class LocalWorkload:
             _log.debug("enclave %s: %s", self._handle.pid, text)
             self._stderr_tail = [*self._stderr_tail[-9:], text]
 
-    async def _exit_reason(self) -> str:
+    async def _exited(self) -> RuntimeFailure:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._process.wait(), 2)
         with contextlib.suppress(Exception):  # TimeoutError; a failed drain was logged
             await asyncio.wait_for(asyncio.shield(self._stderr_task), 1)
         code = self._process.returncode
         tail = "\n".join(self._stderr_tail)
-        _log.warning("enclave pid %s exited with code %s:\n%s", self._handle.pid, code, tail)
-        # The log keeps the details; the caller gets a cause without our internals.
+        # The log keeps the details; the caller gets a fixed cause and the log's id.
+        message = f"the enclave process exited with code {code}"
         if "address already in use" in tail.lower() or "failed to bind" in tail.lower():
-            return f"the enclave process exited with code {code}: its port is already in use"
-        return f"the enclave process exited with code {code}"
+            message += ": its port is already in use"
+        return logged_failure(
+            _log, "ENCLAVE_EXITED", message, "enclave pid %s wrote:\n%s", self._handle.pid, tail
+        )
 
     async def _read(self, expected: str) -> dict[str, Any]:
         assert self._process.stdout is not None
         line = await self._process.stdout.readline()
         if not line:
-            raise RuntimeFailure("ENCLAVE_EXITED", await self._exit_reason())
+            raise await self._exited()
         try:
             message: Any = json.loads(line)
         except ValueError as exc:
@@ -126,7 +128,7 @@ class LocalWorkload:
             self._process.stdin.write(line.encode() + b"\n")
             await self._process.stdin.drain()
         except (BrokenPipeError, ConnectionResetError) as exc:
-            raise RuntimeFailure("ENCLAVE_EXITED", await self._exit_reason()) from exc
+            raise await self._exited() from exc
         message = await self._read("serving")
         address = message.get("address")
         if not isinstance(address, str) or ":" not in address:
@@ -215,8 +217,14 @@ class LocalProcessRuntime:
             process = await self._launcher.spawn(args, cwd=work_dir, env=env)
         except OSError as exc:
             shutil.rmtree(work_dir, ignore_errors=True)
-            raise RuntimeFailure(
-                "ENCLAVE_START_FAILED", f"cannot start the enclave program: {exc.strerror}"
+            raise logged_failure(
+                _log,
+                "ENCLAVE_START_FAILED",
+                "cannot start the enclave program",
+                "%s: %s",
+                type(self._launcher).__name__,
+                exc,
+                exc=exc,
             ) from exc
         except RuntimeFailure:
             shutil.rmtree(work_dir, ignore_errors=True)

@@ -3,21 +3,68 @@
 The provisioner drives the phases and owns the database; a runtime only places,
 talks to and removes workloads. Every method raises ``RuntimeFailure`` (with a
 stable reason) for anything that goes wrong with the workload itself.
+
+What a runtime reports reaches users (event messages, ``failure_reason``), so it
+is a stable reason and a fixed message per reason, never exception text: details
+go to the log under a correlation id that the message names (``logged_failure``).
 """
 
 from __future__ import annotations
 
+import logging
+import re
+import uuid
 from dataclasses import dataclass
 from typing import Protocol
+
+_CORRELATION_ID = re.compile(r"[0-9a-f]{16}")
 
 
 class RuntimeFailure(Exception):
     """The workload could not be placed, started or reached."""
 
-    def __init__(self, reason: str, message: str):
+    def __init__(self, reason: str, message: str, *, correlation_id: str = ""):
         super().__init__(message)
         self.reason = reason
         self.message = message
+        #: Names the log record that holds the details ("" when there are none).
+        self.correlation_id = correlation_id
+
+
+def new_correlation_id() -> str:
+    """As ``api.errors`` makes them for INTERNAL: short, random, only hex."""
+    return uuid.uuid4().hex[:16]
+
+
+def is_correlation_id(value: object) -> bool:
+    """Whether ``value`` (from a less trusted process) is one of ours: it is then passed on."""
+    return isinstance(value, str) and _CORRELATION_ID.fullmatch(value) is not None
+
+
+def logged_failure(
+    log: logging.Logger,
+    reason: str,
+    message: str,
+    detail: str,
+    *args: object,
+    exc: BaseException | None = None,
+    correlation_id: str = "",
+) -> RuntimeFailure:
+    """A failure that says ``message`` and the correlation id; ``detail % args`` (and
+    ``exc``'s traceback) go to the log under that id, and to nobody else."""
+    if not is_correlation_id(correlation_id):
+        correlation_id = new_correlation_id()
+    log.error(
+        "%s (%s, correlation id %s): " + detail,
+        message,
+        reason,
+        correlation_id,
+        *args,
+        exc_info=exc,
+    )
+    return RuntimeFailure(
+        reason, f"{message} (correlation id {correlation_id})", correlation_id=correlation_id
+    )
 
 
 @dataclass(frozen=True, slots=True)

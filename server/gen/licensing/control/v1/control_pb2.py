@@ -27,7 +27,7 @@ from licensing.v1 import attestation_pb2 as licensing_dot_v1_dot_attestation__pb
 from licensing.v1 import enclave_pb2 as licensing_dot_v1_dot_enclave__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"licensing/control/v1/control.proto\x12\x14licensing.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1elicensing/v1/attestation.proto\x1a\x1alicensing/v1/enclave.proto\"j\n\x1aSignUserCertificateRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\t\x12\x18\n\x10lifetime_seconds\x18\x04 \x01(\r\"\xa0\x01\n\x1bSignUserCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x1a\n\x12\x63\x65rtificate_sha256\x18\x02 \x01(\x0c\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13\x63\x61_certificates_pem\x18\x04 \x03(\t\"\x1a\n\x18GetCaCertificatesRequest\"Z\n\x19GetCaCertificatesResponse\x12\x1b\n\x13\x63\x61_certificates_pem\x18\x01 \x03(\t\x12 \n\x18\x61k_certificate_chain_pem\x18\x02 \x03(\t\"\x88\x01\n\x10ProvisionRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tjwks_json\x18\x05 \x01(\t\"\xf0\x01\n\x11ProvisionResponse\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\"\n\x05phase\x18\x02 \x01(\x0e\x32\x13.licensing.v1.Phase\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x07\x65nclave\x18\x06 \x01(\x0b\x32\x15.licensing.v1.Enclave\x12.\n\x0b\x61ttestation\x18\x07 \x01(\x0b\x32\x19.licensing.v1.Attestation\"(\n\x12\x44\x65provisionRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65provisionResponse\"1\n\x0cQuoteRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\"?\n\rQuoteResponse\x12.\n\x0b\x61ttestation\x18\x01 \x01(\x0b\x32\x19.licensing.v1.Attestation2\x86\x02\n\x12\x43\x65rtificateService\x12z\n\x13SignUserCertificate\x12\x30.licensing.control.v1.SignUserCertificateRequest\x1a\x31.licensing.control.v1.SignUserCertificateResponse\x12t\n\x11GetCaCertificates\x12..licensing.control.v1.GetCaCertificatesRequest\x1a/.licensing.control.v1.GetCaCertificatesResponse2\xd9\x01\n\x13ProvisioningService\x12^\n\tProvision\x12&.licensing.control.v1.ProvisionRequest\x1a\'.licensing.control.v1.ProvisionResponse0\x01\x12\x62\n\x0b\x44\x65provision\x12(.licensing.control.v1.DeprovisionRequest\x1a).licensing.control.v1.DeprovisionResponse2`\n\x0cQuoteService\x12P\n\x05Quote\x12\".licensing.control.v1.QuoteRequest\x1a#.licensing.control.v1.QuoteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"licensing/control/v1/control.proto\x12\x14licensing.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1elicensing/v1/attestation.proto\x1a\x1alicensing/v1/enclave.proto\"j\n\x1aSignUserCertificateRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\t\x12\x18\n\x10lifetime_seconds\x18\x04 \x01(\r\"\xa0\x01\n\x1bSignUserCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x1a\n\x12\x63\x65rtificate_sha256\x18\x02 \x01(\x0c\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13\x63\x61_certificates_pem\x18\x04 \x03(\t\"\x1a\n\x18GetCaCertificatesRequest\"Z\n\x19GetCaCertificatesResponse\x12\x1b\n\x13\x63\x61_certificates_pem\x18\x01 \x03(\t\x12 \n\x18\x61k_certificate_chain_pem\x18\x02 \x03(\t\"h\n\x10ProvisionRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x11\n\tjwks_json\x18\x05 \x01(\tJ\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05R\x05nonceR\x0b\x65xpire_time\"\xba\x01\n\x11ProvisionResponse\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\"\n\x05phase\x18\x02 \x01(\x0e\x32\x13.licensing.v1.Phase\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampJ\x04\x08\x06\x10\x07J\x04\x08\x07\x10\x08R\x07\x65nclaveR\x0b\x61ttestation\"(\n\x12\x44\x65provisionRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65provisionResponse\"1\n\x0cQuoteRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\"?\n\rQuoteResponse\x12.\n\x0b\x61ttestation\x18\x01 \x01(\x0b\x32\x19.licensing.v1.Attestation2\x86\x02\n\x12\x43\x65rtificateService\x12z\n\x13SignUserCertificate\x12\x30.licensing.control.v1.SignUserCertificateRequest\x1a\x31.licensing.control.v1.SignUserCertificateResponse\x12t\n\x11GetCaCertificates\x12..licensing.control.v1.GetCaCertificatesRequest\x1a/.licensing.control.v1.GetCaCertificatesResponse2\xd9\x01\n\x13ProvisioningService\x12^\n\tProvision\x12&.licensing.control.v1.ProvisionRequest\x1a\'.licensing.control.v1.ProvisionResponse0\x01\x12\x62\n\x0b\x44\x65provision\x12(.licensing.control.v1.DeprovisionRequest\x1a).licensing.control.v1.DeprovisionResponse2`\n\x0cQuoteService\x12P\n\x05Quote\x12\".licensing.control.v1.QuoteRequest\x1a#.licensing.control.v1.QuoteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,22 +42,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETCACERTIFICATESREQUEST']._serialized_end=450
   _globals['_GETCACERTIFICATESRESPONSE']._serialized_start=452
   _globals['_GETCACERTIFICATESRESPONSE']._serialized_end=542
-  _globals['_PROVISIONREQUEST']._serialized_start=545
-  _globals['_PROVISIONREQUEST']._serialized_end=681
-  _globals['_PROVISIONRESPONSE']._serialized_start=684
-  _globals['_PROVISIONRESPONSE']._serialized_end=924
-  _globals['_DEPROVISIONREQUEST']._serialized_start=926
-  _globals['_DEPROVISIONREQUEST']._serialized_end=966
-  _globals['_DEPROVISIONRESPONSE']._serialized_start=968
-  _globals['_DEPROVISIONRESPONSE']._serialized_end=989
-  _globals['_QUOTEREQUEST']._serialized_start=991
-  _globals['_QUOTEREQUEST']._serialized_end=1040
-  _globals['_QUOTERESPONSE']._serialized_start=1042
-  _globals['_QUOTERESPONSE']._serialized_end=1105
-  _globals['_CERTIFICATESERVICE']._serialized_start=1108
-  _globals['_CERTIFICATESERVICE']._serialized_end=1370
-  _globals['_PROVISIONINGSERVICE']._serialized_start=1373
-  _globals['_PROVISIONINGSERVICE']._serialized_end=1590
-  _globals['_QUOTESERVICE']._serialized_start=1592
-  _globals['_QUOTESERVICE']._serialized_end=1688
+  _globals['_PROVISIONREQUEST']._serialized_start=544
+  _globals['_PROVISIONREQUEST']._serialized_end=648
+  _globals['_PROVISIONRESPONSE']._serialized_start=651
+  _globals['_PROVISIONRESPONSE']._serialized_end=837
+  _globals['_DEPROVISIONREQUEST']._serialized_start=839
+  _globals['_DEPROVISIONREQUEST']._serialized_end=879
+  _globals['_DEPROVISIONRESPONSE']._serialized_start=881
+  _globals['_DEPROVISIONRESPONSE']._serialized_end=902
+  _globals['_QUOTEREQUEST']._serialized_start=904
+  _globals['_QUOTEREQUEST']._serialized_end=953
+  _globals['_QUOTERESPONSE']._serialized_start=955
+  _globals['_QUOTERESPONSE']._serialized_end=1018
+  _globals['_CERTIFICATESERVICE']._serialized_start=1021
+  _globals['_CERTIFICATESERVICE']._serialized_end=1283
+  _globals['_PROVISIONINGSERVICE']._serialized_start=1286
+  _globals['_PROVISIONINGSERVICE']._serialized_end=1503
+  _globals['_QUOTESERVICE']._serialized_start=1505
+  _globals['_QUOTESERVICE']._serialized_end=1601
 # @@protoc_insertion_point(module_scope)

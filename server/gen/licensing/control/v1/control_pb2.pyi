@@ -128,29 +128,24 @@ class ProvisionRequest(_message.Message):
 
     ENCLAVE_ID_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
-    NONCE_FIELD_NUMBER: _builtins.int
-    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     JWKS_JSON_FIELD_NUMBER: _builtins.int
     enclave_id: _builtins.str
-    """The enclave row the frontend reserved (phase ACCEPTED)."""
+    """The enclave row the frontend reserved (phase ACCEPTED). The backend reads
+    the nonce and expiry from that row, so they do not travel here.
+    """
     owner: _builtins.str
-    nonce: _builtins.bytes
     jwks_json: _builtins.str
     """The public keys the enclave accepts access tokens from (JWK Set)."""
-    @_builtins.property
-    def expire_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
         enclave_id: _builtins.str = ...,
         owner: _builtins.str = ...,
-        nonce: _builtins.bytes = ...,
-        expire_time: _timestamp_pb2.Timestamp | None = ...,
         jwks_json: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["enclave_id", b"enclave_id", "expire_time", b"expire_time", "jwks_json", b"jwks_json", "nonce", b"nonce", "owner", b"owner"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enclave_id", b"enclave_id", "jwks_json", b"jwks_json", "owner", b"owner"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -158,6 +153,10 @@ Global___ProvisionRequest: _TypeAlias = ProvisionRequest  # noqa: Y015
 
 @_typing.final
 class ProvisionResponse(_message.Message):
+    """One event of the enclave's history. The frontend reads the enclave and its
+    attestation from the database, so neither travels here.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ENCLAVE_ID_FIELD_NUMBER: _builtins.int
@@ -165,18 +164,12 @@ class ProvisionResponse(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
-    ENCLAVE_FIELD_NUMBER: _builtins.int
-    ATTESTATION_FIELD_NUMBER: _builtins.int
     enclave_id: _builtins.str
     phase: _enclave_pb2.Phase.ValueType
     message: _builtins.str
     sequence: _builtins.int
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
-    @_builtins.property
-    def enclave(self) -> _enclave_pb2.Enclave: ...
-    @_builtins.property
-    def attestation(self) -> _attestation_pb2.Attestation: ...
     def __init__(
         self,
         *,
@@ -185,12 +178,10 @@ class ProvisionResponse(_message.Message):
         message: _builtins.str = ...,
         sequence: _builtins.int = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
-        enclave: _enclave_pb2.Enclave | None = ...,
-        attestation: _attestation_pb2.Attestation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation", "enclave", b"enclave", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation", "enclave", b"enclave", "enclave_id", b"enclave_id", "message", b"message", "phase", b"phase", "sequence", b"sequence", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enclave_id", b"enclave_id", "message", b"message", "phase", b"phase", "sequence", b"sequence", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

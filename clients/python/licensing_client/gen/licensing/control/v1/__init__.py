@@ -61,24 +61,28 @@ class GetCaCertificatesResponse(betterproto.Message):
 @dataclass(eq=False, repr=False)
 class ProvisionRequest(betterproto.Message):
     enclave_id: str = betterproto.string_field(1)
-    """The enclave row the frontend reserved (phase ACCEPTED)."""
+    """
+    The enclave row the frontend reserved (phase ACCEPTED). The backend reads
+     the nonce and expiry from that row, so they do not travel here.
+    """
 
     owner: str = betterproto.string_field(2)
-    nonce: bytes = betterproto.bytes_field(3)
-    expire_time: datetime = betterproto.message_field(4)
     jwks_json: str = betterproto.string_field(5)
     """The public keys the enclave accepts access tokens from (JWK Set)."""
 
 
 @dataclass(eq=False, repr=False)
 class ProvisionResponse(betterproto.Message):
+    """
+    One event of the enclave's history. The frontend reads the enclave and its
+     attestation from the database, so neither travels here.
+    """
+
     enclave_id: str = betterproto.string_field(1)
     phase: "__v1__.Phase" = betterproto.enum_field(2)
     message: str = betterproto.string_field(3)
     sequence: int = betterproto.uint64_field(4)
     time: datetime = betterproto.message_field(5)
-    enclave: "__v1__.Enclave" = betterproto.message_field(6)
-    attestation: "__v1__.Attestation" = betterproto.message_field(7)
 
 
 @dataclass(eq=False, repr=False)
