@@ -25,7 +25,14 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from licensing.v1 import auth_pb2, auth_pb2_grpc
 
-from licensing_server.storage import Database, EnclaveStore, Limits, UserStore
+from licensing_server.storage import (
+    Database,
+    EnclaveStore,
+    Limits,
+    Phase,
+    UserStore,
+    run_migrations,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery"
@@ -313,6 +320,38 @@ def drop_postgres_database(admin_url: str, name: str) -> None:
     with engine.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()
+
+
+#: The phases a provisioned enclave's row goes through after ACCEPTED, in order.
+AFTER_ACCEPTED = [
+    Phase.SCHEDULED,
+    Phase.RUNNING,
+    Phase.CERTIFICATE_ISSUED,
+    Phase.READY,
+    Phase.ATTESTING,
+    Phase.ATTESTED,
+]
+
+
+@contextlib.contextmanager
+def migrated_database(database: str, directory: Path) -> Iterator[str]:
+    """The URL of a fresh database at the newest schema, removed afterwards.
+
+    SQLite: a file in ``directory``. PostgreSQL: a new database on the server of
+    LICENSING_TEST_POSTGRES_URL (the tests fail, never skip, without one).
+    """
+    if database == "sqlite":
+        url = f"sqlite+aiosqlite:///{directory / 'licensing.db'}"
+        run_migrations(url)
+        yield url
+        return
+    admin_url = required_postgres(os.environ.get("LICENSING_TEST_POSTGRES_URL"))
+    url, name = create_postgres_database(admin_url)
+    try:
+        run_migrations(url)
+        yield url
+    finally:
+        drop_postgres_database(admin_url, name)
 
 
 def pid_of(stack: Stack, process: str) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -15,40 +14,16 @@ from licensing_server.provisioning import terminal_phases
 from licensing_server.storage import (
     EventRecord,
     Phase,
-    run_migrations,
 )
-from tests.support import (
-    TwoProcessDatabase,
-    create_postgres_database,
-    drop_postgres_database,
-    required_postgres,
-)
+from tests.support import AFTER_ACCEPTED, TwoProcessDatabase, migrated_database
 
 _NOW = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
-_AFTER_ACCEPTED = [
-    Phase.SCHEDULED,
-    Phase.RUNNING,
-    Phase.CERTIFICATE_ISSUED,
-    Phase.READY,
-    Phase.ATTESTING,
-    Phase.ATTESTED,
-]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'licensing.db'}"
-        run_migrations(url)
+    with migrated_database(request.param, tmp_path) as url:
         yield url
-        return
-    admin_url = required_postgres(os.environ.get("LICENSING_TEST_POSTGRES_URL"))
-    url, name = create_postgres_database(admin_url)
-    try:
-        run_migrations(url)
-        yield url
-    finally:
-        drop_postgres_database(admin_url, name)
 
 
 class _Processes(TwoProcessDatabase):
@@ -93,12 +68,12 @@ async def test_fifty_watchers_see_every_phase_and_cost_one_poll_between_them(
     # fifty watchers polling on their own every 100 ms would make ~1000.
     assert idle_statements <= 30, idle_statements
 
-    for phase in _AFTER_ACCEPTED:
+    for phase in AFTER_ACCEPTED:
         await processes.backend.advance(enclave_id, phase, f"now {phase}", _NOW)
         await asyncio.sleep(0.02)
     seen = await asyncio.wait_for(asyncio.gather(*watchers), 10)
 
-    expected = [Phase.ACCEPTED, *_AFTER_ACCEPTED]
+    expected = [Phase.ACCEPTED, *AFTER_ACCEPTED]
     for events in seen:
         assert [e.phase for e in events] == expected
         assert [e.sequence for e in events] == list(range(1, len(expected) + 1))

@@ -9,27 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from licensing_common.errors import ResourceExhausted
-from licensing_server.storage import Database, EnclaveStore, Limits, run_migrations
+from licensing_server.storage import Database, EnclaveStore, Limits
 from tests.storage.conftest import NOW, new_user
-from tests.support import create_postgres_database, drop_postgres_database, required_postgres
+from tests.support import migrated_database
 
 
 @pytest.fixture(scope="module")
-def database_url() -> Iterator[str]:
-    admin_url = required_postgres(os.environ.get("LICENSING_TEST_POSTGRES_URL"))
-    url, name = create_postgres_database(admin_url)
-    try:
-        run_migrations(url)
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with migrated_database("postgresql", tmp_path_factory.mktemp("locks")) as url:
         yield url
-    finally:
-        drop_postgres_database(admin_url, name)
 
 
 async def test_concurrent_reserves_of_one_user_stop_exactly_at_the_limit(

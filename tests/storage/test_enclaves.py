@@ -19,18 +19,10 @@ from licensing_server.storage import (
     UserRecord,
 )
 from tests.storage.conftest import NOW, new_user
+from tests.support import AFTER_ACCEPTED
 
 _HOUR = dt.timedelta(hours=1)
 _LIMITS = Limits(max_enclaves=3, enclave_ttl=_HOUR)
-#: The phases a provisioned enclave goes through after ACCEPTED, in order.
-_AFTER_ACCEPTED = [
-    Phase.SCHEDULED,
-    Phase.RUNNING,
-    Phase.CERTIFICATE_ISSUED,
-    Phase.READY,
-    Phase.ATTESTING,
-    Phase.ATTESTED,
-]
 
 
 async def _reserve(
@@ -163,14 +155,14 @@ async def test_an_entitlement_for_an_unknown_user_is_not_found(database: Databas
 async def test_events_are_contiguous_and_carry_what_came_with_them(database: Database) -> None:
     store = EnclaveStore(database)
     record, _ = await _reserve(store, await new_user(database))
-    for minute, phase in enumerate(_AFTER_ACCEPTED, start=1):
+    for minute, phase in enumerate(AFTER_ACCEPTED, start=1):
         event = await store.advance(
             record.id, phase, f"now {phase}", NOW + dt.timedelta(minutes=minute)
         )
         assert (event.sequence, event.phase) == (minute + 1, phase)
     events = await store.events_after(record.id, 0)
-    assert [e.sequence for e in events] == list(range(1, len(_AFTER_ACCEPTED) + 2))
-    assert [e.phase for e in events] == [Phase.ACCEPTED, *_AFTER_ACCEPTED]
+    assert [e.sequence for e in events] == list(range(1, len(AFTER_ACCEPTED) + 2))
+    assert [e.phase for e in events] == [Phase.ACCEPTED, *AFTER_ACCEPTED]
     assert [e.time for e in events] == [NOW + dt.timedelta(minutes=m) for m in range(7)]
     assert [e.sequence for e in await store.events_after(record.id, 4)] == [5, 6, 7]
     assert await store.events_after(record.id, 7) == []

@@ -6,6 +6,7 @@ domain errors; this is the only place that turns errors into statuses.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import hmac
@@ -282,21 +283,35 @@ def _is_abort(exc: BaseException) -> bool:
     return type(exc).__name__ == "AbortError"
 
 
+@contextlib.asynccontextmanager
+async def _guarded(
+    request: Any,
+    context: grpc.aio.ServicerContext[Any, Any],
+    admit: Admit,
+    method: str,
+    calls: _CallsPerAddress | None,
+) -> AsyncIterator[None]:
+    """What every call goes through: its address counted, the caller admitted, the
+    request checked, and any failure answered as a status, for unary and streaming alike."""
+    address = None
+    try:
+        address = calls.enter(context.peer()) if calls else None
+        _caller.set(await admit(context))
+        _check_parsed(request)
+        yield
+    except Exception as exc:
+        if _is_abort(exc):
+            raise
+        await errors.abort(context, exc, method)
+    finally:
+        if calls and address is not None:
+            calls.leave(address)
+
+
 def _unary(behavior: Any, admit: Admit, method: str, calls: _CallsPerAddress | None) -> Any:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        address = None
-        try:
-            address = calls.enter(context.peer()) if calls else None
-            _caller.set(await admit(context))
-            _check_parsed(request)
+        async with _guarded(request, context, admit, method, calls):
             return await behavior(request, context)
-        except Exception as exc:
-            if _is_abort(exc):
-                raise
-            await errors.abort(context, exc, method)
-        finally:
-            if calls and address is not None:
-                calls.leave(address)
 
     return wrapped
 
@@ -305,24 +320,13 @@ def _streaming(behavior: Any, admit: Admit, method: str, calls: _CallsPerAddress
     async def wrapped(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
-        address = None
-        try:
-            address = calls.enter(context.peer()) if calls else None
-            _caller.set(await admit(context))
-            _check_parsed(request)
+        async with _guarded(request, context, admit, method, calls):
             result = behavior(request, context)
             if hasattr(result, "__aiter__"):
                 async for item in result:
                     yield item
             else:
                 await result
-        except Exception as exc:
-            if _is_abort(exc):
-                raise
-            await errors.abort(context, exc, method)
-        finally:
-            if calls and address is not None:
-                calls.leave(address)
 
     return wrapped
 
