@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from licensing_server.catalog import (
 )
 from licensing_server.registry import Registry
 
-__all__ = ["ConfigError", "Settings"]
+__all__ = ["ConfigError", "KubernetesSettings", "Settings"]
 
 
 class ConfigError(Exception):
@@ -57,6 +57,43 @@ def _launcher(value: str, has_command: bool, problems: list[str]) -> str:
 
 def _default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)))
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesSettings:
+    """``LICENSING_KUBERNETES_*``: the ``kubernetes`` runtime and the ``cert-manager`` issuer."""
+
+    #: A kubeconfig file; empty: ``KUBECONFIG``, else the pod's in-cluster credentials.
+    kubeconfig: str = ""
+    #: Where enclave pods run (the backend's Role is in this namespace only).
+    namespace: str = "licensing-enclaves"
+    enclave_image: str = "licensing-enclave:0.1.0"
+    #: The ServiceAccount enclave pods run as (no API rights; its token proves the pod).
+    enclave_service_account: str = "licensing-enclave"
+    enclave_port: int = 8443
+    enclave_cpu_request: str = "50m"
+    enclave_cpu_limit: str = "500m"
+    enclave_memory_request: str = "64Mi"
+    enclave_memory_limit: str = "256Mi"
+    #: The audience of the projected token a pod enrols with; TokenReview checks it.
+    token_audience: str = "licensing-backend"
+    #: Where the backend takes enclave CSRs (TLS, token-authenticated), and the
+    #: host:port pods dial for it (empty: the same).
+    enrollment_addr: str = "127.0.0.1:8445"
+    enrollment_url: str = ""
+    #: When set, each enclave also gets an Ingress ``<id>.<domain>`` with TLS
+    #: passthrough, and clients are sent there (port 443).
+    ingress_domain: str = ""
+    ingress_class: str = ""
+    #: The cert-manager issuer enclave CertificateRequests name.
+    cert_manager_issuer: str = "licensing-ca"
+    cert_manager_issuer_kind: str = "ClusterIssuer"
+    #: Threads for blocking Kubernetes API calls.
+    api_workers: int = 8
+
+    @property
+    def effective_enrollment_url(self) -> str:
+        return self.enrollment_url or self.enrollment_addr
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +154,7 @@ class Settings:
     tpm_command_timeout_seconds: int = 10
     # Benchmarks only: delay added before each quote to mimic a hardware TPM.
     tpm_simulated_latency_ms: int = 0
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
 
     @property
     def effective_tpm_tcti(self) -> str:
@@ -229,7 +267,10 @@ class Settings:
                 "ENCLAVE_TTL_SECONDS", defaults.enclave_ttl_seconds, 10, 365 * 86400
             ),
             enclave_runtime=_backend(
-                ENCLAVE_RUNTIMES, text("ENCLAVE_RUNTIME", ""), defaults.enclave_runtime, problems
+                ENCLAVE_RUNTIMES,
+                text("ENCLAVE_RUNTIME", text("RUNTIME", "")),
+                defaults.enclave_runtime,
+                problems,
             ),
             certificate_issuer=_backend(
                 CERTIFICATE_ISSUERS,
@@ -260,6 +301,7 @@ class Settings:
             tpm_simulated_latency_ms=integer(
                 "TPM_SIMULATED_LATENCY_MS", defaults.tpm_simulated_latency_ms, 0, 10_000
             ),
+            kubernetes=_kubernetes(env, text, integer, address, problems),
         )
         if (transport := TPM_TRANSPORTS.problem(settings.tpm_transport)) is not None:
             problems.append(f"{transport} (from {settings.effective_tpm_tcti!r})")
@@ -268,6 +310,49 @@ class Settings:
         if problems:
             raise ConfigError(problems)
         return settings
+
+
+def _kubernetes(
+    env: Mapping[str, str],
+    text: Callable[[str, str], str],
+    integer: Callable[[str, int, int, int], int],
+    address: Callable[[str, str], str],
+    problems: list[str],
+) -> KubernetesSettings:
+    d = KubernetesSettings()
+    kind = text("KUBERNETES_CERT_MANAGER_ISSUER_KIND", d.cert_manager_issuer_kind)
+    if kind not in ("ClusterIssuer", "Issuer"):
+        problems.append(
+            f"LICENSING_KUBERNETES_CERT_MANAGER_ISSUER_KIND={kind!r} is not ClusterIssuer or Issuer"
+        )
+        kind = d.cert_manager_issuer_kind
+    url = text("KUBERNETES_ENROLLMENT_URL", "")
+    if url and (":" not in url or not url.rpartition(":")[2].isdigit()):
+        problems.append(f"LICENSING_KUBERNETES_ENROLLMENT_URL={url!r} is not host:port")
+        url = ""
+    return KubernetesSettings(
+        kubeconfig=text("KUBERNETES_KUBECONFIG", env.get("KUBECONFIG", "").strip()),
+        namespace=text("KUBERNETES_NAMESPACE", d.namespace),
+        enclave_image=text("KUBERNETES_ENCLAVE_IMAGE", d.enclave_image),
+        enclave_service_account=text(
+            "KUBERNETES_ENCLAVE_SERVICE_ACCOUNT", d.enclave_service_account
+        ),
+        enclave_port=integer("KUBERNETES_ENCLAVE_PORT", d.enclave_port, 1, 65535),
+        enclave_cpu_request=text("KUBERNETES_ENCLAVE_CPU_REQUEST", d.enclave_cpu_request),
+        enclave_cpu_limit=text("KUBERNETES_ENCLAVE_CPU_LIMIT", d.enclave_cpu_limit),
+        enclave_memory_request=text(
+            "KUBERNETES_ENCLAVE_MEMORY_REQUEST", d.enclave_memory_request
+        ),
+        enclave_memory_limit=text("KUBERNETES_ENCLAVE_MEMORY_LIMIT", d.enclave_memory_limit),
+        token_audience=text("KUBERNETES_TOKEN_AUDIENCE", d.token_audience),
+        enrollment_addr=address("KUBERNETES_ENROLLMENT_ADDR", d.enrollment_addr),
+        enrollment_url=url,
+        ingress_domain=text("KUBERNETES_INGRESS_DOMAIN", d.ingress_domain),
+        ingress_class=text("KUBERNETES_INGRESS_CLASS", d.ingress_class),
+        cert_manager_issuer=text("KUBERNETES_CERT_MANAGER_ISSUER", d.cert_manager_issuer),
+        cert_manager_issuer_kind=kind,
+        api_workers=integer("KUBERNETES_API_WORKERS", d.api_workers, 1, 64),
+    )
 
 
 def _normalise_database_url(url: str, problems: list[str]) -> str:
