@@ -1,6 +1,7 @@
 """The built-in backends of every capability: the one place a configured name is resolved.
 
-- enclave runtime (``runtimes.EnclaveRuntime``), ``LICENSING_ENCLAVE_RUNTIME``: ``local``;
+- enclave runtime (``runtimes.EnclaveRuntime``), ``LICENSING_ENCLAVE_RUNTIME``:
+  ``local``, ``kubernetes``;
 - enclave launcher of the local runtime (``runtimes.EnclaveLauncher``),
   ``LICENSING_ENCLAVE_LAUNCHER``: ``exec``, ``fork-server``;
 - certificate issuer (``issuers.CertificateIssuer``), ``LICENSING_CERTIFICATE_ISSUER``:
@@ -57,6 +58,34 @@ def _local_runtime(settings: Settings, layout: DataLayout) -> EnclaveRuntime:
     return LocalProcessRuntime(layout.enclaves_dir, launcher=launcher, ports=settings.enclave_ports)
 
 
+def _kubernetes_runtime(settings: Settings, layout: DataLayout) -> EnclaveRuntime:
+    # The kubernetes client is imported only by a backend configured for it.
+    from licensing_server.kube import PodTokenReviewer, kube_api_for
+    from licensing_server.runtimes import EnrollmentDesk
+    from licensing_server.runtimes._kubernetes import KubernetesRuntime, PodTemplate
+
+    k = settings.kubernetes
+    api = kube_api_for(settings)
+    return KubernetesRuntime(
+        api,
+        EnrollmentDesk(PodTokenReviewer(api, audience=k.token_audience)),
+        PodTemplate(
+            namespace=k.namespace,
+            image=k.enclave_image,
+            service_account=k.enclave_service_account,
+            port=k.enclave_port,
+            token_audience=k.token_audience,
+            enrollment_url=k.effective_enrollment_url,
+            cpu_request=k.enclave_cpu_request,
+            cpu_limit=k.enclave_cpu_limit,
+            memory_request=k.enclave_memory_request,
+            memory_limit=k.enclave_memory_limit,
+            ingress_domain=k.ingress_domain,
+            ingress_class=k.ingress_class,
+        ),
+    )
+
+
 def _exec_launcher(settings: Settings) -> EnclaveLauncher:
     from licensing_server.runtimes import DEFAULT_COMMAND, ExecLauncher
 
@@ -88,7 +117,9 @@ def _device_transport(settings: Settings) -> TpmTransport:
 
 
 ENCLAVE_RUNTIMES: Registry[RuntimeFactory] = Registry(
-    "enclave runtime", "LICENSING_ENCLAVE_RUNTIME", {"local": _local_runtime}
+    "enclave runtime",
+    "LICENSING_ENCLAVE_RUNTIME",
+    {"local": _local_runtime, "kubernetes": _kubernetes_runtime},
 )
 ENCLAVE_LAUNCHERS: Registry[LauncherFactory] = Registry(
     "enclave launcher",

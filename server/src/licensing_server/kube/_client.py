@@ -144,16 +144,16 @@ class KubeApi:
     def request_timeout(self) -> float:
         return self._settings.request_timeout_seconds
 
-    def core(self) -> client.CoreV1Api:
+    def core(self) -> Any:
         return client.CoreV1Api(self._client)
 
-    def networking(self) -> client.NetworkingV1Api:
+    def networking(self) -> Any:
         return client.NetworkingV1Api(self._client)
 
-    def custom(self) -> client.CustomObjectsApi:
+    def custom(self) -> Any:
         return client.CustomObjectsApi(self._client)
 
-    def authentication(self) -> client.AuthenticationV1Api:
+    def authentication(self) -> Any:
         return client.AuthenticationV1Api(self._client)
 
     async def call(
@@ -181,7 +181,7 @@ class KubeApi:
                 if status not in _TRANSIENT or time.monotonic() + delay > deadline:
                     raise domain_error(exc, what) from exc
                 _log.info("Kubernetes API: %s: status %s, retrying in %.1fs", what, status, delay)
-                await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter
+                await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)
 
     async def _run(self, fn: Callable[[], _T]) -> _T:
