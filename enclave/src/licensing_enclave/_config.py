@@ -47,6 +47,11 @@ class NetworkEnrollment:
     server_name: str
     #: The projected ServiceAccount token; read at each attempt because the kubelet rotates it.
     token_file: Path
+    #: The names the CSR asks for (the ConfigMap's ``dns-names`` and ``uris``, one per
+    #: line): cert-manager's CA issuer signs the CSR's names, and the backend checks
+    #: they are exactly the ones it wants.
+    dns_names: tuple[str, ...] = ()
+    uris: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +157,21 @@ def _enrollment(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Ne
             raise ValueError(f"--token-file {args.token_file} is empty")
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         parser.error(str(exc))
+    names: dict[str, tuple[str, ...]] = {"dns-names": (), "uris": ()}
+    if args.config_dir is not None:
+        for file in names:
+            path = args.config_dir / file
+            try:
+                text = path.read_text() if path.exists() else ""
+            except (OSError, UnicodeDecodeError) as exc:
+                parser.error(f"--config-dir: cannot read {file}: {exc}")
+            names[file] = tuple(line.strip() for line in text.splitlines() if line.strip())
     return NetworkEnrollment(
-        target=args.enroll, server_name=host.strip("[]"), token_file=args.token_file
+        target=args.enroll,
+        server_name=host.strip("[]"),
+        token_file=args.token_file,
+        dns_names=names["dns-names"],
+        uris=names["uris"],
     )
 
 

@@ -95,7 +95,10 @@ class NetworkEnrolment:
     async def obtain(self, key: EnclaveKey, enclave_id: str) -> EnclaveCertificate:
         target = self._enrollment.target
         request = enrollment_pb2.EnrollRequest(
-            enclave_id=enclave_id, csr_pem=key.csr_pem(enclave_id)
+            enclave_id=enclave_id,
+            csr_pem=key.csr_pem(
+                enclave_id, dns_names=self._enrollment.dns_names, uris=self._enrollment.uris
+            ),
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._within

@@ -85,8 +85,9 @@ async def test_an_enclave_pod_is_created_attested_used_and_deleted(kube_stack: K
         # The certificate cert-manager issued is the one attested, and it serves the enclave.
         certificate = x509.load_pem_x509_certificate(enclave.certificate_pem.encode())
         names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        assert f"enclave-{enclave.id}.{kube_stack.namespace}.svc" in names.value.get_values_for_type(
-            x509.DNSName
+        assert (
+            f"enclave-{enclave.id}.{kube_stack.namespace}.svc"
+            in names.value.get_values_for_type(x509.DNSName)
         )
         workload = await licensing.open_enclave(enclave.id)
         assert (await workload.get_identity()).matches_pinned_certificate
