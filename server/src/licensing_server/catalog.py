@@ -5,11 +5,11 @@
 - enclave launcher of the local runtime (``runtimes.EnclaveLauncher``),
   ``LICENSING_ENCLAVE_LAUNCHER``: ``exec``, ``fork-server``;
 - certificate issuer (``issuers.CertificateIssuer``), ``LICENSING_CERTIFICATE_ISSUER``:
-  ``builtin``;
+  ``builtin``, ``cert-manager`` (a CA ClusterIssuer backed by the built-in CA);
 - TPM transport (``tpm.TpmTransport``), the TCTI name in ``LICENSING_TPM_TCTI``:
   ``device``, ``swtpm``.
 
-A new backend (``kubernetes``, ``cert-manager``) is one module in its capability's
+A new backend (``kubernetes``) is one module in its capability's
 package and one entry here. Each factory imports its backend when called, so that
 reading the names (``config`` does, in every process) loads none of them: the
 frontend never imports tpm2-pytss this way.
@@ -65,7 +65,7 @@ def _kubernetes_runtime(settings: Settings, layout: DataLayout) -> EnclaveRuntim
     from licensing_server.runtimes._kubernetes import KubernetesRuntime, PodTemplate
 
     k = settings.kubernetes
-    api = kube_api_for(settings)
+    api = kube_api_for(k)
     return KubernetesRuntime(
         api,
         EnrollmentDesk(PodTokenReviewer(api, audience=k.token_audience)),
@@ -104,6 +104,20 @@ def _builtin_issuer(settings: Settings, ca: CertificateAuthority) -> Certificate
     return BuiltinCaIssuer(ca)
 
 
+def _cert_manager_issuer(settings: Settings, ca: CertificateAuthority) -> CertificateIssuer:
+    from licensing_server.issuers import CertManagerIssuer
+    from licensing_server.kube import kube_api_for
+
+    kube = settings.kubernetes
+    return CertManagerIssuer(
+        kube_api_for(kube),
+        namespace=kube.namespace,
+        issuer_name=kube.cert_manager_issuer,
+        issuer_kind=kube.cert_manager_issuer_kind,
+        ca_certificates_pem=ca.ca_certificates_pem,
+    )
+
+
 def _swtpm_transport(settings: Settings) -> TpmTransport:
     from licensing_server.tpm import SwtpmTransport
 
@@ -127,7 +141,9 @@ ENCLAVE_LAUNCHERS: Registry[LauncherFactory] = Registry(
     {"exec": _exec_launcher, "fork-server": _fork_server_launcher},
 )
 CERTIFICATE_ISSUERS: Registry[IssuerFactory] = Registry(
-    "certificate issuer", "LICENSING_CERTIFICATE_ISSUER", {"builtin": _builtin_issuer}
+    "certificate issuer",
+    "LICENSING_CERTIFICATE_ISSUER",
+    {"builtin": _builtin_issuer, "cert-manager": _cert_manager_issuer},
 )
 TPM_TRANSPORTS: Registry[TransportFactory] = Registry(
     "TPM transport (TCTI)",

@@ -76,7 +76,7 @@ class KubernetesSettings:
     enclave_memory_request: str = "64Mi"
     enclave_memory_limit: str = "256Mi"
     #: The audience of the projected token a pod enrols with; TokenReview checks it.
-    token_audience: str = "licensing-backend"  # noqa: S105 - a name, not a secret
+    token_audience: str = "licensing-backend"  # noqa: S105 - an audience, not a secret
     #: Where the backend takes enclave CSRs (TLS, token-authenticated), and the
     #: host:port pods dial for it (empty: the same).
     enrollment_addr: str = "127.0.0.1:8445"

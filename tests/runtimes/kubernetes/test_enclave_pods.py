@@ -46,7 +46,8 @@ async def test_an_enclave_pod_is_created_attested_used_and_deleted(kube_stack: K
         phases = [v1.Phase(e.phase).name for e in events if isinstance(e, Progress)]
         assert phases == PHASES, [getattr(e, "message", e) for e in events]
         created = events[-1]
-        assert isinstance(created, Created) and created.attestation is not None
+        assert isinstance(created, Created)
+        assert created.attestation is not None
         assert [c.check.value for c in created.attestation.report.checks] == CHECKS
         enclave = created.enclave
 
@@ -66,7 +67,8 @@ async def test_an_enclave_pod_is_created_attested_used_and_deleted(kube_stack: K
             assert sc.read_only_root_filesystem is True
             assert sc.capabilities.drop == ["ALL"]
             assert sc.seccomp_profile.type == "RuntimeDefault"
-            assert container.resources.limits and container.resources.requests
+            assert container.resources.limits
+            assert container.resources.requests
             (projected,) = [v for v in spec.volumes if v.projected]
             token = projected.projected.sources[0].service_account_token
             assert token.audience == "licensing-backend"

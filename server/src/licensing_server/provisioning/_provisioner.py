@@ -241,6 +241,7 @@ class EnclaveProvisioner:
                     dns_names=list(workload.names.dns_names),
                     ip_addresses=list(workload.names.ip_addresses),
                     uris=[enclave_identity(enclave_id)],
+                    enclave_id=enclave_id,
                 )
             )
             await self._attestor.wait_until_proven(settings.attestation_key_wait)
