@@ -18,7 +18,7 @@ from kubernetes import client
 from licensing_client import Created, LicensingClient, Progress
 from licensing_client.gen.licensing import v1
 from tests.clients.test_cli_enclaves import CHECKS, PHASES
-from tests.runtimes.kubernetes.conftest import KubeStack
+from tests.kube.licensing_stack import KubeStack
 from tests.support import PASSWORD
 
 
@@ -36,8 +36,10 @@ async def _until_gone(kube: KubeStack, enclave_id: str, within: float = 30) -> d
     return left
 
 
-async def test_an_enclave_pod_is_created_attested_used_and_deleted(kube_stack: KubeStack) -> None:
-    async with _client(kube_stack) as licensing:
+async def test_an_enclave_pod_is_created_attested_used_and_deleted(
+    kube_licensing: KubeStack,
+) -> None:
+    async with _client(kube_licensing) as licensing:
         name = f"kube-{uuid.uuid4().hex[:10]}"
         await licensing.sign_up(name, PASSWORD)
         await licensing.log_in(name, PASSWORD)
@@ -52,9 +54,9 @@ async def test_an_enclave_pod_is_created_attested_used_and_deleted(kube_stack: K
         enclave = created.enclave
 
         # The Kubernetes objects, as an operator inspects them.
-        with kube_stack.plane.api_client() as api:
+        with kube_licensing.plane.api_client() as api:
             core = client.CoreV1Api(api)
-            pod = core.read_namespaced_pod(f"enclave-{enclave.id}", kube_stack.namespace)
+            pod = core.read_namespaced_pod(f"enclave-{enclave.id}", kube_licensing.namespace)
             assert pod.metadata.labels["licensing.example/enclave-id"] == enclave.id
             assert pod.metadata.labels["licensing.example/owner"] == enclave.owner
             spec = pod.spec
@@ -76,11 +78,11 @@ async def test_an_enclave_pod_is_created_attested_used_and_deleted(kube_stack: K
                 ("configmap", core.read_namespaced_config_map),
                 ("service", core.read_namespaced_service),
             ):
-                obj = fn(f"enclave-{enclave.id}", kube_stack.namespace)
+                obj = fn(f"enclave-{enclave.id}", kube_licensing.namespace)
                 (owner,) = obj.metadata.owner_references
                 assert (owner.kind, owner.uid) == ("Pod", pod.metadata.uid), kind
             # No Secret anywhere in the namespace holds a private key.
-            for secret in core.list_namespaced_secret(kube_stack.namespace).items:
+            for secret in core.list_namespaced_secret(kube_licensing.namespace).items:
                 for value in (secret.data or {}).values():
                     assert b"PRIVATE KEY" not in __import__("base64").b64decode(value)
 
@@ -88,7 +90,7 @@ async def test_an_enclave_pod_is_created_attested_used_and_deleted(kube_stack: K
         certificate = x509.load_pem_x509_certificate(enclave.certificate_pem.encode())
         names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
         assert (
-            f"enclave-{enclave.id}.{kube_stack.namespace}.svc"
+            f"enclave-{enclave.id}.{kube_licensing.namespace}.svc"
             in names.value.get_values_for_type(x509.DNSName)
         )
         workload = await licensing.open_enclave(enclave.id)
@@ -101,11 +103,11 @@ async def test_an_enclave_pod_is_created_attested_used_and_deleted(kube_stack: K
         public.verify(signed.signature, b"sign me", ec.ECDSA(hashes.SHA256()))
 
         await licensing.delete_enclave(enclave.id)
-        assert await _until_gone(kube_stack, enclave.id) == {}
+        assert await _until_gone(kube_licensing, enclave.id) == {}
 
 
-async def test_twenty_concurrent_creates_complete(kube_stack: KubeStack) -> None:
-    async with _client(kube_stack) as licensing:
+async def test_twenty_concurrent_creates_complete(kube_licensing: KubeStack) -> None:
+    async with _client(kube_licensing) as licensing:
         name = f"kube20-{uuid.uuid4().hex[:10]}"
         await licensing.sign_up(name, PASSWORD)
         await licensing.log_in(name, PASSWORD)
@@ -119,4 +121,4 @@ async def test_twenty_concurrent_creates_complete(kube_stack: KubeStack) -> None
         assert all(c.enclave.phase == v1.Phase.ATTESTED for c in done)
         await asyncio.gather(*(licensing.delete_enclave(c.enclave.id) for c in done))
         for c in done:
-            assert await _until_gone(kube_stack, c.enclave.id) == {}
+            assert await _until_gone(kube_licensing, c.enclave.id) == {}
