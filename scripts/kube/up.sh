@@ -20,7 +20,8 @@ mkdir -p "$run/log" "$run/pid"
 started=$(date +%s.%N)
 log() { echo "kube-up: $*" >&2; }
 elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}s')" "$started" "$(date +%s.%N)"; }
-running() { [ -f "$run/pid/$1" ] && kill -0 "$(cat "$run/pid/$1")" 2>/dev/null; }
+# Alive and not a zombie (an exited child a non-reaping parent has not waited for yet).
+running() { [ -f "$run/pid/$1" ] && [ -r "/proc/$(cat "$run/pid/$1")/stat" ] && [ "$(sed 's/.*) //' "/proc/$(cat "$run/pid/$1")/stat" | cut -c1)" != Z ]; }
 
 # Ports: free now, chosen together so they differ, kept for the folder's life.
 names=(ETCD_CLIENT_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SCHEDULER_PORT CERT_MANAGER_METRICS_PORT)
@@ -123,10 +124,10 @@ start cert-manager "$bin/cert-manager-controller" --kubeconfig="$pki/admin.kubec
   --metrics-listen-address="127.0.0.1:$CERT_MANAGER_METRICS_PORT" --v=2
 
 kubectl apply --server-side --force-conflicts -f "$bin/cert-manager-crds/" > /dev/null
-kubectl wait --for=condition=Established crd -l app.kubernetes.io/name=cert-manager --timeout=60s > /dev/null 2>&1 ||
-  kubectl wait --for=condition=Established -f "$bin/cert-manager-crds/" --timeout=60s > /dev/null
+kubectl wait --for=condition=Established -f "$bin/cert-manager-crds/" --timeout=60s > /dev/null
 kubectl create namespace cert-manager --dry-run=client -o yaml | kubectl apply --server-side -f - > /dev/null
-# One fake node, untainted so any pod schedules on it; kwok manages it by its annotation.
+# One fake node, untainted so any pod schedules on it; kwok manages it by its annotation and
+# gives it its defaults (allocatable cpu 1k, memory 1Ti, pods 1k: plenty).
 kubectl apply --server-side -f - > /dev/null <<EOT
 apiVersion: v1
 kind: Node
@@ -134,9 +135,6 @@ metadata:
   name: $node
   annotations: {kwok.x-k8s.io/node: fake}
   labels: {type: kwok, kubernetes.io/hostname: $node, kubernetes.io/os: linux}
-status:
-  capacity: {cpu: "64", memory: 256Gi, pods: "1000"}
-  allocatable: {cpu: "64", memory: 256Gi, pods: "1000"}
 EOT
 kubectl wait --for=condition=Ready "node/$node" --timeout=60s > /dev/null
 log "control plane up, node $node Ready, after $(elapsed)"
