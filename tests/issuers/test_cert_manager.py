@@ -29,7 +29,7 @@ from licensing_server.config import Settings
 from licensing_server.issuers import CertManagerIssuer, EnclaveCertificateRequest
 from licensing_server.kube import KubeApi, KubeConfig
 from licensing_server.pki import CertificateAuthority
-from tests.kube.provisional_control_plane import ControlPlane
+from tests.kube.cluster import KubeControlPlane as ControlPlane
 from tests.support import make_csr, new_key
 
 HOUR = dt.timedelta(hours=1)
@@ -48,7 +48,9 @@ def licensing_ca(
     """The licensing CA, behind the ClusterIssuer ``licensing-ca-<random>``."""
     ca, key_pem = _ca(tmp_path_factory.mktemp("licensing-ca"))
     name = f"licensing-ca-{uuid.uuid4().hex[:8]}"
-    kube_control_plane.install_ca_cluster_issuer(name, ca.ca_certificates_pem[0], key_pem)
+    kube_control_plane.install_ca_cluster_issuer(
+        name, ca.ca_certificates_pem[0].encode(), key_pem.encode()
+    )
     return ca, name
 
 
@@ -250,7 +252,7 @@ async def test_a_cluster_issuer_backed_by_another_ca_is_caught(
     stranger, stranger_key = _ca(tmp_path)
     name = f"stranger-ca-{uuid.uuid4().hex[:8]}"
     kube_control_plane.install_ca_cluster_issuer(
-        name, stranger.ca_certificates_pem[0], stranger_key
+        name, stranger.ca_certificates_pem[0].encode(), stranger_key.encode()
     )
     issuer: CertManagerIssuer = make_issuer(name, ca)
     with pytest.raises(FailedPrecondition) as raised:

@@ -1,5 +1,18 @@
-"""Provisional: main swaps in the project's own ``kube_control_plane`` fixture."""
+"""Fixtures of the control plane's own tests (the control plane itself is in tests/conftest.py)."""
 
-from tests.kube.provisional_control_plane import kube_control_plane
+from __future__ import annotations
 
-__all__ = ["kube_control_plane"]
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.kube.cluster import KubeControlPlane
+
+
+@pytest.fixture
+def kube_namespace(kube_control_plane: KubeControlPlane) -> Iterator[str]:
+    """A fresh namespace (with its default ServiceAccount) per test, deleted afterwards."""
+    name = kube_control_plane.create_namespace(f"t-{uuid.uuid4().hex[:10]}")
+    yield name
+    kube_control_plane.delete_namespace(name)

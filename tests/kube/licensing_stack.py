@@ -122,7 +122,7 @@ def kube_stack(plane: KubeControlPlane, tmp: Path, **extra_env: str) -> Iterator
         },
     )
     runner = PodRunner(
-        plane.kubeconfig, namespaces=[ENCLAVES], commands=COMMANDS, root=tmp / "pods"
+        plane.kubeconfig, namespaces=[ENCLAVES], executables=COMMANDS, root=tmp / "pods"
     )
     runner.start()
     try:

@@ -17,7 +17,7 @@ from kubernetes import client
 
 from licensing_common.errors import FailedPrecondition, Unauthenticated
 from licensing_server.kube import KubeApi, KubeConfig, PodIdentity, PodTokenReviewer
-from tests.kube.provisional_control_plane import ControlPlane
+from tests.kube.cluster import KubeControlPlane as ControlPlane
 
 AUDIENCE = "licensing-backend"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 
 import pytest
 from kubernetes import client, config
@@ -54,7 +55,6 @@ async def test_a_backend_killed_mid_provisioning_leaves_no_orphan(
                 enclave_id = event.enclave_id
                 await asyncio.to_thread(kill_and_wait_restart, kube_licensing.stack, "backend")
                 break
-        await stream.aclose()
         assert enclave_id
         # The restarted backend's reconciler ends it and deletes its pod and objects.
         await _until(lambda: kube_licensing.objects(enclave_id) == {})
@@ -112,7 +112,7 @@ def test_the_backends_credentials_reach_nothing_else(kube_licensing: KubeStack) 
     with client.ApiClient(configuration) as api:
         core = client.CoreV1Api(api)
         core.list_namespaced_pod(ENCLAVES)  # what it needs works
-        for forbidden in (
+        attempts: list[Callable[[], object]] = [
             lambda: core.list_namespaced_secret(ENCLAVES),
             lambda: core.read_namespaced_secret("licensing-ca", "cert-manager"),
             lambda: core.create_namespaced_pod(
@@ -121,7 +121,8 @@ def test_the_backends_credentials_reach_nothing_else(kube_licensing: KubeStack) 
             ),
             lambda: core.list_namespace(),
             lambda: core.list_node(),
-        ):
+        ]
+        for forbidden in attempts:
             with pytest.raises(ApiException) as refused:
                 forbidden()
             assert refused.value.status == 403
