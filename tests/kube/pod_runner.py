@@ -565,8 +565,13 @@ class PodRunner:
             "status": {
                 "phase": phase,
                 "conditions": [
-                    {"type": t, "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}
-                    for t in ("Ready", "ContainersReady")
+                    {
+                        "type": kind,
+                        "status": "False",
+                        "reason": "PodCompleted",
+                        "lastTransitionTime": now,
+                    }
+                    for kind in ("Ready", "ContainersReady")
                 ],
                 "containerStatuses": statuses,
             }
@@ -644,7 +649,7 @@ def rewrite_path(value: str, mounts: Mapping[str, Path]) -> str:
 
 
 def _working_dir(pod: Obj, running: PodProcess) -> Path:
-    wanted = pod["spec"]["containers"][0].get("workingDir")
+    wanted: str | None = pod["spec"]["containers"][0].get("workingDir")
     if not wanted:
         return running.root
     path = running.root / wanted.lstrip("/")
@@ -681,4 +686,3 @@ def _read_json(response: Any) -> Obj:
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
