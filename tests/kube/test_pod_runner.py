@@ -222,3 +222,19 @@ def _get_json(url: str) -> dict[str, Any]:
             return None
 
     return wait_until(fetch, what=f"{url} answering", timeout=20)
+
+
+def test_the_runner_keeps_following_pods_across_an_apiserver_restart(
+    kube_control_plane: KubeControlPlane,
+    kube_namespace: str,
+    runner: PodRunner,
+    core: client.CoreV1Api,
+) -> None:
+    core.create_namespaced_pod(kube_namespace, _exiting_pod("before", 0))
+    wait_until(lambda: _finished(core, kube_namespace, "before"), what="before Succeeded")
+
+    kube_control_plane.restart_apiserver()
+    core.create_namespaced_pod(kube_namespace, _exiting_pod("after", 4))
+
+    after = wait_until(lambda: _finished(core, kube_namespace, "after"), what="after Failed")
+    assert after.status.container_statuses[0].state.terminated.exit_code == 4
