@@ -35,7 +35,7 @@ def test_unknown_names_are_reported_together_with_the_valid_ones() -> None:
         Settings.from_env(
             {
                 "LICENSING_ENCLAVE_RUNTIME": "kubernetes",
-                "LICENSING_CERTIFICATE_ISSUER": "cert-manager",
+                "LICENSING_CERTIFICATE_ISSUER": "vault",
                 "LICENSING_ENCLAVE_LAUNCHER": "spawn",
                 "LICENSING_TPM_TCTI": "tabrmd:bus_type=session",
                 "LICENSING_BCRYPT_COST": "many",
@@ -44,8 +44,8 @@ def test_unknown_names_are_reported_together_with_the_valid_ones() -> None:
     assert raised.value.problems == [
         "LICENSING_BCRYPT_COST='many' is not an integer",
         "LICENSING_ENCLAVE_RUNTIME='kubernetes' is not a known enclave runtime; valid: 'local'",
-        "LICENSING_CERTIFICATE_ISSUER='cert-manager' is not a known certificate issuer; "
-        "valid: 'builtin'",
+        "LICENSING_CERTIFICATE_ISSUER='vault' is not a known certificate issuer; "
+        "valid: 'builtin', 'cert-manager'",
         "LICENSING_ENCLAVE_LAUNCHER='spawn' is not a known enclave launcher; "
         "valid: 'exec', 'fork-server'",
         "LICENSING_TPM_TCTI='tabrmd' is not a known TPM transport (TCTI); "

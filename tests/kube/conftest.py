@@ -1,4 +1,4 @@
-"""The test Kubernetes control plane, started once per session (it fails, never skips)."""
+"""Fixtures of the control plane's own tests (the control plane itself is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,6 @@ from collections.abc import Iterator
 import pytest
 
 from tests.kube.cluster import KubeControlPlane
-
-
-@pytest.fixture(scope="session")
-def kube_control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeControlPlane]:
-    """etcd, apiserver, controller manager, scheduler, kwok and cert-manager on loopback.
-
-    A start failure raises ``KubeStartError`` with the logs: a machine that cannot run the
-    control plane fails the Kubernetes tests rather than hiding them.
-    """
-    plane = KubeControlPlane(tmp_path_factory.mktemp("kube"))
-    try:
-        plane.start()
-        yield plane
-    finally:
-        plane.stop(wipe=True)
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """The enclave workload: one per user request, serving enclave.v1.WorkloadService over mTLS.
 
 Started by the backend's runtime with ``python -m licensing_enclave``; the stdio handshake
-(``_bootstrap``) gets its key certified without the key ever leaving the process.
+(``_bootstrap``), or in a Kubernetes pod the call to enclave.v1.EnrollmentService
+(``_enroll``), gets its key certified without the key ever leaving the process.
 """
 
 from licensing_enclave._access import ENCLAVE_POLICY, WORKLOAD_SERVICE

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 
 from licensing_common.logs import configure_logging
 from licensing_enclave._app import run
-from licensing_enclave._bootstrap import StartupError
+from licensing_enclave._bootstrap import Enrolment, StartupError, StdioEnrolment
 from licensing_enclave._config import parse_args
+from licensing_enclave._enroll import NetworkEnrolment
 from licensing_enclave._stdio import ProtocolOut
 
 _PR_SET_DUMPABLE = 4
@@ -35,9 +36,17 @@ def harden() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit 0 on SIGTERM/SIGINT or stdin EOF, 1 if startup fails, 2 on a bad command line."""
+    """Exit 0 on SIGTERM/SIGINT or stdin EOF, 1 if startup fails, 2 on a bad command line.
+
+    With ``--enroll`` (a pod) stdin and stdout are no protocol channel: stdout stays the
+    container log, and stdin's EOF means nothing.
+    """
     config = parse_args(argv)  # --help and usage errors are printed before stdout is taken
-    out = ProtocolOut.take_stdout()
+    enrolment: Enrolment
+    if config.enrollment is None:
+        enrolment = StdioEnrolment(ProtocolOut.take_stdout())
+    else:
+        enrolment = NetworkEnrolment(config.enrollment, config.ca_pem)
     try:
         harden()
     except OSError as exc:
@@ -45,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     configure_logging(config.log_level, "enclave")
     try:
-        return asyncio.run(run(config, out))
+        return asyncio.run(run(config, enrolment))
     except StartupError as exc:
         print(f"licensing-enclave: {exc}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""Composition root: handshake, then one mTLS listener, until a signal or the parent's death."""
+"""Composition root: enrolment, then one mTLS listener, until a signal (or the parent's death)."""
 
 from __future__ import annotations
 
@@ -22,12 +22,11 @@ from licensing_common.rpc.server import (
 )
 from licensing_common.tokens import AccessTokenVerifier
 from licensing_enclave._access import ENCLAVE_POLICY, WORKLOAD_SERVICE, OwnerAuthenticator
-from licensing_enclave._bootstrap import StartupError, announce_serving, obtain_certificate
+from licensing_enclave._bootstrap import Enrolment, StartupError
 from licensing_enclave._config import EnclaveConfig
 from licensing_enclave._keys import EnclaveKey
 from licensing_enclave._secrets import SecretStore
 from licensing_enclave._servicer import WorkloadServicer
-from licensing_enclave._stdio import ParentStdin, ProtocolOut
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -59,8 +58,8 @@ def _server(config: EnclaveConfig, servicer: WorkloadServicer) -> grpc.aio.Serve
     return server
 
 
-async def run(config: EnclaveConfig, out: ProtocolOut) -> int:
-    """Serve until SIGTERM/SIGINT or stdin EOF; the exit status is 0 in all those cases.
+async def run(config: EnclaveConfig, enrolment: Enrolment) -> int:
+    """Serve until SIGTERM/SIGINT or ``enrolment.ended()``; the exit status is 0 in those cases.
 
     What start-up opens is closed by one exit stack in reverse order, also when a
     step fails half-way (the listener cannot bind, the handshake breaks).
@@ -71,11 +70,9 @@ async def run(config: EnclaveConfig, out: ProtocolOut) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
             stack.callback(loop.remove_signal_handler, sig)
-        stdin = ParentStdin()
-        stdin.start()
 
         key = EnclaveKey()
-        certificate = await _unless(stop, obtain_certificate(key, config.enclave_id, out, stdin))
+        certificate = await _unless(stop, enrolment.obtain(key, config.enclave_id))
         if certificate is None:
             _log.info("enclave %s stopped during the handshake", config.enclave_id)
             return 0
@@ -98,12 +95,12 @@ async def run(config: EnclaveConfig, out: ProtocolOut) -> int:
             raise StartupError(f"cannot listen on {config.listen}: {exc}") from exc
         await server.start()
         address = f"{config.listen_host}:{port}"
-        announce_serving(out, address, certificate)
+        enrolment.serving(address, certificate)
         _log.info("enclave %s serving on %s", config.enclave_id, address)
 
-        await _unless(stop, stdin.wait_closed())
-        if stop.is_set():
+        why = await _unless(stop, enrolment.ended())
+        if why is None:
             _log.info("signalled: enclave %s shuts down", config.enclave_id)
         else:
-            _log.info("stdin closed (parent gone): enclave %s exits", config.enclave_id)
+            _log.info("%s: enclave %s exits", why, config.enclave_id)
     return 0

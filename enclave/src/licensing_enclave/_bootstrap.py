@@ -1,5 +1,8 @@
 """The startup handshake with the backend over stdio: CSR out, certificate in, serving out.
 
+``accept_issued`` holds the checks of an issued certificate; network enrolment
+(``_enroll``) uses them too.
+
 The key is made here and only its CSR leaves the process; the certificate that comes
 back is accepted only if it certifies that very key.
 """
@@ -10,7 +13,7 @@ import asyncio
 import datetime as dt
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography import x509
 
@@ -68,8 +71,14 @@ def accept_certificate(key: EnclaveKey, line: bytes) -> EnclaveCertificate:
         raise StartupError("the certificate message is not a JSON line") from exc
     if not isinstance(message, dict) or message.get("type") != "certificate":
         raise StartupError('expected {"type":"certificate",...} on stdin')
-    certificate = _load(message.get("certificate_pem"), "certificate_pem")
-    cas = message.get("ca_certificates_pem", [])
+    return accept_issued(
+        key, message.get("certificate_pem"), message.get("ca_certificates_pem", [])
+    )
+
+
+def accept_issued(key: EnclaveKey, certificate_pem: object, cas: object) -> EnclaveCertificate:
+    """The checks every way of enrolling shares: for ``key``, unexpired, PEM throughout."""
+    certificate = _load(certificate_pem, "certificate_pem")
     if not isinstance(cas, list):
         raise StartupError("ca_certificates_pem must be a list of PEM strings")
     ca_certificates = [_load(pem, "ca_certificates_pem[]") for pem in cas]
@@ -90,3 +99,44 @@ def announce_serving(out: ProtocolOut, address: str, certificate: EnclaveCertifi
             "certificate_sha256": certificate.sha256.hex(),
         },
     )
+
+
+class Enrolment(Protocol):
+    """How the enclave gets its certificate, says it serves, and learns it should end.
+
+    ``obtain`` raises ``StartupError`` when no certificate for the key can be had;
+    ``ended`` returns (with what to log) only if the enclave should exit on its own.
+    """
+
+    async def obtain(self, key: EnclaveKey, enclave_id: str) -> EnclaveCertificate: ...
+
+    def serving(self, address: str, certificate: EnclaveCertificate) -> None: ...
+
+    async def ended(self) -> str: ...
+
+
+class StdioEnrolment:
+    """The local runtime's handshake: the parent on stdio, whose death (stdin EOF) ends us."""
+
+    def __init__(self, out: ProtocolOut, within: float = HANDSHAKE_TIMEOUT):
+        self._out = out
+        self._within = within
+        self._stdin: ParentStdin | None = None
+
+    def _started_stdin(self) -> ParentStdin:
+        if self._stdin is None:  # needs the running loop, so not in __init__
+            self._stdin = ParentStdin()
+            self._stdin.start()
+        return self._stdin
+
+    async def obtain(self, key: EnclaveKey, enclave_id: str) -> EnclaveCertificate:
+        return await obtain_certificate(
+            key, enclave_id, self._out, self._started_stdin(), self._within
+        )
+
+    def serving(self, address: str, certificate: EnclaveCertificate) -> None:
+        announce_serving(self._out, address, certificate)
+
+    async def ended(self) -> str:
+        await self._started_stdin().wait_closed()
+        return "stdin closed (parent gone)"

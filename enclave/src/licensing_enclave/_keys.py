@@ -6,6 +6,7 @@ TLS stack in memory, because ``grpc.ssl_server_credentials`` takes no key object
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -33,13 +34,20 @@ class EnclaveKey:
     def __repr__(self) -> str:  # never let a debug print show more than what it is
         return "EnclaveKey(P-256)"
 
-    def csr_pem(self, common_name: str) -> str:
-        """A CSR; the backend takes only its public key (it sets subject and SANs itself)."""
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .sign(self._private, hashes.SHA256())
+    def csr_pem(
+        self, common_name: str, *, dns_names: Sequence[str] = (), uris: Sequence[str] = ()
+    ) -> str:
+        """A CSR. The built-in CA takes only its public key (and sets subject and SANs
+        itself); cert-manager signs its names, so in Kubernetes it asks for the names
+        the backend gave the pod, which the backend checks."""
+        builder = x509.CertificateSigningRequestBuilder().subject_name(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         )
+        sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
+        sans += [x509.UniformResourceIdentifier(u) for u in uris]
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        csr = builder.sign(self._private, hashes.SHA256())
         return csr.public_bytes(serialization.Encoding.PEM).decode()
 
     def owns(self, certificate: x509.Certificate) -> bool:

@@ -1,14 +1,15 @@
 """The built-in backends of every capability: the one place a configured name is resolved.
 
-- enclave runtime (``runtimes.EnclaveRuntime``), ``LICENSING_ENCLAVE_RUNTIME``: ``local``;
+- enclave runtime (``runtimes.EnclaveRuntime``), ``LICENSING_ENCLAVE_RUNTIME``:
+  ``local``, ``kubernetes``;
 - enclave launcher of the local runtime (``runtimes.EnclaveLauncher``),
   ``LICENSING_ENCLAVE_LAUNCHER``: ``exec``, ``fork-server``;
 - certificate issuer (``issuers.CertificateIssuer``), ``LICENSING_CERTIFICATE_ISSUER``:
-  ``builtin``;
+  ``builtin``, ``cert-manager`` (a CA ClusterIssuer backed by the built-in CA);
 - TPM transport (``tpm.TpmTransport``), the TCTI name in ``LICENSING_TPM_TCTI``:
   ``device``, ``swtpm``.
 
-A new backend (``kubernetes``, ``cert-manager``) is one module in its capability's
+A new backend (``kubernetes``) is one module in its capability's
 package and one entry here. Each factory imports its backend when called, so that
 reading the names (``config`` does, in every process) loads none of them: the
 frontend never imports tpm2-pytss this way.
@@ -57,6 +58,34 @@ def _local_runtime(settings: Settings, layout: DataLayout) -> EnclaveRuntime:
     return LocalProcessRuntime(layout.enclaves_dir, launcher=launcher, ports=settings.enclave_ports)
 
 
+def _kubernetes_runtime(settings: Settings, layout: DataLayout) -> EnclaveRuntime:
+    # The kubernetes client is imported only by a backend configured for it.
+    from licensing_server.kube import PodTokenReviewer, kube_api_for
+    from licensing_server.runtimes import EnrollmentDesk
+    from licensing_server.runtimes._kubernetes import KubernetesRuntime, PodTemplate
+
+    k = settings.kubernetes
+    api = kube_api_for(k)
+    return KubernetesRuntime(
+        api,
+        EnrollmentDesk(PodTokenReviewer(api, audience=k.token_audience)),
+        PodTemplate(
+            namespace=k.namespace,
+            image=k.enclave_image,
+            service_account=k.enclave_service_account,
+            port=k.enclave_port,
+            token_audience=k.token_audience,
+            enrollment_url=k.effective_enrollment_url,
+            cpu_request=k.enclave_cpu_request,
+            cpu_limit=k.enclave_cpu_limit,
+            memory_request=k.enclave_memory_request,
+            memory_limit=k.enclave_memory_limit,
+            ingress_domain=k.ingress_domain,
+            ingress_class=k.ingress_class,
+        ),
+    )
+
+
 def _exec_launcher(settings: Settings) -> EnclaveLauncher:
     from licensing_server.runtimes import DEFAULT_COMMAND, ExecLauncher
 
@@ -75,6 +104,20 @@ def _builtin_issuer(settings: Settings, ca: CertificateAuthority) -> Certificate
     return BuiltinCaIssuer(ca)
 
 
+def _cert_manager_issuer(settings: Settings, ca: CertificateAuthority) -> CertificateIssuer:
+    from licensing_server.issuers import CertManagerIssuer
+    from licensing_server.kube import kube_api_for
+
+    kube = settings.kubernetes
+    return CertManagerIssuer(
+        kube_api_for(kube),
+        namespace=kube.namespace,
+        issuer_name=kube.cert_manager_issuer,
+        issuer_kind=kube.cert_manager_issuer_kind,
+        ca_certificates_pem=ca.ca_certificates_pem,
+    )
+
+
 def _swtpm_transport(settings: Settings) -> TpmTransport:
     from licensing_server.tpm import SwtpmTransport
 
@@ -88,7 +131,9 @@ def _device_transport(settings: Settings) -> TpmTransport:
 
 
 ENCLAVE_RUNTIMES: Registry[RuntimeFactory] = Registry(
-    "enclave runtime", "LICENSING_ENCLAVE_RUNTIME", {"local": _local_runtime}
+    "enclave runtime",
+    "LICENSING_ENCLAVE_RUNTIME",
+    {"local": _local_runtime, "kubernetes": _kubernetes_runtime},
 )
 ENCLAVE_LAUNCHERS: Registry[LauncherFactory] = Registry(
     "enclave launcher",
@@ -96,7 +141,9 @@ ENCLAVE_LAUNCHERS: Registry[LauncherFactory] = Registry(
     {"exec": _exec_launcher, "fork-server": _fork_server_launcher},
 )
 CERTIFICATE_ISSUERS: Registry[IssuerFactory] = Registry(
-    "certificate issuer", "LICENSING_CERTIFICATE_ISSUER", {"builtin": _builtin_issuer}
+    "certificate issuer",
+    "LICENSING_CERTIFICATE_ISSUER",
+    {"builtin": _builtin_issuer, "cert-manager": _cert_manager_issuer},
 )
 TPM_TRANSPORTS: Registry[TransportFactory] = Registry(
     "TPM transport (TCTI)",

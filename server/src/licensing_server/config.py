@@ -76,7 +76,7 @@ class KubernetesSettings:
     enclave_memory_request: str = "64Mi"
     enclave_memory_limit: str = "256Mi"
     #: The audience of the projected token a pod enrols with; TokenReview checks it.
-    token_audience: str = "licensing-backend"
+    token_audience: str = "licensing-backend"  # noqa: S105 - an audience, not a secret
     #: Where the backend takes enclave CSRs (TLS, token-authenticated), and the
     #: host:port pods dial for it (empty: the same).
     enrollment_addr: str = "127.0.0.1:8445"
@@ -340,9 +340,7 @@ def _kubernetes(
         enclave_port=integer("KUBERNETES_ENCLAVE_PORT", d.enclave_port, 1, 65535),
         enclave_cpu_request=text("KUBERNETES_ENCLAVE_CPU_REQUEST", d.enclave_cpu_request),
         enclave_cpu_limit=text("KUBERNETES_ENCLAVE_CPU_LIMIT", d.enclave_cpu_limit),
-        enclave_memory_request=text(
-            "KUBERNETES_ENCLAVE_MEMORY_REQUEST", d.enclave_memory_request
-        ),
+        enclave_memory_request=text("KUBERNETES_ENCLAVE_MEMORY_REQUEST", d.enclave_memory_request),
         enclave_memory_limit=text("KUBERNETES_ENCLAVE_MEMORY_LIMIT", d.enclave_memory_limit),
         token_audience=text("KUBERNETES_TOKEN_AUDIENCE", d.token_audience),
         enrollment_addr=address("KUBERNETES_ENROLLMENT_ADDR", d.enrollment_addr),

@@ -74,7 +74,8 @@ class _PeerCache:
         return found
 
 
-def _bearer(metadata: Any) -> str | None:
+def bearer_token(metadata: Any) -> str | None:
+    """The token of an ``authorization: Bearer`` header (None if absent); refuses other forms."""
     for key, value in metadata or ():
         if key == "authorization":
             text = value.decode() if isinstance(value, bytes) else str(value)
@@ -225,7 +226,7 @@ class AccessGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         # Access.USER
         if peer.user_id is None:
             raise PermissionDenied("USER_CERTIFICATE_REQUIRED", "a user certificate is required")
-        token = _bearer(context.invocation_metadata())
+        token = bearer_token(context.invocation_metadata())
         if token is None:
             raise Unauthenticated("TOKEN_REQUIRED", "an access token is required")
         if self._authenticate is None:
@@ -331,4 +332,11 @@ def _streaming(behavior: Any, admit: Admit, method: str, calls: _CallsPerAddress
     return wrapped
 
 
-__all__ = ["AccessGuard", "Caller", "DomainError", "current_caller", "current_claims"]
+__all__ = [
+    "AccessGuard",
+    "Caller",
+    "DomainError",
+    "bearer_token",
+    "current_caller",
+    "current_claims",
+]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 from cryptography import x509
+from enclave.v1 import enrollment_pb2_grpc
 from grpc_health.v1 import health_pb2
 from licensing.control.v1 import control_pb2_grpc
 
@@ -22,12 +23,18 @@ from licensing_common.rpc.server import (
     add_health_and_reflection,
     add_listener,
     mtls_credentials,
+    tls_credentials,
 )
 from licensing_server.api.backend import (
     SERVICE_NAMES,
     CertificateServicer,
     ProvisioningServicer,
     QuoteServicer,
+)
+from licensing_server.api.enrollment import (
+    ENROLLMENT_POLICY,
+    ENROLLMENT_SERVICE,
+    EnrollmentServicer,
 )
 from licensing_server.api.policy import BACKEND_POLICY
 from licensing_server.attestation import Attestor
@@ -49,6 +56,7 @@ from licensing_server.provisioning import (
     Reconciler,
     measured_certificates,
 )
+from licensing_server.runtimes import EnrollmentDesk
 from licensing_server.storage import Database, EnclaveStore, MeasurementStore, run_migrations
 from licensing_server.tasks import TaskSet, spawn
 from licensing_server.tpm import TpmDevice, TpmTransport
@@ -264,6 +272,9 @@ async def _serve(
         ) from exc
     await server.start()
     _log.info("backend serving internal mTLS API on %s", settings.backend_addr)
+    desk = runtime.enrollment_desk
+    if desk is not None:
+        await _serve_enrollment(settings, stack, ca, desk)
     reconciling = background.spawn(reconciler.run(), name="reconciler")
     stack.push_async_callback(_cancelled, reconciling)
 
@@ -273,6 +284,37 @@ async def _serve(
     # interrupted enclaves: stop, and let the supervisor start a fresh backend.
     if reconciling.done():
         raise SystemExit("the reconciler stopped unexpectedly")
+
+
+async def _serve_enrollment(
+    settings: Settings,
+    stack: contextlib.AsyncExitStack,
+    ca: CertificateAuthority,
+    desk: EnrollmentDesk,
+) -> None:
+    """The TLS listener enclave pods send their CSR to (server-authenticated only:
+    they have no client certificate yet; their projected token proves who they are)."""
+    k = settings.kubernetes
+    dns, ips = _split_names(
+        ["localhost", "127.0.0.1", _host(k.enrollment_addr), _host(k.effective_enrollment_url)]
+    )
+    key, cert = ca.issue_key_pair(
+        common_name="licensing-enrollment", dns_names=dns, ip_addresses=ips, server=True
+    )
+    server = grpc.aio.server(interceptors=[AccessGuard(ENROLLMENT_POLICY)], options=SERVER_OPTIONS)
+    stack.push_async_callback(server.stop, 5)
+    enrollment_pb2_grpc.add_EnrollmentServiceServicer_to_server(EnrollmentServicer(desk), server)
+    health = await add_health_and_reflection(server, (ENROLLMENT_SERVICE,))
+    stack.push_async_callback(health.enter_graceful_shutdown)
+    identity = ServerIdentity(key, cert.pem.encode(), ca.ca_certificates_pem[0].encode())
+    try:
+        add_listener(server, k.enrollment_addr, tls_credentials(identity))
+    except (OSError, RuntimeError) as exc:
+        raise SystemExit(
+            f"licensing-backend: cannot listen on {k.enrollment_addr} for enclave enrolment"
+        ) from exc
+    await server.start()
+    _log.info("backend taking enclave CSRs over TLS on %s", k.enrollment_addr)
 
 
 def main() -> None:

@@ -20,6 +20,8 @@ class EnclaveCertificateRequest:
     dns_names: Sequence[str] = ()
     ip_addresses: Sequence[str] = ()
     uris: Sequence[str] = ()
+    #: For issuers that label what they create (``cert-manager``); empty: unlabelled.
+    enclave_id: str = ""
 
 
 class CertificateIssuer(Protocol):

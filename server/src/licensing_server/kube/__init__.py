@@ -11,16 +11,21 @@ from licensing_server.kube._client import (
     KubeConfig,
     is_conflict,
     is_not_found,
+    kube_api_for,
     status_of,
 )
+from licensing_server.kube._reviews import PodIdentity, PodTokenReviewer
 from licensing_server.kube._watch import ObjectWatch, WatchEvent
 
 __all__ = [
     "KubeApi",
     "KubeConfig",
     "ObjectWatch",
+    "PodIdentity",
+    "PodTokenReviewer",
     "WatchEvent",
     "is_conflict",
     "is_not_found",
+    "kube_api_for",
     "status_of",
 ]

@@ -12,9 +12,10 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kubernetes import client, config
+from kubernetes.client import AuthenticationV1Api, CoreV1Api, CustomObjectsApi, NetworkingV1Api
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
@@ -25,7 +26,17 @@ from licensing_common.errors import (
     Unavailable,
 )
 
-__all__ = ["KubeApi", "KubeConfig", "is_conflict", "is_not_found", "status_of"]
+if TYPE_CHECKING:
+    from licensing_server.config import KubernetesSettings
+
+__all__ = [
+    "KubeApi",
+    "KubeConfig",
+    "is_conflict",
+    "is_not_found",
+    "kube_api_for",
+    "status_of",
+]
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -137,6 +148,10 @@ class KubeApi:
         self.errors = 0
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def client(self) -> client.ApiClient:
         return self._client
 
@@ -144,17 +159,17 @@ class KubeApi:
     def request_timeout(self) -> float:
         return self._settings.request_timeout_seconds
 
-    def core(self) -> client.CoreV1Api:
-        return client.CoreV1Api(self._client)
+    def core(self) -> CoreV1Api:
+        return CoreV1Api(self._client)
 
-    def networking(self) -> client.NetworkingV1Api:
-        return client.NetworkingV1Api(self._client)
+    def networking(self) -> NetworkingV1Api:
+        return NetworkingV1Api(self._client)
 
-    def custom(self) -> client.CustomObjectsApi:
-        return client.CustomObjectsApi(self._client)
+    def custom(self) -> CustomObjectsApi:
+        return CustomObjectsApi(self._client)
 
-    def authentication(self) -> client.AuthenticationV1Api:
-        return client.AuthenticationV1Api(self._client)
+    def authentication(self) -> AuthenticationV1Api:
+        return AuthenticationV1Api(self._client)
 
     async def call(
         self,
@@ -181,7 +196,7 @@ class KubeApi:
                 if status not in _TRANSIENT or time.monotonic() + delay > deadline:
                     raise domain_error(exc, what) from exc
                 _log.info("Kubernetes API: %s: status %s, retrying in %.1fs", what, status, delay)
-                await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter
+                await asyncio.sleep(delay * (0.5 + random.random()))  # jitter, not a secret
                 delay = min(delay * 2, 2.0)
 
     async def _run(self, fn: Callable[[], _T]) -> _T:
@@ -196,3 +211,20 @@ class KubeApi:
             return
         self._closed = True
         await asyncio.to_thread(self._pool.shutdown, True, cancel_futures=True)
+
+
+_shared: dict[KubeConfig, KubeApi] = {}
+
+
+def kube_api_for(settings: KubernetesSettings) -> KubeApi:
+    """The process's one ``KubeApi`` for these settings, shared by runtime and issuer.
+
+    Either may close it at shutdown: ``close`` is idempotent and later calls still run
+    (on plain threads), so the other's last reads and deletes go through. A closed
+    one is replaced on the next request (tests start many backends in one process).
+    """
+    config_ = KubeConfig(kubeconfig=settings.kubeconfig, workers=settings.api_workers)
+    api = _shared.get(config_)
+    if api is None or api.closed:
+        api = _shared[config_] = KubeApi(config_)
+    return api

@@ -77,10 +77,10 @@ class ObjectWatch:
         self._listeners.append(callback)
 
     async def wait_until(
-        self, name: str, predicate: Callable[[Obj | None], bool], timeout: float
+        self, name: str, predicate: Callable[[Obj | None], bool], within: float
     ) -> Obj | None:
         """The object once ``predicate`` holds for it (``None`` if it is gone); ``TimeoutError``."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             await self._synced.wait()
             while True:
                 current = self._objects.get(name)
@@ -95,9 +95,7 @@ class ObjectWatch:
     # Running ------------------------------------------------------------------------
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(
-            target=self._run, name=f"watch-{self._kind}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name=f"watch-{self._kind}", daemon=True)
         self._thread.start()
 
     async def stop(self) -> None:

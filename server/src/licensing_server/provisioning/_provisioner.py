@@ -19,7 +19,12 @@ from licensing_server.events import EventBus, follow_events
 from licensing_server.issuers import CertificateIssuer, EnclaveCertificateRequest
 from licensing_server.pki import TRUST_DOMAIN
 from licensing_server.provisioning._probe import HealthProbe
-from licensing_server.runtimes import EnclaveRuntime, RuntimeFailure, WorkloadSpec
+from licensing_server.runtimes import (
+    EnclaveRuntime,
+    RuntimeFailure,
+    WorkloadSpec,
+    enclave_server_name,
+)
 from licensing_server.storage import (
     DatabaseUnavailable,
     EnclaveRecord,
@@ -48,10 +53,6 @@ def terminal_phases() -> frozenset[Phase]:
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def enclave_server_name(enclave_id: str) -> str:
-    return f"{enclave_id}.enclaves.{TRUST_DOMAIN}"
 
 
 def enclave_identity(enclave_id: str) -> str:
@@ -237,9 +238,10 @@ class EnclaveProvisioner:
                     csr_pem=csr_pem,
                     common_name=enclave_id,
                     lifetime=max(record.expires_at - self._clock(), dt.timedelta(minutes=1)),
-                    dns_names=[name],
-                    ip_addresses=["127.0.0.1"],
+                    dns_names=list(workload.names.dns_names),
+                    ip_addresses=list(workload.names.ip_addresses),
                     uris=[enclave_identity(enclave_id)],
+                    enclave_id=enclave_id,
                 )
             )
             await self._attestor.wait_until_proven(settings.attestation_key_wait)

@@ -23,7 +23,13 @@ from typing import Any
 from licensing_server.pki import write_public_file
 from licensing_server.runtimes._forkserver import start_time
 from licensing_server.runtimes._launcher import EnclaveLauncher, EnclaveProcess, ExecLauncher
-from licensing_server.runtimes._protocol import RuntimeFailure, WorkloadSpec, logged_failure
+from licensing_server.runtimes._protocol import (
+    RuntimeFailure,
+    WorkloadNames,
+    WorkloadSpec,
+    enclave_server_name,
+    logged_failure,
+)
 from licensing_server.tasks import spawn
 
 __all__ = ["LocalHandle", "LocalProcessRuntime", "LocalWorkload"]
@@ -55,7 +61,10 @@ class LocalHandle:
 
 
 class LocalWorkload:
-    def __init__(self, process: EnclaveProcess, handle: LocalHandle, host: str):
+    def __init__(
+        self, process: EnclaveProcess, handle: LocalHandle, host: str, enclave_id: str = ""
+    ):
+        self._enclave_id = enclave_id
         self._process = process
         self._handle = handle
         self._host = host
@@ -68,6 +77,10 @@ class LocalWorkload:
     @property
     def handle(self) -> str:
         return self._handle.dump()
+
+    @property
+    def names(self) -> WorkloadNames:
+        return WorkloadNames((enclave_server_name(self._enclave_id),), (self._host,))
 
     @property
     def process(self) -> EnclaveProcess:
@@ -157,6 +170,11 @@ class LocalProcessRuntime:
         self._workloads: dict[str, LocalWorkload] = {}
         self._port_of: dict[str, int] = {}
 
+    @property
+    def enrollment_desk(self) -> None:
+        """Local enclaves get their certificate over their stdin."""
+        return None
+
     def _reserve_port(self, enclave_id: str) -> int:
         """Port 0 (the enclave picks) unless operators configured a range to firewall.
 
@@ -230,7 +248,7 @@ class LocalProcessRuntime:
             shutil.rmtree(work_dir, ignore_errors=True)
             raise
         handle = LocalHandle(process.pid, start_time(process.pid) or "", str(work_dir))
-        workload = LocalWorkload(process, handle, self._host)
+        workload = LocalWorkload(process, handle, self._host, spec.enclave_id)
         self._workloads[spec.enclave_id] = workload
         return workload
 

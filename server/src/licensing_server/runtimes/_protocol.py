@@ -15,7 +15,12 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from licensing_server.pki import TRUST_DOMAIN
+
+if TYPE_CHECKING:
+    from licensing_server.runtimes._enrollment import EnrollmentDesk
 
 _CORRELATION_ID = re.compile(r"[0-9a-f]{16}")
 
@@ -67,6 +72,20 @@ def logged_failure(
     )
 
 
+def enclave_server_name(enclave_id: str) -> str:
+    """The name clients check the enclave's certificate against (and the probe dials)."""
+    return f"{enclave_id}.enclaves.{TRUST_DOMAIN}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadNames:
+    """The names a workload's certificate carries besides its SPIFFE id (the first DNS
+    name is ``enclave_server_name``)."""
+
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class WorkloadSpec:
     enclave_id: str
@@ -87,6 +106,11 @@ class Workload(Protocol):
         """What ``EnclaveRuntime.stop`` needs to find it again, even after a restart."""
         ...
 
+    @property
+    def names(self) -> WorkloadNames:
+        """What its certificate must name for the runtime's network to reach it."""
+        ...
+
     async def certificate_request(self) -> str:
         """Wait until the workload runs and return the CSR it made (its key stays inside)."""
         ...
@@ -103,6 +127,12 @@ class EnclaveRuntime(Protocol):
     once at the end, also when start-up fails half-way (so ``close`` works whether
     or not ``start`` ran or succeeded).
     """
+
+    @property
+    def enrollment_desk(self) -> EnrollmentDesk | None:
+        """Where workloads that cannot be handed their certificate over a pipe send
+        their CSR (``enclave.v1.EnrollmentService``); None when none do."""
+        ...
 
     async def start(self) -> None:
         """Get ready to place workloads (start helpers, connect to an API)."""

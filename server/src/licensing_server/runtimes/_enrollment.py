@@ -1,0 +1,160 @@
+"""``EnrollmentDesk``: where a pod's CSR meets the provisioning task that waits for it.
+
+In Kubernetes the backend cannot hand a pod its certificate over a pipe: the pod
+calls ``enclave.v1.EnrollmentService/Enroll`` with its CSR and its projected
+ServiceAccount token. The desk admits the call only if the token's TokenReview names
+exactly the pod the runtime made for that enclave (namespace, ServiceAccount, name
+and uid), passes the CSR to the provisioning task, and answers with the certificate
+once the task has had it issued and measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from licensing_common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
+
+__all__ = ["Enrollment", "EnrollmentDesk", "PodIdentity", "PodTokenReview"]
+
+_log = logging.getLogger(__name__)
+
+#: Enclave ids are UUIDs; anything else is refused before any API call.
+_ENCLAVE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_MAX_CSR_BYTES = 16 * 1024
+_MAX_TOKEN_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PodIdentity:
+    """Who a projected ServiceAccount token proves the caller is (from TokenReview)."""
+
+    namespace: str
+    service_account: str
+    pod_name: str
+    pod_uid: str
+
+
+class PodTokenReview(Protocol):
+    async def review(self, token: str) -> PodIdentity:
+        """The pod the token was issued to; ``Unauthenticated`` if it proves nothing
+        (another audience, expired, not a pod-bound ServiceAccount token)."""
+        ...
+
+
+@dataclass(slots=True)
+class Enrollment:
+    """One enclave's pending enrolment: its pod, and the two halves of the exchange."""
+
+    enclave_id: str
+    namespace: str
+    service_account: str
+    pod_name: str
+    pod_uid: str
+    csr: asyncio.Future[str] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    certificate: asyncio.Future[tuple[str, list[str]]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class EnrollmentDesk:
+    def __init__(self, reviewer: PodTokenReview, *, answer_within: float = 120.0):
+        self._reviewer = reviewer
+        self._answer_within = answer_within
+        self._pending: dict[str, Enrollment] = {}
+
+    def expect(
+        self, enclave_id: str, *, namespace: str, service_account: str, pod_name: str, pod_uid: str
+    ) -> Enrollment:
+        """From now on the pod ``pod_name``/``pod_uid`` (and only it) may enrol ``enclave_id``."""
+        self.forget(enclave_id)
+        enrollment = Enrollment(enclave_id, namespace, service_account, pod_name, pod_uid)
+        self._pending[enclave_id] = enrollment
+        return enrollment
+
+    def forget(self, enclave_id: str) -> None:
+        """Provisioning stopped: a pod still waiting is told so, later calls find nothing."""
+        enrollment = self._pending.pop(enclave_id, None)
+        if enrollment is None:
+            return
+        for future in (enrollment.csr, enrollment.certificate):
+            if not future.done():
+                future.set_exception(
+                    FailedPrecondition(
+                        "ENROLLMENT_ABANDONED", "provisioning of this enclave has stopped"
+                    )
+                )
+                future.exception()  # retrieved: nobody may be waiting
+
+    def deliver(self, enclave_id: str, certificate_pem: str, ca_pems: list[str]) -> None:
+        enrollment = self._pending.get(enclave_id)
+        if enrollment is None or enrollment.certificate.done():
+            raise FailedPrecondition(
+                "ENROLLMENT_ABANDONED", "the enclave's pod no longer waits for its certificate"
+            )
+        enrollment.certificate.set_result((certificate_pem, ca_pems))
+
+    async def enroll(
+        self, enclave_id: str, token: str | None, csr_pem: str
+    ) -> tuple[str, list[str]]:
+        """The certificate for ``csr_pem``, once issued; see the module docstring."""
+        if not token or len(token) > _MAX_TOKEN_BYTES:
+            raise Unauthenticated(
+                "ENROLLMENT_TOKEN_INVALID", "a projected ServiceAccount token is required"
+            )
+        if not _ENCLAVE_ID.fullmatch(enclave_id):
+            raise InvalidArgument("ENCLAVE_ID_INVALID", "enclave_id must be an enclave's id")
+        if not csr_pem or len(csr_pem) > _MAX_CSR_BYTES:
+            raise InvalidArgument("CSR_INVALID", "csr_pem must be a PEM CSR of at most 16 KiB")
+        identity = await self._reviewer.review(token)
+        enrollment = self._pending.get(enclave_id)
+        if enrollment is None:
+            raise NotFound("ENCLAVE_NOT_ENROLLING", "no enclave of that id waits for a certificate")
+        if (
+            identity.namespace != enrollment.namespace
+            or identity.service_account != enrollment.service_account
+            or identity.pod_name != enrollment.pod_name
+            or identity.pod_uid != enrollment.pod_uid
+        ):
+            _log.warning(
+                "enrolment of enclave %s refused: token of pod %s/%s (uid %s), "
+                "expected %s (uid %s)",
+                enclave_id,
+                identity.namespace,
+                identity.pod_name,
+                identity.pod_uid,
+                enrollment.pod_name,
+                enrollment.pod_uid,
+            )
+            raise PermissionDenied(
+                "ENROLLMENT_POD_MISMATCH", "the token is not the token of this enclave's pod"
+            )
+        if enrollment.csr.done():
+            raise AlreadyExists("ALREADY_ENROLLED", "this enclave has already sent its CSR")
+        enrollment.csr.set_result(csr_pem)
+        try:
+            async with asyncio.timeout(self._answer_within):
+                return await asyncio.shield(enrollment.certificate)
+        except TimeoutError as exc:
+            raise FailedPrecondition(
+                "ENROLLMENT_TIMEOUT", "the certificate was not issued in time"
+            ) from exc
+
+    async def close(self) -> None:
+        for enclave_id in list(self._pending):
+            self.forget(enclave_id)
+        with contextlib.suppress(Exception):
+            await asyncio.sleep(0)
