@@ -154,7 +154,7 @@ def _kubeconfig_for(plane: ControlPlane, token: str, path: Path) -> Path:
             {
                 "name": "test",
                 "cluster": {
-                    "server": "https://127.0.0.1:6443",
+                    "server": plane.server,
                     "certificate-authority": str(plane.pki / "ca.crt"),
                 },
             }
