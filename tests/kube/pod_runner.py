@@ -566,12 +566,12 @@ class PodRunner:
                 "phase": phase,
                 "conditions": [
                     {
-                        "type": t,
+                        "type": kind,
                         "status": "False",
                         "reason": "PodCompleted",
                         "lastTransitionTime": now,
                     }
-                    for t in ("Ready", "ContainersReady")
+                    for kind in ("Ready", "ContainersReady")
                 ],
                 "containerStatuses": statuses,
             }
@@ -649,7 +649,7 @@ def rewrite_path(value: str, mounts: Mapping[str, Path]) -> str:
 
 
 def _working_dir(pod: Obj, running: PodProcess) -> Path:
-    wanted = pod["spec"]["containers"][0].get("workingDir")
+    wanted: str | None = pod["spec"]["containers"][0].get("workingDir")
     if not wanted:
         return running.root
     path = running.root / wanted.lstrip("/")

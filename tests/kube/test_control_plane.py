@@ -29,7 +29,7 @@ def test_the_control_plane_has_a_ready_kwok_node_on_free_loopback_ports(
 ) -> None:
     ports = kube_control_plane.ports
     assert not DEFAULT_PORTS & set(ports.values()), ports
-    assert ipaddress.ip_network(ports["POD_CIDR"]).subnet_of(ipaddress.ip_network("127.0.0.0/8"))
+    assert ipaddress.IPv4Network(ports["POD_CIDR"]).subnet_of(ipaddress.IPv4Network("127.0.0.0/8"))
     assert (kube_control_plane.pki / "sa.key").exists()
     with kube_control_plane.api_client() as api:
         node = client.CoreV1Api(api).read_node(kube_control_plane.node_name)
