@@ -141,10 +141,19 @@ class KubernetesWorkload:
 
     async def _until_pod_ends(self) -> str:
         pods = self._runtime.pods
-        ended = await pods.wait_until(
-            self._handle.pod, lambda p: _terminated(p, self._handle.uid) is not None, 1e9
-        )
-        return _terminated(ended, self._handle.uid) or "its pod ended"
+        while True:
+            ended = await pods.wait_until(
+                self._handle.pod, lambda p: _terminated(p, self._handle.uid) is not None, 1e9
+            )
+            why = _terminated(ended, self._handle.uid) or "its pod ended"
+            if ended is not None:
+                return why
+            # Gone from the watch's view (a relist around an apiserver restart can lag):
+            # only the apiserver itself may say the pod is gone.
+            current = await self._runtime.read_pod(self._handle.pod)
+            if _terminated(current, self._handle.uid) is not None:
+                return why
+            await pods.wait_until(self._handle.pod, lambda p: p is not None, 1e9)
 
     async def _first(self, wanted: asyncio.Future[Any]) -> Any:
         """``wanted``'s result, unless the pod ends first (``RuntimeFailure``)."""
@@ -494,22 +503,25 @@ class KubernetesRuntime:
         parsed = KubernetesHandle.load(handle)
         if parsed is None:
             return False
-        if self._started:
-            pod = self.pods.get(parsed.pod)
-        else:
-            found = await self._api.call(
-                "get pods",
-                self._api.core().read_namespaced_pod,
-                parsed.pod,
-                self.template.namespace,
-                accept=frozenset({404}),
-            )
-            pod = (
-                None
-                if isinstance(found, Exception)
-                else self._api.client.sanitize_for_serialization(found)
-            )
+        pod = self.pods.get(parsed.pod) if self._started else None
+        if _terminated(pod, parsed.uid) is not None:
+            # Not (or no longer) in the watch's view: ask the apiserver, which alone may
+            # say a pod is gone (a lagging relist must not fail a live enclave).
+            pod = await self.read_pod(parsed.pod)
         return _terminated(pod, parsed.uid) is None
+
+    async def read_pod(self, name: str) -> Obj | None:
+        found = await self._api.call(
+            "get pods",
+            self._api.core().read_namespaced_pod,
+            name,
+            self.template.namespace,
+            accept=frozenset({404}),
+        )
+        if isinstance(found, Exception):
+            return None
+        obj: Obj = self._api.client.sanitize_for_serialization(found)
+        return obj
 
     async def sweep(self, keep: set[str]) -> list[str]:
         """Delete every enclave pod (and so its objects) not in ``keep``, and orphans."""
