@@ -26,9 +26,11 @@ import argparse
 import asyncio
 import os
 import re
+import ssl
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -39,7 +41,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.login_bench import CORES, percentile  # noqa: E402
-from licensing_client import Created, LicensingClient, Progress  # noqa: E402
+from licensing_client import Created, LicensingClient, LicensingError, Progress  # noqa: E402
 from licensing_client.gen.licensing import v1  # noqa: E402
 from tests.kube.cluster import KubeControlPlane  # noqa: E402
 from tests.kube.licensing_stack import KubeStack, kube_stack  # noqa: E402
@@ -61,11 +63,11 @@ _BACKEND_WRITES = {
 
 def request_counts(plane: KubeControlPlane) -> Counter[tuple[str, str]]:
     """apiserver_request_total summed by (verb, resource), main resources only."""
-    with plane.api_client() as api:
-        response = api.call_api(
-            "/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False
-        )[0]
-        text = response.data.decode()
+    context = ssl.create_default_context(cafile=str(plane.pki / "ca.crt"))
+    context.load_cert_chain(str(plane.pki / "admin.crt"), str(plane.pki / "admin.key"))
+    url = f"{plane.server}/metrics"  # https, the apiserver
+    with urllib.request.urlopen(url, context=context, timeout=10) as r:  # noqa: S310
+        text = r.read().decode()
     counts: Counter[tuple[str, str]] = Counter()
     for line in text.splitlines():
         match = _METRIC.match(line)
@@ -78,25 +80,33 @@ def request_counts(plane: KubeControlPlane) -> Counter[tuple[str, str]]:
     return counts
 
 
+FAILURES: Counter[str] = Counter()
+
+
 async def create(licensing: LicensingClient) -> tuple[float, float, str]:
-    """(seconds to READY, seconds to ATTESTED, enclave id)."""
+    """(seconds to READY, seconds to ATTESTED, enclave id); a failure is counted, not raised."""
     start = time.perf_counter()
     ready = attested = float("nan")
     enclave_id = ""
-    async for event in licensing.create_enclave():
-        now = time.perf_counter() - start
-        if isinstance(event, Progress) and v1.Phase(event.phase) == v1.Phase.READY:
-            ready = now
-        if isinstance(event, Created):
-            attested = now
-            enclave_id = event.enclave.id
+    try:
+        async for event in licensing.create_enclave():
+            now = time.perf_counter() - start
+            if isinstance(event, Progress) and v1.Phase(event.phase) == v1.Phase.READY:
+                ready = now
+            if isinstance(event, Created):
+                attested = now
+                enclave_id = event.enclave.id
+    except LicensingError as exc:
+        FAILURES[exc.reason or type(exc).__name__] += 1
     return ready, attested, enclave_id
 
 
 def report(title: str, samples: list[tuple[float, float, str]]) -> None:
-    ready = [s[0] for s in samples]
-    attested = [s[1] for s in samples]
-    print(f"{title} (n={len(samples)})")
+    ok = [s for s in samples if s[2]]
+    ready = [s[0] for s in ok]
+    attested = [s[1] for s in ok]
+    print(f"{title} (n={len(samples)}, failed {len(samples) - len(ok)}: {dict(FAILURES)})")
+    FAILURES.clear()
     for name, values in (("create-to-READY", ready), ("create-to-ATTESTED", attested)):
         print(
             f"  {name:20s} p50 {percentile(values, 50) * 1000:7.0f} ms   "
@@ -120,7 +130,8 @@ async def run(kube: KubeStack, args: argparse.Namespace) -> None:
         single = []
         for _ in range(args.sequential):
             single.append(await create(licensing))
-            await licensing.delete_enclave(single[-1][2])
+            if single[-1][2]:
+                await licensing.delete_enclave(single[-1][2])
         await asyncio.sleep(2)  # garbage collection and kwok's final deletes
         after = await asyncio.to_thread(request_counts, kube.plane)
         report("single creates, one after another", single)
@@ -136,7 +147,7 @@ async def run(kube: KubeStack, args: argparse.Namespace) -> None:
 
         concurrent = await asyncio.gather(*(create(licensing) for _ in range(args.concurrency)))
         report(f"{args.concurrency} concurrent creates", list(concurrent))
-        await asyncio.gather(*(licensing.delete_enclave(c[2]) for c in concurrent))
+        await asyncio.gather(*(licensing.delete_enclave(c[2]) for c in concurrent if c[2]))
 
         t0 = time.perf_counter()
         await asyncio.to_thread(kill_and_wait_restart, stack, "backend", 120)
@@ -149,6 +160,7 @@ async def run(kube: KubeStack, args: argparse.Namespace) -> None:
         await asyncio.to_thread(kill_and_wait_restart, stack, "backend", 300)
         full_restart = time.perf_counter() - t0
         alive = 0
+        held = [h for h in held if h[2]]
         for _, _, enclave_id in held:
             if (await licensing.get_enclave(enclave_id)).phase == v1.Phase.ATTESTED:
                 alive += 1
@@ -175,7 +187,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"control plane up in {time.perf_counter() - t0:.1f} s")
         try:
             with kube_stack(plane, Path(tmp)) as kube:
-                asyncio.run(run(kube, args))
+                try:
+                    asyncio.run(run(kube, args))
+                finally:
+                    failed = [p for p in kube.runner.processes() if p.exit_code not in (None, 0)]
+                    for process in failed[:3]:
+                        print(f"--- pod {process.name} exited {process.exit_code}:")
+                        print(process.log()[-1500:])
         finally:
             plane.stop(wipe=True)
     print(f"load average after {os.getloadavg()[0]:.2f}")
