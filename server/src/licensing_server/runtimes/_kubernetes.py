@@ -415,10 +415,20 @@ class KubernetesRuntime:
         core = self._api.core()
         ns = self.template.namespace
         name = pod_name(spec.enclave_id)
-        created = await self._api.call(
-            "create pods", core.create_namespaced_pod, ns, self.pod_manifest(spec)
-        )
+        # The ConfigMap first, so the pod never starts before what it mounts exists;
+        # it is given the Pod as owner once the Pod (and so its uid) exists.
+        config_map = self.config_map_manifest(spec, KubernetesHandle(name, ""))
+        owner_refs = config_map["metadata"].pop("ownerReferences")
+        await self._api.call("create configmaps", core.create_namespaced_config_map, ns, config_map)
+        try:
+            created = await self._api.call(
+                "create pods", core.create_namespaced_pod, ns, self.pod_manifest(spec)
+            )
+        except BaseException:
+            await self._delete_orphans(spec.enclave_id)
+            raise
         handle = KubernetesHandle(name, str(created.metadata.uid))
+        owner_refs[0]["uid"] = handle.uid
         enrollment = self.desk.expect(
             spec.enclave_id,
             namespace=ns,
@@ -428,10 +438,11 @@ class KubernetesRuntime:
         )
         try:
             await self._api.call(
-                "create configmaps",
-                core.create_namespaced_config_map,
+                "own configmaps",
+                core.patch_namespaced_config_map,
+                name,
                 ns,
-                self.config_map_manifest(spec, handle),
+                {"metadata": {"ownerReferences": owner_refs}},
             )
             await self._api.call(
                 "create services",
@@ -461,6 +472,7 @@ class KubernetesRuntime:
                 raise RuntimeFailure("ENCLAVE_EXITED", f"the enclave stopped: {ended}")
         except BaseException:
             await self._delete_pod(name, handle.uid)
+            await self._delete_orphans(spec.enclave_id)
             self.desk.forget(spec.enclave_id)
             raise
         return KubernetesWorkload(self, spec.enclave_id, handle, enrollment)
