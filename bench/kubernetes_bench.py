@@ -52,6 +52,7 @@ _METRIC = re.compile(r"^apiserver_request_total\{([^}]*)\} (\S+)$")
 _BACKEND_WRITES = {
     ("POST", "pods"),
     ("POST", "configmaps"),
+    ("PATCH", "configmaps"),
     ("POST", "services"),
     ("POST", "ingresses"),
     ("POST", "certificaterequests"),
