@@ -102,6 +102,7 @@ def test_only_the_api_layer_and_conversion_modules_build_wire_messages() -> None
         "server/src/licensing_server/api/backend.py",
         "server/src/licensing_server/api/frontend.py",
         "server/src/licensing_server/api/convert.py",
+        "server/src/licensing_server/api/enrollment.py",
         "server/src/licensing_server/attestation/_codec.py",
         "server/src/licensing_server/frontend/backend_client.py",
         # Composition roots register the generated servicers.
@@ -109,6 +110,8 @@ def test_only_the_api_layer_and_conversion_modules_build_wire_messages() -> None
         "server/src/licensing_server/frontend/app.py",
         "enclave/src/licensing_enclave/_servicer.py",
         "enclave/src/licensing_enclave/_app.py",
+        # The enclave's call to the backend's enrolment listener (Kubernetes mode).
+        "enclave/src/licensing_enclave/_enroll.py",
     }
     found = {
         str(path.relative_to(ROOT))

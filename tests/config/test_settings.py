@@ -125,7 +125,36 @@ def test_each_variable_is_parsed(name: str, value: str, attribute: str, parsed: 
 
 
 def test_every_settings_field_has_a_variable() -> None:
-    assert {row[2] for row in _PARSED} == set(Settings.__dataclass_fields__)
+    assert {row[2] for row in _PARSED} | {"kubernetes"} == set(Settings.__dataclass_fields__)
+
+
+_KUBERNETES: list[tuple[str, str, str, object]] = [
+    ("KUBERNETES_KUBECONFIG", "/k/config", "kubeconfig", "/k/config"),
+    ("KUBERNETES_NAMESPACE", "enclaves", "namespace", "enclaves"),
+    ("KUBERNETES_ENCLAVE_IMAGE", "reg/enclave:1", "enclave_image", "reg/enclave:1"),
+    ("KUBERNETES_ENCLAVE_SERVICE_ACCOUNT", "sa", "enclave_service_account", "sa"),
+    ("KUBERNETES_ENCLAVE_PORT", "9443", "enclave_port", 9443),
+    ("KUBERNETES_ENCLAVE_CPU_REQUEST", "10m", "enclave_cpu_request", "10m"),
+    ("KUBERNETES_ENCLAVE_CPU_LIMIT", "1", "enclave_cpu_limit", "1"),
+    ("KUBERNETES_ENCLAVE_MEMORY_REQUEST", "32Mi", "enclave_memory_request", "32Mi"),
+    ("KUBERNETES_ENCLAVE_MEMORY_LIMIT", "1Gi", "enclave_memory_limit", "1Gi"),
+    ("KUBERNETES_TOKEN_AUDIENCE", "aud", "token_audience", "aud"),
+    ("KUBERNETES_ENROLLMENT_ADDR", "0.0.0.0:8445", "enrollment_addr", "0.0.0.0:8445"),
+    ("KUBERNETES_ENROLLMENT_URL", "b.licensing.svc:8445", "enrollment_url", "b.licensing.svc:8445"),
+    ("KUBERNETES_INGRESS_DOMAIN", "e.example.com", "ingress_domain", "e.example.com"),
+    ("KUBERNETES_INGRESS_CLASS", "nginx", "ingress_class", "nginx"),
+    ("KUBERNETES_CERT_MANAGER_ISSUER", "ca", "cert_manager_issuer", "ca"),
+    ("KUBERNETES_CERT_MANAGER_ISSUER_KIND", "Issuer", "cert_manager_issuer_kind", "Issuer"),
+    ("KUBERNETES_API_WORKERS", "3", "api_workers", 3),
+]
+
+
+def test_every_kubernetes_setting_has_a_variable() -> None:
+    fields = set(Settings().kubernetes.__dataclass_fields__)
+    assert {row[2] for row in _KUBERNETES} == fields
+    for name, value, attribute, parsed in _KUBERNETES:
+        settings = Settings.from_env({f"LICENSING_{name}": value})
+        assert getattr(settings.kubernetes, attribute) == parsed, name
 
 
 def test_blank_values_mean_the_default() -> None:
@@ -189,8 +218,9 @@ _BAD: list[tuple[str, str, str]] = [
     ),
     (
         "ENCLAVE_RUNTIME",
-        "kubernetes",
-        "LICENSING_ENCLAVE_RUNTIME='kubernetes' is not a known enclave runtime; valid: 'local'",
+        "nomad",
+        "LICENSING_ENCLAVE_RUNTIME='nomad' is not a known enclave runtime; valid: 'kubernetes', "
+        "'local'",
     ),
     (
         "CERTIFICATE_ISSUER",
