@@ -43,6 +43,7 @@ _T = TypeVar("_T")
 
 #: Statuses worth another try: throttled, or the apiserver (or etcd) having a moment.
 _TRANSIENT = frozenset({0, 429, 500, 502, 503, 504})
+_RBAC_WARMUP_SECONDS = 4.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +182,8 @@ class KubeApi:
     ) -> _T | ApiException:
         """``fn(*args, **kwargs)`` on the pool; ``what`` names it in errors ("create pods")."""
         kwargs.setdefault("_request_timeout", self._settings.request_timeout_seconds)
-        deadline = time.monotonic() + self._settings.retry_for_seconds
+        started = time.monotonic()
+        deadline = started + self._settings.retry_for_seconds
         delay = 0.1
         bound = functools.partial(fn, *args, **kwargs)
         while True:
@@ -193,7 +195,12 @@ class KubeApi:
                 if isinstance(exc, ApiException) and status in accept:
                     return exc
                 self.errors += 1
-                if status not in _TRANSIENT or time.monotonic() + delay > deadline:
+                # A just-restarted apiserver refuses (403) until its RBAC cache has
+                # synced: a refusal is retried for a few seconds before it is believed.
+                warming = status == 403 and time.monotonic() < started + _RBAC_WARMUP_SECONDS
+                if (
+                    status not in _TRANSIENT and not warming
+                ) or time.monotonic() + delay > deadline:
                     raise domain_error(exc, what) from exc
                 _log.info("Kubernetes API: %s: status %s, retrying in %.1fs", what, status, delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))  # jitter, not a secret
