@@ -34,7 +34,7 @@ def test_unknown_names_are_reported_together_with_the_valid_ones() -> None:
     with pytest.raises(ConfigError) as raised:
         Settings.from_env(
             {
-                "LICENSING_ENCLAVE_RUNTIME": "kubernetes",
+                "LICENSING_ENCLAVE_RUNTIME": "nomad",
                 "LICENSING_CERTIFICATE_ISSUER": "vault",
                 "LICENSING_ENCLAVE_LAUNCHER": "spawn",
                 "LICENSING_TPM_TCTI": "tabrmd:bus_type=session",
@@ -43,7 +43,8 @@ def test_unknown_names_are_reported_together_with_the_valid_ones() -> None:
         )
     assert raised.value.problems == [
         "LICENSING_BCRYPT_COST='many' is not an integer",
-        "LICENSING_ENCLAVE_RUNTIME='kubernetes' is not a known enclave runtime; valid: 'local'",
+        "LICENSING_ENCLAVE_RUNTIME='nomad' is not a known enclave runtime; "
+        "valid: 'kubernetes', 'local'",
         "LICENSING_CERTIFICATE_ISSUER='vault' is not a known certificate issuer; "
         "valid: 'builtin', 'cert-manager'",
         "LICENSING_ENCLAVE_LAUNCHER='spawn' is not a known enclave launcher; "
@@ -54,8 +55,8 @@ def test_unknown_names_are_reported_together_with_the_valid_ones() -> None:
 
 
 def test_resolving_an_unknown_name_lists_the_valid_ones() -> None:
-    with pytest.raises(UnknownBackend, match=r"valid: 'local'$"):
-        ENCLAVE_RUNTIMES.resolve("kubernetes")
+    with pytest.raises(UnknownBackend, match=r"valid: 'kubernetes', 'local'$"):
+        ENCLAVE_RUNTIMES.resolve("nomad")
 
 
 @pytest.mark.parametrize(

@@ -197,7 +197,11 @@ class KubeApi:
                 self.errors += 1
                 # A just-restarted apiserver refuses (403) until its RBAC cache has
                 # synced: a refusal is retried for a few seconds before it is believed.
-                warming = status == 403 and time.monotonic() < started + _RBAC_WARMUP_SECONDS
+                warming = (
+                    status == 403
+                    and "exceeded quota" not in _message(exc)  # a quota is no cache
+                    and time.monotonic() < started + _RBAC_WARMUP_SECONDS
+                )
                 if (
                     status not in _TRANSIENT and not warming
                 ) or time.monotonic() + delay > deadline:

@@ -172,7 +172,7 @@ class KubernetesWorkload:
         return csr
 
     async def install_certificate(self, certificate_pem: str, ca_pems: list[str]) -> str:
-        self._runtime.desk.deliver(self._enclave_id, certificate_pem, ca_pems)
+        self._runtime.enrollment_desk.deliver(self._enclave_id, certificate_pem, ca_pems)
         template = self._runtime.template
         if template.ingress_domain:
             return f"{self._enclave_id}.{template.ingress_domain}:443"
@@ -198,7 +198,6 @@ class KubernetesRuntime:
         schedule_timeout: float = 30.0,
     ):
         self._api = api
-        self.desk = desk
         self.enrollment_desk = desk
         self.template = template
         self._schedule_timeout = schedule_timeout
@@ -429,7 +428,7 @@ class KubernetesRuntime:
             raise
         handle = KubernetesHandle(name, str(created.metadata.uid))
         owner_refs[0]["uid"] = handle.uid
-        enrollment = self.desk.expect(
+        enrollment = self.enrollment_desk.expect(
             spec.enclave_id,
             namespace=ns,
             service_account=self.template.service_account,
@@ -473,7 +472,7 @@ class KubernetesRuntime:
         except BaseException:
             await self._delete_pod(name, handle.uid)
             await self._delete_orphans(spec.enclave_id)
-            self.desk.forget(spec.enclave_id)
+            self.enrollment_desk.forget(spec.enclave_id)
             raise
         return KubernetesWorkload(self, spec.enclave_id, handle, enrollment)
 
@@ -492,7 +491,7 @@ class KubernetesRuntime:
         )
 
     async def stop(self, enclave_id: str, handle: str) -> None:
-        self.desk.forget(enclave_id)
+        self.enrollment_desk.forget(enclave_id)
         parsed = KubernetesHandle.load(handle) if handle else None
         name = pod_name(enclave_id)
         # A handle-less stop (killed before SCHEDULED was recorded) deletes by name.
@@ -542,7 +541,7 @@ class KubernetesRuntime:
             enclave_id = pod["metadata"].get("labels", {}).get(ENCLAVE_ID_LABEL, "")
             if enclave_id and enclave_id not in keep:
                 await self._delete_pod(pod["metadata"]["name"], None)
-                self.desk.forget(enclave_id)
+                self.enrollment_desk.forget(enclave_id)
                 removed.add(enclave_id)
         core = self._api.core()
         ns = self.template.namespace
@@ -567,7 +566,7 @@ class KubernetesRuntime:
 
     async def close(self) -> None:
         """Pods outlive the backend (a restart finds them); only the watch stops here."""
-        await self.desk.close()
+        await self.enrollment_desk.close()
         await self.pods.stop()
         self._started = False
         await self._api.close()
