@@ -377,8 +377,13 @@ class PodRunner:
                 raise PodStartError(f"volumeMount {mount['name']!r} names no volume")
             source = root / "volumes" / mount["name"]
             if not source.exists():
-                source.mkdir(parents=True)
-                self._fill_volume(core, pod, volume, source)
+                # Filled aside, then renamed: a ConfigMap that does not exist yet leaves
+                # nothing behind that a retry would take for a filled volume.
+                filling = source.with_name(f".{mount['name']}.filling")
+                shutil.rmtree(filling, ignore_errors=True)
+                filling.mkdir(parents=True)
+                self._fill_volume(core, pod, volume, filling)
+                filling.rename(source)
             if mount.get("subPath"):
                 source = source / mount["subPath"]
             target = root / mount["mountPath"].lstrip("/")

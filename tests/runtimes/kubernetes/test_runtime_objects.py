@@ -86,6 +86,15 @@ async def _gone(plane: KubeControlPlane, namespace: str, enclave_id: str) -> dic
     return left
 
 
+async def _eventually_dead(rt: KubernetesRuntime, enclave_id: str, handle: str) -> bool:
+    deadline = time.monotonic() + 10
+    while await rt.is_alive(enclave_id, handle):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
+
+
 async def test_placing_makes_an_owned_ingress_with_tls_passthrough_and_stop_removes_all(
     kube_control_plane: KubeControlPlane, runtime: tuple[KubernetesRuntime, str]
 ) -> None:
@@ -115,7 +124,8 @@ async def test_placing_makes_an_owned_ingress_with_tls_passthrough_and_stop_remo
 
     await rt.stop(spec.enclave_id, workload.handle)
     assert await _gone(kube_control_plane, namespace, spec.enclave_id) == {}
-    assert not await rt.is_alive(spec.enclave_id, workload.handle)
+    # The runtime learns it from its watch, a moment after the apiserver.
+    assert await _eventually_dead(rt, spec.enclave_id, workload.handle)
     await rt.stop(spec.enclave_id, workload.handle)  # idempotent
 
 
