@@ -43,7 +43,7 @@ _T = TypeVar("_T")
 
 #: Statuses worth another try: throttled, or the apiserver (or etcd) having a moment.
 _TRANSIENT = frozenset({0, 429, 500, 502, 503, 504})
-_RBAC_WARMUP_SECONDS = 4.0
+_RBAC_WARMUP_SECONDS = 8.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +185,7 @@ class KubeApi:
         started = time.monotonic()
         deadline = started + self._settings.retry_for_seconds
         delay = 0.1
+        first_refusal: float | None = None
         bound = functools.partial(fn, *args, **kwargs)
         while True:
             self.requests += 1
@@ -196,11 +197,16 @@ class KubeApi:
                     return exc
                 self.errors += 1
                 # A just-restarted apiserver refuses (403) until its RBAC cache has
-                # synced: a refusal is retried for a few seconds before it is believed.
+                # synced: a refusal is retried for a few seconds (counted from the first
+                # one, so time spent unreachable before does not use them up) before it
+                # is believed.
+                if status == 403 and first_refusal is None:
+                    first_refusal = time.monotonic()
                 warming = (
-                    status == 403
+                    first_refusal is not None
+                    and status == 403
                     and "exceeded quota" not in _message(exc)  # a quota is no cache
-                    and time.monotonic() < started + _RBAC_WARMUP_SECONDS
+                    and time.monotonic() < first_refusal + _RBAC_WARMUP_SECONDS
                 )
                 if (
                     status not in _TRANSIENT and not warming
