@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -141,8 +142,32 @@ class KubeControlPlane:
             raise RuntimeError(f"kube-apiserver (pid {pid}) did not stop")
 
     def start_apiserver(self) -> None:
-        """Start the kube-apiserver again on its recorded port and wait until it is ready."""
+        """Start the kube-apiserver again on its recorded port; wait until pods schedule.
+
+        Ready is not enough: the scheduler and kwok lost their watches, and client-go
+        retries them with a jittered backoff that grows with every restart (up to a
+        minute). A canary pod in ``default`` that gets scheduled and Running shows both
+        follow the new apiserver again, so a test's next pod is not stuck in Pending.
+        """
         self.start()
+        name = f"canary-{uuid.uuid4().hex[:8]}"
+        with self._core() as core:
+            core.create_namespaced_pod(
+                "default",
+                {
+                    "metadata": {"name": name},
+                    "spec": {"containers": [{"name": "c", "image": "canary"}]},
+                },
+            )
+            try:
+                wait_until(
+                    lambda: core.read_namespaced_pod(name, "default").status.phase == "Running",
+                    what="a canary pod scheduled and Running after the apiserver restart",
+                    timeout=120,
+                )
+            finally:
+                with contextlib.suppress(ApiException):
+                    core.delete_namespaced_pod(name, "default", grace_period_seconds=0)
 
     def restart_apiserver(self) -> None:
         self.stop_apiserver()
