@@ -58,21 +58,21 @@ class _Recording(Mapping[str, str]):
     """An environment that remembers which names the settings parser asked for."""
 
     def __init__(self, values: dict[str, str]) -> None:
-        self.values, self.read = values, set[str]()
+        self.contents, self.read = values, set[str]()
 
     def __getitem__(self, key: str) -> str:
         self.read.add(key)
-        return self.values[key]
+        return self.contents[key]
 
     def get(self, key: str, default: Any = None) -> Any:
         self.read.add(key)
-        return self.values.get(key, default)
+        return self.contents.get(key, default)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.values)
+        return iter(self.contents)
 
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self.contents)
 
 
 def container_env(objects: list[Obj], container: Obj) -> dict[str, str]:
@@ -166,7 +166,7 @@ def test_the_server_accepts_the_configuration_and_reads_every_variable(
     for container in licensing_pod(objects)["containers"]:
         env = _Recording(container_env(objects, container))
         settings = Settings.from_env(env)  # a ConfigError lists every problem
-        unread = {k for k in env.values if k.startswith("LICENSING_")} - env.read - PENDING
+        unread = {k for k in env.contents if k.startswith("LICENSING_")} - env.read - PENDING
         assert not unread, f"{container['name']}: variables the server never reads: {unread}"
         assert settings.enclave_runtime == "kubernetes"
         assert settings.certificate_issuer == "cert-manager"
