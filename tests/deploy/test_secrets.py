@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 import string
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +124,49 @@ def test_the_sops_rules_keep_the_dev_recipient_to_the_dev_overlay() -> None:
 def test_the_dev_key_file_says_what_it_is_in_big_letters() -> None:
     head = DEV_KEY.read_text().splitlines()[:3]
     assert any("DEV ONLY" in line and "PUBLIC" in line for line in head)
+
+
+def test_an_operator_renews_the_signing_key_and_keeps_the_rest(sops: str, tmp_path: Path) -> None:
+    """The runbook's rotation: decrypt, renew one Secret, encrypt by the rules in .sops.yaml."""
+    current = decrypt(sops, ENCRYPTED["dev"], DEV_KEY, tmp_path)
+    assert current.returncode == 0, current.stderr
+    renewed = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "k8s" / "new_secrets.py"),
+            "--renew",
+            "token-signing-key",
+        ],
+        input=current.stdout,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    encrypted = subprocess.run(
+        [
+            sops,
+            "encrypt",
+            "--filename-override",
+            "k8s/overlays/dev/secrets.enc.yaml",
+            "--input-type",
+            "yaml",
+            "--output-type",
+            "yaml",
+            "/dev/stdin",
+        ],
+        input=renewed,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout
+    assert "PRIVATE KEY" not in encrypted
+    new_file = tmp_path / "secrets.enc.yaml"
+    new_file.write_text(encrypted)
+    after = decrypt(sops, new_file, DEV_KEY, tmp_path)
+    assert after.returncode == 0, after.stderr
+    before, now = _by_name(documents(current.stdout)), _by_name(documents(after.stdout))
+    signing = ("licensing", "licensing-token-signing-key")
+    assert now[signing]["stringData"] != before[signing]["stringData"]
+    for key in EXPECTED - {signing}:
+        assert now[key]["stringData"] == before[key]["stringData"], key
