@@ -23,6 +23,7 @@ from licensing_common.errors import (
     Unavailable,
     Unimplemented,
 )
+from licensing_common.logs import current_correlation_id
 
 _log = logging.getLogger(__name__)
 
@@ -91,7 +92,8 @@ async def abort(
     if isinstance(exc, DomainError):
         status = to_status(exc)
     else:
-        correlation_id = uuid.uuid4().hex[:16]
+        # The call's own id when it has one, so the client's and our log lines meet.
+        correlation_id = current_correlation_id() or uuid.uuid4().hex[:16]
         _log.error(
             "unexpected error in %s (correlation id %s)", method, correlation_id, exc_info=exc
         )
