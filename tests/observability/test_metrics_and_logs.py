@@ -4,7 +4,7 @@ One stack with JSON logs: a user signs up, logs in, makes a call without a token
 creates an enclave; the frontend's and backend's ``/metrics`` show each call under its
 method and status code, the bcrypt pool, the provisioning phases, the TPM and the quote
 batches; the log lines those calls caused are JSON carrying the correlation id the
-client sent, which also came back in the initial metadata. A stack with the metrics
+client sent, which also came back in the trailing metadata. A stack with the metrics
 addresses off serves no ``/metrics`` at all.
 """
 
@@ -59,7 +59,7 @@ def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
 
 
 def correlation_header(call: grpc.Call) -> str | None:
-    found = dict(call.initial_metadata()).get("x-correlation-id")
+    found = dict(call.trailing_metadata()).get("x-correlation-id")
     return found if isinstance(found, str) else None
 
 
