@@ -22,9 +22,9 @@ RESTRICTED = {
     "capabilities": {"drop": ["ALL"]},
     "seccompProfile": {"type": "RuntimeDefault"},
 }
-#: Names the manifests set that Settings does not read (yet): the metrics helper adds
-#: LICENSING_METRICS_ADDR (issue 10, part 5); the password only feeds the database URL.
-PENDING = {"LICENSING_METRICS_ADDR", "LICENSING_DATABASE_PASSWORD"}
+#: Names the manifests set that Settings does not read: the password only feeds the
+#: database URL.
+PENDING = {"LICENSING_DATABASE_PASSWORD"}
 
 
 def one(objects: list[Obj], kind: str, name: str, namespace: str | None = None) -> Obj:
@@ -153,9 +153,14 @@ def test_metrics_ports_are_named_and_match_the_metrics_address(
     rendered: dict[str, list[Obj]], overlay: str
 ) -> None:
     objects = rendered[overlay]
-    for container, port in zip(licensing_pod(objects)["containers"], (9464, 9465), strict=True):
+    containers = licensing_pod(objects)["containers"]
+    for container, (role, port) in zip(
+        containers, (("FRONTEND", 9464), ("BACKEND", 9465)), strict=True
+    ):
         assert {"name": "metrics", "containerPort": port} in container["ports"]
-        assert container_env(objects, container)["LICENSING_METRICS_ADDR"] == f"0.0.0.0:{port}"
+        env = container_env(objects, container)
+        assert env[f"LICENSING_{role}_METRICS_ADDR"] == f"0.0.0.0:{port}"
+        assert env["LICENSING_LOG_FORMAT"] == "json"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
