@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the server and its tests need on a fresh Debian machine:
-# Debian packages, a virtualenv with pinned Python dependencies, grpcurl, and (for tests) the
+# Debian packages, a virtualenv with pinned Python dependencies, grpcurl, sops and age, and (for tests) the
 # Kubernetes test control plane's binaries in a cache outside the clone (scripts/kube/build.sh:
 # about 17 minutes the first time on 2 cores, instant afterwards).
 # Idempotent: a second run only checks.
@@ -48,6 +48,17 @@ if [ "$mode" != "--run" ]; then
   if [ ! -x .tools/bin/grpcurl ]; then
     echo "setup: installing grpcurl $GRPCURL_VERSION from the Go module proxy"
     GOBIN="$PWD/.tools/bin" go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
+  fi
+  # sops + age: the Kubernetes secrets are committed only encrypted (k8s/README.md).
+  SOPS_VERSION=v3.13.3
+  AGE_VERSION=v1.3.2
+  if [ ! -x .tools/bin/sops ] || ! .tools/bin/sops --version --disable-version-check 2>/dev/null | grep -q "${SOPS_VERSION#v}"; then
+    echo "setup: installing sops $SOPS_VERSION from the Go module proxy"
+    GOBIN="$PWD/.tools/bin" go install "github.com/getsops/sops/v3/cmd/sops@$SOPS_VERSION"
+  fi
+  if [ ! -x .tools/bin/age ] || [ ! -x .tools/bin/age-keygen ] || [ "$(.tools/bin/age --version)" != "$AGE_VERSION" ]; then
+    echo "setup: installing age $AGE_VERSION from the Go module proxy"
+    GOBIN="$PWD/.tools/bin" go install "filippo.io/age/cmd/age@$AGE_VERSION" "filippo.io/age/cmd/age-keygen@$AGE_VERSION"
   fi
   # The Kubernetes test control plane (tests/kube): built once into LICENSING_KUBE_CACHE.
   kube_bin=$(scripts/kube/build.sh)

@@ -148,6 +148,9 @@ class Stack:
     backend_port: int
     extra_env: dict[str, str] = field(default_factory=dict)
     swtpm_port: int = field(default_factory=free_port_pair)
+    #: Each process's Prometheus endpoint (LICENSING_*_METRICS_ADDR), on free ports too.
+    frontend_metrics_port: int = field(default_factory=free_port)
+    backend_metrics_port: int = field(default_factory=free_port)
     #: Start the supervisor as a process-group leader, so tests can signal the whole group.
     new_session: bool = False
     proc: subprocess.Popen[bytes] | None = None
@@ -183,6 +186,8 @@ class Stack:
             LICENSING_FRONTEND_API_ADDR=self.api_addr,
             LICENSING_BACKEND_ADDR=self.backend_addr,
             LICENSING_SWTPM_PORT=str(self.swtpm_port),
+            LICENSING_FRONTEND_METRICS_ADDR=f"127.0.0.1:{self.frontend_metrics_port}",
+            LICENSING_BACKEND_METRICS_ADDR=f"127.0.0.1:{self.backend_metrics_port}",
             LICENSING_BCRYPT_COST=os.environ.get("LICENSING_TEST_BCRYPT_COST", "8"),
             LICENSING_LOG_LEVEL="INFO",
             # One stack serves hundreds of tests from one address, faster than any user:

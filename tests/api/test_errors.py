@@ -3,6 +3,7 @@ anything unexpected reaches the caller as INTERNAL with a correlation id and not
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import re
@@ -15,7 +16,9 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from licensing_common import errors as domain
+from licensing_common.logs import current_correlation_id, set_correlation_id
 from licensing_common.rpc import errors
+from licensing_common.rpc.errors import CORRELATION_ID_HEADER
 from licensing_common.rpc.guard import AccessGuard
 from licensing_server.api.policy import Access
 
@@ -193,3 +196,20 @@ async def test_a_domain_error_from_a_servicer_goes_through_the_table_not_interna
     assert (context.code, context.details) == (grpc.StatusCode.NOT_FOUND, "no such enclave")
     info = _error_info(_rpc_status(context.trailing_metadata))
     assert (info.reason, dict(info.metadata)) == ("ENCLAVE_NOT_FOUND", {"enclave_id": "e1"})
+
+
+async def test_an_internal_error_names_the_calls_own_correlation_id() -> None:
+    """Behind the RPC observer the call already has an id (maybe the client's): that one."""
+
+    async def broken(request: Any, context: Any) -> Any:
+        raise KeyError(SECRET)
+
+    async def served() -> _Context:  # a task of its own, as grpc runs each call
+        set_correlation_id("ticket-1234")
+        return await _call_through_guard(broken)
+
+    context = await asyncio.create_task(served())
+
+    assert context.details == "internal error (correlation id ticket-1234)"
+    assert (CORRELATION_ID_HEADER, "ticket-1234") in context.trailing_metadata
+    assert current_correlation_id() == ""  # the test's own context never had it

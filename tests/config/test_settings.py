@@ -87,6 +87,11 @@ _PARSED: list[tuple[str, str, str, object]] = [
     ("TOKEN_ISSUER", "https://licensing.example", "token_issuer", "https://licensing.example"),
     ("TOKEN_AUDIENCE", "enclaves", "token_audience", "enclaves"),
     ("LOG_LEVEL", "debug", "log_level", "DEBUG"),
+    ("LOG_FORMAT", "JSON", "log_format", "json"),
+    ("FRONTEND_METRICS_ADDR", "0.0.0.0:9100", "frontend_metrics_addr", "0.0.0.0:9100"),
+    ("FRONTEND_METRICS_ADDR", "off", "frontend_metrics_addr", ""),
+    ("BACKEND_METRICS_ADDR", "[::1]:9101", "backend_metrics_addr", "[::1]:9101"),
+    ("BACKEND_METRICS_ADDR", " OFF ", "backend_metrics_addr", ""),
     ("MAX_ENCLAVES", "0", "max_enclaves", 0),
     ("ENCLAVE_TTL_SECONDS", "10", "enclave_ttl_seconds", 10),
     (
@@ -228,6 +233,9 @@ _BAD: list[tuple[str, str, str]] = [
         "LICENSING_CERTIFICATE_ISSUER='vault' is not a known certificate issuer",
     ),
     ("LOG_LEVEL", "chatty", "LICENSING_LOG_LEVEL='CHATTY' is not a log level"),
+    ("LOG_FORMAT", "xml", "LICENSING_LOG_FORMAT='xml' is not text or json"),
+    ("FRONTEND_METRICS_ADDR", "9464", "LICENSING_FRONTEND_METRICS_ADDR='9464' is not host:port"),
+    ("BACKEND_METRICS_ADDR", "h:99999", "LICENSING_BACKEND_METRICS_ADDR='h:99999' is not"),
 ]
 
 

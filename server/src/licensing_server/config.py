@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from licensing_common.logs import LOG_FORMATS
 from licensing_server.catalog import (
     CERTIFICATE_ISSUERS,
     ENCLAVE_LAUNCHERS,
@@ -127,6 +128,12 @@ class Settings:
     token_issuer: str = "licensing"  # noqa: S105 - a name, not a secret
     token_audience: str = "licensing"  # noqa: S105 - a name, not a secret
     log_level: str = "INFO"
+    # "text" (one line per event) or "json" (one object per line, for log collectors).
+    log_format: str = "text"
+    # Where each process serves Prometheus metrics over plain HTTP (GET /metrics);
+    # "" (LICENSING_*_METRICS_ADDR=off): not served. Loopback by default.
+    frontend_metrics_addr: str = "127.0.0.1:9464"
+    backend_metrics_addr: str = "127.0.0.1:9465"
     # Licences: defaults for users without an entitlement row (see licensing-admin).
     max_enclaves: int = 3
     enclave_ttl_seconds: int = 3600
@@ -212,6 +219,12 @@ class Settings:
                 return default
             return value
 
+        def optional_address(name: str, default: str) -> str:
+            """host:port, or "" for "off" (blank, like every variable: ``default``)."""
+            if env.get(f"LICENSING_{name}", "").strip().lower() == "off":
+                return ""
+            return address(name, default)
+
         names = tuple(
             n.strip() for n in text("SERVER_NAMES", ",".join(defaults.server_names)).split(",")
         )
@@ -262,6 +275,13 @@ class Settings:
             token_issuer=text("TOKEN_ISSUER", defaults.token_issuer),
             token_audience=text("TOKEN_AUDIENCE", defaults.token_audience),
             log_level=text("LOG_LEVEL", defaults.log_level).upper(),
+            log_format=text("LOG_FORMAT", defaults.log_format).lower(),
+            frontend_metrics_addr=optional_address(
+                "FRONTEND_METRICS_ADDR", defaults.frontend_metrics_addr
+            ),
+            backend_metrics_addr=optional_address(
+                "BACKEND_METRICS_ADDR", defaults.backend_metrics_addr
+            ),
             max_enclaves=integer("MAX_ENCLAVES", defaults.max_enclaves, 0, 10_000),
             enclave_ttl_seconds=integer(
                 "ENCLAVE_TTL_SECONDS", defaults.enclave_ttl_seconds, 10, 365 * 86400
@@ -307,6 +327,10 @@ class Settings:
             problems.append(f"{transport} (from {settings.effective_tpm_tcti!r})")
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             problems.append(f"LICENSING_LOG_LEVEL={settings.log_level!r} is not a log level")
+        if settings.log_format not in LOG_FORMATS:
+            problems.append(
+                f"LICENSING_LOG_FORMAT={settings.log_format!r} is not {' or '.join(LOG_FORMATS)}"
+            )
         if problems:
             raise ConfigError(problems)
         return settings

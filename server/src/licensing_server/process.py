@@ -27,7 +27,7 @@ def load_settings() -> Settings:
 
 def run_process(name: str, serve: Callable[[Settings], Coroutine[Any, Any, _T]]) -> _T:
     settings = load_settings()
-    configure_logging(settings.log_level, name)
+    configure_logging(settings.log_level, name, settings.log_format)
     return asyncio.run(serve(settings))
 
 

@@ -23,11 +23,14 @@ from licensing_common.errors import (
     Unavailable,
     Unimplemented,
 )
+from licensing_common.logs import current_correlation_id
 
 _log = logging.getLogger(__name__)
 
 #: ``ErrorInfo.domain`` of every error this server reports.
 ERROR_DOMAIN = "licensing"
+#: The trailing metadata key that names the call's correlation id (see ``logs``).
+CORRELATION_ID_HEADER = "x-correlation-id"
 
 STATUS_CODES: dict[type[DomainError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -91,10 +94,14 @@ async def abort(
     if isinstance(exc, DomainError):
         status = to_status(exc)
     else:
-        correlation_id = uuid.uuid4().hex[:16]
+        # The call's own id when it has one, so the client's and our log lines meet.
+        correlation_id = current_correlation_id() or uuid.uuid4().hex[:16]
         _log.error(
             "unexpected error in %s (correlation id %s)", method, correlation_id, exc_info=exc
         )
         status = internal_status(correlation_id)
-    await context.abort(status.code, status.details, status.trailing_metadata)
+    trailing = tuple(status.trailing_metadata)
+    if call_id := current_correlation_id():  # abort replaces what the call had set
+        trailing = (*trailing, (CORRELATION_ID_HEADER, call_id))
+    await context.abort(status.code, status.details, trailing)
     raise AssertionError("unreachable")  # context.abort always raises

@@ -45,6 +45,7 @@ from licensing_server.attestation._evidence import (
     MerkleProof,
     PcrValue,
 )
+from licensing_server.observability import AttestationMetrics
 from licensing_server.pki import CertificateAuthority, write_public_file
 from licensing_server.storage import EpochRecord, MeasurementRecord, MeasurementStore
 from licensing_server.tasks import spawn
@@ -166,8 +167,10 @@ class Attestor:
         live_certificates: LiveCertificates,
         simulated_tpm_latency: float = 0.0,
         clock: Callable[[], dt.datetime] = _utcnow,
+        metrics: AttestationMetrics | None = None,
     ):
         self._tpm = tpm
+        self._metrics = metrics or AttestationMetrics()
         self._ca = ca
         self._store = measurements
         self._manufacturer = x509.load_pem_x509_certificates(manufacturer_ca_pem)
@@ -424,6 +427,7 @@ class Attestor:
             async with self._lock:
                 # Formed under the lock: whatever queued while measurements ran joins too.
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                self._metrics.batch_size.observe(len(batch))
                 try:
                     results = await self._quote_batch(batch)
                 except Exception as exc:

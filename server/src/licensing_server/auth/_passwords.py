@@ -11,11 +11,14 @@ import asyncio
 import contextlib
 import os
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import bcrypt
 
 from licensing_common.errors import InvalidArgument, ResourceExhausted
+from licensing_server.observability import BcryptMetrics
 
 MIN_PASSWORD_BYTES = 8
 MAX_PASSWORD_BYTES = 72  # bcrypt's own limit: longer input is refused, never truncated.
@@ -57,8 +60,11 @@ def _lower_priority() -> None:
 
 
 class PasswordHasher:
-    def __init__(self, *, cost: int, threads: int, queue_limit: int):
+    def __init__(
+        self, *, cost: int, threads: int, queue_limit: int, metrics: BcryptMetrics | None = None
+    ):
         self._cost = cost
+        self._metrics = metrics or BcryptMetrics()
         self._pool = ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="bcrypt", initializer=_lower_priority
         )
@@ -67,19 +73,29 @@ class PasswordHasher:
         # Compared against when the user does not exist, so that both paths cost one bcrypt.
         self._dummy_hash = bcrypt.hashpw(b"licensing-dummy-password", bcrypt.gensalt(cost))
 
-    async def _run(self, fn: object, *args: bytes) -> object:
+    async def _run(self, fn: Callable[..., object], *args: bytes) -> object:
+        metrics = self._metrics
         if self._in_flight >= self._slots:
+            metrics.rejected.inc()
             raise ResourceExhausted(
                 "LOGIN_QUEUE_FULL",
                 "too many logins in progress; retry shortly",
                 {"retry_after_seconds": "1"},
             )
         self._in_flight += 1
+        metrics.queue_depth.set(self._in_flight)
+        queued = time.perf_counter()
+
+        def timed() -> object:  # on the pool's thread: how long it waited for one
+            metrics.wait.observe(time.perf_counter() - queued)
+            return fn(*args)
+
         try:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, fn, *args)  # type: ignore[arg-type]
+            return await loop.run_in_executor(self._pool, timed)
         finally:
             self._in_flight -= 1
+            metrics.queue_depth.set(self._in_flight)
 
     async def hash(self, password: bytes) -> str:
         hashed = await self._run(bcrypt.hashpw, password, bcrypt.gensalt(self._cost))

@@ -14,6 +14,7 @@ from cryptography import x509
 from enclave.v1 import enrollment_pb2_grpc
 from grpc_health.v1 import health_pb2
 from licensing.control.v1 import control_pb2_grpc
+from prometheus_client import CollectorRegistry
 
 from licensing_common.errors import Unavailable
 from licensing_common.rpc.guard import AccessGuard
@@ -41,6 +42,16 @@ from licensing_server.attestation import Attestor
 from licensing_server.catalog import CERTIFICATE_ISSUERS, ENCLAVE_RUNTIMES, TPM_TRANSPORTS
 from licensing_server.config import Settings
 from licensing_server.layout import DataLayout
+from licensing_server.observability import (
+    AttestationMetrics,
+    DatabaseMetrics,
+    ProvisioningMetrics,
+    RpcMetrics,
+    RpcObserver,
+    TpmMetrics,
+    process_registry,
+    serve_metrics,
+)
 from licensing_server.pki import (
     BACKEND_IDENTITY,
     FRONTEND_IDENTITY,
@@ -156,14 +167,26 @@ async def serve(settings: Settings) -> None:
         stopping = spawn(stop_requested(), name="stop-signal")
         stack.push_async_callback(_cancelled, stopping)
         await asyncio.sleep(0)
+        registry = process_registry()
+        endpoint = serve_metrics("backend", settings.backend_metrics_addr, registry)
+        if endpoint is not None:
+            stack.callback(endpoint.close)
+        if (
+            settings.enclave_runtime == "kubernetes"
+            or settings.certificate_issuer == "cert-manager"
+        ):
+            from licensing_server.kube import KubernetesApiCollector  # only with Kubernetes
+
+            registry.register(KubernetesApiCollector())
         transport = TPM_TRANSPORTS.resolve(settings.tpm_transport)(settings)
         tpm = TpmDevice(
             transport.tcti,
             command_timeout=settings.tpm_command_timeout_seconds,
             shutdown_on_close=transport.shutdown_on_close,
+            metrics=TpmMetrics(registry),
         )
         stack.push_async_callback(tpm.close)
-        await _serve(settings, stack, tpm, transport, stopping)
+        await _serve(settings, stack, tpm, transport, stopping, registry)
 
 
 async def _serve(
@@ -172,12 +195,13 @@ async def _serve(
     tpm: TpmDevice,
     transport: TpmTransport,
     stopping: asyncio.Task[None],
+    registry: CollectorRegistry,
 ) -> None:
     layout = DataLayout(settings.data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     url = settings.effective_database_url
     await asyncio.to_thread(run_migrations, url)
-    database = Database.connect(url)
+    database = Database.connect(url, DatabaseMetrics(registry))
     stack.push_async_callback(database.close)
     after_shutdown = _AfterShutdown()  # before the database closes, after the runtime did
     stack.push_async_callback(after_shutdown.run)
@@ -201,6 +225,7 @@ async def _serve(
         ak_certificate_path=layout.ak_certificate,
         live_certificates=lambda: measured_certificates(store),
         simulated_tpm_latency=settings.tpm_simulated_latency_ms / 1000,
+        metrics=AttestationMetrics(registry),
     )
     stack.push_async_callback(attestor.close)
     background = TaskSet()
@@ -217,6 +242,7 @@ async def _serve(
             token_audience=settings.token_audience,
             attestation_key_wait=settings.tpm_command_timeout_seconds,
         ),
+        metrics=ProvisioningMetrics(registry),
     )
     stack.push_async_callback(provisioner.shutdown)
     reconciler = Reconciler(
@@ -238,7 +264,11 @@ async def _serve(
     )
     identity = ServerIdentity(key, cert.pem.encode(), ca_pem)
 
-    server = grpc.aio.server(interceptors=[AccessGuard(BACKEND_POLICY)], options=SERVER_OPTIONS)
+    rpc_metrics = RpcMetrics(registry)
+    server = grpc.aio.server(
+        interceptors=[RpcObserver(rpc_metrics), AccessGuard(BACKEND_POLICY)],
+        options=SERVER_OPTIONS,
+    )
     stack.push_async_callback(server.stop, 5)
     control_pb2_grpc.add_CertificateServiceServicer_to_server(
         CertificateServicer(
@@ -274,7 +304,7 @@ async def _serve(
     _log.info("backend serving internal mTLS API on %s", settings.backend_addr)
     desk = runtime.enrollment_desk
     if desk is not None:
-        await _serve_enrollment(settings, stack, ca, desk)
+        await _serve_enrollment(settings, stack, ca, desk, rpc_metrics)
     reconciling = background.spawn(reconciler.run(), name="reconciler")
     stack.push_async_callback(_cancelled, reconciling)
 
@@ -291,6 +321,7 @@ async def _serve_enrollment(
     stack: contextlib.AsyncExitStack,
     ca: CertificateAuthority,
     desk: EnrollmentDesk,
+    rpc_metrics: RpcMetrics,
 ) -> None:
     """The TLS listener enclave pods send their CSR to (server-authenticated only:
     they have no client certificate yet; their projected token proves who they are)."""
@@ -301,7 +332,10 @@ async def _serve_enrollment(
     key, cert = ca.issue_key_pair(
         common_name="licensing-enrollment", dns_names=dns, ip_addresses=ips, server=True
     )
-    server = grpc.aio.server(interceptors=[AccessGuard(ENROLLMENT_POLICY)], options=SERVER_OPTIONS)
+    server = grpc.aio.server(
+        interceptors=[RpcObserver(rpc_metrics), AccessGuard(ENROLLMENT_POLICY)],
+        options=SERVER_OPTIONS,
+    )
     stack.push_async_callback(server.stop, 5)
     enrollment_pb2_grpc.add_EnrollmentServiceServicer_to_server(EnrollmentServicer(desk), server)
     health = await add_health_and_reflection(server, (ENROLLMENT_SERVICE,))

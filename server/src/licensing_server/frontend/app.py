@@ -43,6 +43,15 @@ from licensing_server.frontend.backend_client import (
     BackendProvisioningClient,
 )
 from licensing_server.layout import DataLayout
+from licensing_server.observability import (
+    BcryptMetrics,
+    DatabaseMetrics,
+    RpcMetrics,
+    RpcObserver,
+    correlation_propagators,
+    process_registry,
+    serve_metrics,
+)
 from licensing_server.process import freed_memory_released, run_process, stop_requested
 from licensing_server.storage import Database, EnclaveStore, Limits, UserStore, run_migrations
 from licensing_server.tokens import AccessTokenSigner, AccessTokenVerifier, SigningKey
@@ -79,10 +88,15 @@ async def serve(settings: Settings) -> None:
 
 async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
     layout = DataLayout(settings.data_dir)
+    registry = process_registry()
+    # First: a frontend stuck waiting for the backend's certificates is scraped too.
+    endpoint = serve_metrics("frontend", settings.frontend_metrics_addr, registry)
+    if endpoint is not None:
+        stack.callback(endpoint.close)
     await _wait_for_identity(layout)
     url = settings.effective_database_url
     await asyncio.to_thread(run_migrations, url)
-    database = Database.connect(url)
+    database = Database.connect(url, DatabaseMetrics(registry))
     stack.push_async_callback(database.close)
 
     ca_pem = layout.ca_certificate.read_bytes()
@@ -94,6 +108,7 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
         ca_pem=ca_pem,
         key_pem=layout.frontend_client_key.read_bytes(),
         cert_pem=layout.frontend_client_cert.read_bytes(),
+        interceptors=correlation_propagators(),
     )
     stack.push_async_callback(backend_channel.close, None)
     certificates = BackendCertificateSigner(backend_channel)
@@ -115,6 +130,7 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
         cost=settings.bcrypt_cost,
         threads=settings.bcrypt_threads,
         queue_limit=settings.login_queue_limit,
+        metrics=BcryptMetrics(registry),
     )
     stack.callback(passwords.close)
     auth = AuthService(
@@ -144,13 +160,14 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
 
     server = grpc.aio.server(
         interceptors=[
+            RpcObserver(RpcMetrics(registry)),
             AccessGuard(
                 FRONTEND_POLICY,
                 auth.authenticate,
                 rate_limits=FRONTEND_RATE_LIMITS,
                 rate_limit_percent=settings.rate_limit_percent,
                 max_calls_per_address=settings.max_calls_per_address,
-            )
+            ),
         ],
         options=ConnectionLimits(
             handshake_timeout_seconds=settings.handshake_timeout_seconds,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 from grpc_status import rpc_status
@@ -66,12 +66,17 @@ class BackendCertificateSigner:
 
     @staticmethod
     def channel(
-        address: str, *, ca_pem: bytes, key_pem: bytes, cert_pem: bytes
+        address: str,
+        *,
+        ca_pem: bytes,
+        key_pem: bytes,
+        cert_pem: bytes,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> grpc.aio.Channel:
         creds = grpc.ssl_channel_credentials(
             root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
         )
-        return grpc.aio.secure_channel(address, creds)
+        return grpc.aio.secure_channel(address, creds, interceptors=interceptors or None)
 
     async def sign_user_certificate(
         self, *, user_id: str, username: str, csr_pem: str, lifetime: dt.timedelta

@@ -9,23 +9,29 @@ quota, ``FAILED_PRECONDITION`` for what an operator must fix), never ``INTERNAL`
 from licensing_server.kube._client import (
     KubeApi,
     KubeConfig,
+    error_reason,
     is_conflict,
     is_not_found,
     kube_api_for,
+    shared_apis,
     status_of,
 )
+from licensing_server.kube._metrics import KubernetesApiCollector
 from licensing_server.kube._reviews import PodIdentity, PodTokenReviewer
 from licensing_server.kube._watch import ObjectWatch, WatchEvent
 
 __all__ = [
     "KubeApi",
     "KubeConfig",
+    "KubernetesApiCollector",
     "ObjectWatch",
     "PodIdentity",
     "PodTokenReviewer",
     "WatchEvent",
+    "error_reason",
     "is_conflict",
     "is_not_found",
     "kube_api_for",
+    "shared_apis",
     "status_of",
 ]

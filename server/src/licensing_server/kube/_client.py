@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import functools
@@ -32,9 +33,11 @@ if TYPE_CHECKING:
 __all__ = [
     "KubeApi",
     "KubeConfig",
+    "error_reason",
     "is_conflict",
     "is_not_found",
     "kube_api_for",
+    "shared_apis",
     "status_of",
 ]
 
@@ -80,6 +83,28 @@ def status_of(exc: BaseException) -> int | None:
     if isinstance(exc, HTTPError | OSError):
         return 0
     return None
+
+
+def error_reason(status: int | None) -> str:
+    """A metric label for a failed request: a small fixed set, whatever the apiserver says."""
+    if status is None:
+        return "unexpected"
+    if status == 0:
+        return "unreachable"
+    if status >= 500:
+        return "server_error"
+    return _REASONS.get(status, "rejected")
+
+
+_REASONS = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    409: "conflict",
+    410: "expired",
+    422: "invalid",
+    429: "throttled",
+}
 
 
 def is_not_found(exc: BaseException) -> bool:
@@ -147,6 +172,8 @@ class KubeApi:
         #: Every request made (for benchmarks and logs): (verb, what).
         self.requests = 0
         self.errors = 0
+        #: ``errors`` by ``error_reason`` (exported as licensing_kubernetes_api_errors_total).
+        self.errors_by_reason: collections.Counter[str] = collections.Counter()
 
     @property
     def closed(self) -> bool:
@@ -195,7 +222,7 @@ class KubeApi:
                 status = status_of(exc)
                 if isinstance(exc, ApiException) and status in accept:
                     return exc
-                self.errors += 1
+                self.note_error(status)
                 # A just-restarted apiserver refuses (403) until its RBAC cache has
                 # synced: a refusal is retried for a few seconds (counted from the first
                 # one, so time spent unreachable before does not use them up) before it
@@ -216,6 +243,11 @@ class KubeApi:
                 await asyncio.sleep(delay * (0.5 + random.random()))  # jitter, not a secret
                 delay = min(delay * 2, 2.0)
 
+    def note_error(self, status: int | None) -> None:
+        """Count a failed request (``status_of`` its error); watches call it too."""
+        self.errors += 1
+        self.errors_by_reason[error_reason(status)] += 1
+
     async def _run(self, fn: Callable[[], _T]) -> _T:
         if self._closed:  # after close (a shutdown's last reads): a plain thread
             return await asyncio.to_thread(fn)
@@ -231,6 +263,11 @@ class KubeApi:
 
 
 _shared: dict[KubeConfig, KubeApi] = {}
+
+
+def shared_apis() -> list[KubeApi]:
+    """The process's ``KubeApi`` objects (for the metrics collector)."""
+    return list(_shared.values())
 
 
 def kube_api_for(settings: KubernetesSettings) -> KubeApi:

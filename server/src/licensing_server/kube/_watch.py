@@ -118,18 +118,18 @@ class ObjectWatch:
                 if exc.status == 410:  # our version is too old: list again
                     version = ""
                     continue
-                self._pause(f"status {exc.status}", backoff)
+                self._pause(f"status {exc.status}", backoff, int(exc.status or 0))
                 backoff = min(backoff * 2, 5.0)
             except (HTTPError, OSError, ValueError) as exc:
-                self._pause(type(exc).__name__, backoff)
+                self._pause(type(exc).__name__, backoff, 0)
                 backoff = min(backoff * 2, 5.0)
             except Exception:
                 _log.exception("watching %s failed unexpectedly; restarting", self._kind)
-                self._pause("unexpected error", backoff)
+                self._pause("unexpected error", backoff, None)
                 backoff = min(backoff * 2, 5.0)
 
-    def _pause(self, why: str, seconds: float) -> None:
-        self._api.errors += 1
+    def _pause(self, why: str, seconds: float, status: int | None) -> None:
+        self._api.note_error(status)
         _log.info("watch of %s dropped (%s); resuming in %.1fs", self._kind, why, seconds)
         self._stopping.wait(seconds)
 

@@ -9,6 +9,7 @@ import datetime as dt
 import functools
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from licensing_common.phases import TERMINAL
 from licensing_server.attestation import Attestor, encode_attestation
 from licensing_server.events import EventBus, follow_events
 from licensing_server.issuers import CertificateIssuer, EnclaveCertificateRequest
+from licensing_server.observability import ProvisioningMetrics
 from licensing_server.pki import TRUST_DOMAIN
 from licensing_server.provisioning._probe import HealthProbe
 from licensing_server.runtimes import (
@@ -70,6 +72,19 @@ class ProvisioningSettings:
     attestation_key_wait: float = 10.0
 
 
+class _PhaseTimer:
+    """One provisioning's clock: how long each phase took to reach from the one before."""
+
+    def __init__(self, metrics: ProvisioningMetrics):
+        self._metrics = metrics
+        self._last = time.perf_counter()
+
+    def reached(self, phase: Phase) -> None:
+        now = time.perf_counter()
+        self._metrics.phase.labels(phase.value).observe(now - self._last)
+        self._last = now
+
+
 class EnclaveProvisioner:
     def __init__(
         self,
@@ -81,8 +96,10 @@ class EnclaveProvisioner:
         attestor: Attestor,
         settings: ProvisioningSettings,
         clock: Callable[[], dt.datetime] = _utcnow,
+        metrics: ProvisioningMetrics | None = None,
     ):
         self._store = store
+        self._metrics = metrics or ProvisioningMetrics()
         self._runtime = runtime
         self._issuer = issuer
         self._probe = probe
@@ -148,6 +165,8 @@ class EnclaveProvisioner:
         try:
             task = self._tasks.get(enclave_id)
             if task is not None:
+                if not task.done():
+                    self._metrics.outcomes.labels(Phase.DELETED.value, "").inc()
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
@@ -180,6 +199,7 @@ class EnclaveProvisioner:
             self._attestor.forget(record.id)  # stopped: out of the measured set either way
         self._interrupted.pop(record.id, None)
         self._bus.publish(event)
+        self._metrics.outcomes.labels(Phase.FAILED.value, reason).inc()
         _log.info("enclave %s failed: %s (%s)", record.id, reason, message)
 
     async def shutdown(self) -> None:
@@ -192,7 +212,9 @@ class EnclaveProvisioner:
                 await task
 
     # The phases -----------------------------------------------------------------
-    async def _advance(self, enclave_id: str, phase: Phase, message: str, **fields: object) -> None:
+    async def _advance(
+        self, timer: _PhaseTimer, enclave_id: str, phase: Phase, message: str, **fields: object
+    ) -> None:
         event = await self._store.advance(
             enclave_id,
             phase,
@@ -200,12 +222,14 @@ class EnclaveProvisioner:
             self._clock(),
             **fields,  # type: ignore[arg-type]
         )
+        timer.reached(phase)
         self._bus.publish(event)
 
     async def _provision(self, record: EnclaveRecord, jwks_json: str) -> None:
         enclave_id = record.id
         handle = ""
         settings = self._settings
+        timer = _PhaseTimer(self._metrics)
         try:
             workload = await self._runtime.place(
                 WorkloadSpec(
@@ -219,7 +243,7 @@ class EnclaveProvisioner:
             )
             handle = workload.handle
             await self._advance(
-                enclave_id, Phase.SCHEDULED, "workload placed", runtime_handle=handle
+                timer, enclave_id, Phase.SCHEDULED, "workload placed", runtime_handle=handle
             )
             try:
                 csr_pem = await asyncio.wait_for(
@@ -230,7 +254,7 @@ class EnclaveProvisioner:
                     "ENCLAVE_START_TIMEOUT", "the enclave did not start in time"
                 ) from exc
             await self._advance(
-                enclave_id, Phase.RUNNING, "workload running; it made its key and CSR"
+                timer, enclave_id, Phase.RUNNING, "workload running; it made its key and CSR"
             )
             name = enclave_server_name(enclave_id)
             issued = await self._issuer.issue_enclave_certificate(
@@ -247,6 +271,7 @@ class EnclaveProvisioner:
             await self._attestor.wait_until_proven(settings.attestation_key_wait)
             await self._attestor.measure(enclave_id, issued.sha256)
             await self._advance(
+                timer,
                 enclave_id,
                 Phase.CERTIFICATE_ISSUED,
                 f"certificate issued and measured into PCR 23, SHA-256 {issued.sha256.hex()}",
@@ -260,21 +285,26 @@ class EnclaveProvisioner:
             )
             await self._probe.wait_serving(endpoint, name, settings.ready_timeout)
             await self._advance(
+                timer,
                 enclave_id,
                 Phase.READY,
                 f"serving on {endpoint}; health check SERVING over mTLS",
                 endpoint=endpoint,
             )
-            await self._advance(enclave_id, Phase.ATTESTING, "quoting the TPM over the certificate")
+            await self._advance(
+                timer, enclave_id, Phase.ATTESTING, "quoting the TPM over the certificate"
+            )
             nonce = record.nonce or secrets.token_bytes(32)
             evidence = await self._attestor.attest(issued.pem, issued.sha256, nonce)
             origin = "your nonce" if record.nonce else "a server-chosen nonce (none was given)"
             await self._advance(
+                timer,
                 enclave_id,
                 Phase.ATTESTED,
                 f"TPM quote binds {origin} to the certificate",
                 attestation=encode_attestation(evidence),
             )
+            self._metrics.outcomes.labels(Phase.ATTESTED.value, "").inc()
             _log.info("enclave %s ready on %s and attested", enclave_id, endpoint)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
@@ -286,6 +316,7 @@ class EnclaveProvisioner:
             await self._fail_current(enclave_id, handle, exc.reason, exc.message)
         except DomainError as exc:
             if isinstance(exc, NotFound):  # deleted while provisioning
+                self._metrics.outcomes.labels(Phase.DELETED.value, "").inc()
                 with contextlib.suppress(Exception):
                     await self._runtime.stop(enclave_id, handle)
                 return

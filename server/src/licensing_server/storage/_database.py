@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from licensing_common.errors import Unavailable
+from licensing_server.observability import DatabaseMetrics
 
 _log = logging.getLogger(__name__)
 _MIGRATIONS = Path(__file__).with_name("migrations")
@@ -54,18 +55,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class Database:
     """The async engine and a session scope that turns driver failures into ``Unavailable``."""
 
-    def __init__(self, engine: AsyncEngine):
+    def __init__(self, engine: AsyncEngine, metrics: DatabaseMetrics | None = None):
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._metrics = metrics or DatabaseMetrics()
 
     @classmethod
-    def connect(cls, url: str) -> Database:
+    def connect(cls, url: str, metrics: DatabaseMetrics | None = None) -> Database:
         if url.startswith("sqlite"):
             engine = create_async_engine(url)
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         else:
             engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
-        return cls(engine)
+        return cls(engine, metrics)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -76,6 +78,7 @@ class Database:
         except (OperationalError, DBAPIError) as exc:
             if getattr(exc, "connection_invalidated", False) or isinstance(exc, OperationalError):
                 _log.warning("database unavailable: %s", type(exc.orig).__name__)
+                self._metrics.errors.inc()
                 raise DatabaseUnavailable(
                     "DATABASE_UNAVAILABLE", "the database is unavailable"
                 ) from exc

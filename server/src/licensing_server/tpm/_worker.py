@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 
 from tpm2_pytss import TSS2_Exception
 
+from licensing_server.observability import TpmMetrics
 from licensing_server.tpm._connection import TpmConnection
 from licensing_server.tpm._errors import TpmLockedOut, TpmUnavailable, is_lockout, translate
 
@@ -33,26 +35,33 @@ _T = TypeVar("_T")
 class _Job:
     operation: Callable[[TpmConnection], Any]
     action: str
+    command: str
     future: Future[Any]
 
 
 class TpmThread:
     """A daemon thread owning one lazily opened TPM connection."""
 
-    def __init__(self, connect: Callable[[], TpmConnection], name: str) -> None:
+    def __init__(
+        self, connect: Callable[[], TpmConnection], name: str, metrics: TpmMetrics | None = None
+    ) -> None:
         self._connect = connect
+        self._metrics = metrics or TpmMetrics()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._connection: TpmConnection | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, operation: Callable[[TpmConnection], _T], action: str) -> Future[_T]:
+    def submit(
+        self, operation: Callable[[TpmConnection], _T], action: str, command: str = "other"
+    ) -> Future[_T]:
         """Queue ``operation``; its future gets the result or a domain error.
 
-        ``action`` names the work in error messages ("quote", "extend PCR 23").
+        ``action`` names the work in error messages ("quote", "extend PCR 23"),
+        ``command`` in the latency metric ("quote", "extend_pcr").
         """
         future: Future[_T] = Future()
-        self._jobs.put(_Job(operation, action, future))
+        self._jobs.put(_Job(operation, action, command, future))
         return future
 
     def retire(self) -> None:
@@ -68,12 +77,15 @@ class TpmThread:
         while (job := self._jobs.get()) is not None:
             if not job.future.set_running_or_notify_cancel():
                 continue
+            started = time.perf_counter()
             try:
                 result = self._execute(job)
             except BaseException as exc:
                 job.future.set_exception(exc)
             else:
                 job.future.set_result(result)
+            finally:
+                self._metrics.command.labels(job.command).observe(time.perf_counter() - started)
         self._disconnect()
 
     def _execute(self, job: _Job) -> Any:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from licensing_server.observability import TpmMetrics
 from licensing_server.tpm._connection import TpmConnection
 from licensing_server.tpm._errors import TPM_UNAVAILABLE, TpmCommandFailed, TpmUnavailable
 from licensing_server.tpm._keys import DEFAULT_AK_HANDLE, check_ak_handle, check_pcrs
@@ -43,6 +44,8 @@ class TpmDevice:
     dictionary-attack lockout. Calls are served in order; waiting for a turn is
     not timed, so a caller bounds that with its own deadline (cancelling is safe).
 
+    ``metrics`` times every command (``licensing_tpm_command_seconds``).
+
     ``shutdown_on_close`` (default: for simulator TCTIs) sends TPM2_Shutdown when
     the device closes: a simulator stops with its process, and without it every
     stop is a disorderly shutdown. A hardware TPM is shut down by the kernel.
@@ -55,10 +58,12 @@ class TpmDevice:
         command_timeout: float = 10.0,
         key_creation_timeout: float = 120.0,
         shutdown_on_close: bool | None = None,
+        metrics: TpmMetrics | None = None,
     ) -> None:
         if command_timeout <= 0 or key_creation_timeout <= 0:
             raise ValueError("TPM timeouts must be positive")
         self._tcti = tcti
+        self._metrics = metrics or TpmMetrics()
         self._command_timeout = command_timeout
         self._key_creation_timeout = key_creation_timeout
         self._turn = asyncio.Lock()
@@ -90,6 +95,7 @@ class TpmDevice:
         if self._shutdown_on_close and self._thread is not None:
             try:
                 await self._run(
+                    "shutdown",
                     "shut down the TPM",
                     lambda c: c.shutdown(),
                     limit=min(self._command_timeout, 5.0),
@@ -108,12 +114,14 @@ class TpmDevice:
 
     async def ek_certificate_der(self) -> bytes:
         """The EK certificate from NV (RSA 0x01c00002, else ECC P-256 0x01c0000a)."""
-        return await self._run("read the EK certificate", lambda c: c.ek_certificate_der())
+        return await self._run(
+            "ek_certificate", "read the EK certificate", lambda c: c.ek_certificate_der()
+        )
 
     async def ek_public(self) -> bytes:
         """The marshalled TPM2B_PUBLIC of the EK that certificate certifies."""
         return await self._run(
-            "create the EK", lambda c: c.ek_public(), limit=self._key_creation_timeout
+            "ek_public", "create the EK", lambda c: c.ek_public(), limit=self._key_creation_timeout
         )
 
     async def attestation_key(
@@ -127,6 +135,7 @@ class TpmDevice:
         """
         check_ak_handle(persistent_handle)
         return await self._run(
+            "attestation_key",
             "load the attestation key",
             lambda c: c.attestation_key(persistent_handle),
             limit=self._key_creation_timeout,
@@ -147,6 +156,7 @@ class TpmDevice:
         """
         check_ak_handle(ak_handle)
         return await self._run(
+            "activate_credential",
             "activate a credential",
             lambda c: c.activate_credential(credential_blob, encrypted_secret, ak_handle),
             limit=self._key_creation_timeout,
@@ -159,17 +169,19 @@ class TpmDevice:
         (pcr,) = check_pcrs([pcr])
         if len(sha256_digest) != 32:
             raise ValueError("a sha256 PCR extend takes a 32-byte digest")
-        await self._run(f"extend PCR {pcr}", lambda c: c.extend_pcr(pcr, sha256_digest))
+        await self._run(
+            "extend_pcr", f"extend PCR {pcr}", lambda c: c.extend_pcr(pcr, sha256_digest)
+        )
 
     async def reset_pcr(self, pcr: int) -> None:
         """Zero a resettable PCR (16 and 23 at locality 0 on a PC-client TPM)."""
         (pcr,) = check_pcrs([pcr])
-        await self._run(f"reset PCR {pcr}", lambda c: c.reset_pcr(pcr))
+        await self._run("reset_pcr", f"reset PCR {pcr}", lambda c: c.reset_pcr(pcr))
 
     async def read_pcrs(self, pcrs: list[int]) -> dict[int, bytes]:
         """Current sha256-bank values of ``pcrs``."""
         ordered = check_pcrs(pcrs)
-        return await self._run("read PCRs", lambda c: c.read_pcrs(ordered))
+        return await self._run("read_pcrs", "read PCRs", lambda c: c.read_pcrs(ordered))
 
     async def quote(
         self, qualifying_data: bytes, pcrs: list[int], *, ak_handle: int = DEFAULT_AK_HANDLE
@@ -183,35 +195,44 @@ class TpmDevice:
             raise ValueError(f"qualifying data holds at most {MAX_QUALIFYING_DATA} bytes")
         ordered = check_pcrs(pcrs)
         check_ak_handle(ak_handle)
-        return await self._run("quote", lambda c: c.quote(qualifying_data, ordered, ak_handle))
+        return await self._run(
+            "quote", "quote", lambda c: c.quote(qualifying_data, ordered, ak_handle)
+        )
 
     async def clock_info(self) -> tuple[int, int]:
         """(resetCount, restartCount): a reset zeroes PCRs, so quotes are compared per reset."""
-        return await self._run("read the clock", lambda c: c.clock_info())
+        return await self._run("clock_info", "read the clock", lambda c: c.clock_info())
 
     async def loaded_handle_count(self) -> int:
         """Transient objects and sessions loaded: stays 0 between calls unless something leaks."""
-        return await self._run("list handles", lambda c: c.loaded_handle_count())
+        return await self._run(
+            "loaded_handle_count", "list handles", lambda c: c.loaded_handle_count()
+        )
 
     # -- dictionary-attack lockout ---------------------------------------------
 
     async def lockout_state(self) -> LockoutState:
         """Whether the TPM is in DA lockout, its counter, limit and recovery interval."""
-        return await self._run("read the lockout state", lambda c: c.lockout_state())
+        return await self._run(
+            "lockout_state", "read the lockout state", lambda c: c.lockout_state()
+        )
 
     async def clear_lockout(self) -> None:
         """TPM2_DictionaryAttackLockReset with an empty lockout authorization (swtpm's)."""
-        await self._run("clear the lockout", lambda c: c.clear_lockout())
+        await self._run("clear_lockout", "clear the lockout", lambda c: c.clear_lockout())
 
     # -- the TPM thread ---------------------------------------------------------
 
     async def _run(
         self,
+        command: str,
         action: str,
         operation: Callable[[TpmConnection], _T],
         *,
         limit: float | None = None,
     ) -> _T:
+        """``operation`` on the TPM thread; ``command`` labels its latency metric
+        (one of a fixed set: this class's method names), ``action`` names it in errors."""
         if self._closed:
             raise RuntimeError("the TpmDevice is closed")
         if limit is None:
@@ -222,7 +243,7 @@ class TpmDevice:
             if self._in_flight is not None and not await self._finishes(self._in_flight, limit):
                 raise self._abandon(action, limit)
             thread = self._current_thread()
-            future: Future[_T] = thread.submit(operation, action)
+            future: Future[_T] = thread.submit(operation, action, command)
             waiter = asyncio.wrap_future(future)
             waiter.add_done_callback(_consume)
             self._in_flight = waiter
@@ -242,7 +263,9 @@ class TpmDevice:
         if self._thread is None:
             tcti = self._tcti
             self._thread = TpmThread(
-                lambda: TpmConnection(tcti), name=f"tpm-{next(self._generation)}"
+                lambda: TpmConnection(tcti),
+                name=f"tpm-{next(self._generation)}",
+                metrics=self._metrics,
             )
         return self._thread
 
