@@ -199,6 +199,41 @@ async def test_a_token_the_server_calls_expired_is_refreshed_and_the_call_retrie
     assert after.access_token_expire_time != FAR_FUTURE
 
 
+async def test_a_create_stream_dropped_after_its_final_event_is_not_resumed(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream breaks after ATTESTED arrived but before it closed (in this process only):
+    nothing is missing, so the client ends with the enclave instead of resuming a watch that
+    would wait for the enclave's next change, which may be its expiry an hour later."""
+    original = v1.EnclaveServiceStub.create_enclave
+    watches: list[int] = []
+    original_watch = v1.EnclaveServiceStub.watch_enclave
+
+    async def breaking(
+        self: v1.EnclaveServiceStub, request: v1.CreateEnclaveRequest, **kwargs: Any
+    ) -> AsyncIterator[v1.CreateEnclaveResponse]:
+        async for event in original(self, request, **kwargs):
+            yield event
+            if v1.Phase(event.phase) == v1.Phase.ATTESTED:
+                raise StreamTerminatedError("connection lost after the last event (test)")
+
+    def counting_watch(self: v1.EnclaveServiceStub, *args: Any, **kwargs: Any) -> Any:
+        watches.append(1)
+        return original_watch(self, *args, **kwargs)
+
+    monkeypatch.setattr(v1.EnclaveServiceStub, "create_enclave", breaking)
+    monkeypatch.setattr(v1.EnclaveServiceStub, "watch_enclave", counting_watch)
+    async with _client(stack) as client:
+        await _logged_in(client)
+        events = [event async for event in client.create_enclave()]
+        assert not [e for e in events if isinstance(e, Reconnecting)]
+        assert watches == []
+        created = events[-1]
+        assert isinstance(created, Created)
+        assert created.attestation is not None
+        await client.delete_enclave(created.enclave.id)
+
+
 async def test_a_dropped_create_stream_is_resumed_from_the_last_event(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:

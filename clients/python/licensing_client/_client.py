@@ -172,6 +172,10 @@ CreateEvent = Progress | Reconnecting | FetchingAttestation | Created
 WatchEvent = Progress | Reconnecting
 
 
+#: Phases after which a create or watch stream has said all it will.
+_SETTLED_PHASES = frozenset({v1.Phase.ATTESTED, v1.Phase.FAILED, v1.Phase.DELETED})
+
+
 @dataclass
 class _Follow:
     """What a phase stream showed so far; replays (an event seen twice) are dropped."""
@@ -576,6 +580,11 @@ class LicensingClient:
                         yield progress
                 return
             except Exception as exc:
+                if state.last is not None and state.last.phase in _SETTLED_PHASES:
+                    # The stream broke after its final event, before it closed: nothing
+                    # is missing. Resuming would wait for a later change (a loss, a
+                    # deletion) that may take the enclave's whole lifetime.
+                    return
                 if not is_transient(exc) or state.attempts >= STREAM_RETRIES:
                     raise
                 state.attempts += 1

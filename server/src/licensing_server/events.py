@@ -175,29 +175,18 @@ async def follow_events(
     """
     last = after
     while True:
-        settled = False
         try:
             events = await store.events_after(enclave_id, last)
-            current = None if events else await store.get(enclave_id)
-            gone = not events and current is None
-            if current is not None and is_terminal(current.phase):
-                # Followed from at or past its last event (a client resuming after it
-                # saw the end): nothing more will come, so the stream ends now rather
-                # than waiting forever. Read once more: the final event may have been
-                # written between the two reads.
-                settled = True
-                events = await store.events_after(enclave_id, last)
+            gone = not events and await store.get(enclave_id) is None
         except DatabaseUnavailable:
             # An outage ends no stream: once the database is back, followers learn how
             # their enclave ended (the reconciler settles what the outage interrupted).
-            events, gone, settled = [], False, False
+            events, gone = [], False
         for event in events:
             last = event.sequence
             yield event
             if is_terminal(event.phase):
                 return
-        if settled:
-            return
         if gone:
             now = dt.datetime.now(dt.UTC)
             yield EventRecord(enclave_id, last + 1, Phase.DELETED, "the enclave was deleted", now)
