@@ -90,7 +90,19 @@ start etcd "$bin/etcd" --name=test --data-dir="$run/etcd-data" \
   --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
   --initial-cluster="test=http://127.0.0.1:$ETCD_PEER_PORT" \
   --unsafe-no-fsync --quota-backend-bytes=2147483648 --log-level=warn
+# Who deleted or evicted what, for a test that meets a pod gone from under it.
+cat > "$run/audit-policy.yaml" <<'EOT'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    verbs: [delete, deletecollection]
+  - level: None
+EOT
 start apiserver "$bin/kube-apiserver" \
+  --audit-policy-file="$run/audit-policy.yaml" --audit-log-path="$run/log/audit.log" \
+  --audit-log-maxsize=50 --audit-log-maxbackup=1 \
   --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
   --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
   --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \

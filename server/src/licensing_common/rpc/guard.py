@@ -27,6 +27,7 @@ from licensing_common.errors import (
 )
 from licensing_common.identity import PeerIdentity, peer_identity
 from licensing_common.rpc import errors
+from licensing_common.rpc.handlers import wrap_handler
 from licensing_common.rpc.limits import CountedBy, RateLimit
 from licensing_common.rpc.policy import Access
 from licensing_common.throttle import TokenBuckets
@@ -251,28 +252,11 @@ class AccessGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return None
         method = handler_call_details.method
         admit = functools.partial(self._admit, method)
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _unary(handler.unary_unary, admit, method, self._calls),
-                request_deserializer=_lenient(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _streaming(handler.unary_stream, admit, method, self._calls),
-                request_deserializer=_lenient(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _unary(handler.stream_unary, admit, method, self._calls),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            _streaming(handler.stream_stream, admit, method, self._calls),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+        return wrap_handler(
+            handler,
+            unary=lambda behavior: _unary(behavior, admit, method, self._calls),
+            streaming=lambda behavior: _streaming(behavior, admit, method, self._calls),
+            single_request_parser=_lenient,
         )
 
 

@@ -17,6 +17,7 @@ from prometheus_client import Counter, Histogram
 
 from licensing_common.logs import set_correlation_id
 from licensing_common.rpc.errors import CORRELATION_ID_HEADER
+from licensing_common.rpc.handlers import wrap_handler
 from licensing_server.observability._families import RpcMetrics
 
 __all__ = ["CORRELATION_HEADERS", "RpcObserver", "correlation_id_from"]
@@ -92,28 +93,10 @@ class RpcObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:  # not served: grpc answers UNIMPLEMENTED, no label for it
             return None
         method = self._method(handler_call_details.method)
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _streaming(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _unary(handler.stream_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            _streaming(handler.stream_stream, method),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+        return wrap_handler(
+            handler,
+            unary=lambda behavior: _unary(behavior, method),
+            streaming=lambda behavior: _streaming(behavior, method),
         )
 
 

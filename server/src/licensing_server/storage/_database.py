@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -44,10 +46,15 @@ def run_migrations(url: str) -> None:
     command.upgrade(cfg, "head")
 
 
+#: How long a SQLite writer waits for another process's transaction (the frontend's, the
+#: backend's) before it fails as "locked"; writers of one process queue in ``Database``.
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_MS)}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -59,6 +66,14 @@ class Database:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._metrics = metrics or DatabaseMetrics()
+        # SQLite takes one writer at a time and a transaction holds its lock across the
+        # event loop's turns: on a busy loop, writers waiting in SQLite's busy handler
+        # outlast its timeout and fail as "locked". Queued here instead, a transaction
+        # waits for its turn as long as its caller lets it; only another process (the
+        # frontend beside the backend) still meets the busy timeout.
+        self._one_at_a_time: asyncio.Lock | None = (
+            asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        )
 
     @classmethod
     def connect(cls, url: str, metrics: DatabaseMetrics | None = None) -> Database:
@@ -71,7 +86,18 @@ class Database:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """A transaction: committed when the block ends, rolled back on any error."""
+        """A transaction that may write: committed when the block ends, rolled back on error."""
+        async with self._one_at_a_time or contextlib.nullcontext(), self._transaction() as session:
+            yield session
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A transaction that only reads: SQLite's WAL lets it run beside a writer."""
+        async with self._transaction() as session:
+            yield session
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncSession]:
         try:
             async with self._sessions.begin() as session:
                 yield session

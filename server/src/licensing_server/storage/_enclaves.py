@@ -88,7 +88,7 @@ class EnclaveStore:
 
     # Licences -----------------------------------------------------------------
     async def limits(self, user_id: str, defaults: Limits) -> Limits:
-        async with self._db.session() as session:
+        async with self._db.read() as session:
             row = await session.get(Entitlement, user_id)
         if row is None:
             return defaults
@@ -251,7 +251,7 @@ class EnclaveStore:
 
     # Reading ------------------------------------------------------------------
     async def get(self, enclave_id: str) -> EnclaveRecord | None:
-        async with self._db.session() as session:
+        async with self._db.read() as session:
             row = await session.get(Enclave, enclave_id)
             return _record(row) if row else None
 
@@ -262,11 +262,11 @@ class EnclaveStore:
         if after is not None:
             query = query.where(tuple_(Enclave.created_at, Enclave.id) > tuple_(*after))
         query = query.order_by(Enclave.created_at, Enclave.id).limit(limit)
-        async with self._db.session() as session:
+        async with self._db.read() as session:
             return [_record(r) for r in await session.scalars(query)]
 
     async def events_after(self, enclave_id: str, sequence: int) -> list[EventRecord]:
-        async with self._db.session() as session:
+        async with self._db.read() as session:
             rows = await session.scalars(
                 select(EnclaveEvent)
                 .where(EnclaveEvent.enclave_id == enclave_id, EnclaveEvent.sequence > sequence)
@@ -277,7 +277,7 @@ class EnclaveStore:
     async def newest_sequences(self, enclave_ids: Sequence[str]) -> dict[str, int]:
         """The newest event sequence of each enclave; enclaves that no longer exist are absent."""
         heads: dict[str, int] = {}
-        async with self._db.session() as session:
+        async with self._db.read() as session:
             for start in range(0, len(enclave_ids), _IN_CHUNK):
                 chunk = enclave_ids[start : start + _IN_CHUNK]
                 rows = await session.execute(
@@ -289,19 +289,19 @@ class EnclaveStore:
         return heads
 
     async def in_phases(self, phases: set[Phase]) -> list[EnclaveRecord]:
-        async with self._db.session() as session:
+        async with self._db.read() as session:
             rows = await session.scalars(
                 select(Enclave).where(Enclave.phase.in_([p.value for p in phases]))
             )
             return [_record(r) for r in rows]
 
     async def expired(self, now: dt.datetime) -> list[EnclaveRecord]:
-        async with self._db.session() as session:
+        async with self._db.read() as session:
             rows = await session.scalars(select(Enclave).where(Enclave.expires_at <= now))
             return [_record(r) for r in rows]
 
     async def all_ids(self) -> set[str]:
-        async with self._db.session() as session:
+        async with self._db.read() as session:
             return set(await session.scalars(select(Enclave.id)))
 
     # Removing -----------------------------------------------------------------

@@ -56,12 +56,12 @@ class UserStore:
         return _user(row)
 
     async def find_user_by_name(self, username: str) -> UserRecord | None:
-        async with self._db.session() as session:
+        async with self._db.read() as session:
             row = await session.scalar(select(User).where(User.username == username))
             return _user(row) if row else None
 
     async def get_user(self, user_id: str) -> UserRecord | None:
-        async with self._db.session() as session:
+        async with self._db.read() as session:
             row = await session.get(User, user_id)
             return _user(row) if row else None
 
@@ -160,7 +160,7 @@ class UserStore:
             )
 
     async def session_is_active(self, session_id: str, now: dt.datetime) -> bool:
-        async with self._db.session() as session:
+        async with self._db.read() as session:
             row = await session.get(Session, session_id)
             return row is not None and row.revoked_at is None and row.expires_at > now
 

@@ -1,0 +1,79 @@
+"""Many writers at once on a slow event loop: every write lands, none fails as "locked".
+
+The embedded SQLite database takes one writer at a time, and a transaction holds its
+lock across the event loop's turns (each statement is a round trip to the driver's
+thread). When 20 enclaves are provisioned at once on two busy cores those turns are
+slow, and a writer that waited longer than SQLite's busy timeout used to fail, so an
+enclave ended FAILED / PROVISIONING_INTERRUPTED. The store must queue its writers
+instead; PostgreSQL runs the same story. SQLite's busy timeout is cut to 100 ms here so
+that the story takes seconds, not the minutes its real 5 s would need to show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from licensing_server.storage import Database, EnclaveStore, Limits, Phase, _database
+from tests.storage.conftest import NOW, new_user
+
+_PHASES = (Phase.SCHEDULED, Phase.RUNNING, Phase.CERTIFICATE_ISSUED)
+
+
+@pytest.fixture
+async def impatient_database(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Database]:
+    """The module's database on connections whose SQLite busy timeout is 100 ms."""
+    monkeypatch.setattr(_database, "SQLITE_BUSY_TIMEOUT_MS", 100)
+    db = Database.connect(database_url)
+    try:
+        yield db
+    finally:
+        await db.close()
+
+
+async def _hog_the_loop(stop: asyncio.Event) -> None:
+    """Stand-in for a busy backend: each turn of the loop takes 10 ms of CPU."""
+    while not stop.is_set():
+        time.sleep(0.01)  # noqa: ASYNC251 - blocking the loop is the point
+        await asyncio.sleep(0)
+
+
+async def test_twenty_enclaves_advancing_at_once_on_a_slow_loop_all_land(
+    impatient_database: Database,
+) -> None:
+    database = impatient_database
+    store = EnclaveStore(database)
+    owner = await new_user(database)
+    limits = Limits(max_enclaves=100, enclave_ttl=dt.timedelta(hours=1))
+    records = [
+        (
+            await store.reserve(
+                owner_id=owner.id, request_id=uuid.uuid4().hex, nonce=b"", limits=limits, now=NOW
+            )
+        )[0]
+        for _ in range(20)
+    ]
+
+    async def provision(enclave_id: str) -> None:
+        for phase in _PHASES:
+            await store.advance(enclave_id, phase, f"reached {phase.value}", NOW)
+
+    stop = asyncio.Event()
+    hogs = [asyncio.create_task(_hog_the_loop(stop))]
+    try:
+        results = await asyncio.gather(*(provision(r.id) for r in records), return_exceptions=True)
+    finally:
+        stop.set()
+        await asyncio.gather(*hogs)
+    assert [r for r in results if r is not None] == []
+    for record in records:
+        current = await store.get(record.id)
+        assert current is not None
+        assert (current.phase, current.last_sequence) == (_PHASES[-1], 1 + len(_PHASES))
