@@ -90,3 +90,40 @@ async def test_a_watch_resumes_after_the_apiserver_restarts(
     finally:
         await watch.stop()
         await api.close()
+
+
+async def test_a_wait_after_our_own_create_never_reads_the_new_object_as_gone(
+    kube_control_plane: KubeControlPlane,
+) -> None:
+    """Right after a create the watch may not have delivered it yet: absent is not deleted.
+
+    The enclave runtime once read a pod it had just created as deleted under load (the
+    watch lagged), deleted it and failed the enclave as ENCLAVE_EXITED.
+    """
+    api = KubeApi(KubeConfig(kubeconfig=str(kube_control_plane.kubeconfig)))
+    core = api.core()
+    label = f"own-write-{uuid.uuid4().hex[:8]}"
+    watch = ObjectWatch(
+        api, "configmaps", core.list_namespaced_config_map, "default", label_selector=f"t={label}"
+    )
+    watch.start()
+    try:
+        await asyncio.wait_for(watch.synced(), 10)
+        for i in range(10):
+            created = await api.call(
+                "create configmaps",
+                core.create_namespaced_config_map,
+                "default",
+                {"metadata": {"name": f"{label}-{i}", "labels": {"t": label}}},
+            )
+            seen = await watch.wait_until(
+                f"{label}-{i}",
+                lambda _: True,  # the first answer the cache gives, present or not
+                10,
+                after=created.metadata.resource_version,
+            )
+            assert seen is not None
+            assert seen["metadata"]["uid"] == created.metadata.uid
+    finally:
+        await watch.stop()
+        await api.close()

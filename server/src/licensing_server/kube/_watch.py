@@ -61,6 +61,8 @@ class ObjectWatch:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._listeners: list[Callable[[WatchEvent], None]] = []
+        #: The resource version the cache reflects (list, events, bookmarks), on the loop.
+        self._version = 0
         #: Times the watch was re-established (drops and expiries), for tests and logs.
         self.restarts = 0
         self.relists = 0
@@ -77,14 +79,25 @@ class ObjectWatch:
         self._listeners.append(callback)
 
     async def wait_until(
-        self, name: str, predicate: Callable[[Obj | None], bool], within: float
+        self,
+        name: str,
+        predicate: Callable[[Obj | None], bool],
+        within: float,
+        *,
+        after: str = "",
     ) -> Obj | None:
-        """The object once ``predicate`` holds for it (``None`` if it is gone); ``TimeoutError``."""
+        """The object once ``predicate`` holds for it (``None`` if it is gone); ``TimeoutError``.
+
+        With ``after`` (the resource version of our own write, such as a create), the
+        cache is first brought up to that write: until the watch delivers it, an object
+        just created is absent, and absent must not be read as deleted.
+        """
+        wanted = _version_number(after)
         async with asyncio.timeout(within):
             await self._synced.wait()
             while True:
                 current = self._objects.get(name)
-                if predicate(current):
+                if self._version >= wanted and predicate(current):
                     return current
                 self._changed.clear()
                 await self._changed.wait()
@@ -141,8 +154,9 @@ class ObjectWatch:
         raw = self._api.client.sanitize_for_serialization(listing)
         items = {o["metadata"]["name"]: o for o in raw.get("items") or []}
         self.relists += 1
-        self._post(self._replace, items)
-        return str(raw["metadata"].get("resourceVersion", ""))
+        version = str(raw["metadata"].get("resourceVersion", ""))
+        self._loop_call(self._replace, items, version)
+        return version
 
     def _follow(self, version: str) -> str:
         stream = watch.Watch()
@@ -172,20 +186,27 @@ class ObjectWatch:
             if new_version:
                 version = str(new_version)
             if kind == "BOOKMARK":
+                self._loop_call(self._reached, version)
                 continue
-            self._post(self._apply, WatchEvent(str(kind), obj["metadata"]["name"], obj))
+            self._loop_call(self._apply, WatchEvent(str(kind), obj["metadata"]["name"], obj))
         _log.debug("watch of %s ended after %.0fs", self._kind, time.monotonic() - started)
         return version
 
-    def _post(self, fn: Callable[[Any], None], arg: Any) -> None:
+    def _loop_call(self, fn: Callable[..., None], *args: Any) -> None:
         assert self._loop is not None
         try:
-            self._loop.call_soon_threadsafe(fn, arg)
+            self._loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:  # the loop is closed: the process is ending
             self._stopping.set()
 
     # On the loop ----------------------------------------------------------------------
-    def _replace(self, items: dict[str, Obj]) -> None:
+    def _reached(self, version: str) -> None:
+        number = _version_number(version)
+        if number > self._version:
+            self._version = number
+            self._changed.set()
+
+    def _replace(self, items: dict[str, Obj], version: str = "") -> None:
         gone = [n for n in self._objects if n not in items]
         for name in gone:
             self._apply(WatchEvent("DELETED", name, self._objects[name]))
@@ -195,6 +216,7 @@ class ObjectWatch:
                 "resourceVersion"
             ):
                 self._apply(WatchEvent("MODIFIED" if known else "ADDED", name, obj))
+        self._reached(version)
         self._synced.set()
         self._changed.set()
 
@@ -203,9 +225,18 @@ class ObjectWatch:
             self._objects.pop(event.name, None)
         else:
             self._objects[event.name] = event.object
+        self._reached(str(event.object.get("metadata", {}).get("resourceVersion", "")))
         self._changed.set()
         for listener in self._listeners:
             try:
                 listener(event)
             except Exception:
                 _log.exception("a %s watch listener failed", self._kind)
+
+
+def _version_number(version: str) -> int:
+    """Resource versions are etcd revisions (comparable since Kubernetes 1.33); 0 if not."""
+    try:
+        return int(version)
+    except ValueError:
+        return 0

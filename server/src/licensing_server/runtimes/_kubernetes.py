@@ -461,6 +461,7 @@ class KubernetesRuntime:
                     name,
                     lambda p: _scheduled(p) or _terminated(p, handle.uid) is not None,
                     self._schedule_timeout,
+                    after=str(created.metadata.resource_version or ""),
                 )
             except TimeoutError as exc:
                 why = _unschedulable(self.pods.get(name)) or "no node took it"
