@@ -16,7 +16,7 @@ import pytest
 from cryptography import x509
 
 from tests.deploy.conftest import DEV_KEY, OVERLAYS, REPO, decrypt, documents
-from tests.kube.cluster import KubeControlPlane
+from tests.kube.cluster import KubeControlPlane, wait_until
 
 NAMESPACES = REPO / "k8s" / "base" / "namespaces.yaml"
 
@@ -168,6 +168,13 @@ def test_the_dev_overlay_deploys_and_cert_manager_issues_the_frontend_certificat
         )
         return out.stdout.split()
 
+    # ``kubectl wait -l`` fails at once while the selector matches nothing: the Deployment's
+    # ReplicaSet makes the pod a moment later (longer on a loaded machine).
+    wait_until(
+        lambda: pods("app.kubernetes.io/name=licensing"),
+        what="the Deployment's pod created",
+        timeout=90,
+    )
     cluster(
         "wait",
         "--for=condition=PodScheduled",
