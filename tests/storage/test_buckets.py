@@ -41,7 +41,8 @@ def _key() -> str:
 
 async def _rows(database: Database) -> int:
     async with database.read() as session:
-        return int((await session.execute(sa.text("SELECT count(*) FROM rate_buckets"))).scalar())
+        counted = await session.execute(sa.text("SELECT count(*) FROM rate_buckets"))
+        return int(counted.scalar_one())
 
 
 async def test_fifty_concurrent_takes_across_two_replicas_grant_exactly_the_burst(
