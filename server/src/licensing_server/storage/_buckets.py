@@ -21,9 +21,9 @@ import hashlib
 import logging
 import math
 from collections.abc import AsyncIterator
+from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.exc import DBAPIError, OperationalError
+import psycopg
 
 from licensing_common.throttle import BucketStore, Rate, TokenBuckets
 from licensing_server.storage._database import Database
@@ -33,37 +33,29 @@ __all__ = ["SharedBuckets", "rate_buckets"]
 _log = logging.getLogger(__name__)
 
 # (burst - 1) * interval is how far ahead of now ``full_at`` may be for one more token.
-_TAKE = sa.text(
-    """
+_TAKE = """
     WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS now)
     INSERT INTO rate_buckets AS b (key, full_at, last_take_granted)
-    SELECT :key, clock.now + make_interval(secs => :interval), true FROM clock
+    SELECT %(key)s, clock.now + make_interval(secs => %(interval)s), true FROM clock
     ON CONFLICT (key) DO UPDATE SET
         full_at = CASE
-            WHEN b.full_at <= (SELECT now FROM clock) + make_interval(secs => :allowance)
-            THEN greatest(b.full_at, (SELECT now FROM clock)) + make_interval(secs => :interval)
+            WHEN b.full_at <= (SELECT now FROM clock) + make_interval(secs => %(allowance)s)
+            THEN greatest(b.full_at, (SELECT now FROM clock)) + make_interval(secs => %(interval)s)
             ELSE b.full_at
         END,
         last_take_granted =
-            b.full_at <= (SELECT now FROM clock) + make_interval(secs => :allowance)
+            b.full_at <= (SELECT now FROM clock) + make_interval(secs => %(allowance)s)
     RETURNING
         b.last_take_granted,
-        extract(epoch FROM b.full_at - (SELECT now FROM clock))::float8 - :allowance
-    """
-).bindparams(
-    sa.bindparam("key", type_=sa.LargeBinary),
-    sa.bindparam("interval", type_=sa.Float),
-    sa.bindparam("allowance", type_=sa.Float),
-)
+        extract(epoch FROM b.full_at - (SELECT now FROM clock))::float8 - %(allowance)s
+"""
 
-_WAIT = sa.text(
-    """
-    SELECT extract(epoch FROM full_at - clock_timestamp())::float8 - :allowance
-    FROM rate_buckets WHERE key = :key
-    """
-).bindparams(sa.bindparam("key", type_=sa.LargeBinary), sa.bindparam("allowance", type_=sa.Float))
+_WAIT = """
+    SELECT extract(epoch FROM full_at - clock_timestamp())::float8 - %(allowance)s
+    FROM rate_buckets WHERE key = %(key)s
+"""
 
-_PRUNE = sa.text("DELETE FROM rate_buckets WHERE full_at <= clock_timestamp()")
+_PRUNE = "DELETE FROM rate_buckets WHERE full_at <= clock_timestamp()"
 
 
 def _row_key(key: str) -> bytes:
@@ -71,10 +63,51 @@ def _row_key(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()[:16]
 
 
+class _Connections:
+    """A few autocommit connections of the store's own, straight through psycopg.
+
+    A take is on the path of every call: through SQLAlchemy's async engine (pool
+    checkout, pre-ping, greenlet, reset on return) it cost the frontend about five
+    times the CPU of the statement itself (bench/rate_limit_bench.py). A connection
+    that failed is dropped, and the next take opens a new one.
+    """
+
+    def __init__(self, conninfo: str, size: int):
+        self._conninfo = conninfo
+        self._idle: list[psycopg.AsyncConnection[tuple[Any, ...]]] = []
+        self._slots = asyncio.Semaphore(size)
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[tuple[Any, ...]]]:
+        async with self._slots:
+            conn = self._idle.pop() if self._idle else None
+            if conn is None or conn.broken or conn.closed:
+                conn = await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
+                )
+            try:
+                yield conn
+            except BaseException:
+                await conn.close()
+                raise
+            self._idle.append(conn)
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.close()
+
+
+#: Connections each replica's buckets may hold, and how long one may take to open.
+CONNECTIONS = 4
+CONNECT_TIMEOUT_SECONDS = 2
+
+
 class SharedBuckets:
     """``BucketStore`` in the ``rate_buckets`` table (PostgreSQL only).
 
-    Statements run in autocommit: one round trip per take, no BEGIN/COMMIT.
+    Statements run in autocommit on an UNLOGGED table: one round trip per take, no
+    BEGIN/COMMIT, no WAL flush.
     When the database cannot be reached, buckets fall back to this process's
     memory: the limits then hold per replica (N times looser, as before this
     store existed) rather than not at all, and health checks and the trust
@@ -83,7 +116,8 @@ class SharedBuckets:
     """
 
     def __init__(self, database: Database, fallback: TokenBuckets | None = None):
-        self._engine = database.engine.execution_options(isolation_level="AUTOCOMMIT")
+        url = database.engine.url.set(drivername="postgresql")
+        self._connections = _Connections(url.render_as_string(hide_password=False), CONNECTIONS)
         self._fallback = fallback if fallback is not None else TokenBuckets()
         self._degraded = False
 
@@ -114,25 +148,27 @@ class SharedBuckets:
             "allowance": (rate.burst - 1) * interval,
         }
         try:
-            async with self._engine.connect() as conn:
-                granted, wait = (await conn.execute(_TAKE, params)).one()
-        except (OperationalError, DBAPIError) as exc:
+            async with self._connections.connection() as conn:
+                row = await (await conn.execute(_TAKE, params)).fetchone()
+        except psycopg.Error as exc:
             self._unavailable(exc)
             return await self._fallback.take(key, rate)
         self._available()
+        assert row is not None  # an upsert with RETURNING returns its row
+        granted, wait = row
         return 0.0 if granted else max(float(wait), 1e-6)
 
     async def wait_time(self, key: str, rate: Rate) -> float:
         interval = self._check(rate)
         params = {"key": _row_key(key), "allowance": (rate.burst - 1) * interval}
         try:
-            async with self._engine.connect() as conn:
-                wait = (await conn.execute(_WAIT, params)).scalar_one_or_none()
-        except (OperationalError, DBAPIError) as exc:
+            async with self._connections.connection() as conn:
+                row = await (await conn.execute(_WAIT, params)).fetchone()
+        except psycopg.Error as exc:
             self._unavailable(exc)
             return await self._fallback.wait_time(key, rate)
         self._available()
-        return max(0.0, float(wait)) if wait is not None else 0.0
+        return max(0.0, float(row[0])) if row is not None else 0.0
 
     async def prune(self) -> int:
         """Delete the buckets that are full again; returns how many.
@@ -141,9 +177,12 @@ class SharedBuckets:
         ``full_at`` would make it cheaper but every take dearer (an update that
         changes an indexed column cannot be HOT), and takes are far more frequent.
         """
-        async with self._engine.connect() as conn:
+        async with self._connections.connection() as conn:
             result = await conn.execute(_PRUNE)
         return int(result.rowcount)
+
+    async def close(self) -> None:
+        await self._connections.close()
 
     @contextlib.asynccontextmanager
     async def pruning(self, interval_seconds: float) -> AsyncIterator[None]:
@@ -155,7 +194,7 @@ class SharedBuckets:
                 await asyncio.sleep(interval_seconds)
                 try:
                     pruned = await self.prune()
-                except (OperationalError, DBAPIError) as exc:
+                except psycopg.Error as exc:
                     _log.warning("pruning rate buckets failed: %s", type(exc).__name__)
                 else:
                     _log.debug("pruned %d full rate buckets", pruned)
@@ -181,5 +220,8 @@ async def rate_buckets(database: Database) -> AsyncIterator[BucketStore]:
         yield TokenBuckets()
         return
     shared = SharedBuckets(database)
-    async with shared.pruning(PRUNE_INTERVAL_SECONDS):
-        yield shared
+    try:
+        async with shared.pruning(PRUNE_INTERVAL_SECONDS):
+            yield shared
+    finally:
+        await shared.close()
