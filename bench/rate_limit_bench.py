@@ -7,9 +7,11 @@ Prints figures and asserts nothing. Needs PostgreSQL (LICENSING_TEST_POSTGRES_UR
 
 1. Store: ``take`` back to back from one coroutine (latency) and with ``--concurrency``
    in flight (takes/s), for the in-memory ``TokenBuckets`` (the baseline), for
-   ``SharedBuckets`` as the frontend builds it (the frontend's pool, pre-ping on), and
-   for ``SharedBuckets`` on an engine without pre-ping (what one round trip costs).
-   Keys: one hot key (an update each time) and a new key each take (an insert).
+   ``SharedBuckets`` (its own psycopg connections), and for the same statement through
+   the frontend's SQLAlchemy engine (why the store does not use it). The CPU this
+   process spent per take is printed too: on the frontend that is what a take costs
+   every other call. Keys: one hot key (an update each time) and a new key each take
+   (an insert).
 2. Through the API: GetCurrentUser (mTLS + token; no database: the profile and session
    answers are cached) closed loop with ``--concurrency`` in flight for ``--seconds``,
    against a stack on SQLite (in-memory buckets) and one on PostgreSQL (shared
@@ -32,7 +34,6 @@ from typing import Any
 
 import grpc
 from licensing.v1 import auth_pb2, auth_pb2_grpc
-from sqlalchemy.ext.asyncio import create_async_engine
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -40,6 +41,7 @@ if str(REPO) not in sys.path:
 
 from licensing_common.throttle import BucketStore, Rate, TokenBuckets  # noqa: E402
 from licensing_server.storage import Database, SharedBuckets  # noqa: E402
+from licensing_server.storage._buckets import _TAKE, _row_key  # noqa: E402
 from tests.support import migrated_database, start_stack  # noqa: E402
 
 #: Never refuses in a benchmark's time: every take is a grant (the common case).
@@ -73,17 +75,43 @@ async def _throughput(
     return done / (time.perf_counter() - start)
 
 
+class _ThroughSqlAlchemy:
+    """The shared take's statement through the frontend's engine (autocommit)."""
+
+    def __init__(self, database: Database):
+        self._engine = database.engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    async def take(self, key: str, rate: Rate) -> float:
+        interval = 1 / rate.per_second
+        params = {
+            "key": _row_key(key),
+            "interval": interval,
+            "allowance": (rate.burst - 1) * interval,
+        }
+        async with self._engine.connect() as conn:
+            row: Any = (await conn.exec_driver_sql(_TAKE, params)).one()
+        return 0.0 if row[0] else float(row[1])
+
+    async def wait_time(self, key: str, rate: Rate) -> float:
+        raise NotImplementedError
+
+
 async def _store_phase(url: str, calls: int, concurrency: int, seconds: float) -> None:
-    print(f"\n1. Store take: {calls} back to back (p50/p99 us), then {concurrency} in flight")
+    print(
+        f"\n1. Store take: {calls} back to back (p50/p99 us, CPU us), then {concurrency} in flight"
+    )
     frontend_db = Database.connect(url)
-    no_ping_db = Database(create_async_engine(url, pool_size=10, max_overflow=10))
+    shared = SharedBuckets(frontend_db)
     stores: list[tuple[str, BucketStore]] = [
         ("in memory (baseline)", TokenBuckets()),
-        ("shared, frontend pool", SharedBuckets(frontend_db)),
-        ("shared, no pre-ping", SharedBuckets(no_ping_db)),
+        ("shared (SharedBuckets)", shared),
+        ("same SQL via SQLAlchemy", _ThroughSqlAlchemy(frontend_db)),
     ]
-    baseline: dict[str, tuple[float, float]] = {}
-    print(f"   {'store':24} {'keys':8} {'p50 us':>9} {'p99 us':>9} {'takes/s':>10} {'x p50':>8}")
+    baseline: dict[str, float] = {}
+    print(
+        f"   {'store':24} {'keys':5} {'p50 us':>8} {'p99 us':>8} {'CPU us':>8} "
+        f"{'takes/s':>9} {'x p50':>7} {'x CPU':>7}"
+    )
     try:
         for name, store in stores:
             await store.take("warm-up", WIDE)
@@ -94,17 +122,20 @@ async def _store_phase(url: str, calls: int, concurrency: int, seconds: float) -
                     key = hot if keys == "hot" else f"bench {uuid.uuid4().hex}"
                     return store.take(key, WIDE)
 
+                cpu_start = time.process_time()
                 p50, p99 = await _latency_us(take, calls)
+                cpu = (time.process_time() - cpu_start) / calls * 1e6
                 rate = await _throughput(take, concurrency, seconds)
-                base = baseline.setdefault(keys, (p50, rate))
+                base_p50 = baseline.setdefault(f"{keys} p50", p50)
+                base_cpu = baseline.setdefault(f"{keys} cpu", cpu)
                 print(
-                    f"   {name:24} {keys:8} {p50:9.1f} {p99:9.1f} {rate:10.0f} "
-                    f"{p50 / base[0]:8.1f}",
+                    f"   {name:24} {keys:5} {p50:8.1f} {p99:8.1f} {cpu:8.1f} {rate:9.0f} "
+                    f"{p50 / base_p50:7.0f} {cpu / base_cpu:7.0f}",
                     flush=True,
                 )
     finally:
+        await shared.close()
         await frontend_db.close()
-        await no_ping_db.close()
 
 
 def _current_user_rate(database: str, admin_url: str, concurrency: int, seconds: float) -> float:

@@ -101,6 +101,8 @@ class _Connections:
 #: Connections each replica's buckets may hold, and how long one may take to open.
 CONNECTIONS = 4
 CONNECT_TIMEOUT_SECONDS = 2
+#: After the database failed a take, how long takes count in memory before trying it again.
+RETRY_AFTER_SECONDS = 1.0
 
 
 class SharedBuckets:
@@ -120,6 +122,9 @@ class SharedBuckets:
         self._connections = _Connections(url.render_as_string(hide_password=False), CONNECTIONS)
         self._fallback = fallback if fallback is not None else TokenBuckets()
         self._degraded = False
+        # While degraded, the database is tried again only after this (loop time): a
+        # database that times out would otherwise stall every call by the timeout.
+        self._retry_at = 0.0
 
     @staticmethod
     def _check(rate: Rate) -> float:
@@ -127,7 +132,11 @@ class SharedBuckets:
             raise ValueError(f"a shared bucket needs a finite positive rate, not {rate}")
         return 1.0 / rate.per_second
 
+    def _skip_database(self) -> bool:
+        return self._degraded and asyncio.get_running_loop().time() < self._retry_at
+
     def _unavailable(self, exc: Exception) -> None:
+        self._retry_at = asyncio.get_running_loop().time() + RETRY_AFTER_SECONDS
         if not self._degraded:
             _log.warning(
                 "rate limits counted per process: the database is unavailable (%s)",
@@ -139,6 +148,9 @@ class SharedBuckets:
         if self._degraded:
             _log.info("rate limits shared through the database again")
         self._degraded = False
+        # While degraded, the database is tried again only after this (loop time): a
+        # database that times out would otherwise stall every call by the timeout.
+        self._retry_at = 0.0
 
     async def take(self, key: str, rate: Rate) -> float:
         interval = self._check(rate)
@@ -147,6 +159,8 @@ class SharedBuckets:
             "interval": interval,
             "allowance": (rate.burst - 1) * interval,
         }
+        if self._skip_database():
+            return await self._fallback.take(key, rate)
         try:
             async with self._connections.connection() as conn:
                 row = await (await conn.execute(_TAKE, params)).fetchone()
@@ -161,6 +175,8 @@ class SharedBuckets:
     async def wait_time(self, key: str, rate: Rate) -> float:
         interval = self._check(rate)
         params = {"key": _row_key(key), "allowance": (rate.burst - 1) * interval}
+        if self._skip_database():
+            return await self._fallback.wait_time(key, rate)
         try:
             async with self._connections.connection() as conn:
                 row = await (await conn.execute(_WAIT, params)).fetchone()
