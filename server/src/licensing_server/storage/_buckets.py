@@ -59,7 +59,12 @@ _PRUNE = "DELETE FROM rate_buckets WHERE full_at <= clock_timestamp()"
 
 
 def _row_key(key: str) -> bytes:
-    """Keys name users and addresses: the table holds a digest, fixed-size and unreadable."""
+    """Keys name users and addresses: the table holds a 16-byte digest instead.
+
+    Fixed-size (a short primary key whatever the name), and no names or addresses
+    in dumps, logs or ``pg_stat`` views. Not a secret: whoever reads the table can
+    test a guessed name; rows last only until their bucket is full again.
+    """
     return hashlib.sha256(key.encode()).digest()[:16]
 
 
