@@ -7,6 +7,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -105,6 +106,7 @@ def test_a_per_address_rate_limit_is_counted_across_both_replicas(
     stubs = [trust_pb2_grpc.TrustServiceStub(replica.enroll_channel()) for replica in replicas]
     granted = 0
     refusal: grpc.RpcError | None = None
+    started = time.monotonic()
     for call in range(400):
         try:
             stubs[call % 2].GetTrustBundle(trust_pb2.GetTrustBundleRequest(), timeout=10)
@@ -112,6 +114,7 @@ def test_a_per_address_rate_limit_is_counted_across_both_replicas(
             refusal = exc
             break
         granted += 1
+    refilled = (time.monotonic() - started) * 20
 
     assert refusal is not None, "400 calls were never refused"
     assert refusal.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -120,5 +123,6 @@ def test_a_per_address_rate_limit_is_counted_across_both_replicas(
     assert info.reason == "RATE_LIMITED"
     assert info.metadata["method"] == "/licensing.v1.TrustService/GetTrustBundle"
     assert 0 < int(info.metadata["retry_after_ms"]) <= 50
-    # Per replica it would be 200 and more; shared, the burst and a little refill.
-    assert 100 <= granted < 150, granted
+    # Shared: the burst once, and what refilled meanwhile. Per replica it would be 200 and more.
+    assert 100 <= granted <= 100 + refilled + 1, (granted, refilled)
+    assert granted < 200
