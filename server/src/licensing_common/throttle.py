@@ -1,6 +1,10 @@
 """Token buckets: how many requests a key may make, refilled at a steady rate.
 
-In memory, per process: with several frontend replicas each allows the full rate.
+``BucketStore`` is what the access guard and the login throttle count with.
+``TokenBuckets`` keeps them in memory, per process: right for one process (the
+enclave, an embedded SQLite deployment). Replicas sharing one PostgreSQL use
+``licensing_server.storage.SharedBuckets`` instead, so that N of them together
+allow the configured rate, not N times it.
 """
 
 from __future__ import annotations
@@ -9,8 +13,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Protocol
 
-__all__ = ["Rate", "TokenBuckets"]
+__all__ = ["BucketStore", "Rate", "TokenBuckets"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +28,18 @@ class Rate:
     def scaled(self, percent: int) -> Rate:
         factor = percent / 100
         return Rate(self.per_second * factor, max(1, round(self.burst * factor)))
+
+
+class BucketStore(Protocol):
+    """Where buckets live; keys are opaque strings the caller namespaces."""
+
+    async def take(self, key: str, rate: Rate) -> float:
+        """Take one token if there is one (returns 0.0), else the seconds to wait."""
+        ...
+
+    async def wait_time(self, key: str, rate: Rate) -> float:
+        """Seconds until ``key`` may make a request (0.0: now), taking nothing."""
+        ...
 
 
 class TokenBuckets:
@@ -47,11 +64,11 @@ class TokenBuckets:
             return 0.0
         return (1 - level) / rate.per_second if rate.per_second > 0 else float("inf")
 
-    def wait_time(self, key: Hashable, rate: Rate) -> float:
+    async def wait_time(self, key: Hashable, rate: Rate) -> float:
         """Seconds until ``key`` may make a request (0.0: now), taking nothing."""
         return self._wait(self._level(key, rate, self._clock()), rate)
 
-    def take(self, key: Hashable, rate: Rate) -> float:
+    async def take(self, key: Hashable, rate: Rate) -> float:
         """Take one token if there is one (returns 0.0), else the seconds to wait."""
         now = self._clock()
         level = self._level(key, rate, now)

@@ -109,7 +109,8 @@ class Settings:
     bcrypt_cost: int = 12
     bcrypt_threads: int = field(default_factory=_default_threads)
     login_queue_limit: int = 64
-    # Failed logins allowed per username per minute (and at once), per frontend; 0: no limit.
+    # Failed logins allowed per username per minute (and at once); 0: no limit. Like the
+    # rate limits, counted across all frontends on PostgreSQL, per frontend on SQLite.
     login_failures_per_minute: int = 10
     # Scales the per-method rate limits of api/limits.py; 0 turns them off.
     rate_limit_percent: int = 100

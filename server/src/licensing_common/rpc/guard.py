@@ -30,7 +30,7 @@ from licensing_common.rpc import errors
 from licensing_common.rpc.handlers import wrap_handler
 from licensing_common.rpc.limits import CountedBy, RateLimit
 from licensing_common.rpc.policy import Access
-from licensing_common.throttle import TokenBuckets
+from licensing_common.throttle import BucketStore, TokenBuckets
 from licensing_common.tokens import AccessClaims
 
 _log = logging.getLogger(__name__)
@@ -168,6 +168,7 @@ class AccessGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         rate_limits: Mapping[str, RateLimit] | None = None,
         rate_limit_percent: int = 100,
         max_calls_per_address: int = 0,
+        buckets: BucketStore | None = None,
     ):
         self._policy = dict(policy)
         # 0: calls per address are not counted (backend, enclaves).
@@ -183,7 +184,8 @@ class AccessGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             if rate_limit_percent > 0
             else {}
         )
-        self._buckets = TokenBuckets()
+        # Shared through the database when replicas share one (storage.rate_buckets).
+        self._buckets: BucketStore = buckets if buckets is not None else TokenBuckets()
 
     async def _admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
         caller = await self._authorize(method, context)
@@ -193,7 +195,7 @@ class AccessGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 key = caller.claims.user_id
             else:
                 key = client_address(context.peer())
-            wait = self._buckets.take((method, key), limit.rate)
+            wait = await self._buckets.take(f"rpc {method} {key}", limit.rate)
             if wait > 0:
                 retry_ms = math.ceil(wait * 1000)
                 raise ResourceExhausted(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from licensing_common.errors import InvalidArgument, ResourceExhausted, Unauthenticated
-from licensing_common.throttle import Rate, TokenBuckets
+from licensing_common.throttle import BucketStore, Rate, TokenBuckets
 from licensing_server.auth._passwords import PasswordHasher, check_password_policy
 from licensing_server.auth._usernames import normalise_username
 from licensing_server.pki import parse_csr
@@ -61,6 +61,11 @@ class LoginResult:
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _failure_key(name: str) -> str:
+    """The failed-login bucket of a (normalised) username, apart from the guard's keys."""
+    return f"login-failures {name}"
 
 
 _BAD_CREDENTIALS = ("INVALID_CREDENTIALS", "username or password is incorrect")
@@ -117,6 +122,7 @@ class AuthService:
         refresh_token_ttl: dt.timedelta,
         client_certificate_ttl: dt.timedelta,
         login_failures_per_minute: int = 10,
+        failures: BucketStore | None = None,
         clock: Callable[[], dt.datetime] = _utcnow,
     ):
         self._users = users
@@ -129,7 +135,8 @@ class AuthService:
         self._clock = clock
         self._active_sessions: dict[str, float] = {}
         self._profiles = ProfileCache()
-        self._failures = TokenBuckets()
+        # Shared through the database when replicas share one (storage.rate_buckets).
+        self._failures: BucketStore = failures if failures is not None else TokenBuckets()
         per_minute = login_failures_per_minute
         self._failure_rate = Rate(per_minute / 60, per_minute) if per_minute > 0 else None
 
@@ -153,13 +160,13 @@ class AuthService:
         # or not (so this tells nothing either), before any bcrypt work is spent on it.
         # (A name that is not valid cannot log in; it is not worth a bucket.)
         if name:
-            self._check_login_throttle(name)
+            await self._check_login_throttle(name)
         user = await self._users.find_user_by_name(name) if name else None
         # One bcrypt check on every path, so timing does not tell whether the user exists.
         ok = await self._passwords.verify(secret, user.password_hash if user else None)
         if not ok or user is None:
             if name and self._failure_rate is not None:
-                self._failures.take(name, self._failure_rate)
+                await self._failures.take(_failure_key(name), self._failure_rate)
             raise Unauthenticated(*_BAD_CREDENTIALS)
         cert = await self._certificates.sign_user_certificate(
             user_id=user.id, username=user.username, csr_pem=csr_pem, lifetime=self._cert_ttl
@@ -179,10 +186,10 @@ class AuthService:
         _log.info("user logged in: %s session %s", user.id, session.id)
         return LoginResult(user.id, access, access_exp, refresh_token, session.expires_at, cert)
 
-    def _check_login_throttle(self, key: str) -> None:
+    async def _check_login_throttle(self, name: str) -> None:
         if self._failure_rate is None:
             return
-        wait = self._failures.wait_time(key, self._failure_rate)
+        wait = await self._failures.wait_time(_failure_key(name), self._failure_rate)
         if wait > 0:
             retry_ms = math.ceil(wait * 1000)
             raise ResourceExhausted(

@@ -53,7 +53,14 @@ from licensing_server.observability import (
     serve_metrics,
 )
 from licensing_server.process import freed_memory_released, run_process, stop_requested
-from licensing_server.storage import Database, EnclaveStore, Limits, UserStore, run_migrations
+from licensing_server.storage import (
+    Database,
+    EnclaveStore,
+    Limits,
+    UserStore,
+    rate_buckets,
+    run_migrations,
+)
 from licensing_server.tokens import AccessTokenSigner, AccessTokenVerifier, SigningKey
 
 _log = logging.getLogger(__name__)
@@ -98,6 +105,8 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
     await asyncio.to_thread(run_migrations, url)
     database = Database.connect(url, DatabaseMetrics(registry))
     stack.push_async_callback(database.close)
+    # Rate limits and the failed-login throttle: one set for all replicas on PostgreSQL.
+    buckets = await stack.enter_async_context(rate_buckets(database))
 
     ca_pem = layout.ca_certificate.read_bytes()
     identity = ServerIdentity(
@@ -142,6 +151,7 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
         refresh_token_ttl=dt.timedelta(seconds=settings.refresh_token_ttl_seconds),
         client_certificate_ttl=dt.timedelta(seconds=settings.client_certificate_ttl_seconds),
         login_failures_per_minute=settings.login_failures_per_minute,
+        failures=buckets,
     )
     ca_list = [ca_pem.decode()]
     enclaves = EnclaveStore(database)
@@ -167,6 +177,7 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
                 rate_limits=FRONTEND_RATE_LIMITS,
                 rate_limit_percent=settings.rate_limit_percent,
                 max_calls_per_address=settings.max_calls_per_address,
+                buckets=buckets,
             ),
         ],
         options=ConnectionLimits(

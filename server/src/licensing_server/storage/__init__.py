@@ -1,6 +1,7 @@
 """Persistence: SQLAlchemy 2 models, Alembic migrations and the stores the domain uses."""
 
 from licensing_common.phases import Phase
+from licensing_server.storage._buckets import SharedBuckets, rate_buckets
 from licensing_server.storage._database import Database, DatabaseUnavailable, run_migrations
 from licensing_server.storage._enclaves import (
     MAX_SEQUENCE,
@@ -29,7 +30,9 @@ __all__ = [
     "MeasurementStore",
     "Phase",
     "SessionRecord",
+    "SharedBuckets",
     "UserRecord",
     "UserStore",
+    "rate_buckets",
     "run_migrations",
 ]

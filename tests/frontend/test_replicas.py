@@ -1,0 +1,128 @@
+"""Two frontend replicas on one PostgreSQL count rate limits together, as one frontend would."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from licensing.v1 import auth_pb2, trust_pb2, trust_pb2_grpc
+
+from tests.support import (
+    PASSWORD,
+    Stack,
+    error_info,
+    free_port,
+    make_csr,
+    new_key,
+    start_stack,
+    wait_for_port,
+)
+
+FAILURES_PER_MINUTE = 3
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Stack]]:
+    """A stack (backend + frontend) and a second frontend beside it: same database,
+    same backend, same data directory (certificates, signing key), other ports."""
+    started = contextlib.contextmanager(start_stack)(
+        "postgresql",
+        tmp_path_factory.mktemp("replicas"),
+        os.environ.get("LICENSING_TEST_POSTGRES_URL"),
+        LICENSING_RATE_LIMIT_PERCENT="100",
+        LICENSING_LOGIN_FAILURES_PER_MINUTE=str(FAILURES_PER_MINUTE),
+    )
+    with started as first:
+        second = dataclasses.replace(
+            first, enroll_port=free_port(), api_port=free_port(), proc=None, _channels=[]
+        )
+        try:
+            env = second.env(LICENSING_FRONTEND_METRICS_ADDR=f"127.0.0.1:{free_port()}")
+            assert first.log_path is not None
+            with (first.log_path.parent / "second-frontend.log").open("ab") as log:
+                second.proc = subprocess.Popen(
+                    [sys.executable, "-m", "licensing_server.frontend.app"],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=first.data_dir.parent,
+                )
+            wait_for_port(second.enroll_port, 60, second.proc)
+            wait_for_port(second.api_port, 60, second.proc)
+            yield first, second
+        finally:
+            second.stop()
+
+
+def _login(stack: Stack, username: str, password: str) -> grpc.RpcError | None:
+    request = auth_pb2.LoginRequest(
+        username=username, password=password, csr_pem=make_csr(new_key())
+    )
+    try:
+        stack.auth().Login(request, timeout=30)
+    except grpc.RpcError as exc:
+        return exc
+    return None
+
+
+def test_failed_logins_spread_over_both_replicas_throttle_after_the_same_count(
+    replicas: tuple[Stack, Stack],
+) -> None:
+    first, second = replicas
+    victim = first.sign_up()
+
+    for attempt in range(FAILURES_PER_MINUTE):
+        wrong = _login((first, second)[attempt % 2], victim, "not the password")
+        assert wrong is not None
+        assert wrong.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    # Neither replica saw three failures by itself; together they did.
+    for replica in (first, second):
+        throttled = _login(replica, victim, PASSWORD)
+        assert throttled is not None
+        assert throttled.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        info = error_info(throttled)
+        assert info is not None
+        assert info.reason == "LOGIN_THROTTLED"
+        assert 0 < int(info.metadata["retry_after_ms"]) <= 20_000
+
+    # Another name is not affected, on either replica.
+    bystander = second.sign_up()
+    assert _login(first, bystander, PASSWORD) is None
+
+
+def test_a_per_address_rate_limit_is_counted_across_both_replicas(
+    replicas: tuple[Stack, Stack],
+) -> None:
+    """GetTrustBundle: 20/s, burst 100 per address. Alternating replicas as fast as one
+    client can, the address gets the burst (plus what refills meanwhile) once, not twice."""
+    stubs = [trust_pb2_grpc.TrustServiceStub(replica.enroll_channel()) for replica in replicas]
+    granted = 0
+    refusal: grpc.RpcError | None = None
+    started = time.monotonic()
+    for call in range(400):
+        try:
+            stubs[call % 2].GetTrustBundle(trust_pb2.GetTrustBundleRequest(), timeout=10)
+        except grpc.RpcError as exc:
+            refusal = exc
+            break
+        granted += 1
+    refilled = (time.monotonic() - started) * 20
+
+    assert refusal is not None, "400 calls were never refused"
+    assert refusal.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    info = error_info(refusal)
+    assert info is not None
+    assert info.reason == "RATE_LIMITED"
+    assert info.metadata["method"] == "/licensing.v1.TrustService/GetTrustBundle"
+    assert 0 < int(info.metadata["retry_after_ms"]) <= 50
+    # Shared: the burst once, and what refilled meanwhile. Per replica it would be 200 and more.
+    assert 100 <= granted <= 100 + refilled + 1, (granted, refilled)
+    assert granted < 200
