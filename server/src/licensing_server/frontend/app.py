@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import gc
 import logging
+import signal
 
 import grpc
 from licensing.v1 import (
@@ -54,7 +55,14 @@ from licensing_server.observability import (
 )
 from licensing_server.process import freed_memory_released, run_process, stop_requested
 from licensing_server.storage import Database, EnclaveStore, Limits, UserStore, run_migrations
-from licensing_server.tokens import AccessTokenSigner, AccessTokenVerifier, SigningKey
+from licensing_server.tasks import spawn
+from licensing_server.tokens import (
+    AccessTokenSigner,
+    AccessTokenVerifier,
+    KeySetFiles,
+    KeySetMissing,
+    TokenKeyRing,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -74,6 +82,21 @@ async def _wait_for_identity(layout: DataLayout, wait_seconds: float = 60.0) -> 
             missing = ", ".join(str(p) for p in paths if not p.exists())
             raise SystemExit(f"frontend certificates missing (is the backend running?): {missing}")
         await asyncio.sleep(0.2)
+
+
+def _token_keys(settings: Settings) -> TokenKeyRing:
+    """The key set, read from its files; made on a first start only in our own data dir."""
+    files = KeySetFiles(settings.effective_token_keys_dir, create=settings.token_keys_dir is None)
+    try:
+        return TokenKeyRing(files)
+    except KeySetMissing as exc:
+        raise SystemExit(f"licensing-frontend: {exc} (LICENSING_TOKEN_KEYS_DIR)") from exc
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def serve(settings: Settings) -> None:
@@ -114,14 +137,19 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
     certificates = BackendCertificateSigner(backend_channel)
     provisioning = BackendProvisioningClient(backend_channel)
 
-    signing_key = SigningKey.load_or_create(layout.token_signing_key)
+    keys = _token_keys(settings)
     verifier = AccessTokenVerifier(
-        {signing_key.kid: signing_key.private_key.public_key()},
+        keys.public_keys(),
         issuer=settings.token_issuer,
         audience=settings.token_audience,
     )
+    keys.on_change(lambda key_set: verifier.replace_keys(key_set.public_keys()))
+    watcher = spawn(keys.watch(settings.token_keys_reload_seconds), name="token-keys")
+    stack.push_async_callback(_cancelled, watcher)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, keys.request_reload)
+    stack.callback(asyncio.get_running_loop().remove_signal_handler, signal.SIGHUP)
     signer = AccessTokenSigner(
-        signing_key,
+        keys.signing_key,
         issuer=settings.token_issuer,
         audience=settings.token_audience,
         ttl=dt.timedelta(seconds=settings.access_token_ttl_seconds),
@@ -150,7 +178,7 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
     catalog = EnclaveCatalog(
         store=enclaves,
         backend=provisioning,
-        jwks_json=signing_key.jwks_json(),
+        jwks_json=keys.jwks_json,
         default_limits=Limits(
             max_enclaves=settings.max_enclaves,
             enclave_ttl=dt.timedelta(seconds=settings.enclave_ttl_seconds),
@@ -182,7 +210,7 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
         TrustServicer(
             ca_certificates_pem=lambda: ca_list,
             ak_certificate_chain_pem=certificates.ak_certificate_chain,
-            jwks_json=signing_key.jwks_json(),
+            jwks_json=keys.jwks_json,
             issuer=settings.token_issuer,
             audience=settings.token_audience,
         ),
