@@ -68,6 +68,8 @@ class Inputs:
     now: dt.datetime
     enclave_ttl: dt.timedelta = dt.timedelta(seconds=3600)
     force: bool = False
+    #: A new key set, whatever is on stdin (the old one leaked).
+    new_key_set: bool = False
 
 
 def _secret(name: str, namespace: str, data: dict[str, str], kind: str = "Opaque") -> Manifest:
@@ -98,7 +100,7 @@ def _ca(_: Inputs) -> list[Manifest]:
 def _token_signing_key(inputs: Inputs) -> list[Manifest]:
     """The set on stdin rotated (read as the frontend reads it), else a fresh one."""
     old = inputs.current.get((NAMESPACE, "licensing-token-signing-key"), {}).get("stringData")
-    if old and (KEY_SET_FILE in old or SINGLE_KEY_FILE in old):
+    if old and not inputs.new_key_set and (KEY_SET_FILE in old or SINGLE_KEY_FILE in old):
         with tempfile.TemporaryDirectory() as tmp:
             for name in (KEY_SET_FILE, SINGLE_KEY_FILE):
                 if name in old:
@@ -141,6 +143,7 @@ def manifests(
     *,
     enclave_ttl: dt.timedelta = dt.timedelta(seconds=3600),
     force: bool = False,
+    new_key_set: bool = False,
 ) -> list[Manifest]:
     """Every Secret: made (or rotated) if named in ``renew``, else taken from ``current``."""
     have = {_key(m): m for m in current}
@@ -148,7 +151,8 @@ def manifests(
     out: list[Manifest] = []
     for name, make in MAKERS.items():
         # Only what is renewed sees stdin (a rotation); the rest is made just for its names.
-        fresh = make(Inputs(have if name in renew else {}, now, enclave_ttl, force))
+        inputs = Inputs(have if name in renew else {}, now, enclave_ttl, force, new_key_set)
+        fresh = make(inputs)
         if name in renew:
             out.extend(fresh)
             continue
@@ -191,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="promote the next key however young (enclaves older than it then refuse tokens)",
     )
+    parser.add_argument(
+        "--new-token-key-set",
+        action="store_true",
+        help="renew token-signing-key as a new set, not a rotation (the old keys leaked: "
+        "every token and enclave of them is refused)",
+    )
     args = parser.parse_args(argv)
     renew = set(args.renew or MAKERS)
     current = [] if renew == set(MAKERS) else [d for d in yaml.safe_load_all(sys.stdin) if d]
@@ -201,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         current,
         enclave_ttl=dt.timedelta(seconds=args.enclave_ttl_seconds),
         force=args.force,
+        new_key_set=args.new_token_key_set,
     )
     yaml.dump_all(made, sys.stdout, Dumper=_Dumper, sort_keys=False)
     return 0

@@ -168,6 +168,13 @@ def test_renewing_the_signing_key_rotates_the_set_and_a_young_next_key_waits(
     assert [p.key.kid for p in after.previous] == [before.signing_key.kid]
     assert after.next is not None
     assert after.next.key.kid not in {k.kid for k in before.published()}
+    # The old keys leaked: a new set shares none of them.
+    replaced = _new_secrets(
+        "--renew", "token-signing-key", "--new-token-key-set", stdin=current.stdout
+    )
+    assert replaced.returncode == 0, replaced.stderr
+    fresh = _key_set(replaced.stdout)
+    assert {k.kid for k in fresh.published()}.isdisjoint(k.kid for k in before.published())
 
 
 def test_an_old_single_key_secret_is_renewed_into_a_set_that_publishes_a_next_key() -> None:
