@@ -23,8 +23,9 @@ The Secrets, and the names ``--renew`` takes:
   current and a next key; renewing it *rotates* the set on stdin (next becomes current, the
   old current stays as previous for the access-token lifetime, a new next is published), or
   turns an old single-key Secret (``token-signing-key.pem``) into a set that publishes a next
-  key. A next key younger than an enclave lifetime (``--enclave-ttl-seconds``) is not
-  promoted without ``--force``: enclaves made before it was published would refuse its tokens.
+  key. A next key younger than an enclave lifetime (``--enclave-ttl-seconds``) and 5 minutes
+  is not promoted without ``--force``: enclaves made before it was published would refuse
+  its tokens.
 - ``database-password``: ``licensing-database``, URL-safe (it goes into the database URL).
 """
 
@@ -46,6 +47,7 @@ from licensing_server.layout import DataLayout
 from licensing_server.pki import CertificateAuthority
 from licensing_server.tokens import (
     KEY_SET_FILE,
+    PROPAGATION_ALLOWANCE,
     SINGLE_KEY_FILE,
     KeySetFiles,
     RotationRefused,
@@ -57,7 +59,7 @@ NAMESPACE = "licensing"
 Manifest = dict[str, Any]
 #: A previous key outlives the access tokens it signed (LICENSING_ACCESS_TOKEN_TTL_SECONDS at
 #: most 3600) plus the minutes a Secret update takes to reach every replica's files.
-KEEP_PREVIOUS_FOR = dt.timedelta(seconds=3600 + 300)
+KEEP_PREVIOUS_FOR = dt.timedelta(seconds=3600) + PROPAGATION_ALLOWANCE
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +112,7 @@ def _token_signing_key(inputs: Inputs) -> list[Manifest]:
             key_set = before.rotated(
                 inputs.now,
                 keep_previous_for=KEEP_PREVIOUS_FOR,
-                min_next_age=inputs.enclave_ttl,
+                min_next_age=inputs.enclave_ttl + PROPAGATION_ALLOWANCE,
                 force=inputs.force,
             )
         except RotationRefused as exc:

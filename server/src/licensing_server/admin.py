@@ -17,12 +17,13 @@ from licensing_server.auth import normalise_username
 from licensing_server.config import Settings
 from licensing_server.process import load_settings
 from licensing_server.storage import Database, EnclaveStore, Limits, UserStore, run_migrations
-from licensing_server.tokens import KeySetFiles, KeySetMissing, RotationRefused
+from licensing_server.tokens import (
+    PROPAGATION_ALLOWANCE,
+    KeySetFiles,
+    KeySetMissing,
+    RotationRefused,
+)
 from licensing_server.tpm import LockoutState, TpmDevice
-
-#: How long a replica may take to see a rotated key set: our poll (10 s by default) plus,
-#: in Kubernetes, the kubelet's update of a mounted Secret (a minute or two).
-PROPAGATION_ALLOWANCE = dt.timedelta(minutes=5)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument(
         "--force",
         action="store_true",
-        help="promote a next key younger than LICENSING_ENCLAVE_TTL_SECONDS anyway "
+        help="promote a next key younger than LICENSING_ENCLAVE_TTL_SECONDS + 5 min anyway "
         "(enclaves older than it then refuse new tokens)",
     )
     rotate.add_argument(
@@ -77,7 +78,10 @@ def _token_keys(args: argparse.Namespace, settings: Settings) -> dict[str, objec
                 dt.datetime.now(dt.UTC),
                 keep_previous_for=dt.timedelta(seconds=settings.access_token_ttl_seconds)
                 + PROPAGATION_ALLOWANCE,
-                min_next_age=dt.timedelta(seconds=settings.enclave_ttl_seconds),
+                # An enclave made by a replica that had not yet seen the last rotation
+                # lives up to one allowance longer than one made right before it.
+                min_next_age=dt.timedelta(seconds=settings.enclave_ttl_seconds)
+                + PROPAGATION_ALLOWANCE,
                 force=args.force,
                 discard_previous=args.discard_previous,
             )

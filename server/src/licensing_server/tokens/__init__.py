@@ -11,7 +11,12 @@ from licensing_server.tokens._keyfiles import (
     KeySetMissing,
 )
 from licensing_server.tokens._keyring import TokenKeyRing
-from licensing_server.tokens._keyset import KeyInRole, RotationRefused, TokenKeySet
+from licensing_server.tokens._keyset import (
+    PROPAGATION_ALLOWANCE,
+    KeyInRole,
+    RotationRefused,
+    TokenKeySet,
+)
 from licensing_server.tokens._refresh import (
     MAX_REFRESH_TOKEN_LENGTH,
     hash_refresh_token,
@@ -22,6 +27,7 @@ from licensing_server.tokens._signing import AccessTokenSigner, SigningKey
 __all__ = [
     "KEY_SET_FILE",
     "MAX_REFRESH_TOKEN_LENGTH",
+    "PROPAGATION_ALLOWANCE",
     "SINGLE_KEY_FILE",
     "AccessClaims",
     "AccessTokenSigner",

@@ -21,6 +21,10 @@ from licensing_server.tokens._signing import SigningKey
 
 #: The stored form's version; anything else is refused rather than half-read.
 FORMAT = "licensing-token-signing-keys/v1"
+#: How long replicas may take to see a rotated set: their poll (10 s by default) plus, in
+#: Kubernetes, the kubelet's update of a mounted Secret (a minute or two). Both the time a
+#: previous key stays and the time a next key waits before it signs include it.
+PROPAGATION_ALLOWANCE = dt.timedelta(minutes=5)
 
 
 class RotationRefused(Exception):
