@@ -26,7 +26,7 @@ from licensing.v1 import auth_pb2, auth_pb2_grpc, trust_pb2, trust_pb2_grpc
 
 from licensing_server.tokens import SINGLE_KEY_FILE, SigningKey
 from tests.enclaves.helpers import Owner
-from tests.support import LoggedIn, Stack, error_reason, start_stack
+from tests.support import LoggedIn, Stack, error_reason, free_port, start_stack, wait_for_port
 
 TIMEOUT = 30.0
 
@@ -223,3 +223,66 @@ def test_a_single_key_data_directory_starts_unchanged_and_its_first_rotation_pub
         assert "PRIVATE" not in done.stdout + done.stderr
     finally:
         next(stacks, None)
+
+
+@pytest.fixture
+def second_replica(fresh_stack: Stack, tmp_path: Path) -> Iterator[Stack]:
+    """Another frontend process on the same data directory, database and backend: a replica
+    that polls once an hour, so it lags behind a rotation until it gets its SIGHUP."""
+    replica = Stack(
+        fresh_stack.database,
+        fresh_stack.data_dir,
+        fresh_stack.database_url,
+        free_port(),
+        free_port(),
+        fresh_stack.backend_port,
+        extra_env={
+            **fresh_stack.extra_env,
+            "LICENSING_FRONTEND_METRICS_ADDR": "off",
+            "LICENSING_TOKEN_KEYS_RELOAD_SECONDS": "3600",
+        },
+        swtpm_port=fresh_stack.swtpm_port,
+    )
+    log = (tmp_path / "replica.log").open("ab")
+    replica.proc = subprocess.Popen(
+        [sys.executable, "-m", "licensing_server.frontend.app"],
+        env=replica.env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(replica.api_port, 60, replica.proc)
+        yield replica
+    finally:
+        replica.stop()
+        log.close()
+
+
+def test_a_replica_that_has_not_seen_the_rotation_yet_and_one_that_has_accept_each_other(
+    fresh_stack: Stack, second_replica: Stack
+) -> None:
+    """Why next is published a rotation ahead and previous kept after: replicas switch at
+    different moments (a Secret update reaches each pod's files on its own schedule)."""
+    first, second = fresh_stack, second_replica
+    user = first.new_user()
+    before = _admin(first, "show")
+    assert _published_kids(second) == _published_kids(first) == _kids_of(before)
+    assert _me(second, user, user.access_token).user.id == user.user_id
+
+    rotated = _admin(first, "rotate", "--force")
+    assert first.proc is not None
+    first.proc.send_signal(signal.SIGHUP)  # the second replica is not told
+    _wait_for(lambda: _published_kids(first) == _kids_of(rotated))
+    assert _published_kids(second) == _kids_of(before)
+
+    from_first = _refreshed(first, user)  # the new current key: the lagging one knows it
+    assert _kid(from_first) == rotated["current"]["kid"]
+    assert _me(second, user, from_first).user.id == user.user_id
+    from_second = _refreshed(second, user)  # still the old key: the first keeps it
+    assert _kid(from_second) == before["current"]["kid"]
+    assert _me(first, user, from_second).user.id == user.user_id
+
+    assert second.proc is not None
+    second.proc.send_signal(signal.SIGHUP)
+    _wait_for(lambda: _published_kids(second) == _kids_of(rotated))
+    assert _kid(_refreshed(second, user)) == rotated["current"]["kid"]
