@@ -213,6 +213,18 @@ def test_an_unreadable_key_file_keeps_the_set_in_use(tmp_path: Path) -> None:
     assert ring.signing_key().kid == kid
 
 
+def test_a_key_file_gone_missing_keeps_the_set_in_use_and_makes_no_new_one(
+    tmp_path: Path,
+) -> None:
+    files = KeySetFiles(tmp_path, create=True)
+    ring = TokenKeyRing(files)
+    kid = ring.signing_key().kid
+    (tmp_path / KEY_SET_FILE).unlink()
+    assert ring.reload() is False
+    assert ring.signing_key().kid == kid
+    assert not (tmp_path / KEY_SET_FILE).exists()
+
+
 def test_a_non_ec_single_key_is_refused(tmp_path: Path) -> None:
     pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM,

@@ -55,7 +55,7 @@ from licensing_server.observability import (
 )
 from licensing_server.process import freed_memory_released, run_process, stop_requested
 from licensing_server.storage import Database, EnclaveStore, Limits, UserStore, run_migrations
-from licensing_server.tasks import spawn
+from licensing_server.tasks import TaskSet
 from licensing_server.tokens import (
     AccessTokenSigner,
     AccessTokenVerifier,
@@ -91,12 +91,6 @@ def _token_keys(settings: Settings) -> TokenKeyRing:
         return TokenKeyRing(files)
     except KeySetMissing as exc:
         raise SystemExit(f"licensing-frontend: {exc} (LICENSING_TOKEN_KEYS_DIR)") from exc
-
-
-async def _cancelled(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def serve(settings: Settings) -> None:
@@ -144,8 +138,9 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
         audience=settings.token_audience,
     )
     keys.on_change(lambda key_set: verifier.replace_keys(key_set.public_keys()))
-    watcher = spawn(keys.watch(settings.token_keys_reload_seconds), name="token-keys")
-    stack.push_async_callback(_cancelled, watcher)
+    background = TaskSet()
+    stack.push_async_callback(background.cancel_all)
+    background.spawn(keys.watch(settings.token_keys_reload_seconds), name="token-keys")
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, keys.request_reload)
     stack.callback(asyncio.get_running_loop().remove_signal_handler, signal.SIGHUP)
     signer = AccessTokenSigner(

@@ -72,16 +72,23 @@ class KeySetFiles:
                 return (path.name, st.st_ino, st.st_mtime_ns, st.st_size)
         return None
 
-    def load(self) -> TokenKeySet:
-        """The set file, else the single key, else (``create``) a fresh set written here."""
+    def read(self) -> TokenKeySet:
+        """The set file, else the single key; never makes one (``KeySetMissing``)."""
         with contextlib.suppress(FileNotFoundError):
             return TokenKeySet.from_json(self.set_path.read_text())
         with contextlib.suppress(FileNotFoundError):
             return TokenKeySet.single(self._single_key(), self._since(self.single_key_path))
-        if not self._create:
-            raise KeySetMissing(
-                f"no token signing key in {self.directory} ({KEY_SET_FILE} or {SINGLE_KEY_FILE})"
-            )
+        raise KeySetMissing(
+            f"no token signing key in {self.directory} ({KEY_SET_FILE} or {SINGLE_KEY_FILE})"
+        )
+
+    def load(self) -> TokenKeySet:
+        """What ``read`` finds, else (``create``: a first start) a fresh set written here."""
+        try:
+            return self.read()
+        except KeySetMissing:
+            if not self._create:
+                raise
         with self.locked():
             if self.set_path.exists():  # another process made it first
                 return TokenKeySet.from_json(self.set_path.read_text())

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from licensing_server.tokens._keyfiles import KeySetFiles
+from licensing_server.tokens._keyfiles import KeySetFiles, KeySetMissing
 from licensing_server.tokens._keyset import TokenKeySet
 from licensing_server.tokens._signing import SigningKey
 
@@ -55,8 +55,10 @@ class TokenKeyRing:
         if stamp == self._stamp:
             return False
         try:
-            key_set = self._files.load()
-        except (OSError, ValueError) as exc:
+            # Never a new set here: a file gone missing is an operator's mistake to report,
+            # not a reason to sign with a key no other replica knows.
+            key_set = self._files.read()
+        except (OSError, ValueError, KeySetMissing) as exc:
             # Kept: signing on with a known key beats refusing every login.
             _log.error("token signing keys in %s unreadable, kept: %s", self._files.directory, exc)
             return False
