@@ -110,6 +110,7 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
     endpoint = serve_metrics("frontend", settings.frontend_metrics_addr, registry)
     if endpoint is not None:
         stack.callback(endpoint.close)
+    keys = _token_keys(settings)  # before waiting for the backend: a missing key fails fast
     await _wait_for_identity(layout)
     url = settings.effective_database_url
     await asyncio.to_thread(run_migrations, url)
@@ -131,7 +132,6 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
     certificates = BackendCertificateSigner(backend_channel)
     provisioning = BackendProvisioningClient(backend_channel)
 
-    keys = _token_keys(settings)
     verifier = AccessTokenVerifier(
         keys.public_keys(),
         issuer=settings.token_issuer,
