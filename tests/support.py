@@ -359,6 +359,21 @@ def migrated_database(database: str, directory: Path) -> Iterator[str]:
         drop_postgres_database(admin_url, name)
 
 
+def signing_key_pem(stack: Stack) -> bytes:
+    """The PEM of the key the stack's frontend signs with (its key set's current key).
+
+    Tests read it ONLY to mint tokens the server must refuse for another reason.
+    """
+    from licensing_server.tokens import KeySetFiles
+
+    key = KeySetFiles(stack.data_dir / "frontend", create=False).load().signing_key
+    return key.private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
 def pid_of(stack: Stack, process: str) -> int:
     """The pid of the stack's ``backend`` or ``frontend`` (the supervisor writes them)."""
     return int((stack.data_dir / "run" / f"{process}.pid").read_text())
@@ -368,7 +383,7 @@ def start_stack(
     database: str, tmp: Path, admin_url: str | None, **extra_env: str
 ) -> Iterator[Stack]:
     data_dir = tmp / f"data-{database}"
-    data_dir.mkdir(parents=True)
+    data_dir.mkdir(parents=True, exist_ok=True)  # a test may seed it
     pg_name = None
     if database == "postgresql":
         url, pg_name = create_postgres_database(required_postgres(admin_url))

@@ -15,7 +15,7 @@ import pytest
 from licensing.v1 import auth_pb2, auth_pb2_grpc, enclave_pb2
 
 from tests.enclaves.helpers import Owner, code_and_reason, refusal
-from tests.support import ABSURD_TIME_CLAIMS, Stack, resigned
+from tests.support import ABSURD_TIME_CLAIMS, Stack, resigned, signing_key_pem
 
 TIMEOUT = 30.0
 
@@ -111,8 +111,7 @@ def test_a_well_signed_token_with_absurd_times_is_unauthenticated(
     stack: Stack, claims: dict[str, object]
 ) -> None:
     user = stack.new_user()
-    key_pem = (stack.data_dir / "frontend" / "token-signing-key.pem").read_bytes()
-    token = resigned(user.access_token, key_pem, **claims)
+    token = resigned(user.access_token, signing_key_pem(stack), **claims)
     stub = auth_pb2_grpc.AuthServiceStub(stack.user_channel(user))
     assert _code_and_reason(
         lambda: stub.GetCurrentUser(

@@ -18,7 +18,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from licensing.v1 import auth_pb2, auth_pb2_grpc, trust_pb2, trust_pb2_grpc
 
-from tests.support import LoggedIn, Stack, error_reason, key_pem, make_csr, new_key
+from tests.support import (
+    LoggedIn,
+    Stack,
+    error_reason,
+    key_pem,
+    make_csr,
+    new_key,
+    signing_key_pem,
+)
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 #: The frontend reuses a session's "still active" answer for 2 s; allow for slow machines.
@@ -85,9 +93,7 @@ def _segment(obj: dict[str, Any]) -> str:
 def _frontend_signing_key(stack: Stack) -> ec.EllipticCurvePrivateKey:
     # The test reads the frontend's private key file ONLY to mint a token the server must
     # refuse for another reason (its exp is in the past); no client could do this.
-    key = serialization.load_pem_private_key(
-        (stack.data_dir / "frontend" / "token-signing-key.pem").read_bytes(), password=None
-    )
+    key = serialization.load_pem_private_key(signing_key_pem(stack), password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     return key
 

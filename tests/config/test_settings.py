@@ -50,8 +50,10 @@ def test_the_effective_values_derive_from_the_data_directory() -> None:
     assert settings.effective_tpm_tcti == "swtpm:host=127.0.0.1,port=2321"
     assert settings.swtpm_state_dir == Path("/srv/licensing/tpm")
     assert settings.effective_manufacturer_ca_file == Path("/srv/licensing/tpm/manufacturer-ca.pem")
+    assert settings.effective_token_keys_dir == Path("/srv/licensing/frontend")
     chosen = Settings.from_env(
         {
+            "LICENSING_TOKEN_KEYS_DIR": "/run/licensing/token-signing",
             "LICENSING_DATABASE_URL": "postgresql://u:p@db/licensing",
             "LICENSING_TPM_TCTI": "device:/dev/tpmrm0",
             "LICENSING_TPM_MANUFACTURER_CA_FILE": "/etc/tpm-ca.pem",
@@ -60,6 +62,7 @@ def test_the_effective_values_derive_from_the_data_directory() -> None:
     assert chosen.effective_database_url == "postgresql+psycopg://u:p@db/licensing"
     assert chosen.effective_tpm_tcti == "device:/dev/tpmrm0"
     assert chosen.effective_manufacturer_ca_file == Path("/etc/tpm-ca.pem")
+    assert chosen.effective_token_keys_dir == Path("/run/licensing/token-signing")
 
 
 #: (variable, value, attribute, parsed): one row per LICENSING_* variable.
@@ -82,6 +85,13 @@ _PARSED: list[tuple[str, str, str, object]] = [
     ("MAX_CALLS_PER_ADDRESS", "0", "max_calls_per_address", 0),
     ("MALLOC_TRIM_SECONDS", "0", "malloc_trim_seconds", 0),
     ("ACCESS_TOKEN_TTL_SECONDS", "30", "access_token_ttl_seconds", 30),
+    (
+        "TOKEN_KEYS_DIR",
+        "/run/licensing/token-signing",
+        "token_keys_dir",
+        Path("/run/licensing/token-signing"),
+    ),
+    ("TOKEN_KEYS_RELOAD_SECONDS", "2", "token_keys_reload_seconds", 2),
     ("REFRESH_TOKEN_TTL_SECONDS", "7776000", "refresh_token_ttl_seconds", 90 * 86400),
     ("CLIENT_CERTIFICATE_TTL_SECONDS", "60", "client_certificate_ttl_seconds", 60),
     ("TOKEN_ISSUER", "https://licensing.example", "token_issuer", "https://licensing.example"),

@@ -131,6 +131,25 @@ def test_frontend_and_backend_are_two_containers_of_one_pod_talking_over_loopbac
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_frontend_reads_its_signing_keys_from_the_mounted_secret_that_updates_in_place(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    """A rotated Secret must reach running replicas: no copy at start, no subPath."""
+    objects = rendered[overlay]
+    pod = licensing_pod(objects)
+    frontend, backend = pod["containers"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "token-signing"]
+    assert volume["secret"]["secretName"] == "licensing-token-signing-key"
+    (mount,) = [m for m in frontend["volumeMounts"] if m["name"] == "token-signing"]
+    assert "subPath" not in mount
+    assert mount["readOnly"] is True
+    assert container_env(objects, frontend)["LICENSING_TOKEN_KEYS_DIR"] == mount["mountPath"]
+    assert "token-signing" not in {m["name"] for m in backend["volumeMounts"]}
+    for init in pod["initContainers"]:
+        assert "token-signing" not in {m["name"] for m in init.get("volumeMounts", [])}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_probes_speak_tls_through_grpc_health_probe(
     rendered: dict[str, list[Obj]], overlay: str
 ) -> None:

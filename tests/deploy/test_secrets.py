@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from licensing_server.tokens import TokenKeySet
 from tests.deploy.conftest import DEV_KEY, OVERLAYS, REPO, decrypt, documents
 
 ENCRYPTED = {o: REPO / "k8s" / "overlays" / o / "secrets.enc.yaml" for o in OVERLAYS}
@@ -59,9 +60,12 @@ def test_the_dev_secrets_decrypt_with_the_committed_dev_key_into_valid_secrets(
     assert cert.issuer == cert.subject
     assert cert.public_key() == key.public_key()
 
+    # The token signing key set: a current key and a pre-published next one.
     signing = secrets[("licensing", "licensing-token-signing-key")]["stringData"]
-    token_key = serialization.load_pem_private_key(signing["token-signing-key.pem"].encode(), None)
-    assert isinstance(token_key, ec.EllipticCurvePrivateKey)
+    assert set(signing) == {"token-signing-keys.json"}
+    key_set = TokenKeySet.from_json(signing["token-signing-keys.json"])
+    assert key_set.next is not None
+    assert isinstance(key_set.signing_key.private_key, ec.EllipticCurvePrivateKey)
 
     # The password goes into a database URL as is: long and URL-safe.
     password = secrets[("licensing", "licensing-database")]["stringData"]["password"]
@@ -126,6 +130,77 @@ def test_the_dev_key_file_says_what_it_is_in_big_letters() -> None:
     assert any("DEV ONLY" in line and "PUBLIC" in line for line in head)
 
 
+def _new_secrets(*args: str, stdin: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "k8s" / "new_secrets.py"), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def _key_set(manifests: str) -> TokenKeySet:
+    signing = _by_name(documents(manifests))[("licensing", "licensing-token-signing-key")]
+    return TokenKeySet.from_json(signing["stringData"]["token-signing-keys.json"])
+
+
+def test_renewing_the_signing_key_rotates_the_set_and_a_young_next_key_waits(
+    sops: str, tmp_path: Path
+) -> None:
+    """Renewal is a rotation: next signs, the old current stays published as previous."""
+    current = decrypt(sops, ENCRYPTED["dev"], DEV_KEY, tmp_path)
+    assert current.returncode == 0, current.stderr
+    before = _key_set(current.stdout)
+    assert before.next is not None
+    # The committed next key is younger than an enclave lifetime of ten years.
+    refused = _new_secrets(
+        "--renew", "token-signing-key", "--enclave-ttl-seconds", str(10 * 365 * 86400),
+        stdin=current.stdout,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "not rotated" in refused.stderr
+    assert "PRIVATE KEY" not in refused.stdout + refused.stderr
+    rotated = _new_secrets("--renew", "token-signing-key", "--force", stdin=current.stdout)
+    assert rotated.returncode == 0, rotated.stderr
+    after = _key_set(rotated.stdout)
+    assert after.signing_key.kid == before.next.key.kid
+    assert [p.key.kid for p in after.previous] == [before.signing_key.kid]
+    assert after.next is not None
+    assert after.next.key.kid not in {k.kid for k in before.published()}
+    # The old keys leaked: a new set shares none of them.
+    replaced = _new_secrets(
+        "--renew", "token-signing-key", "--new-token-key-set", stdin=current.stdout
+    )
+    assert replaced.returncode == 0, replaced.stderr
+    fresh = _key_set(replaced.stdout)
+    assert {k.kid for k in fresh.published()}.isdisjoint(k.kid for k in before.published())
+
+
+def test_an_old_single_key_secret_is_renewed_into_a_set_that_publishes_a_next_key() -> None:
+    """A Secret from before key sets: its key keeps signing, a next key is published."""
+    old_key = ec.generate_private_key(ec.SECP256R1())
+    pem = old_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    fresh = _new_secrets(stdin="")
+    assert fresh.returncode == 0, fresh.stderr
+    manifests = documents(fresh.stdout)
+    for manifest in manifests:
+        if manifest["metadata"]["name"] == "licensing-token-signing-key":
+            manifest["stringData"] = {"token-signing-key.pem": pem}
+    renewed = _new_secrets(
+        "--renew", "token-signing-key", stdin=yaml.safe_dump_all(manifests)
+    )  # a single key has no next to wait for: no --force
+    assert renewed.returncode == 0, renewed.stderr
+    key_set = _key_set(renewed.stdout)
+    assert key_set.signing_key.private_key.private_numbers() == old_key.private_numbers()
+    assert key_set.next is not None
+    assert key_set.previous == ()
+
+
 def test_an_operator_renews_the_signing_key_and_keeps_the_rest(sops: str, tmp_path: Path) -> None:
     """The runbook's rotation: decrypt, renew one Secret, encrypt by the rules in .sops.yaml."""
     current = decrypt(sops, ENCRYPTED["dev"], DEV_KEY, tmp_path)
@@ -136,6 +211,7 @@ def test_an_operator_renews_the_signing_key_and_keeps_the_rest(sops: str, tmp_pa
             str(REPO / "scripts" / "k8s" / "new_secrets.py"),
             "--renew",
             "token-signing-key",
+            "--force",  # the committed next key is younger than an enclave lifetime
         ],
         input=current.stdout,
         capture_output=True,

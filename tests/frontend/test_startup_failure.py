@@ -42,3 +42,23 @@ def test_a_frontend_that_cannot_listen_exits_and_leaves_nothing_open(tmp_path: P
     assert_database_unlocked(stack.data_dir / "licensing.db")
     assert_port_free(stack.enroll_port)
     assert_port_free(stack.api_port)
+
+
+def test_a_frontend_given_a_key_directory_without_a_key_exits_and_makes_none(
+    tmp_path: Path,
+) -> None:
+    """A replica that made its own signing key would sign tokens no other replica accepts."""
+    stack = sqlite_stack(tmp_path)
+    empty = tmp_path / "mounted-secret"
+    empty.mkdir()
+    done = run_module(
+        "licensing_server.frontend.app", stack.env(LICENSING_TOKEN_KEYS_DIR=str(empty))
+    )
+    output = done.stdout
+    assert done.returncode == 1, output
+    assert output.rstrip().splitlines()[-1] == (
+        f"licensing-frontend: no token signing key in {empty} "
+        "(token-signing-keys.json or token-signing-key.pem) (LICENSING_TOKEN_KEYS_DIR)"
+    ), output
+    assert_shut_down_cleanly(output)
+    assert list(empty.iterdir()) == []

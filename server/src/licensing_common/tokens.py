@@ -107,6 +107,16 @@ class AccessTokenVerifier:
             )
         return claims
 
+    def replace_keys(self, keys: Mapping[str, ec.EllipticCurvePublicKey]) -> None:
+        """Accept exactly ``keys`` from now on (the frontend's key set was rotated).
+
+        A key dropped from the set must stop working at once, cached tokens included.
+        """
+        dropped = set(self._keys) - set(keys)
+        self._keys = dict(keys)
+        if dropped:
+            self._cache.clear()
+
     def forget(self, session_id: str) -> None:
         """Drop cached tokens of a revoked session."""
         for key in [k for k, c in self._cache.items() if c.session_id == session_id]:
@@ -128,9 +138,16 @@ class AccessTokenVerifier:
         try:
             header = jwt.get_unverified_header(token)
             kid = header.get("kid")
-            key = self._keys.get(kid) if isinstance(kid, str) else None
-            if key is None or header.get("alg") != ALGORITHM:
+            if not isinstance(kid, str) or header.get("alg") != ALGORITHM:
                 raise Unauthenticated("TOKEN_INVALID", "the access token is not valid")
+            key = self._keys.get(kid)
+            if key is None:
+                # Its own reason: an enclave provisioned before this key was published
+                # (two rotations ago) refuses it, and only a new enclave helps.
+                raise Unauthenticated(
+                    "TOKEN_KEY_UNKNOWN",
+                    "the access token is signed by a key this verifier does not know",
+                )
             payload = jwt.decode(
                 token,
                 key,

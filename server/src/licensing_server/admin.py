@@ -1,4 +1,4 @@
-"""``licensing-admin``: operator commands that act on the database or the TPM directly.
+"""``licensing-admin``: operator commands that act on the database, the TPM or key files directly.
 
 It runs where the server's configuration is (the same ``LICENSING_*`` variables),
 with the database credentials; it is not an API and needs no token.
@@ -17,6 +17,12 @@ from licensing_server.auth import normalise_username
 from licensing_server.config import Settings
 from licensing_server.process import load_settings
 from licensing_server.storage import Database, EnclaveStore, Limits, UserStore, run_migrations
+from licensing_server.tokens import (
+    PROPAGATION_ALLOWANCE,
+    KeySetFiles,
+    KeySetMissing,
+    RotationRefused,
+)
 from licensing_server.tpm import LockoutState, TpmDevice
 
 
@@ -39,7 +45,64 @@ def _parser() -> argparse.ArgumentParser:
     tpm_actions.add_parser(
         "clear-lockout", help="reset the lockout of the embedded swtpm (its lockout auth is empty)"
     )
+    keys = sub.add_parser("token-keys", help="the access-token signing key set")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    key_actions.add_parser("show", help="kids and times of current, next and previous keys")
+    rotate = key_actions.add_parser(
+        "rotate", help="promote next to current, keep current as previous, make a new next"
+    )
+    rotate.add_argument(
+        "--force",
+        action="store_true",
+        help="promote a next key younger than LICENSING_ENCLAVE_TTL_SECONDS + 5 min anyway "
+        "(enclaves older than it then refuse new tokens)",
+    )
+    rotate.add_argument(
+        "--discard-previous",
+        action="store_true",
+        help="drop every previous key, the old current included (it leaked): "
+        "tokens it signed are refused at once",
+    )
     return parser
+
+
+def _token_keys(args: argparse.Namespace, settings: Settings) -> dict[str, object]:
+    """Show or rotate the key set in the frontend's files; replicas re-read them."""
+    files = KeySetFiles(settings.effective_token_keys_dir, create=False)
+    try:
+        if args.action == "show":
+            return files.load().describe()
+        with files.locked():
+            before = files.load()
+            after = before.rotated(
+                dt.datetime.now(dt.UTC),
+                keep_previous_for=dt.timedelta(seconds=settings.access_token_ttl_seconds)
+                + PROPAGATION_ALLOWANCE,
+                # An enclave made by a replica that had not yet seen the last rotation
+                # lives up to one allowance longer than one made right before it.
+                min_next_age=dt.timedelta(seconds=settings.enclave_ttl_seconds)
+                + PROPAGATION_ALLOWANCE,
+                force=args.force,
+                discard_previous=args.discard_previous,
+            )
+            files.save(after)
+    except RotationRefused as exc:
+        raise SystemExit(f"licensing-admin: not rotated: {exc}") from exc
+    except (KeySetMissing, ValueError) as exc:
+        raise SystemExit(f"licensing-admin: {exc}") from exc
+    except OSError as exc:
+        raise SystemExit(
+            f"licensing-admin: cannot rotate the key set in {files.directory} ({exc}); a "
+            "mounted Secret is rotated with scripts/k8s/new_secrets.py --renew token-signing-key"
+        ) from exc
+    promoted = before.next is not None
+    return {
+        "rotated": promoted,
+        "note": "next promoted to current"
+        if promoted
+        else "a single key had no next: one was published, the current key still signs",
+        **after.describe(),
+    }
 
 
 def _lockout_json(state: LockoutState) -> dict[str, object]:
@@ -74,6 +137,8 @@ async def _tpm(args: argparse.Namespace, settings: Settings) -> dict[str, object
 async def _run(args: argparse.Namespace, settings: Settings) -> dict[str, object]:
     if args.command == "tpm":
         return await _tpm(args, settings)
+    if args.command == "token-keys":
+        return _token_keys(args, settings)
     url = settings.effective_database_url
     await asyncio.to_thread(run_migrations, url)
     database = Database.connect(url)

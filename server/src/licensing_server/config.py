@@ -19,6 +19,7 @@ from licensing_server.catalog import (
     ENCLAVE_RUNTIMES,
     TPM_TRANSPORTS,
 )
+from licensing_server.layout import DataLayout
 from licensing_server.registry import Registry
 
 __all__ = ["ConfigError", "KubernetesSettings", "Settings"]
@@ -124,6 +125,11 @@ class Settings:
     # How often the frontend returns freed heap memory to the OS (glibc); 0: never.
     malloc_trim_seconds: int = 30
     access_token_ttl_seconds: int = 600
+    # The token signing key set's directory. Unset: the frontend's data directory, where a
+    # first start creates the set. Set (a mounted Secret): only read, it must hold a key.
+    token_keys_dir: Path | None = None
+    # How often the frontend looks whether the key set's file changed (SIGHUP: at once).
+    token_keys_reload_seconds: int = 10
     refresh_token_ttl_seconds: int = 7 * 24 * 3600
     client_certificate_ttl_seconds: int = 24 * 3600
     token_issuer: str = "licensing"  # noqa: S105 - a name, not a secret
@@ -163,6 +169,10 @@ class Settings:
     # Benchmarks only: delay added before each quote to mimic a hardware TPM.
     tpm_simulated_latency_ms: int = 0
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+
+    @property
+    def effective_token_keys_dir(self) -> Path:
+        return self.token_keys_dir or DataLayout(self.data_dir).token_keys_dir
 
     @property
     def effective_tpm_tcti(self) -> str:
@@ -263,6 +273,10 @@ class Settings:
             ),
             access_token_ttl_seconds=integer(
                 "ACCESS_TOKEN_TTL_SECONDS", defaults.access_token_ttl_seconds, 30, 3600
+            ),
+            token_keys_dir=Path(keys_dir) if (keys_dir := text("TOKEN_KEYS_DIR", "")) else None,
+            token_keys_reload_seconds=integer(
+                "TOKEN_KEYS_RELOAD_SECONDS", defaults.token_keys_reload_seconds, 1, 3600
             ),
             refresh_token_ttl_seconds=integer(
                 "REFRESH_TOKEN_TTL_SECONDS", defaults.refresh_token_ttl_seconds, 60, 90 * 86400

@@ -43,8 +43,9 @@ class DataLayout:
         return self.frontend_dir / "internal-client.pem"
 
     @property
-    def token_signing_key(self) -> Path:
-        return self.frontend_dir / "token-signing-key.pem"
+    def token_keys_dir(self) -> Path:
+        """The token signing key set (tokens.KeySetFiles), unless LICENSING_TOKEN_KEYS_DIR."""
+        return self.frontend_dir
 
     @property
     def enclaves_dir(self) -> Path:

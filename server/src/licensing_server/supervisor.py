@@ -1,7 +1,8 @@
 """``licensing-server``: runs backend and frontend as two processes, for one-machine use.
 
 They still talk over mTLS exactly as they do as two containers of one pod; the
-supervisor only starts them in order, forwards signals and stops both if one dies.
+supervisor only starts them in order, forwards signals (SIGHUP to the frontend: reload
+the token signing keys) and stops both if one dies.
 """
 
 from __future__ import annotations
@@ -97,6 +98,10 @@ class _Child:
         self._restarts.append(now)
         return len(self._restarts) <= self.MAX_RESTARTS
 
+    def send_signal(self, sig: int) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(sig)
+
     async def stop(self) -> None:
         if self.process is None:
             return
@@ -138,6 +143,8 @@ async def run(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP: the frontend reads its token signing keys again (after a rotation).
+    loop.add_signal_handler(signal.SIGHUP, frontend.send_signal, signal.SIGHUP)
     try:
         if swtpm is not None:
             await swtpm.start()

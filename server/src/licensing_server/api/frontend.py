@@ -98,7 +98,7 @@ class TrustServicer(trust_pb2_grpc.TrustServiceServicer):
         *,
         ca_certificates_pem: Callable[[], list[str]],
         ak_certificate_chain_pem: Callable[[], Awaitable[list[str]]],
-        jwks_json: str,
+        jwks_json: Callable[[], str],
         issuer: str,
         audience: str,
     ):
@@ -113,7 +113,7 @@ class TrustServicer(trust_pb2_grpc.TrustServiceServicer):
     ) -> trust_pb2.GetTrustBundleResponse:
         return trust_pb2.GetTrustBundleResponse(
             ca_certificates_pem=self._ca(),
-            jwks_json=self._jwks,
+            jwks_json=self._jwks(),
             ak_certificate_chain_pem=await self._ak(),
             token_issuer=self._issuer,
             token_audience=self._audience,

@@ -90,7 +90,7 @@ class EnclaveCatalog:
         *,
         store: EnclaveStore,
         backend: ProvisioningBackend,
-        jwks_json: str,
+        jwks_json: Callable[[], str],
         default_limits: Limits,
         tail: EventTail,
         clock: Callable[[], dt.datetime] = _utcnow,
@@ -133,7 +133,7 @@ class EnclaveCatalog:
                 last = event.sequence
                 yield await self._update(event)
             try:
-                async for event in self._backend.provision(record, self._jwks):
+                async for event in self._backend.provision(record, self._jwks()):
                     if event.sequence <= last:
                         continue
                     last = event.sequence

@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import gc
 import logging
+import signal
 
 import grpc
 from licensing.v1 import (
@@ -61,7 +62,14 @@ from licensing_server.storage import (
     rate_buckets,
     run_migrations,
 )
-from licensing_server.tokens import AccessTokenSigner, AccessTokenVerifier, SigningKey
+from licensing_server.tasks import TaskSet
+from licensing_server.tokens import (
+    AccessTokenSigner,
+    AccessTokenVerifier,
+    KeySetFiles,
+    KeySetMissing,
+    TokenKeyRing,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -83,6 +91,15 @@ async def _wait_for_identity(layout: DataLayout, wait_seconds: float = 60.0) -> 
         await asyncio.sleep(0.2)
 
 
+def _token_keys(settings: Settings) -> TokenKeyRing:
+    """The key set, read from its files; made on a first start only in our own data dir."""
+    files = KeySetFiles(settings.effective_token_keys_dir, create=settings.token_keys_dir is None)
+    try:
+        return TokenKeyRing(files)
+    except KeySetMissing as exc:
+        raise SystemExit(f"licensing-frontend: {exc} (LICENSING_TOKEN_KEYS_DIR)") from exc
+
+
 async def serve(settings: Settings) -> None:
     """Build the frontend in start-up order, each part closed by the exit stack.
 
@@ -100,6 +117,7 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
     endpoint = serve_metrics("frontend", settings.frontend_metrics_addr, registry)
     if endpoint is not None:
         stack.callback(endpoint.close)
+    keys = _token_keys(settings)  # before waiting for the backend: a missing key fails fast
     await _wait_for_identity(layout)
     url = settings.effective_database_url
     await asyncio.to_thread(run_migrations, url)
@@ -123,14 +141,19 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
     certificates = BackendCertificateSigner(backend_channel)
     provisioning = BackendProvisioningClient(backend_channel)
 
-    signing_key = SigningKey.load_or_create(layout.token_signing_key)
     verifier = AccessTokenVerifier(
-        {signing_key.kid: signing_key.private_key.public_key()},
+        keys.public_keys(),
         issuer=settings.token_issuer,
         audience=settings.token_audience,
     )
+    keys.on_change(lambda key_set: verifier.replace_keys(key_set.public_keys()))
+    background = TaskSet()
+    stack.push_async_callback(background.cancel_all)
+    background.spawn(keys.watch(settings.token_keys_reload_seconds), name="token-keys")
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, keys.request_reload)
+    stack.callback(asyncio.get_running_loop().remove_signal_handler, signal.SIGHUP)
     signer = AccessTokenSigner(
-        signing_key,
+        keys.signing_key,
         issuer=settings.token_issuer,
         audience=settings.token_audience,
         ttl=dt.timedelta(seconds=settings.access_token_ttl_seconds),
@@ -160,7 +183,7 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
     catalog = EnclaveCatalog(
         store=enclaves,
         backend=provisioning,
-        jwks_json=signing_key.jwks_json(),
+        jwks_json=keys.jwks_json,
         default_limits=Limits(
             max_enclaves=settings.max_enclaves,
             enclave_ttl=dt.timedelta(seconds=settings.enclave_ttl_seconds),
@@ -193,7 +216,7 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
         TrustServicer(
             ca_certificates_pem=lambda: ca_list,
             ak_certificate_chain_pem=certificates.ak_certificate_chain,
-            jwks_json=signing_key.jwks_json(),
+            jwks_json=keys.jwks_json,
             issuer=settings.token_issuer,
             audience=settings.token_audience,
         ),

@@ -77,9 +77,11 @@ class SigningKey:
 
 
 class AccessTokenSigner:
+    """Signs with ``key``, or with whatever ``key()`` returns now (a rotating key set)."""
+
     def __init__(
         self,
-        key: SigningKey,
+        key: SigningKey | Callable[[], SigningKey],
         *,
         issuer: str,
         audience: str,
@@ -95,6 +97,7 @@ class AccessTokenSigner:
     def sign(
         self, *, user_id: str, username: str, session_id: str, certificate_sha256: bytes
     ) -> tuple[str, dt.datetime]:
+        key = self._key if isinstance(self._key, SigningKey) else self._key()
         now = self._clock().replace(microsecond=0)
         expires = now + self._ttl
         claims: dict[str, Any] = {
@@ -111,8 +114,8 @@ class AccessTokenSigner:
         }
         token = jwt.encode(
             claims,
-            self._key.private_key,
+            key.private_key,
             algorithm=ALGORITHM,
-            headers={"kid": self._key.kid, "typ": "at+jwt"},
+            headers={"kid": key.kid, "typ": "at+jwt"},
         )
         return token, expires
