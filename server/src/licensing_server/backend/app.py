@@ -39,12 +39,18 @@ from licensing_server.api.enrollment import (
 )
 from licensing_server.api.policy import BACKEND_POLICY
 from licensing_server.attestation import Attestor
-from licensing_server.catalog import CERTIFICATE_ISSUERS, ENCLAVE_RUNTIMES, TPM_TRANSPORTS
+from licensing_server.catalog import (
+    CERTIFICATE_ISSUERS,
+    ENCLAVE_RUNTIMES,
+    LEADER_ELECTIONS,
+    TPM_TRANSPORTS,
+)
 from licensing_server.config import Settings
 from licensing_server.layout import DataLayout
 from licensing_server.observability import (
     AttestationMetrics,
     DatabaseMetrics,
+    LeaderMetrics,
     ProvisioningMetrics,
     RpcMetrics,
     RpcObserver,
@@ -305,7 +311,13 @@ async def _serve(
     desk = runtime.enrollment_desk
     if desk is not None:
         await _serve_enrollment(settings, stack, ca, desk, rpc_metrics)
-    reconciling = background.spawn(reconciler.run(), name="reconciler")
+    # Of several backends against one database, the leader alone runs the cluster-wide
+    # passes (provisioning._reconciler says which); its campaign runs for the backend's life.
+    election = LEADER_ELECTIONS.resolve(settings.effective_leader_election)(
+        settings, LeaderMetrics(registry)
+    )
+    background.spawn(election.run(), name="leader-election")
+    reconciling = background.spawn(reconciler.run(election), name="reconciler")
     stack.push_async_callback(_cancelled, reconciling)
 
     await asyncio.wait({stopping, reconciling}, return_when=asyncio.FIRST_COMPLETED)
