@@ -316,16 +316,20 @@ async def _serve(
     election = LEADER_ELECTIONS.resolve(settings.effective_leader_election)(
         settings, LeaderMetrics(registry)
     )
-    background.spawn(election.run(), name="leader-election")
+    electing = background.spawn(election.run(), name="leader-election")
+    stack.push_async_callback(_cancelled, electing)
     reconciling = background.spawn(reconciler.run(election), name="reconciler")
     stack.push_async_callback(_cancelled, reconciling)
 
-    await asyncio.wait({stopping, reconciling}, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait({stopping, reconciling, electing}, return_when=asyncio.FIRST_COMPLETED)
     _log.info("backend shutting down")
-    # The reconciler never ends by itself; if it did (logged), nothing would settle
-    # interrupted enclaves: stop, and let the supervisor start a fresh backend.
+    # Neither the reconciler nor the election ends by itself; if one did (logged), nothing
+    # would settle interrupted enclaves, or no backend would ever lead again: stop, and
+    # let the supervisor start a fresh backend.
     if reconciling.done():
         raise SystemExit("the reconciler stopped unexpectedly")
+    if electing.done():
+        raise SystemExit("the leader election stopped unexpectedly")
 
 
 async def _serve_enrollment(

@@ -82,6 +82,9 @@ class AdvisoryLockElection:
                 except (psycopg.Error, OSError, TimeoutError) as exc:
                     self._state.lost(f"the connection holding the lock failed ({exc})")
                     _log.debug("leader election: %s; connecting again", exc)
+                except Exception:  # a bug: logged, and the campaign goes on
+                    self._state.lost("the election failed (logged)")
+                    _log.exception("leader election failed; trying again")
                 finally:
                     self.connection_pid = None
                 await asyncio.sleep(self._retry)

@@ -115,6 +115,9 @@ class LeaseElection:
         except (TimeoutError, DomainError) as exc:
             won = False
             _log.debug("leader election: %s", exc)
+        except Exception:  # a bug (an unexpected answer): logged; the deadline still holds
+            won = False
+            _log.exception("leader election: renewing the Lease failed")
         if won:
             self._deadline = started + self._duration
             self._state.gained()
