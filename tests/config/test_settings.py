@@ -122,6 +122,9 @@ _PARSED: list[tuple[str, str, str, object]] = [
     ("SWTPM_PORT", "65534", "swtpm_port", 65534),
     ("TPM_COMMAND_TIMEOUT_SECONDS", "600", "tpm_command_timeout_seconds", 600),
     ("TPM_SIMULATED_LATENCY_MS", "25", "tpm_simulated_latency_ms", 25),
+    ("LEADER_ELECTION", " SOLE ", "leader_election", "sole"),
+    ("LEADER_LEASE_SECONDS", "2", "leader_lease_seconds", 2),
+    ("LEADER_RETRY_SECONDS", "60", "leader_retry_seconds", 60),
 ]
 
 
@@ -161,6 +164,8 @@ _KUBERNETES: list[tuple[str, str, str, object]] = [
     ("KUBERNETES_CERT_MANAGER_ISSUER", "ca", "cert_manager_issuer", "ca"),
     ("KUBERNETES_CERT_MANAGER_ISSUER_KIND", "Issuer", "cert_manager_issuer_kind", "Issuer"),
     ("KUBERNETES_API_WORKERS", "3", "api_workers", 3),
+    ("KUBERNETES_LEASE_NAMESPACE", "licensing-2", "lease_namespace", "licensing-2"),
+    ("KUBERNETES_LEASE_NAME", "leader", "lease_name", "leader"),
 ]
 
 
@@ -170,6 +175,35 @@ def test_every_kubernetes_setting_has_a_variable() -> None:
     for name, value, attribute, parsed in _KUBERNETES:
         settings = Settings.from_env({f"LICENSING_{name}": value})
         assert getattr(settings.kubernetes, attribute) == parsed, name
+
+
+def test_the_database_chooses_the_leader_election_unless_told() -> None:
+    postgres = "postgresql://u:p@db/licensing"
+    assert Settings.from_env({}).effective_leader_election == "sole"
+    chosen = Settings.from_env({"LICENSING_DATABASE_URL": postgres})
+    assert chosen.effective_leader_election == "advisory-lock"
+    lease = Settings.from_env(
+        {"LICENSING_DATABASE_URL": postgres, "LICENSING_LEADER_ELECTION": "kubernetes-lease"}
+    )
+    assert lease.effective_leader_election == "kubernetes-lease"
+    assert Settings.from_env({"LICENSING_LEADER_ELECTION": "sole"}).effective_leader_election == (
+        "sole"
+    )
+
+
+def test_sqlite_has_one_backend_so_no_election_to_choose() -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({"LICENSING_LEADER_ELECTION": "advisory-lock"})
+    assert raised.value.problems == [
+        "LICENSING_LEADER_ELECTION=advisory-lock needs PostgreSQL: "
+        "with embedded SQLite there is one backend, always the leader"
+    ]
+    with pytest.raises(ConfigError) as unknown:
+        Settings.from_env({"LICENSING_LEADER_ELECTION": "raft"})
+    assert unknown.value.problems == [
+        "LICENSING_LEADER_ELECTION='raft' is not a known leader election; "
+        "valid: 'advisory-lock', 'kubernetes-lease', 'sole'"
+    ]
 
 
 def test_blank_values_mean_the_default() -> None:

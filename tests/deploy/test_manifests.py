@@ -195,6 +195,12 @@ def test_the_server_accepts_the_configuration_and_reads_every_variable(
         assert settings.enclave_runtime == "kubernetes"
         assert settings.certificate_issuer == "cert-manager"
         assert settings.kubernetes.namespace == "licensing-enclaves"
+        if container["name"] == "backend":
+            assert settings.effective_leader_election == "kubernetes-lease"
+            assert {
+                "name": "POD_NAME",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+            } in container["env"]
 
 
 def test_dev_runs_a_software_tpm_sidecar_and_production_the_hosts_tpm(
@@ -279,7 +285,7 @@ def test_network_policies_deny_by_default_and_open_only_the_enrolment_port_to_en
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_backend_may_act_only_in_the_enclave_namespace(
+def test_the_backend_may_act_only_in_the_enclave_namespace_and_on_its_lease(
     rendered: dict[str, list[Obj]], overlay: str
 ) -> None:
     objects = rendered[overlay]
@@ -289,7 +295,26 @@ def test_the_backend_may_act_only_in_the_enclave_namespace(
         {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}
     ]
     roles = [o for o in objects if o["kind"] == "Role"]
-    assert {r["metadata"]["namespace"] for r in roles} == {"licensing-enclaves"}
+    assert {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in roles} == {
+        ("licensing-enclaves", "licensing-backend"),
+        ("licensing", "licensing-backend-leader"),
+    }
     assert not any("secrets" in rule["resources"] for r in roles for rule in r["rules"])
+    # In its own namespace: its leader election's Lease, nothing else.
+    leader = one(objects, "Role", "licensing-backend-leader")
+    assert leader["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["licensing-backend-leader"],
+            "verbs": ["get", "update"],
+        },
+    ]
+    bindings = {o["metadata"]["name"]: o for o in objects if o["kind"] == "RoleBinding"}
+    assert bindings["licensing-backend-leader"]["metadata"]["namespace"] == "licensing"
+    assert bindings["licensing-backend-leader"]["subjects"] == [
+        {"kind": "ServiceAccount", "name": "licensing-backend", "namespace": "licensing"}
+    ]
     pdb = one(objects, "PodDisruptionBudget", "licensing")
     assert pdb["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "licensing"}

@@ -7,7 +7,10 @@
 - certificate issuer (``issuers.CertificateIssuer``), ``LICENSING_CERTIFICATE_ISSUER``:
   ``builtin``, ``cert-manager`` (a CA ClusterIssuer backed by the built-in CA);
 - TPM transport (``tpm.TpmTransport``), the TCTI name in ``LICENSING_TPM_TCTI``:
-  ``device``, ``swtpm``.
+  ``device``, ``swtpm``;
+- leader election (``leadership.LeaderElection``), ``LICENSING_LEADER_ELECTION``:
+  ``sole``, ``advisory-lock``, ``kubernetes-lease`` (``Settings.effective_leader_election``
+  picks by the database when unset).
 
 A new backend (``kubernetes``) is one module in its capability's
 package and one entry here. Each factory imports its backend when called, so that
@@ -26,6 +29,8 @@ if TYPE_CHECKING:
     from licensing_server.config import Settings
     from licensing_server.issuers import CertificateIssuer
     from licensing_server.layout import DataLayout
+    from licensing_server.leadership import LeaderElection
+    from licensing_server.observability import LeaderMetrics
     from licensing_server.pki import CertificateAuthority
     from licensing_server.runtimes import EnclaveLauncher, EnclaveRuntime
     from licensing_server.tpm import TpmTransport
@@ -34,7 +39,9 @@ __all__ = [
     "CERTIFICATE_ISSUERS",
     "ENCLAVE_LAUNCHERS",
     "ENCLAVE_RUNTIMES",
+    "LEADER_ELECTIONS",
     "TPM_TRANSPORTS",
+    "ElectionFactory",
     "IssuerFactory",
     "LauncherFactory",
     "RuntimeFactory",
@@ -49,6 +56,8 @@ LauncherFactory = Callable[["Settings"], "EnclaveLauncher"]
 IssuerFactory = Callable[["Settings", "CertificateAuthority"], "CertificateIssuer"]
 #: settings -> how to reach the TPM.
 TransportFactory = Callable[["Settings"], "TpmTransport"]
+#: (settings, its gauge) -> how this backend learns whether it leads.
+ElectionFactory = Callable[["Settings", "LeaderMetrics"], "LeaderElection"]
 
 
 def _local_runtime(settings: Settings, layout: DataLayout) -> EnclaveRuntime:
@@ -130,6 +139,36 @@ def _device_transport(settings: Settings) -> TpmTransport:
     return DeviceTransport.from_settings(settings)
 
 
+def _sole_backend(settings: Settings, metrics: LeaderMetrics) -> LeaderElection:
+    from licensing_server.leadership import SoleBackend
+
+    return SoleBackend(metrics)
+
+
+def _advisory_lock(settings: Settings, metrics: LeaderMetrics) -> LeaderElection:
+    from licensing_server.leadership._advisory_lock import AdvisoryLockElection
+
+    return AdvisoryLockElection(
+        settings.effective_database_url,
+        retry_seconds=settings.leader_retry_seconds,
+        metrics=metrics,
+    )
+
+
+def _kubernetes_lease(settings: Settings, metrics: LeaderMetrics) -> LeaderElection:
+    from licensing_server.kube import kube_api_for
+    from licensing_server.leadership._lease import LeaseElection
+
+    k = settings.kubernetes
+    return LeaseElection(
+        kube_api_for(k),
+        namespace=k.effective_lease_namespace,
+        name=k.lease_name,
+        lease_seconds=settings.leader_lease_seconds,
+        metrics=metrics,
+    )
+
+
 ENCLAVE_RUNTIMES: Registry[RuntimeFactory] = Registry(
     "enclave runtime",
     "LICENSING_ENCLAVE_RUNTIME",
@@ -149,4 +188,9 @@ TPM_TRANSPORTS: Registry[TransportFactory] = Registry(
     "TPM transport (TCTI)",
     "LICENSING_TPM_TCTI",
     {"device": _device_transport, "swtpm": _swtpm_transport},
+)
+LEADER_ELECTIONS: Registry[ElectionFactory] = Registry(
+    "leader election",
+    "LICENSING_LEADER_ELECTION",
+    {"sole": _sole_backend, "advisory-lock": _advisory_lock, "kubernetes-lease": _kubernetes_lease},
 )

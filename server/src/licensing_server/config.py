@@ -17,6 +17,7 @@ from licensing_server.catalog import (
     CERTIFICATE_ISSUERS,
     ENCLAVE_LAUNCHERS,
     ENCLAVE_RUNTIMES,
+    LEADER_ELECTIONS,
     TPM_TRANSPORTS,
 )
 from licensing_server.layout import DataLayout
@@ -57,6 +58,10 @@ def _launcher(value: str, has_command: bool, problems: list[str]) -> str:
     return choice
 
 
+#: Where a pod's ServiceAccount mount says which namespace the pod runs in.
+_POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
 def _default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
@@ -92,10 +97,23 @@ class KubernetesSettings:
     cert_manager_issuer_kind: str = "ClusterIssuer"
     #: Threads for blocking Kubernetes API calls.
     api_workers: int = 8
+    #: The ``kubernetes-lease`` leader election's Lease: in the backend's own namespace
+    #: (empty: the pod's, from its ServiceAccount mount; else ``licensing``).
+    lease_namespace: str = ""
+    lease_name: str = "licensing-backend-leader"
 
     @property
     def effective_enrollment_url(self) -> str:
         return self.enrollment_url or self.enrollment_addr
+
+    @property
+    def effective_lease_namespace(self) -> str:
+        if self.lease_namespace:
+            return self.lease_namespace
+        try:
+            return _POD_NAMESPACE_FILE.read_text().strip() or "licensing"
+        except OSError:
+            return "licensing"
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +186,13 @@ class Settings:
     tpm_command_timeout_seconds: int = 10
     # Benchmarks only: delay added before each quote to mimic a hardware TPM.
     tpm_simulated_latency_ms: int = 0
+    # Which backend runs the cluster-wide reconciler passes (catalog.LEADER_ELECTIONS);
+    # empty: "sole" with SQLite (one backend), "advisory-lock" with PostgreSQL.
+    leader_election: str = ""
+    # kubernetes-lease: the Lease's duration (renewed every third of it); advisory-lock:
+    # how often a backend that is not the leader asks for the lock again.
+    leader_lease_seconds: int = 15
+    leader_retry_seconds: int = 2
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
 
     @property
@@ -192,6 +217,17 @@ class Settings:
         if self.tpm_manufacturer_ca_file:
             return Path(self.tpm_manufacturer_ca_file)
         return self.swtpm_state_dir / "manufacturer-ca.pem"
+
+    @property
+    def uses_sqlite(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def effective_leader_election(self) -> str:
+        """The one place the election is chosen: SQLite has one backend, always the leader."""
+        if self.uses_sqlite:
+            return "sole"
+        return self.leader_election or "advisory-lock"
 
     @property
     def effective_database_url(self) -> str:
@@ -336,8 +372,20 @@ class Settings:
             tpm_simulated_latency_ms=integer(
                 "TPM_SIMULATED_LATENCY_MS", defaults.tpm_simulated_latency_ms, 0, 10_000
             ),
+            leader_election=_leader_election(text("LEADER_ELECTION", ""), problems),
+            leader_lease_seconds=integer(
+                "LEADER_LEASE_SECONDS", defaults.leader_lease_seconds, 2, 300
+            ),
+            leader_retry_seconds=integer(
+                "LEADER_RETRY_SECONDS", defaults.leader_retry_seconds, 1, 60
+            ),
             kubernetes=_kubernetes(env, text, integer, address, problems),
         )
+        if settings.uses_sqlite and settings.leader_election not in ("", "sole"):
+            problems.append(
+                f"LICENSING_LEADER_ELECTION={settings.leader_election} needs PostgreSQL: "
+                "with embedded SQLite there is one backend, always the leader"
+            )
         if (transport := TPM_TRANSPORTS.problem(settings.tpm_transport)) is not None:
             problems.append(f"{transport} (from {settings.effective_tpm_tcti!r})")
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -389,7 +437,18 @@ def _kubernetes(
         cert_manager_issuer=text("KUBERNETES_CERT_MANAGER_ISSUER", d.cert_manager_issuer),
         cert_manager_issuer_kind=kind,
         api_workers=integer("KUBERNETES_API_WORKERS", d.api_workers, 1, 64),
+        lease_namespace=text("KUBERNETES_LEASE_NAMESPACE", d.lease_namespace),
+        lease_name=text("KUBERNETES_LEASE_NAME", d.lease_name),
     )
+
+
+def _leader_election(value: str, problems: list[str]) -> str:
+    """A registered election, or "" (chosen by the database: ``effective_leader_election``)."""
+    choice = value.strip().lower()
+    if choice and (problem := LEADER_ELECTIONS.problem(choice)) is not None:
+        problems.append(problem)
+        return ""
+    return choice
 
 
 def _normalise_database_url(url: str, problems: list[str]) -> str:

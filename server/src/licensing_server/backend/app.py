@@ -39,12 +39,18 @@ from licensing_server.api.enrollment import (
 )
 from licensing_server.api.policy import BACKEND_POLICY
 from licensing_server.attestation import Attestor
-from licensing_server.catalog import CERTIFICATE_ISSUERS, ENCLAVE_RUNTIMES, TPM_TRANSPORTS
+from licensing_server.catalog import (
+    CERTIFICATE_ISSUERS,
+    ENCLAVE_RUNTIMES,
+    LEADER_ELECTIONS,
+    TPM_TRANSPORTS,
+)
 from licensing_server.config import Settings
 from licensing_server.layout import DataLayout
 from licensing_server.observability import (
     AttestationMetrics,
     DatabaseMetrics,
+    LeaderMetrics,
     ProvisioningMetrics,
     RpcMetrics,
     RpcObserver,
@@ -305,15 +311,25 @@ async def _serve(
     desk = runtime.enrollment_desk
     if desk is not None:
         await _serve_enrollment(settings, stack, ca, desk, rpc_metrics)
-    reconciling = background.spawn(reconciler.run(), name="reconciler")
+    # Of several backends against one database, the leader alone runs the cluster-wide
+    # passes (provisioning._reconciler says which); its campaign runs for the backend's life.
+    election = LEADER_ELECTIONS.resolve(settings.effective_leader_election)(
+        settings, LeaderMetrics(registry)
+    )
+    electing = background.spawn(election.run(), name="leader-election")
+    stack.push_async_callback(_cancelled, electing)
+    reconciling = background.spawn(reconciler.run(election), name="reconciler")
     stack.push_async_callback(_cancelled, reconciling)
 
-    await asyncio.wait({stopping, reconciling}, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait({stopping, reconciling, electing}, return_when=asyncio.FIRST_COMPLETED)
     _log.info("backend shutting down")
-    # The reconciler never ends by itself; if it did (logged), nothing would settle
-    # interrupted enclaves: stop, and let the supervisor start a fresh backend.
+    # Neither the reconciler nor the election ends by itself; if one did (logged), nothing
+    # would settle interrupted enclaves, or no backend would ever lead again: stop, and
+    # let the supervisor start a fresh backend.
     if reconciling.done():
         raise SystemExit("the reconciler stopped unexpectedly")
+    if electing.done():
+        raise SystemExit("the leader election stopped unexpectedly")
 
 
 async def _serve_enrollment(

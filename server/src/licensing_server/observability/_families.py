@@ -14,6 +14,7 @@ __all__ = [
     "AttestationMetrics",
     "BcryptMetrics",
     "DatabaseMetrics",
+    "LeaderMetrics",
     "ProvisioningMetrics",
     "RpcMetrics",
     "TpmMetrics",
@@ -134,5 +135,17 @@ class DatabaseMetrics:
         self.errors = Counter(
             "licensing_database_errors",
             "Database operations that failed because the database was unavailable",
+            registry=r,
+        )
+
+
+class LeaderMetrics:
+    """Which backend runs the cluster-wide reconciler passes (``leadership``)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        r = _registry(registry)
+        self.leader = Gauge(
+            "licensing_backend_leader",
+            "1 while this backend is the leader (runs the cluster-wide reconciler passes), else 0",
             registry=r,
         )

@@ -1,5 +1,22 @@
 """Putting every enclave right: after a (crashed) restart, when provisioning is interrupted
-while the backend runs (the database went away under it), and when licences expire."""
+while the backend runs (the database went away under it), and when licences expire.
+
+With several backends against one database, the passes split in two (``Reconciler.run``):
+
+- cluster-wide, the leader's alone (``leadership``): ``reap_expired``,
+  ``release_abandoned``, ``settle_lost_workloads``. They act on any row, whichever
+  backend started it; two backends running them at once would delete, fail and stop the
+  same enclaves twice, race each other's writes, and double the Kubernetes reads.
+- this backend's own, every backend: ``settle_interrupted``. It settles what this
+  backend's provisioner knows ended without a final phase (``interruption``), from its
+  in-memory tasks: no other backend can see those, so the leader could not do it.
+
+Not yet safe with replicas: ``reconcile_after_start`` fails every in-flight row and
+``settle_interrupted`` every driven row no task *of this backend* drives, and either may
+be another live backend's provisioning (the rows do not say which backend drives them;
+a column naming the driving backend, settled by the leader once that backend's lock or
+lease is gone, would fix both).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +26,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from licensing_common.errors import Unavailable
+from licensing_server.leadership import LeaderElection, while_leading
 from licensing_server.provisioning._provisioner import EnclaveProvisioner
 from licensing_server.runtimes import EnclaveRuntime
 from licensing_server.storage import EnclaveStore, Phase
@@ -156,11 +174,22 @@ class Reconciler:
             lost += 1
         return lost
 
-    async def run(self) -> None:
-        """Each step on its period; a failed step is logged and tried again next period."""
+    async def run(self, election: LeaderElection | None = None) -> None:
+        """Each step on its period; a failed step is logged and tried again next period.
+
+        The cluster-wide steps run only while ``election`` leads (None: always), and stop
+        the moment it no longer does; ``settle_interrupted`` runs on every backend.
+        """
+
+        async def cluster_wide() -> None:
+            await asyncio.gather(
+                self._every(self._interval, self.reap_expired, self.release_abandoned),
+                self._every(self._settle_interval, self.settle_lost_workloads),
+            )
+
+        leader_only = cluster_wide() if election is None else while_leading(election, cluster_wide)
         await asyncio.gather(
-            self._every(self._interval, self.reap_expired, self.release_abandoned),
-            self._every(self._settle_interval, self.settle_interrupted, self.settle_lost_workloads),
+            leader_only, self._every(self._settle_interval, self.settle_interrupted)
         )
 
     async def _every(self, seconds: float, *steps: Callable[[], Awaitable[int]]) -> None:
