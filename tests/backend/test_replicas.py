@@ -205,7 +205,8 @@ def test_a_restarting_backend_leaves_the_other_backends_provisioning_alone(
     _started(follower, times=2, within=60)
     time.sleep(6)  # past the stale timeout: the leader's heartbeat keeps its row its own
     line = f"enclave {enclave_id} failed: PROVISIONING_INTERRUPTED"
-    assert follower.log_path is not None and leader.log_path is not None
+    assert follower.log_path is not None
+    assert leader.log_path is not None
     assert line not in follower.log_path.read_text()
     assert line not in leader.log_path.read_text()
 
