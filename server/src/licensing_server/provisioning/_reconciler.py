@@ -96,7 +96,9 @@ class Reconciler:
                 "provisioning was interrupted by a backend restart; create the enclave again",
             )
         for record in await self._store.in_phases(_SETTLED):
-            if await self._runtime.is_alive(record.id, record.runtime_handle):
+            if record.backend_id is not None and not self._owns(record):
+                keep.add(record.id)  # another backend's workload: not this runtime's to judge
+            elif await self._runtime.is_alive(record.id, record.runtime_handle):
                 keep.add(record.id)
             else:
                 await self._provisioner.fail(
@@ -109,6 +111,8 @@ class Reconciler:
     async def settle_after_shutdown(self) -> None:
         """Record what a shutdown did to workloads that do not outlive this process."""
         for record in await self._store.in_phases(_IN_FLIGHT | _SETTLED):
+            if not self._owns(record):
+                continue  # another backend's: this shutdown stopped nothing of it
             if not await self._runtime.is_alive(record.id, record.runtime_handle):
                 await self._provisioner.fail(
                     record, "BACKEND_SHUTDOWN", "the backend shut down and stopped the enclave"
@@ -177,7 +181,7 @@ class Reconciler:
         return 0
 
     async def settle_orphaned(self) -> int:
-        """In-flight rows nobody alive drives: FAILED / ``PROVISIONING_INTERRUPTED``.
+        """Driven rows (READY too) nobody alive drives: FAILED / ``PROVISIONING_INTERRUPTED``.
 
         Their backend's heartbeat is older than ``stale_after`` (it died and did not come
         back under the same id), or, driven past ACCEPTED, they name no backend (from
@@ -189,13 +193,13 @@ class Reconciler:
         live = await self._store.live_backends(self._stale_after)
         live.add(self._backend_id)
         settled = 0
-        for record in await self._store.in_phases(_IN_FLIGHT):
+        for record in await self._store.in_phases(_DRIVEN | {Phase.ACCEPTED}):
             if record.backend_id in live or self._provisioner.is_provisioning(record.id):
                 continue
             if record.backend_id is None and record.phase is Phase.ACCEPTED:
                 continue
             current = await self._store.get(record.id)
-            if current is None or current.phase not in _IN_FLIGHT:
+            if current is None or current.phase not in _DRIVEN | {Phase.ACCEPTED}:
                 continue
             if current.backend_id != record.backend_id:
                 continue  # taken up meanwhile
