@@ -3,7 +3,8 @@
 The leader alone runs the cluster-wide reconciler passes: an abandoned reservation is
 released by it, not by both; when its process is killed, the other backend takes over
 within seconds (the advisory lock goes with the dead process's connection), and the
-restarted one follows.
+restarted one follows. Each row names the backend that started it: a restarting backend
+settles only its own, and the leader those of a backend that died for good.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from licensing_common.phases import Phase
 from licensing_server.storage import Database, EnclaveStore, Limits, UserStore
 from tests.observability.test_metrics_and_logs import scrape, value
 from tests.support import (
@@ -48,7 +50,13 @@ def replicas(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[S
             data_dir = tmp_path / replica / "data-postgresql"
             data_dir.mkdir(parents=True)
             stack = Stack(
-                "postgresql", data_dir, url, free_port(), free_port(), free_port(), extra_env=env
+                "postgresql",
+                data_dir,
+                url,
+                free_port(),
+                free_port(),
+                free_port(),
+                extra_env={**env, "LICENSING_BACKEND_ID": f"backend-{replica}"},
             )
             stacks.append(stack)
             stack.start()
@@ -80,8 +88,10 @@ def _the_leader(stacks: tuple[Stack, Stack], within: float) -> tuple[Stack, Stac
     raise AssertionError(f"no single leader within {within}s: {states}")
 
 
-def _abandoned_reservation(url: str) -> str:
-    """What a frontend that died after reserving leaves: an ACCEPTED row nobody provisions."""
+def _abandoned_reservation(url: str, driven_by: str | None = None) -> str:
+    """What a frontend that died after reserving leaves: an ACCEPTED row nobody provisions;
+    with ``driven_by``, one that backend has just begun to provision (claimed, ACCEPTED:
+    no backend's ``settle_interrupted`` touches it without a task that ended)."""
 
     async def reserve() -> str:
         database = Database.connect(url)
@@ -97,6 +107,8 @@ def _abandoned_reservation(url: str) -> str:
                 limits=Limits(1, dt.timedelta(hours=1)),
                 now=now,
             )
+            if driven_by is not None:
+                await EnclaveStore(database).claim(record.id, driven_by)
             return record.id
         finally:
             await database.close()
@@ -155,11 +167,6 @@ def test_when_the_leaders_backend_is_killed_the_other_takes_over(
     assert _released_by(replicas, enclave_id, within=15) == [follower]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a (re)starting backend fails every in-flight row, another live "
-    "backend's too (rows do not say which backend drives them)",
-)
 @pytest.mark.parametrize("replicas", [{"LICENSING_ABANDONED_AFTER_SECONDS": "600"}], indirect=True)
 def test_a_restarting_backend_leaves_the_other_backends_reservations_alone(
     replicas: tuple[Stack, Stack],
@@ -171,3 +178,75 @@ def test_a_restarting_backend_leaves_the_other_backends_reservations_alone(
     line = f"enclave {enclave_id} failed: PROVISIONING_INTERRUPTED"
     assert follower.log_path is not None
     assert line not in follower.log_path.read_text()
+
+
+def _backend_id(stack: Stack) -> str:
+    return stack.env()["LICENSING_BACKEND_ID"]
+
+
+@pytest.mark.parametrize(
+    "replicas",
+    [
+        {
+            "LICENSING_ABANDONED_AFTER_SECONDS": "600",
+            "LICENSING_BACKEND_HEARTBEAT_SECONDS": "1",
+            "LICENSING_BACKEND_STALE_AFTER_SECONDS": "4",
+            "LICENSING_RECONCILE_INTERVAL_SECONDS": "1",
+        }
+    ],
+    indirect=True,
+)
+def test_a_restarting_backend_leaves_the_other_backends_provisioning_alone(
+    replicas: tuple[Stack, Stack],
+) -> None:
+    leader, follower = _the_leader(replicas, within=15)
+    enclave_id = _abandoned_reservation(leader.database_url, driven_by=_backend_id(leader))
+    os.kill(pid_of(follower, "backend"), signal.SIGKILL)
+    _started(follower, times=2, within=60)
+    time.sleep(6)  # past the stale timeout: the leader's heartbeat keeps its row its own
+    line = f"enclave {enclave_id} failed: PROVISIONING_INTERRUPTED"
+    assert follower.log_path is not None
+    assert leader.log_path is not None
+    assert line not in follower.log_path.read_text()
+    assert line not in leader.log_path.read_text()
+
+
+@pytest.mark.parametrize(
+    "replicas",
+    [
+        {
+            "LICENSING_ABANDONED_AFTER_SECONDS": "600",
+            "LICENSING_BACKEND_HEARTBEAT_SECONDS": "1",
+            "LICENSING_BACKEND_STALE_AFTER_SECONDS": "4",
+            "LICENSING_RECONCILE_INTERVAL_SECONDS": "1",
+        }
+    ],
+    indirect=True,
+)
+def test_the_leader_settles_the_provisioning_of_a_backend_that_died(
+    replicas: tuple[Stack, Stack],
+) -> None:
+    leader, follower = _the_leader(replicas, within=15)
+    enclave_id = _abandoned_reservation(follower.database_url, driven_by=_backend_id(follower))
+    assert follower.proc is not None
+    # The whole stack dies for good: its supervisor first, so nothing restarts the backend.
+    for pid in (follower.proc.pid, pid_of(follower, "backend"), pid_of(follower, "frontend")):
+        os.kill(pid, signal.SIGKILL)
+    follower.proc.wait(10)
+    killed = time.monotonic()
+    line = f"enclave {enclave_id} failed: PROVISIONING_INTERRUPTED"
+    assert leader.log_path is not None
+    while line not in leader.log_path.read_text():
+        assert time.monotonic() - killed < 20, "the leader never settled the dead backend's row"
+        time.sleep(0.2)
+    assert time.monotonic() - killed >= 2  # not before its heartbeat went stale
+
+    async def phase() -> Phase | None:
+        database = Database.connect(leader.database_url)
+        try:
+            record = await EnclaveStore(database).get(enclave_id)
+            return record.phase if record else None
+        finally:
+            await database.close()
+
+    assert asyncio.run(phase()) is Phase.FAILED

@@ -125,6 +125,9 @@ _PARSED: list[tuple[str, str, str, object]] = [
     ("LEADER_ELECTION", " SOLE ", "leader_election", "sole"),
     ("LEADER_LEASE_SECONDS", "2", "leader_lease_seconds", 2),
     ("LEADER_RETRY_SECONDS", "60", "leader_retry_seconds", 60),
+    ("BACKEND_ID", " backend-7 ", "backend_id", "backend-7"),
+    ("BACKEND_HEARTBEAT_SECONDS", "2", "backend_heartbeat_seconds", 2),
+    ("BACKEND_STALE_AFTER_SECONDS", "10", "backend_stale_after_seconds", 10),
 ]
 
 
@@ -315,3 +318,16 @@ def test_every_problem_is_reported_in_one_error() -> None:
     message = str(caught.value)
     assert message.startswith("invalid configuration:\n  - ")
     assert all(problem in message for problem in problems)
+
+
+def test_a_backends_id_is_the_same_after_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("POD_NAME", raising=False)
+    first = Settings.from_env({"LICENSING_DATA_DIR": str(tmp_path / "a")})
+    again = Settings.from_env({"LICENSING_DATA_DIR": str(tmp_path / "a")})
+    other = Settings.from_env({"LICENSING_DATA_DIR": str(tmp_path / "b")})
+    assert first.effective_backend_id == again.effective_backend_id
+    assert first.effective_backend_id != other.effective_backend_id
+    monkeypatch.setenv("POD_NAME", "licensing-backend-0")
+    assert first.effective_backend_id == "licensing-backend-0"

@@ -351,3 +351,28 @@ async def _event_rows(database: Database, enclave_id: str) -> int:
             {"id": enclave_id},
         )
     return int(count or 0)
+
+
+# Ownership (replicas) -----------------------------------------------------------
+async def test_a_claimed_enclave_names_its_backend(database: Database) -> None:
+    store = EnclaveStore(database)
+    record, _ = await _reserve(store, await new_user(database))
+    assert record.backend_id is None  # reserved: no backend drives it yet
+    await store.claim(record.id, "backend-a")
+    current = await store.get(record.id)
+    assert current is not None
+    assert current.backend_id == "backend-a"
+
+
+async def test_a_backend_is_live_while_its_heartbeat_is_recent(
+    database: Database, database_url: str
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("heartbeats are PostgreSQL's (SQLite has one backend)")
+    store = EnclaveStore(database)
+    name = f"backend-{uuid.uuid4().hex[:8]}"
+    await store.heartbeat(name)
+    await store.heartbeat(name)  # again: the same row, moved on
+    assert name in await store.live_backends(dt.timedelta(seconds=30))
+    await asyncio.sleep(1.2)
+    assert name not in await store.live_backends(dt.timedelta(seconds=1))

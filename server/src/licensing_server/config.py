@@ -6,8 +6,10 @@ variables; every problem is reported at once so an operator fixes them in one go
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,7 +195,25 @@ class Settings:
     # how often a backend that is not the leader asks for the lock again.
     leader_lease_seconds: int = 15
     leader_retry_seconds: int = 2
+    # Which backend drives an enclave (PostgreSQL replicas): stable across a restart of the
+    # same backend. Empty: POD_NAME, else the host name and a hash of the data directory.
+    backend_id: str = ""
+    # Each backend's heartbeat period; the leader settles the in-flight enclaves of a
+    # backend whose heartbeat is older than backend_stale_after_seconds.
+    backend_heartbeat_seconds: int = 5
+    backend_stale_after_seconds: int = 30
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+
+    @property
+    def effective_backend_id(self) -> str:
+        """The same backend after a restart has the same id (unlike its election identity)."""
+        if self.backend_id:
+            return self.backend_id
+        pod = os.environ.get("POD_NAME", "").strip()
+        if pod:
+            return pod
+        where = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
+        return f"{socket.gethostname()}-{where}"
 
     @property
     def effective_token_keys_dir(self) -> Path:
@@ -378,6 +398,13 @@ class Settings:
             ),
             leader_retry_seconds=integer(
                 "LEADER_RETRY_SECONDS", defaults.leader_retry_seconds, 1, 60
+            ),
+            backend_id=text("BACKEND_ID", ""),
+            backend_heartbeat_seconds=integer(
+                "BACKEND_HEARTBEAT_SECONDS", defaults.backend_heartbeat_seconds, 1, 600
+            ),
+            backend_stale_after_seconds=integer(
+                "BACKEND_STALE_AFTER_SECONDS", defaults.backend_stale_after_seconds, 2, 3600
             ),
             kubernetes=_kubernetes(env, text, integer, address, problems),
         )

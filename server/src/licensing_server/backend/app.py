@@ -237,6 +237,8 @@ async def _serve(
     background = TaskSet()
     stack.push_async_callback(background.cancel_all)
     background.spawn(attestor.keep_proving(), name="prove-attestation-key")
+    # Rows name the backend driving them only where there can be several (PostgreSQL).
+    backend_id = None if settings.uses_sqlite else settings.effective_backend_id
     provisioner = EnclaveProvisioner(
         store=store,
         runtime=runtime,
@@ -249,6 +251,7 @@ async def _serve(
             attestation_key_wait=settings.tpm_command_timeout_seconds,
         ),
         metrics=ProvisioningMetrics(registry),
+        backend_id=backend_id,
     )
     stack.push_async_callback(provisioner.shutdown)
     reconciler = Reconciler(
@@ -258,6 +261,9 @@ async def _serve(
         interval_seconds=settings.reap_interval_seconds,
         settle_interval_seconds=settings.reconcile_interval_seconds,
         abandoned_after=dt.timedelta(seconds=settings.abandoned_after_seconds),
+        backend_id=backend_id,
+        heartbeat_seconds=settings.backend_heartbeat_seconds,
+        stale_after=dt.timedelta(seconds=settings.backend_stale_after_seconds),
     )
     after_shutdown.reconciler = reconciler
     await reconciler.reconcile_after_start()

@@ -97,8 +97,11 @@ class EnclaveProvisioner:
         settings: ProvisioningSettings,
         clock: Callable[[], dt.datetime] = _utcnow,
         metrics: ProvisioningMetrics | None = None,
+        backend_id: str | None = None,
     ):
         self._store = store
+        #: Recorded on each enclave this backend starts (None: SQLite's single backend).
+        self._backend_id = backend_id
         self._metrics = metrics or ProvisioningMetrics()
         self._runtime = runtime
         self._issuer = issuer
@@ -118,6 +121,9 @@ class EnclaveProvisioner:
         record = await self._store.get(enclave_id)
         if record is None or record.owner_id != owner_id:
             raise NotFound("ENCLAVE_NOT_FOUND", "no such enclave")
+        if record.phase is Phase.ACCEPTED and self._backend_id is not None:
+            # Before the row leaves ACCEPTED: a driven row always names its backend.
+            await self._store.claim(enclave_id, self._backend_id)
         if record.phase is Phase.ACCEPTED and enclave_id not in self._tasks:
             if not jwks_json:
                 raise FailedPrecondition("JWKS_REQUIRED", "the enclave needs the token keys")

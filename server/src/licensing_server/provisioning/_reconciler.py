@@ -11,11 +11,12 @@ With several backends against one database, the passes split in two (``Reconcile
   backend's provisioner knows ended without a final phase (``interruption``), from its
   in-memory tasks: no other backend can see those, so the leader could not do it.
 
-Not yet safe with replicas: ``reconcile_after_start`` fails every in-flight row and
-``settle_interrupted`` every driven row no task *of this backend* drives, and either may
-be another live backend's provisioning (the rows do not say which backend drives them;
-a column naming the driving backend, settled by the leader once that backend's lock or
-lease is gone, would fix both).
+With replicas (``backend_id`` set), each enclave row names the backend that started
+it, and each backend heartbeats into ``backends``: ``reconcile_after_start`` and
+``settle_interrupted`` touch only this backend's rows, and the leader's
+``settle_orphaned`` fails the in-flight rows of a backend whose heartbeat is stale, and
+driven rows that name no backend (from before the column). Without it (SQLite, one
+backend) every row is this backend's, as it always was.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from licensing_common.errors import Unavailable
 from licensing_server.leadership import LeaderElection, while_leading
 from licensing_server.provisioning._provisioner import EnclaveProvisioner
 from licensing_server.runtimes import EnclaveRuntime
-from licensing_server.storage import EnclaveStore, Phase
+from licensing_server.storage import EnclaveRecord, EnclaveStore, Phase
 
 _log = logging.getLogger(__name__)
 
@@ -61,8 +62,14 @@ class Reconciler:
         settle_interval_seconds: float = 5.0,
         abandoned_after: dt.timedelta = dt.timedelta(seconds=60),
         clock: Callable[[], dt.datetime] = _utcnow,
+        backend_id: str | None = None,
+        heartbeat_seconds: float = 5.0,
+        stale_after: dt.timedelta = dt.timedelta(seconds=30),
     ):
         self._store = store
+        self._backend_id = backend_id
+        self._heartbeat_seconds = heartbeat_seconds
+        self._stale_after = stale_after
         self._runtime = runtime
         self._provisioner = provisioner
         self._interval = interval_seconds
@@ -76,15 +83,22 @@ class Reconciler:
         Enclaves that were ready stay so only if their workload still runs
         (a pod does; a local child process does not outlive its backend).
         """
+        if self._backend_id is not None:
+            await self._store.heartbeat(self._backend_id)
+        keep: set[str] = set()
         for record in await self._store.in_phases(_IN_FLIGHT):
+            if not self._owns(record):
+                keep.add(record.id)  # another backend's (or the leader's) to settle
+                continue
             await self._provisioner.fail(
                 record,
                 "PROVISIONING_INTERRUPTED",
                 "provisioning was interrupted by a backend restart; create the enclave again",
             )
-        keep: set[str] = set()
         for record in await self._store.in_phases(_SETTLED):
-            if await self._runtime.is_alive(record.id, record.runtime_handle):
+            if record.backend_id is not None and not self._owns(record):
+                keep.add(record.id)  # another backend's workload: not this runtime's to judge
+            elif await self._runtime.is_alive(record.id, record.runtime_handle):
                 keep.add(record.id)
             else:
                 await self._provisioner.fail(
@@ -97,6 +111,8 @@ class Reconciler:
     async def settle_after_shutdown(self) -> None:
         """Record what a shutdown did to workloads that do not outlive this process."""
         for record in await self._store.in_phases(_IN_FLIGHT | _SETTLED):
+            if not self._owns(record):
+                continue  # another backend's: this shutdown stopped nothing of it
             if not await self._runtime.is_alive(record.id, record.runtime_handle):
                 await self._provisioner.fail(
                     record, "BACKEND_SHUTDOWN", "the backend shut down and stopped the enclave"
@@ -143,6 +159,8 @@ class Reconciler:
             cause = self._provisioner.interruption(record.id)
             if record.phase is Phase.ACCEPTED and cause is None:
                 continue  # never started: release_abandoned's business
+            if cause is None and not self._owns(record):
+                continue  # another backend drives it; the leader settles it if that one died
             # Read after the check: a task that has ended wrote everything it will.
             current = await self._store.get(record.id)
             if current is None or current.phase not in _DRIVEN | {Phase.ACCEPTED}:
@@ -150,6 +168,47 @@ class Reconciler:
             if self._provisioner.is_provisioning(record.id):
                 continue  # a repeated create took the ACCEPTED enclave up meanwhile
             await self._provisioner.fail(current, "PROVISIONING_INTERRUPTED", cause or _NO_TASK)
+            settled += 1
+        return settled
+
+    def _owns(self, record: EnclaveRecord) -> bool:
+        return self._backend_id is None or record.backend_id == self._backend_id
+
+    async def heartbeat(self) -> int:
+        """Tell the other backends' leader this one is alive (its rows are not orphans)."""
+        if self._backend_id is not None:
+            await self._store.heartbeat(self._backend_id)
+        return 0
+
+    async def settle_orphaned(self) -> int:
+        """Driven rows (READY too) nobody alive drives: FAILED / ``PROVISIONING_INTERRUPTED``.
+
+        Their backend's heartbeat is older than ``stale_after`` (it died and did not come
+        back under the same id), or, driven past ACCEPTED, they name no backend (from
+        before ownership was recorded). ACCEPTED rows no backend started stay
+        ``release_abandoned``'s.
+        """
+        if self._backend_id is None:
+            return 0  # one backend: settle_interrupted sees every row
+        live = await self._store.live_backends(self._stale_after)
+        live.add(self._backend_id)
+        settled = 0
+        for record in await self._store.in_phases(_DRIVEN | {Phase.ACCEPTED}):
+            if record.backend_id in live or self._provisioner.is_provisioning(record.id):
+                continue
+            if record.backend_id is None and record.phase is Phase.ACCEPTED:
+                continue
+            current = await self._store.get(record.id)
+            if current is None or current.phase not in _DRIVEN | {Phase.ACCEPTED}:
+                continue
+            if current.backend_id != record.backend_id:
+                continue  # taken up meanwhile
+            who = f"backend {record.backend_id}" if record.backend_id else "its backend"
+            await self._provisioner.fail(
+                current,
+                "PROVISIONING_INTERRUPTED",
+                f"provisioning was interrupted: {who} stopped; create the enclave again",
+            )
             settled += 1
         return settled
 
@@ -184,12 +243,16 @@ class Reconciler:
         async def cluster_wide() -> None:
             await asyncio.gather(
                 self._every(self._interval, self.reap_expired, self.release_abandoned),
-                self._every(self._settle_interval, self.settle_lost_workloads),
+                self._every(
+                    self._settle_interval, self.settle_lost_workloads, self.settle_orphaned
+                ),
             )
 
         leader_only = cluster_wide() if election is None else while_leading(election, cluster_wide)
         await asyncio.gather(
-            leader_only, self._every(self._settle_interval, self.settle_interrupted)
+            leader_only,
+            self._every(self._settle_interval, self.settle_interrupted),
+            self._every(self._heartbeat_seconds, self.heartbeat),
         )
 
     async def _every(self, seconds: float, *steps: Callable[[], Awaitable[int]]) -> None:

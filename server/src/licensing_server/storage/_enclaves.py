@@ -8,12 +8,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
 from licensing_common.errors import FailedPrecondition, NotFound, ResourceExhausted
 from licensing_common.phases import Phase
 from licensing_server.storage._database import Database
-from licensing_server.storage._models import Enclave, EnclaveEvent, Entitlement, User
+from licensing_server.storage._models import Backend, Enclave, EnclaveEvent, Entitlement, User
 
 #: Phases that hold a licence: everything but FAILED (deleted enclaves have no row).
 _NOT_COUNTED = (Phase.FAILED.value,)
@@ -41,6 +42,7 @@ class EnclaveRecord:
     failure_reason: str
     runtime_handle: str
     attestation: bytes | None = None
+    backend_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,7 @@ def _record(row: Enclave) -> EnclaveRecord:
         failure_reason=row.failure_reason,
         runtime_handle=row.runtime_handle,
         attestation=row.attestation,
+        backend_id=row.backend_id,
     )
 
 
@@ -247,6 +250,32 @@ class EnclaveStore:
         async with self._db.session() as session:
             await session.execute(
                 update(Enclave).where(Enclave.id == enclave_id).values(runtime_handle=handle)
+            )
+
+    async def claim(self, enclave_id: str, backend_id: str) -> None:
+        """Record that ``backend_id`` drives the enclave's provisioning from now on."""
+        async with self._db.session() as session:
+            await session.execute(
+                update(Enclave).where(Enclave.id == enclave_id).values(backend_id=backend_id)
+            )
+
+    # Backends (PostgreSQL replicas) ---------------------------------------------
+    async def heartbeat(self, backend_id: str) -> None:
+        """``backend_id`` is alive now, by the database's clock (one clock for all backends)."""
+        statement = pg_insert(Backend).values(id=backend_id, heartbeat_at=func.now())
+        statement = statement.on_conflict_do_update(
+            index_elements=[Backend.id], set_={"heartbeat_at": func.now()}
+        )
+        async with self._db.session() as session:
+            await session.execute(statement)
+
+    async def live_backends(self, within: dt.timedelta) -> set[str]:
+        """Backends whose heartbeat is younger than ``within`` (the database's clock)."""
+        async with self._db.read() as session:
+            return set(
+                await session.scalars(
+                    select(Backend.id).where(Backend.heartbeat_at > func.now() - within)
+                )
             )
 
     # Reading ------------------------------------------------------------------

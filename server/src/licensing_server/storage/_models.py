@@ -123,6 +123,18 @@ class Enclave(Base):
     runtime_handle: Mapped[str] = mapped_column(Text, default="")
     # The licensing.v1.Attestation of the ATTESTED event (serialized protobuf).
     attestation: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # The backend (``Settings.effective_backend_id``) whose task provisions (provisioned) it:
+    # with replicas, only that backend, or the leader once it is gone, settles the row.
+    backend_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+
+class Backend(Base):
+    """A live backend (PostgreSQL replicas): ``heartbeat_at`` is the database's clock."""
+
+    __tablename__ = "backends"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
 
 
 class EnclaveEvent(Base):
