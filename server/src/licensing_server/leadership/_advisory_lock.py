@@ -92,8 +92,10 @@ class AdvisoryLockElection:
             self._state.lost("the backend is stopping")
 
     async def _campaign(self) -> None:
-        conn = await asyncio.wait_for(
-            psycopg.AsyncConnection.connect(
+        # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancellation that
+        # lands as the awaited call completes, and a stopping backend would campaign on.
+        async with asyncio.timeout(max(self._check, 5.0)):
+            conn = await psycopg.AsyncConnection.connect(
                 self._url,
                 autocommit=True,
                 application_name=f"licensing-leader {self.identity}"[:63],
@@ -101,9 +103,7 @@ class AdvisoryLockElection:
                 keepalives_idle=5,
                 keepalives_interval=2,
                 keepalives_count=3,
-            ),
-            timeout=max(self._check, 5.0),
-        )
+            )
         async with conn:
             self.connection_pid = conn.info.backend_pid
             while True:
@@ -116,11 +116,11 @@ class AdvisoryLockElection:
                 # the server ends the connection (pg_terminate_backend, a restart).
                 async for _ in conn.notifies(timeout=self._check):
                     pass
-                await asyncio.wait_for(conn.execute("SELECT 1"), timeout=self._check)
+                async with asyncio.timeout(self._check):
+                    await conn.execute("SELECT 1")
 
     async def _ask(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> bool:
-        cursor = await asyncio.wait_for(
-            conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)), timeout=self._check
-        )
+        async with asyncio.timeout(self._check):
+            cursor = await conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,))
         row = await cursor.fetchone()
         return bool(row and row[0])

@@ -111,7 +111,10 @@ class LeaseElection:
         started = time.monotonic()
         budget = (self._deadline - started) if self.is_leader else self._duration
         try:
-            won = await asyncio.wait_for(self._try_acquire_or_renew(), timeout=max(0.05, budget))
+            # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancellation that
+            # lands as the call completes, and a stopping candidate would campaign on.
+            async with asyncio.timeout(max(0.05, budget)):
+                won = await self._try_acquire_or_renew()
         except (TimeoutError, DomainError) as exc:
             won = False
             _log.debug("leader election: %s", exc)
@@ -199,16 +202,14 @@ class LeaseElection:
         leader one lease duration, nothing more."""
         api = self._coordination()
         try:
-            found = await asyncio.wait_for(
-                self._api.call(
+            async with asyncio.timeout(self._renew_every):
+                found = await self._api.call(
                     "get leases",
                     api.read_namespaced_lease,
                     self._name,
                     self._namespace,
                     accept=_NOT_FOUND_OR_CONFLICT,
-                ),
-                timeout=self._renew_every,
-            )
+                )
             spec = None if isinstance(found, ApiException) else found.spec
             if spec is None or spec.holder_identity != self.identity:
                 return
@@ -220,17 +221,15 @@ class LeaseElection:
             body["spec"]["holderIdentity"] = ""
             body["spec"]["leaseDurationSeconds"] = 1
             body["metadata"]["resourceVersion"] = str(found.metadata.resource_version)
-            await asyncio.wait_for(
-                self._api.call(
+            async with asyncio.timeout(self._renew_every):
+                await self._api.call(
                     "update leases",
                     api.replace_namespaced_lease,
                     self._name,
                     self._namespace,
                     body,
                     accept=_NOT_FOUND_OR_CONFLICT,
-                ),
-                timeout=self._renew_every,
-            )
+                )
             _log.info("released the Lease %s/%s", self._namespace, self._name)
         except (TimeoutError, DomainError) as exc:
             _log.warning("could not release the Lease %s/%s: %s", self._namespace, self._name, exc)
