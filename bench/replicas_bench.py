@@ -23,13 +23,12 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import bcrypt
@@ -39,7 +38,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from licensing_client import Created, LicensingClient  # noqa: E402
-from tests.support import PASSWORD, Stack, free_port, start_stack, wait_for_port  # noqa: E402
+from tests.support import PASSWORD, Stack, second_frontend, start_stack  # noqa: E402
 
 CORES = len(os.sched_getaffinity(0))
 
@@ -62,31 +61,6 @@ def bcrypt_bound(cost: int, seconds: float) -> float:
     for t in threads:
         t.join()
     return sum(counts) / (time.perf_counter() - started)
-
-
-@contextlib.contextmanager
-def second_frontend(first: Stack) -> Iterator[Stack]:
-    """Another frontend process beside ``first``'s: same backend, database and data."""
-    second = dataclasses.replace(
-        first, enroll_port=free_port(), api_port=free_port(), proc=None, _channels=[]
-    )
-    env = second.env(LICENSING_FRONTEND_METRICS_ADDR=f"127.0.0.1:{free_port()}")
-    assert first.log_path is not None
-    with (first.log_path.parent / "second-frontend.log").open("ab") as log:
-        second.proc = subprocess.Popen(
-            [sys.executable, "-m", "licensing_server.frontend.app"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=first.data_dir.parent,
-        )
-    try:
-        wait_for_port(second.enroll_port, 60, second.proc)
-        wait_for_port(second.api_port, 60, second.proc)
-        yield second
-    finally:
-        second.proc.terminate()
-        second.proc.wait(10)
 
 
 def client_of(stack: Stack) -> LicensingClient:

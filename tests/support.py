@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 import shutil
@@ -372,6 +373,31 @@ def signing_key_pem(stack: Stack) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+
+
+@contextlib.contextmanager
+def second_frontend(first: Stack) -> Iterator[Stack]:
+    """Another frontend process beside ``first``'s (a second replica): same backend,
+    database and data directory (certificates, signing keys), other ports."""
+    second = dataclasses.replace(
+        first, enroll_port=free_port(), api_port=free_port(), proc=None, _channels=[]
+    )
+    try:
+        env = second.env(LICENSING_FRONTEND_METRICS_ADDR=f"127.0.0.1:{free_port()}")
+        assert first.log_path is not None
+        with (first.log_path.parent / "second-frontend.log").open("ab") as log:
+            second.proc = subprocess.Popen(
+                [sys.executable, "-m", "licensing_server.frontend.app"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=first.data_dir.parent,
+            )
+        wait_for_port(second.enroll_port, 60, second.proc)
+        wait_for_port(second.api_port, 60, second.proc)
+        yield second
+    finally:
+        second.stop()
 
 
 def pid_of(stack: Stack, process: str) -> int:

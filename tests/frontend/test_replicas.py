@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -18,11 +15,10 @@ from tests.support import (
     PASSWORD,
     Stack,
     error_info,
-    free_port,
     make_csr,
     new_key,
+    second_frontend,
     start_stack,
-    wait_for_port,
 )
 
 FAILURES_PER_MINUTE = 3
@@ -39,26 +35,8 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, 
         LICENSING_RATE_LIMIT_PERCENT="100",
         LICENSING_LOGIN_FAILURES_PER_MINUTE=str(FAILURES_PER_MINUTE),
     )
-    with started as first:
-        second = dataclasses.replace(
-            first, enroll_port=free_port(), api_port=free_port(), proc=None, _channels=[]
-        )
-        try:
-            env = second.env(LICENSING_FRONTEND_METRICS_ADDR=f"127.0.0.1:{free_port()}")
-            assert first.log_path is not None
-            with (first.log_path.parent / "second-frontend.log").open("ab") as log:
-                second.proc = subprocess.Popen(
-                    [sys.executable, "-m", "licensing_server.frontend.app"],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=first.data_dir.parent,
-                )
-            wait_for_port(second.enroll_port, 60, second.proc)
-            wait_for_port(second.api_port, 60, second.proc)
-            yield first, second
-        finally:
-            second.stop()
+    with started as first, second_frontend(first) as second:
+        yield first, second
 
 
 def _login(stack: Stack, username: str, password: str) -> grpc.RpcError | None:

@@ -368,7 +368,7 @@ async def test_a_backend_is_live_while_its_heartbeat_is_recent(
     database: Database, database_url: str
 ) -> None:
     if not database_url.startswith("postgresql"):
-        pytest.skip("heartbeats are PostgreSQL's (SQLite has one backend)")
+        pytest.skip(reason="heartbeats are PostgreSQL's (SQLite has one backend)")
     store = EnclaveStore(database)
     name = f"backend-{uuid.uuid4().hex[:8]}"
     await store.heartbeat(name)

@@ -13,7 +13,7 @@ import logging
 
 import psycopg
 
-from licensing_server.leadership._protocol import Leadership, candidate_identity
+from licensing_server.leadership._protocol import ElectionState, Leadership, candidate_identity
 from licensing_server.observability import LeaderMetrics
 
 __all__ = ["LEADER_LOCK_KEY", "AdvisoryLockElection"]
@@ -31,7 +31,7 @@ def _libpq_url(url: str) -> str:
     return f"postgresql://{rest}" if sep and scheme.startswith("postgresql") else url
 
 
-class AdvisoryLockElection:
+class AdvisoryLockElection(ElectionState):
     """Leads while its own connection holds ``pg_try_advisory_lock(LEADER_LOCK_KEY)``.
 
     A candidate that does not hold it asks again every ``retry_seconds``; the leader
@@ -58,20 +58,6 @@ class AdvisoryLockElection:
         )
         #: The backend pid of the connection holding (or asking for) the lock, for tests.
         self.connection_pid: int | None = None
-
-    @property
-    def identity(self) -> str:
-        return self._state.identity
-
-    @property
-    def is_leader(self) -> bool:
-        return self._state.is_leader
-
-    async def leading(self) -> None:
-        await self._state.leading()
-
-    async def not_leading(self) -> None:
-        await self._state.not_leading()
 
     async def run(self) -> None:
         """Campaign until cancelled; closing the connection on the way out frees the lock."""

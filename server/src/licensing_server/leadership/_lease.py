@@ -23,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from licensing_common.errors import DomainError
 from licensing_server.kube import KubeApi
-from licensing_server.leadership._protocol import Leadership, candidate_identity
+from licensing_server.leadership._protocol import ElectionState, Leadership, candidate_identity
 from licensing_server.observability import LeaderMetrics
 
 __all__ = ["LeaseElection"]
@@ -46,7 +46,7 @@ class _Observed:
     changed_at: float
 
 
-class LeaseElection:
+class LeaseElection(ElectionState):
     """Leads while it holds the Lease ``name`` in ``namespace`` and has renewed it in time."""
 
     def __init__(
@@ -72,20 +72,6 @@ class LeaseElection:
         self._observed: _Observed | None = None
         #: Monotonic time by which this holder must have renewed, or step down.
         self._deadline = 0.0
-
-    @property
-    def identity(self) -> str:
-        return self._state.identity
-
-    @property
-    def is_leader(self) -> bool:
-        return self._state.is_leader
-
-    async def leading(self) -> None:
-        await self._state.leading()
-
-    async def not_leading(self) -> None:
-        await self._state.not_leading()
 
     def _coordination(self) -> CoordinationV1Api:
         return CoordinationV1Api(self._api.client)

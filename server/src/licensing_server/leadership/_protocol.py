@@ -91,6 +91,26 @@ class Leadership:
         await self._not_leading.wait()
 
 
+class ElectionState:
+    """What every election answers from its ``Leadership``: set ``_state`` in ``__init__``."""
+
+    _state: Leadership
+
+    @property
+    def identity(self) -> str:
+        return self._state.identity
+
+    @property
+    def is_leader(self) -> bool:
+        return self._state.is_leader
+
+    async def leading(self) -> None:
+        await self._state.leading()
+
+    async def not_leading(self) -> None:
+        await self._state.not_leading()
+
+
 async def while_leading(election: LeaderElection, work: Callable[[], Awaitable[None]]) -> None:
     """Run ``work`` each time ``election`` leads; cancel it the moment leadership ends.
 
