@@ -268,6 +268,20 @@ def build_vectors(stack: Stack, work: Path) -> tuple[list[Vector], dt.datetime]:
             Check.MAGIC,
         ),
         vector(
+            "quote_type_flipped",
+            "The last byte of the quote's type is flipped: it is not TPM_ST_ATTEST_QUOTE.",
+            tampered(good, lambda a: setattr(a, "quote", flip(a.quote, 5))),
+            Check.TYPE,
+        ),
+        vector(
+            "ak_not_restricted",
+            "The restricted bit of the AK's objectAttributes is cleared: not an AK.",
+            # TPM2B_PUBLIC: size (2), type (2), nameAlg (2), then objectAttributes (4);
+            # restricted is bit 16, in the second attribute byte.
+            tampered(good, lambda a: setattr(a, "ak_public", flip(a.ak_public, 7))),
+            Check.AK_ATTRIBUTES,
+        ),
+        vector(
             "signature_byte_flipped",
             "The last byte of the signature is flipped.",
             tampered(
