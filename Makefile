@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(BIN):$(PATH)
 GENERATED := server/gen clients/python/licensing_client/gen
 HAND_WRITTEN := $(wildcard server/src enclave/src clients/python/licensing_client tests bench)
+# The Python example and the hand-run vector generator are linted too.
+HAND_WRITTEN += $(wildcard clients/python/examples scripts/*.py)
 
 .PHONY: run test setup setup-run generate generate-check lint typecheck pytest postgres clean
 
