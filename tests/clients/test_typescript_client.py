@@ -24,7 +24,7 @@ CLIENT = REPO / "clients" / "typescript"
 def built_client() -> None:
     """npm ci (only when the lockfile changed) and tsc, as scripts/setup.sh does."""
     if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.fail("Node.js (node and npm) is needed for the TypeScript client: run scripts/setup.sh")
+        pytest.fail("the TypeScript client needs Node.js (node and npm): run scripts/setup.sh")
     subprocess.run([str(REPO / "scripts" / "tools" / "node-client.sh")], check=True, timeout=600)
 
 
@@ -50,5 +50,5 @@ def test_the_typescript_client_tells_the_whole_story(stack: Stack, built_client:
     assert counts.get("fail") == 0, output
     assert counts.get("pass", 0) >= 5, output
     assert "# SKIP no live server" not in output, output
-    assert re.search(r"^\s*ok \d+ - sign up, log in, create with streamed progress", output, re.M), output
-    assert re.search(r"^\s*ok \d+ - an endpoint presenting another certificate", output, re.M), output
+    for story in ("sign up, log in, create with streamed progress", "an endpoint presenting"):
+        assert re.search(rf"^\s*ok \d+ - {story}", output, re.M), output

@@ -98,6 +98,24 @@ export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && timingSafeEqual(a, b);
 }
 
+/**
+ * Parsed certificates by PEM text, bounded: a client verifies attestation after attestation
+ * under the same CA and AK chain, and parsing a certificate costs more than checking its
+ * signature. Only the parse is reused; every check still runs each time.
+ */
+const PARSED = new Map<string, X509Certificate>();
+const PARSED_MAX = 64;
+
+function parseCertificate(pem: string): X509Certificate {
+  let certificate = PARSED.get(pem);
+  if (certificate === undefined) {
+    certificate = new X509Certificate(pem);
+    if (PARSED.size >= PARSED_MAX) PARSED.delete(PARSED.keys().next().value as string);
+    PARSED.set(pem, certificate);
+  }
+  return certificate;
+}
+
 const PEM_BLOCK = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g;
 
 /** Every certificate of PEM bundles, each as its own PEM (a CA file may hold a rotation). */
@@ -139,8 +157,8 @@ function checkChain(chainPem: readonly string[], trustedPem: readonly string[], 
   let chain: X509Certificate[];
   let anchors: X509Certificate[];
   try {
-    chain = chainPem.map((p) => new X509Certificate(p));
-    anchors = trustedPem.map((p) => new X509Certificate(p));
+    chain = chainPem.map(parseCertificate);
+    anchors = trustedPem.map(parseCertificate);
   } catch (error) {
     throw fail(check, "a certificate does not parse", error);
   }
@@ -173,7 +191,7 @@ function checkChain(chainPem: readonly string[], trustedPem: readonly string[], 
 }
 
 function pemDer(pem: string): Buffer {
-  return new X509Certificate(pem).raw;
+  return parseCertificate(pem).raw;
 }
 
 /** An unsigned big-endian integer as exactly `size` bytes, or undefined if it is larger. */
