@@ -114,12 +114,8 @@ def main() -> None:
     first, verified = figures["first_event_ms"], figures["create_to_verified_ms"]
     verification = figures["verification"]
     print(f"TypeScript client ({figures['node']}), {figures['creates']} creates one after another")
-    print(
-        f"  createEnclave to first progress event: p50 {first['p50']:.1f} ms, p95 {first['p95']:.1f} ms"
-    )
-    print(
-        f"  createEnclave to verified attestation: p50 {verified['p50']:.1f} ms, p95 {verified['p95']:.1f} ms"
-    )
+    for label, figure in (("first progress event", first), ("verified attestation", verified)):
+        print(f"  createEnclave to {label}: p50 {figure['p50']:.1f} ms, p95 {figure['p95']:.1f} ms")
     print(
         f"  verifyAttestation on {verification['source']}: "
         f"{verification['per_cpu_second']:.0f}/s per core "
