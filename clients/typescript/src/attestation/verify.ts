@@ -144,9 +144,10 @@ function spki(key: KeyObject): Buffer {
   return key.export({ type: "spki", format: "der" });
 }
 
+/** As Python's verify_directly_issued_by: the issuer's name and its signature, nothing more. */
 function directlyIssued(child: X509Certificate, issuer: X509Certificate): boolean {
   try {
-    return child.checkIssued(issuer) && child.verify(issuer.publicKey);
+    return child.issuer === issuer.subject && child.verify(issuer.publicKey);
   } catch {
     return false;
   }
