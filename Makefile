@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(BIN):$(PATH)
 GENERATED := server/gen clients/python/licensing_client/gen
+# TypeScript client (protoc-gen-es).
+GENERATED += clients/typescript/src/gen
 HAND_WRITTEN := $(wildcard server/src enclave/src clients/python/licensing_client tests bench)
 # The Python example and the hand-run vector generator are linted too.
 HAND_WRITTEN += $(wildcard clients/python/examples scripts/*.py)

@@ -64,3 +64,6 @@ if [ "$mode" != "--run" ]; then
   kube_bin=$(scripts/kube/build.sh)
   echo "setup: Kubernetes test binaries in $kube_bin"
 fi
+
+# TypeScript client (clients/typescript): npm ci from its lockfile, then tsc.
+[ "$mode" = "--run" ] || scripts/tools/node-client.sh
