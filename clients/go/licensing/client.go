@@ -360,7 +360,6 @@ func call[T any](ctx context.Context, c *Client, address string, conn func() (*g
 	return reply, nil
 }
 
-
 // CurrentUser is GetCurrentUser.
 func (c *Client) CurrentUser(ctx context.Context) (*licensingv1.User, error) {
 	reply, err := call(ctx, c, c.cfg.APIAddr, c.apiConn, func(ctx context.Context, cc *grpc.ClientConn) (*licensingv1.GetCurrentUserResponse, error) {

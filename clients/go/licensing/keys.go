@@ -9,7 +9,6 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
-
 )
 
 // newKeyAndCSR makes a fresh ECDSA P-256 key and a CSR for it: only the CSR leaves.
@@ -67,4 +66,3 @@ func VerifySignature(certificatePEM string, data, signature []byte) bool {
 	digest := sha256.Sum256(data)
 	return ecdsa.VerifyASN1(key, digest[:], signature)
 }
-
