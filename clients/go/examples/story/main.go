@@ -3,7 +3,7 @@
 // PutSecret / GetSecret / Sign on the enclave over mutual TLS pinned to the attested
 // certificate, checking the signature.
 //
-//	go run ./examples/story -enroll 127.0.0.1:7443 -api 127.0.0.1:7444 -ca .licensing/ca.pem
+//	go run ./examples/story -enroll 127.0.0.1:8443 -api 127.0.0.1:9443 -ca .licensing/ca.pem
 package main
 
 import (
@@ -120,8 +120,8 @@ func Run(ctx context.Context, cfg Config, out io.Writer) error {
 }
 
 func main() {
-	enroll := flag.String("enroll", "127.0.0.1:7443", "enrollment listener (TLS)")
-	api := flag.String("api", "127.0.0.1:7444", "API listener (mutual TLS)")
+	enroll := flag.String("enroll", "127.0.0.1:8443", "enrollment listener (TLS)")
+	api := flag.String("api", "127.0.0.1:9443", "API listener (mutual TLS)")
 	caFile := flag.String("ca", ".licensing/ca.pem", "licensing CA bundle (PEM)")
 	username := flag.String("user", "", "username to sign up (random if empty)")
 	password := flag.String("password", "correct horse battery", "password")
