@@ -50,3 +50,5 @@ def test_go_client_tells_the_whole_story_against_a_live_server(go_stack: Stack) 
     assert result.returncode == 0, output
     assert "--- PASS: TestStory" in output, output
     assert "PHASE_ATTESTED" in output, output
+    # The shared vectors are committed: the verifier test must run, not skip.
+    assert "--- PASS: TestSharedVectors" in output, output
