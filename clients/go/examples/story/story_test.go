@@ -5,10 +5,17 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+
+	licensingv1 "licensing.internal/clients/go/gen/licensing/v1"
+	"licensing.internal/clients/go/licensing"
 )
 
 // liveServer is the stack tests/clients/test_go_client.py started; the test skips
@@ -43,5 +50,69 @@ func TestStory(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("the story did not print %q", want)
 		}
+	}
+}
+
+// On a live server, a connection pinned to one enclave's attested certificate refuses
+// another enclave of the same user and CA (the handshake fails), and accepts its own.
+func TestPinnedToTheAttestedEnclaveOnly(t *testing.T) {
+	enroll, api, caPEM := liveServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	client, err := licensing.New(licensing.Config{EnrollAddr: enroll, APIAddr: api, CAPEM: caPEM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	name := "pin-" + hex.EncodeToString(b)
+	if _, err := client.SignUp(ctx, name, "correct horse battery"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.LogIn(ctx, name, "correct horse battery"); err != nil {
+		t.Fatal(err)
+	}
+	var attested []*licensing.EnclaveAttestation
+	for range 2 {
+		for event, err := range client.CreateEnclave(ctx, licensing.CreateOptions{}) {
+			if err != nil {
+				t.Fatal(err)
+			}
+			if created, ok := event.(*licensing.Created); ok {
+				attested = append(attested, created.Attestation)
+				defer func() { _ = client.DeleteEnclave(context.WithoutCancel(ctx), created.Enclave.GetId()) }()
+			}
+		}
+	}
+	first, second := attested[0], attested[1]
+
+	// The first enclave's attestation, pointed at the second enclave's endpoint.
+	redirected := *first
+	enclave := proto.Clone(first.Enclave).(*licensingv1.Enclave)
+	enclave.Endpoint = second.Enclave.GetEndpoint()
+	redirected.Enclave = enclave
+	session, err := client.ConnectAttested(&redirected)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer session.Close()
+	_, err = session.GetIdentity(ctx)
+	var refused *licensing.Error
+	if !errors.As(err, &refused) || refused.Code != codes.Unavailable || !strings.Contains(err.Error(), "not the attested") {
+		t.Fatalf("want the handshake refused for presenting another certificate, got %v", err)
+	}
+
+	own, err := client.ConnectAttested(first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Close()
+	identity, err := own.GetIdentity(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if identity.EnclaveID != first.Enclave.GetId() || !identity.MatchesPinnedCertificate {
+		t.Fatalf("identity %+v", identity)
 	}
 }
