@@ -23,9 +23,12 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"licensing.internal/clients/go/attestation"
 	licensingv1 "licensing.internal/clients/go/gen/licensing/v1"
@@ -338,7 +341,7 @@ func call[T any](ctx context.Context, c *Client, address string, conn func() (*g
 	if err != nil {
 		return zero, err
 	}
-	run := func(session *Session) (T, error) {
+	once := func(session *Session) (T, error) {
 		cc, err := conn()
 		if err != nil {
 			return zero, err
@@ -347,6 +350,7 @@ func call[T any](ctx context.Context, c *Client, address string, conn func() (*g
 		defer cancel()
 		return fn(withToken(callCtx, session), cc)
 	}
+	run := func(session *Session) (T, error) { return paced(ctx, func() (T, error) { return once(session) }) }
 	reply, err := run(session)
 	if err != nil && tokenExpired(err) {
 		if session, err = c.refresh(ctx, session, false); err != nil {
@@ -377,4 +381,43 @@ func (c *Client) LogOut(ctx context.Context) error {
 		return licensingv1.NewAuthServiceClient(cc).Logout(ctx, &licensingv1.LogoutRequest{})
 	})
 	return err
+}
+
+// A rate-limited call is retried when the server asks for at most this wait, this often.
+const (
+	MaxRetryWait     = 5 * time.Second
+	RateLimitRetries = 3
+)
+
+// retryDelay is how long the server asks us to wait before calling again, if it refused
+// by rate limit (the call did nothing, so calling again is safe); else false.
+func retryDelay(err error) (time.Duration, bool) {
+	if status.Code(err) != codes.ResourceExhausted || reasonOf(err) != "RATE_LIMITED" {
+		return 0, false
+	}
+	st, _ := status.FromError(err)
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.RetryInfo); ok {
+			return info.GetRetryDelay().AsDuration(), true
+		}
+	}
+	return 0, false
+}
+
+// paced runs fn, waiting out and repeating it while a rate limit refuses it briefly.
+func paced[T any](ctx context.Context, fn func() (T, error)) (T, error) {
+	for range RateLimitRetries {
+		reply, err := fn()
+		delay, limited := retryDelay(err)
+		if err == nil || !limited || delay > MaxRetryWait {
+			return reply, err
+		}
+		select {
+		case <-ctx.Done():
+			var zero T
+			return zero, ctx.Err()
+		case <-time.After(delay):
+		}
+	}
+	return fn()
 }
