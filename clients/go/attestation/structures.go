@@ -184,7 +184,8 @@ func ParsePublic(data []byte) (*ECCPublic, error) {
 	if err != nil {
 		return nil, err
 	}
-	attributes := binary.BigEndian.Uint32(tpm2.Marshal(public.ObjectAttributes))
+	// TPMT_PUBLIC starts type (2), nameAlg (2), objectAttributes (4): read the bits as sent.
+	attributes := binary.BigEndian.Uint32(raw[4:8])
 	return &ECCPublic{
 		NameAlg:    public.NameAlg,
 		Attributes: attributes,
