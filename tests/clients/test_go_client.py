@@ -1,4 +1,4 @@
-"""The Go client (clients/go) against a real stack: its `go test` runs the whole story.
+"""The Go client (clients/go): gofmt and go vet clean, and its `go test` against a real stack.
 
 The Go tests skip only when the LICENSING_GO_TEST_* variables are absent, so this test
 passes them and requires that the story ran; a machine without Go fails here.
@@ -25,10 +25,29 @@ def go_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     yield from start_stack("sqlite", tmp_path_factory.mktemp("go-client"), None)
 
 
-def test_go_client_tells_the_whole_story_against_a_live_server(go_stack: Stack) -> None:
+def go_binary() -> str:
     go = shutil.which("go")
     if go is None:
         pytest.fail("go is not on PATH: scripts/setup.sh installs it (golang-go)")
+    return go
+
+
+def test_go_client_is_formatted_and_vetted() -> None:
+    go = go_binary()
+    gofmt = Path(go).resolve().parent / "gofmt"
+    unformatted = subprocess.run(
+        [str(gofmt), "-l", "."], cwd=GO_MODULE, capture_output=True, text=True, check=True
+    ).stdout
+    assert unformatted == "", f"gofmt -w these: {unformatted}"
+    env = dict(os.environ, GOFLAGS="-mod=readonly")
+    vet = subprocess.run(
+        [go, "vet", "./..."], cwd=GO_MODULE, env=env, capture_output=True, text=True, check=False
+    )
+    assert vet.returncode == 0, vet.stdout + vet.stderr
+
+
+def test_go_client_tells_the_whole_story_against_a_live_server(go_stack: Stack) -> None:
+    go = go_binary()
     env = dict(
         os.environ,
         GOFLAGS="-mod=readonly",
