@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -27,7 +28,15 @@ func (c *Client) ConnectAttested(verified *EnclaveAttestation) (*EnclaveSession,
 		return nil, fmt.Errorf("licensing: no verified attestation to connect with")
 	}
 	enclave := verified.Enclave
-	tlsConfig, err := PinnedTLSConfig(enclave.GetCertificatePem(), enclave.GetTlsServerName(), c.clientCertificate)
+	// The name to check in the pinned certificate (and send as SNI): empty means the
+	// endpoint's host, as in the Python client.
+	serverName := enclave.GetTlsServerName()
+	if serverName == "" {
+		if host, _, err := net.SplitHostPort(enclave.GetEndpoint()); err == nil {
+			serverName = host
+		}
+	}
+	tlsConfig, err := PinnedTLSConfig(enclave.GetCertificatePem(), serverName, c.clientCertificate)
 	if err != nil {
 		return nil, err
 	}
