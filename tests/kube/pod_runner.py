@@ -35,11 +35,17 @@ as a kubelet-equivalent: a mount at ``/tmp`` also sets ``TMPDIR``, and a mount a
 well-known ServiceAccount path (which client libraries read at a fixed absolute path) gets a
 kubeconfig next to it naming its token file and CA, and ``KUBECONFIG`` pointing at it.
 
-Networking: every pod shares the machine's network. A container's ``127.0.0.1`` is the
-machine's loopback, so a pod that binds fixed loopback ports (the licensing pod: 8444, swtpm
-2321-2322) can run once per machine. ``services`` stands in for cluster DNS and kube-proxy:
-each ``"<name>.<namespace>.svc:<port>"`` key found in an env value or argument is replaced by
-its ``"host:port"`` (e.g. the StatefulSet's PostgreSQL by a test's own server).
+Networking: every pod shares the machine's network, so the pod's own addresses are mapped
+to its pod IP (a loopback address kwok gives it): each ``0.0.0.0:<port>`` and
+``127.0.0.1:<port>`` in an env value, argument or probe command becomes ``<podIP>:<port>``,
+so two pods listening on the same port (the frontend's 8443, an enclave's 8443) do not
+collide. What a program binds or dials on loopback by itself, with no address in the
+manifest, stays on the machine's loopback (the dev overlay's swtpm and the backend's default
+TCTI, 127.0.0.1:2321): such a pod runs once per machine. Cluster DNS and kube-proxy: a
+``<service>.<namespace>.svc:<port>`` in a value becomes ``<podIP>:<targetPort>`` of a
+Running pod the Service selects, when the container starts; ``services`` maps addresses
+explicitly first (e.g. the StatefulSet's PostgreSQL, whose pod no one runs, to a test's own
+server).
 
 It runs in its own threads with its own API clients, so it never blocks the event loop of the
 code under test. What it does not do: restart containers (any exit ends the pod), rotate
@@ -91,6 +97,12 @@ START_ERROR_EXIT_CODE = 128
 _WATCH_SECONDS = 30
 #: Where client libraries look for the pod's ServiceAccount credentials.
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+#: ``<service>.<namespace>.svc[.cluster.local]:<port>`` in a value.
+_SERVICE_ADDRESS = re.compile(
+    r"\b(?P<name>[a-z0-9-]+)\.(?P<namespace>[a-z0-9-]+)\.svc(?:\.cluster\.local)?:(?P<port>\d+)\b"
+)
+#: A wildcard or loopback ``host:port`` in a value: the pod's own address.
+_POD_LOCAL_ADDRESS = re.compile(r"(?<![\w.])(?:0\.0\.0\.0|127\.0\.0\.1)(?=:\d)")
 
 
 class PodStartError(Exception):
@@ -193,8 +205,9 @@ class PodRunner:
     "licensing_enclave"]}``. ``images`` maps an image's name (without tag or digest) to the
     folders put first on PATH for its containers, where ``command[0]`` is then looked up.
     ``services`` maps ``"<service>.<namespace>.svc:<port>"`` to the ``"host:port"`` that
-    stands for it. Processes get only the container's environment plus ``base_env`` (PATH by
-    default), never the test's own.
+    stands for it (other Service addresses resolve to a pod the Service selects). Processes
+    get only the container's environment plus ``base_env`` (PATH by default), never the
+    test's own.
     """
 
     def __init__(
@@ -319,7 +332,7 @@ class PodRunner:
         spec = running.spec.get(kind)
         if not spec or "exec" not in spec:
             raise PodStartError(f"{container} has no exec {kind}")
-        argv = self._argv(spec["exec"]["command"], [], running, pod.manifest)
+        argv = self._argv(spec["exec"]["command"], [], running, pod.pod_ip)
         return subprocess.run(
             argv,
             env=running.env,
@@ -605,11 +618,13 @@ class PodRunner:
                     container.root / ".kubelet", container.mounts[SERVICE_ACCOUNT_DIR], host, port
                 )
             )
-        env.update({k: self._rewrite(v, container.mounts) for k, v in declared.items()})
+        env.update(
+            {k: self._rewrite(v, container, running.pod_ip, core) for k, v in declared.items()}
+        )
         container.env = env
         expanded = {**env, **declared}  # $(VAR) in command and args: the manifest's values
         container.argv = self._argv(
-            spec.get("command", []), spec.get("args", []), container, expanded
+            spec.get("command", []), spec.get("args", []), container, running.pod_ip, expanded, core
         )
 
     def _argv(
@@ -617,7 +632,9 @@ class PodRunner:
         command: Sequence[str],
         args: Sequence[str],
         container: ContainerProcess,
+        pod_ip: str,
         env: Mapping[str, str] | None = None,
+        core: client.CoreV1Api | None = None,
     ) -> list[str]:
         """The local argv for a container's command and args (or a probe's command)."""
         values = env if env is not None else container.env
@@ -631,13 +648,58 @@ class PodRunner:
             head = [found]
         else:
             raise PodStartError(f"no executable for {name!r}: not in the mapping nor on PATH")
-        return head + [self._rewrite(arg, container.mounts) for arg in rest]
+        return head + [self._rewrite(arg, container, pod_ip, core) for arg in rest]
 
-    def _rewrite(self, value: str, mounts: Mapping[str, Path]) -> str:
-        """Service addresses to what stands for them, then mountPaths to the container's."""
+    def _rewrite(
+        self,
+        value: str,
+        container: ContainerProcess,
+        pod_ip: str,
+        core: client.CoreV1Api | None = None,
+    ) -> str:
+        """A manifest's value as this process needs it: Service addresses, the pod's own
+        addresses, then mountPaths (see the module's docstring)."""
+        value = _POD_LOCAL_ADDRESS.sub(pod_ip, value)
         for service, address in self._services.items():
             value = value.replace(service, address)
-        return rewrite_paths(value, mounts)
+        if core is not None:
+            value = _SERVICE_ADDRESS.sub(lambda m: self._service_address(core, m), value)
+        return rewrite_paths(value, container.mounts)
+
+    def _service_address(self, core: client.CoreV1Api, match: re.Match[str]) -> str:
+        """kube-proxy's part: ``<service>.<namespace>.svc:<port>`` -> ``podIP:targetPort`` of
+        a Running pod the Service selects (not there yet: wait, as for a missing Secret)."""
+        name, namespace, port = match["name"], match["namespace"], int(match["port"])
+        try:
+            service = _read_json(
+                core.read_namespaced_service(name, namespace, _preload_content=False)
+            )
+        except ApiException as exc:
+            raise _NotYet(f"Service {namespace}/{name}: {exc.reason}") from exc
+        entry = next((p for p in service["spec"].get("ports", []) if p["port"] == port), None)
+        selector = service["spec"].get("selector")
+        if entry is None or not selector:
+            raise PodStartError(f"Service {namespace}/{name} has no port {port} or selector")
+        pods = _read_json(
+            core.list_namespaced_pod(
+                namespace,
+                label_selector=",".join(f"{k}={v}" for k, v in selector.items()),
+                _preload_content=False,
+            )
+        )["items"]
+        for pod in pods:
+            status = pod.get("status", {})
+            if status.get("phase") == "Running" and status.get("podIP"):
+                target = entry.get("targetPort", port)
+                if isinstance(target, str):
+                    target = next(
+                        p["containerPort"]
+                        for c in pod["spec"]["containers"]
+                        for p in c.get("ports", [])
+                        if p.get("name") == target
+                    )
+                return f"{status['podIP']}:{target}"
+        raise _NotYet(f"Service {namespace}/{name} selects no Running pod")
 
     def _mount_volumes(
         self, core: client.CoreV1Api, pod: Obj, container: Obj, pod_root: Path, root: Path
