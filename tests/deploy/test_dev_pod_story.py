@@ -10,11 +10,13 @@ do, which test stand-ins do instead:
 * the StatefulSet's PostgreSQL: its pod waits for a volume no provisioner makes here, so the
   Service ``licensing-postgres.licensing.svc:5432`` is mapped to a private PostgreSQL server
   of this test (``tests.postgres_server``) with the overlay's role, password and database;
-* cluster DNS and kube-proxy: the runner's ``services`` mapping (PostgreSQL, the backend's
-  enrolment Service, which the enclave pods dial);
-* the ingress controller and the DNS of ``*.enclaves.dev.test``:
-  ``tests.kube.ingress.PassthroughIngress`` forwards by SNI to the enclave pod behind each
-  Ingress, and ``tests/kube/resolve`` points the CLI's lookups of those names at it.
+* cluster DNS: ``tests.kube.cluster_dns.ClusterDns``, in each container's
+  ``/etc/resolv.conf``: Service names (the enrolment Service the enclave pods dial) to the pod
+  behind them, and ``*.dev.test`` (the Ingress hosts, which the backend dials to check an
+  enclave's health) to the ingress stand-in;
+* the ingress controller: ``tests.kube.ingress.PassthroughIngress`` forwards by SNI to the pod
+  behind each Ingress rule (TLS passthrough), on port 443 of a loopback address of its own;
+  the CLI, a process of the machine, finds it by name through ``tests/kube/resolve``.
 
 The CLI reaches the frontend as a user of the dev deployment does: by the Ingress's host names
 (licensing.dev.test, api.licensing.dev.test), through the same Ingress stand-in.
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -39,6 +42,7 @@ from tests.clients.test_cli_enclaves import CHECKS, PHASES, checks_in, created_i
 from tests.deploy.conftest import DEV_KEY, REPO
 from tests.deploy.test_cluster import NAMESPACES, Kubectl
 from tests.kube.cluster import KubeControlPlane, wait_until
+from tests.kube.cluster_dns import ClusterDns, free_loopback_address
 from tests.kube.ingress import PassthroughIngress
 from tests.kube.pod_runner import PodProcess, PodRunner
 from tests.postgres_server import PostgresServer, private_postgres
@@ -121,6 +125,13 @@ def _image_folders(tmp: Path) -> list[Path]:
     return [VENV_BIN, probes]
 
 
+@dataclass
+class DevDeployment:
+    runner: PodRunner
+    ingress: PassthroughIngress
+    dns: ClusterDns
+
+
 @pytest.fixture(scope="module")
 def running_dev(
     dev_cluster: Kubectl,
@@ -128,28 +139,28 @@ def running_dev(
     postgres_for_the_statefulset: PostgresServer,
     sops: str,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[PodRunner, PassthroughIngress]]:
-    """The dev overlay applied (scripts/k8s/apply.sh), its pods run, the Ingress stand-in."""
+) -> Iterator[DevDeployment]:
+    """The stand-ins started, then the dev overlay applied (scripts/k8s/apply.sh)."""
     tmp = tmp_path_factory.mktemp("dev-pods")
-    postgres = postgres_for_the_statefulset
-    folders = _image_folders(tmp)
+    kubeconfig = kube_control_plane.kubeconfig
+    namespaces = ["licensing", "licensing-enclaves"]
+    ingress = PassthroughIngress(kubeconfig, namespaces, (free_loopback_address(443), 443))
+    dns = ClusterDns(kubeconfig, {".dev.test": ingress.host})
     runner = PodRunner(
-        kube_control_plane.kubeconfig,
-        namespaces=["licensing", "licensing-enclaves"],
+        kubeconfig,
+        namespaces=namespaces,
         root=tmp / "pods",
-        images={"licensing-server": folders, "licensing-enclave": [VENV_BIN]},
+        images={"licensing-server": _image_folders(tmp), "licensing-enclave": [VENV_BIN]},
         services={
-            "licensing-postgres.licensing.svc:5432": f"127.0.0.1:{postgres.port}",
+            "licensing-postgres.licensing.svc:5432": (
+                f"127.0.0.1:{postgres_for_the_statefulset.port}"
+            ),
         },
+        resolv_conf=dns.resolv_conf,
         base_env={"PATH": "/usr/local/bin:/usr/bin:/bin"},
         missing_object_seconds=120,
     )
-    with (
-        runner,
-        PassthroughIngress(
-            kube_control_plane.kubeconfig, ["licensing", "licensing-enclaves"]
-        ) as ing,
-    ):
+    with ingress, dns, runner:
         env = {
             **os.environ,
             "KUBECTL": dev_cluster.binary,
@@ -157,12 +168,7 @@ def running_dev(
             "SOPS_AGE_KEY_FILE": str(DEV_KEY),
         }
         done = subprocess.run(
-            [
-                str(REPO / "scripts" / "k8s" / "apply.sh"),
-                "dev",
-                "--kubeconfig",
-                str(kube_control_plane.kubeconfig),
-            ],
+            [str(REPO / "scripts" / "k8s" / "apply.sh"), "dev", "--kubeconfig", str(kubeconfig)],
             capture_output=True,
             text=True,
             check=False,
@@ -171,7 +177,7 @@ def running_dev(
         )
         assert done.returncode == 0, done.stdout + done.stderr
         try:
-            yield runner, ing
+            yield DevDeployment(runner, ingress, dns)
         finally:
             print(runner.logs())
 
@@ -183,9 +189,9 @@ def _licensing_pod(runner: PodRunner) -> PodProcess:
 
 
 def test_the_dev_pods_run_with_the_manifests_command_env_and_mounts(
-    running_dev: tuple[PodRunner, PassthroughIngress], dev_cluster: Kubectl
+    running_dev: DevDeployment, dev_cluster: Kubectl
 ) -> None:
-    runner, _ = running_dev
+    runner = running_dev.runner
     dev_cluster(
         "wait",
         "--for=condition=Ready",
@@ -266,7 +272,7 @@ def _cli(config_dir: Path, ingress: PassthroughIngress, *args: str, stdin: str =
     env = {k: v for k, v in os.environ.items() if not k.startswith("LICENSING_")}
     env.update(
         PYTHONPATH=os.pathsep.join([str(RESOLVER), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-        TEST_RESOLVE=f".dev.test:443=127.0.0.1:{ingress.port}",
+        TEST_RESOLVE=f".dev.test:443={ingress.host}:443",
         LICENSING_PASSWORD=PASSWORD,
     )
     done = subprocess.run(
@@ -276,9 +282,9 @@ def _cli(config_dir: Path, ingress: PassthroughIngress, *args: str, stdin: str =
 
 
 def test_the_cli_completes_the_whole_story_against_the_dev_pods(
-    running_dev: tuple[PodRunner, PassthroughIngress], dev_cluster: Kubectl, tmp_path: Path
+    running_dev: DevDeployment, dev_cluster: Kubectl, tmp_path: Path
 ) -> None:
-    runner, ingress = running_dev
+    runner, ingress = running_dev.runner, running_dev.ingress
     pod = _licensing_pod(runner)
     wait_until(
         lambda: runner.probe(pod, "backend").returncode == 0,
@@ -294,16 +300,21 @@ def test_the_cli_completes_the_whole_story_against_the_dev_pods(
     # Create with live progress: the enclave is a pod in licensing-enclaves, run by the
     # runner, its certificate signed by cert-manager, reached through the Ingress.
     created = _cli(config, ingress, "enclave", "create")
-    assert created.returncode == 0, created.stdout + created.stderr + runner.logs()[-8000:]
+    seen = f"dns {running_dev.dns.queries}\ningress {ingress.forwarded}\n"
+    assert created.returncode == 0, seen + created.stdout + created.stderr + runner.logs()[-6000:]
     assert phases_in(created.stdout) == PHASES, created.stdout
     assert checks_in(created.stdout) == CHECKS, created.stdout
     enclave_id = created_id(created)
     enclave_pod = runner.wait_started("licensing-enclaves", f"enclave-{enclave_id}")
     assert enclave_pod.main is not None
     assert "--enroll" in enclave_pod.argv
-    # The enrolment Service's address, resolved to the backend's pod IP (kube-proxy's part).
+    # The enclave dials the enrolment Service by name: cluster DNS gave it the backend's pod.
     enroll = enclave_pod.argv[enclave_pod.argv.index("--enroll") + 1]
-    assert enroll == f"{pod.pod_ip}:8445"
+    assert enroll == "licensing-enrollment.licensing.svc:8445"
+    answered = dict(running_dev.dns.queries)
+    assert answered["licensing-enrollment.licensing.svc.cluster.local"] == pod.pod_ip
+    # The backend checked the enclave's health through its Ingress host, as in a cluster.
+    assert answered[f"{enclave_id}.enclaves.dev.test"] == ingress.host
 
     attested = _cli(config, ingress, "enclave", "attest", enclave_id).ok()
     assert "verified" in attested.stdout + attested.stderr

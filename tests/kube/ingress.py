@@ -4,8 +4,8 @@ The test control plane has no ingress controller, and the enclaves' Ingresses
 (``nginx.ingress.kubernetes.io/ssl-passthrough``) would need one: it reads the server name
 (SNI) of each TLS ClientHello, finds the Ingress rule for that host, its Service and a pod
 behind it, and forwards the still-encrypted bytes to ``podIP:targetPort``. The TLS session
-is between the client and the pod, as with the real controller. Clients reach it by name
-through ``tests/kube/resolve`` (the DNS stand-in).
+is between the client and the pod, as with the real controller. Pods reach it by name through
+``tests.kube.cluster_dns``, a test process through ``tests/kube/resolve``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ def server_name(hello: bytes) -> str | None:
 class PassthroughIngress:
     """Forwards TLS connections by SNI to the pod behind the matching Ingress rule."""
 
-    def __init__(self, kubeconfig: Path, namespaces: list[str]) -> None:
+    def __init__(
+        self, kubeconfig: Path, namespaces: list[str], address: tuple[str, int] = ("127.0.0.1", 0)
+    ) -> None:
         self._kubeconfig = kubeconfig
         self._namespaces = namespaces
         ingress = self
@@ -57,8 +59,9 @@ class PassthroughIngress:
             def handle(self) -> None:
                 ingress._forward(self.request)
 
-        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._server = socketserver.ThreadingTCPServer(address, Handler)
         self._server.daemon_threads = True
+        self.host = str(self._server.server_address[0])
         self.port: int = self._server.server_address[1]
         self.forwarded: list[tuple[str, str]] = []  # (host, pod address), for a test to see
 
@@ -100,7 +103,11 @@ class PassthroughIngress:
                     break
                 threading.Event().wait(0.02)
         host = server_name(hello)
-        address = self.backend_of(host) if host else None
+        try:
+            address = self.backend_of(host) if host else None
+        except Exception as exc:  # the connection is refused; the test sees why
+            self.forwarded.append((host or "", f"error: {exc!r}"))
+            address = None
         if address is None:
             downstream.close()
             return

@@ -41,11 +41,13 @@ to its pod IP (a loopback address kwok gives it): each ``0.0.0.0:<port>`` and
 so two pods listening on the same port (the frontend's 8443, an enclave's 8443) do not
 collide. What a program binds or dials on loopback by itself, with no address in the
 manifest, stays on the machine's loopback (the dev overlay's swtpm and the backend's default
-TCTI, 127.0.0.1:2321): such a pod runs once per machine. Cluster DNS and kube-proxy: a
-``<service>.<namespace>.svc:<port>`` in a value becomes ``<podIP>:<targetPort>`` of a
-Running pod the Service selects, when the container starts; ``services`` maps addresses
-explicitly first (e.g. the StatefulSet's PostgreSQL, whose pod no one runs, to a test's own
-server).
+TCTI, 127.0.0.1:2321): such a pod runs once per machine. Cluster DNS: with ``resolv_conf``
+(``tests.kube.cluster_dns.ClusterDns.resolv_conf``), each container runs in a mount
+namespace of its own (``unshare --mount``, root only) where ``/etc/resolv.conf`` is the pod's,
+as a kubelet writes it. kube-proxy: there is none, so ``services`` maps a Service address
+whose port differs from its pod's (``"<name>.<namespace>.svc:<port>"`` -> ``"host:port"``,
+replaced in values; e.g. the StatefulSet's PostgreSQL, whose pod no one runs, by a test's
+own server).
 
 It runs in its own threads with its own API clients, so it never blocks the event loop of the
 code under test. What it does not do: restart containers (any exit ends the pod), rotate
@@ -66,7 +68,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,10 +99,6 @@ START_ERROR_EXIT_CODE = 128
 _WATCH_SECONDS = 30
 #: Where client libraries look for the pod's ServiceAccount credentials.
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-#: ``<service>.<namespace>.svc[.cluster.local]:<port>`` in a value.
-_SERVICE_ADDRESS = re.compile(
-    r"\b(?P<name>[a-z0-9-]+)\.(?P<namespace>[a-z0-9-]+)\.svc(?:\.cluster\.local)?:(?P<port>\d+)\b"
-)
 #: A wildcard or loopback ``host:port`` in a value: the pod's own address.
 _POD_LOCAL_ADDRESS = re.compile(r"(?<![\w.])(?:0\.0\.0\.0|127\.0\.0\.1)(?=:\d)")
 
@@ -205,9 +203,9 @@ class PodRunner:
     "licensing_enclave"]}``. ``images`` maps an image's name (without tag or digest) to the
     folders put first on PATH for its containers, where ``command[0]`` is then looked up.
     ``services`` maps ``"<service>.<namespace>.svc:<port>"`` to the ``"host:port"`` that
-    stands for it (other Service addresses resolve to a pod the Service selects). Processes
-    get only the container's environment plus ``base_env`` (PATH by default), never the
-    test's own.
+    stands for it; ``resolv_conf`` gives the pod's ``/etc/resolv.conf`` for a namespace
+    (cluster DNS). Processes get only the container's environment plus ``base_env`` (PATH by
+    default), never the test's own.
     """
 
     def __init__(
@@ -219,6 +217,7 @@ class PodRunner:
         executables: Mapping[str, Sequence[str]] | None = None,
         images: Mapping[str, Sequence[Path | str]] | None = None,
         services: Mapping[str, str] | None = None,
+        resolv_conf: Callable[[str], str] | None = None,
         base_env: Mapping[str, str] | None = None,
         node_name: str = NODE_NAME,
         max_grace_seconds: float = 5.0,
@@ -230,6 +229,7 @@ class PodRunner:
         self._executables = {k: list(v) for k, v in (executables or {}).items()}
         self._images = {k: [str(p) for p in v] for k, v in (images or {}).items()}
         self._services = dict(services or {})
+        self._resolv_conf = resolv_conf
         self._base_env = dict(base_env if base_env is not None else {"PATH": os.defpath})
         self._node_name = node_name
         self._max_grace_seconds = max_grace_seconds
@@ -505,9 +505,12 @@ class PodRunner:
         container.log_path.parent.mkdir(parents=True, exist_ok=True)
         running.containers[name] = container
         self._prepare_patiently(core, pod, running, container)
+        argv = container.argv
+        if self._resolv_conf is not None:
+            argv = _with_resolv_conf(running, self._resolv_conf(running.namespace), argv)
         with container.log_path.open("ab") as log:
             container.process = subprocess.Popen(
-                container.argv,
+                argv,
                 env=container.env,
                 cwd=_working_dir(container),
                 stdin=subprocess.DEVNULL,
@@ -618,13 +621,11 @@ class PodRunner:
                     container.root / ".kubelet", container.mounts[SERVICE_ACCOUNT_DIR], host, port
                 )
             )
-        env.update(
-            {k: self._rewrite(v, container, running.pod_ip, core) for k, v in declared.items()}
-        )
+        env.update({k: self._rewrite(v, container, running.pod_ip) for k, v in declared.items()})
         container.env = env
         expanded = {**env, **declared}  # $(VAR) in command and args: the manifest's values
         container.argv = self._argv(
-            spec.get("command", []), spec.get("args", []), container, running.pod_ip, expanded, core
+            spec.get("command", []), spec.get("args", []), container, running.pod_ip, expanded
         )
 
     def _argv(
@@ -634,7 +635,6 @@ class PodRunner:
         container: ContainerProcess,
         pod_ip: str,
         env: Mapping[str, str] | None = None,
-        core: client.CoreV1Api | None = None,
     ) -> list[str]:
         """The local argv for a container's command and args (or a probe's command)."""
         values = env if env is not None else container.env
@@ -648,58 +648,15 @@ class PodRunner:
             head = [found]
         else:
             raise PodStartError(f"no executable for {name!r}: not in the mapping nor on PATH")
-        return head + [self._rewrite(arg, container, pod_ip, core) for arg in rest]
+        return head + [self._rewrite(arg, container, pod_ip) for arg in rest]
 
-    def _rewrite(
-        self,
-        value: str,
-        container: ContainerProcess,
-        pod_ip: str,
-        core: client.CoreV1Api | None = None,
-    ) -> str:
+    def _rewrite(self, value: str, container: ContainerProcess, pod_ip: str) -> str:
         """A manifest's value as this process needs it: Service addresses, the pod's own
         addresses, then mountPaths (see the module's docstring)."""
         value = _POD_LOCAL_ADDRESS.sub(pod_ip, value)
         for service, address in self._services.items():
             value = value.replace(service, address)
-        if core is not None:
-            value = _SERVICE_ADDRESS.sub(lambda m: self._service_address(core, m), value)
         return rewrite_paths(value, container.mounts)
-
-    def _service_address(self, core: client.CoreV1Api, match: re.Match[str]) -> str:
-        """kube-proxy's part: ``<service>.<namespace>.svc:<port>`` -> ``podIP:targetPort`` of
-        a Running pod the Service selects (not there yet: wait, as for a missing Secret)."""
-        name, namespace, port = match["name"], match["namespace"], int(match["port"])
-        try:
-            service = _read_json(
-                core.read_namespaced_service(name, namespace, _preload_content=False)
-            )
-        except ApiException as exc:
-            raise _NotYet(f"Service {namespace}/{name}: {exc.reason}") from exc
-        entry = next((p for p in service["spec"].get("ports", []) if p["port"] == port), None)
-        selector = service["spec"].get("selector")
-        if entry is None or not selector:
-            raise PodStartError(f"Service {namespace}/{name} has no port {port} or selector")
-        pods = _read_json(
-            core.list_namespaced_pod(
-                namespace,
-                label_selector=",".join(f"{k}={v}" for k, v in selector.items()),
-                _preload_content=False,
-            )
-        )["items"]
-        for pod in pods:
-            status = pod.get("status", {})
-            if status.get("phase") == "Running" and status.get("podIP"):
-                target = entry.get("targetPort", port)
-                if isinstance(target, str):
-                    target = next(
-                        p["containerPort"]
-                        for c in pod["spec"]["containers"]
-                        for p in c.get("ports", [])
-                        if p.get("name") == target
-                    )
-                return f"{status['podIP']}:{target}"
-        raise _NotYet(f"Service {namespace}/{name} selects no Running pod")
 
     def _mount_volumes(
         self, core: client.CoreV1Api, pod: Obj, container: Obj, pod_root: Path, root: Path
@@ -1034,6 +991,18 @@ def _service_account_kubeconfig(folder: Path, mounted: Path, host: str, port: st
     }
     path.write_text(yaml.safe_dump(body))
     return path
+
+
+def _with_resolv_conf(running: PodProcess, content: str, argv: list[str]) -> list[str]:
+    """``argv`` in a mount namespace of its own where ``/etc/resolv.conf`` is the pod's, as a
+    kubelet gives each pod (``unshare`` execs: the process keeps its pid)."""
+    path = running.root / "etc" / "resolv.conf"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+    mount = 'mount --bind "$0" /etc/resolv.conf && exec "$@"'
+    unshare = ["unshare", "--mount", "--propagation", "private", "--"]
+    return [*unshare, "/bin/sh", "-c", mount, str(path), *argv]
 
 
 def _image_name(image: str) -> str:
