@@ -651,8 +651,8 @@ class PodRunner:
         return head + [self._rewrite(arg, container, pod_ip) for arg in rest]
 
     def _rewrite(self, value: str, container: ContainerProcess, pod_ip: str) -> str:
-        """A manifest's value as this process needs it: Service addresses, the pod's own
-        addresses, then mountPaths (see the module's docstring)."""
+        """A manifest's value as this process needs it: the pod's own addresses, the mapped
+        Service addresses, then mountPaths (see the module's docstring)."""
         value = _POD_LOCAL_ADDRESS.sub(pod_ip, value)
         for service, address in self._services.items():
             value = value.replace(service, address)
