@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(BIN):$(PATH)
 GENERATED := server/gen clients/python/licensing_client/gen
+# The API reference, generated from the .proto comments (scripts/api_docs.py).
+GENERATED += docs/api.md
 HAND_WRITTEN := $(wildcard server/src enclave/src clients/python/licensing_client tests bench)
+HAND_WRITTEN += scripts/api_docs.py
 
 .PHONY: run test setup setup-run generate generate-check lint typecheck pytest postgres clean
 
