@@ -28,6 +28,8 @@ REASON = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+|INTERNAL")
 # Reasons made where no constructor shows them: the frontend's name for a backend
 # error that carried no ErrorInfo. Each must still be a literal in that file.
 UNSEEN_BY_THE_SCAN = {"BACKEND_ERROR": "licensing_server/frontend/backend_client.py"}
+#: Upper-case names in the reference that are not reasons: TPM 2.0 structures.
+TPM_STRUCTURES = {"TPMS_ATTEST", "TPMT_SIGNATURE", "TPM2B_PUBLIC"}
 
 
 @functools.cache
@@ -178,6 +180,18 @@ def test_every_error_info_reason_is_documented() -> None:
     documented = _words(API_MD.read_text())
     missing = {r: where for r, where in error_info_reasons().items() if r not in documented}
     assert not missing, f"add these reasons to the .proto comments, then make generate: {missing}"
+
+
+def test_every_reason_the_reference_names_is_one_the_code_answers() -> None:
+    """A reason removed from the code must leave the docs too."""
+    import grpc
+    from licensing.v1 import enclave_pb2
+
+    named = set(re.findall(r"\b(?:[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+|INTERNAL)\b", API_MD.read_text()))
+    known = set(error_info_reasons()) | set(failure_reasons())
+    known |= {code.name for code in grpc.StatusCode} | set(enclave_pb2.Phase.keys())
+    known |= TPM_STRUCTURES
+    assert named - known == set()
 
 
 def test_every_failure_reason_is_documented_on_the_enclave() -> None:
