@@ -97,6 +97,7 @@ class Shell:
     env: Mapping[str, str]
     variables: str = ""  # `declare` lines that carry the variables the commands set
     names: set[str] = field(default_factory=set)
+    started: list[subprocess.Popen[str]] = field(default_factory=list)
 
     def adapt(self, command: str) -> str:
         for printed, actual in self.replacements.items():
@@ -147,6 +148,7 @@ class Shell:
             text=True,
             bufsize=1,
         )
+        self.started.append(proc)
         return proc
 
     def remember(self) -> None:
@@ -155,6 +157,9 @@ class Shell:
         if saved.exists():
             self.variables = saved.read_text()
 
-    def variable(self, name: str) -> str:
-        """A variable's value as the last command left it."""
-        return self.run(f'printf %s "${name}"').stdout
+    def close(self) -> None:
+        """Stop what `start` began and is still running (a test that failed midway)."""
+        for proc in self.started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)

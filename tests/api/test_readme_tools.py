@@ -52,11 +52,11 @@ def readme_stack(tmp_path_factory: pytest.TempPathFactory, held: HeldEnclaves) -
 
 
 @pytest.fixture
-def shell(readme_stack: Stack, grpcurl: str, tmp_path: Path) -> Shell:
+def shell(readme_stack: Stack, grpcurl: str, tmp_path: Path) -> Iterator[Shell]:
     """A reader's terminal in a fresh directory, as a user of their own."""
     stack = readme_stack
     tools = f"{Path(grpcurl).parent}:{ROOT / '.venv' / 'bin'}"
-    return Shell(
+    terminal = Shell(
         cwd=tmp_path,
         replacements={
             "127.0.0.1:8443": stack.enroll_addr,
@@ -68,6 +68,8 @@ def shell(readme_stack: Stack, grpcurl: str, tmp_path: Path) -> Shell:
         },
         env={**os.environ, "PATH": f"{tools}:{os.environ.get('PATH', '')}"},
     )
+    yield terminal
+    terminal.close()
 
 
 def _all_succeed(ran: list[Ran], expected: int) -> None:
