@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import grpc
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,8 +27,14 @@ FAILURE_PACKAGES = ("licensing_server/runtimes", "licensing_server/provisioning"
 FAILURE_CALLS = {"RuntimeFailure", "logged_failure", "fail", "_fail_current", "_fail"}
 REASON = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+|INTERNAL")
 # Reasons made where no constructor shows them: the frontend's name for a backend
-# error that carried no ErrorInfo. Each must still be a literal in that file.
-UNSEEN_BY_THE_SCAN = {"BACKEND_ERROR": "licensing_server/frontend/backend_client.py"}
+# error that carried no ErrorInfo (with the backend's code). Each must still be a literal
+# in that file.
+UNSEEN_BY_THE_SCAN = {
+    "BACKEND_ERROR": (
+        "licensing_server/frontend/backend_client.py",
+        {"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION"},
+    )
+}
 #: Upper-case names in the reference that are not reasons: TPM 2.0 structures.
 TPM_STRUCTURES = {"TPMS_ATTEST", "TPMT_SIGNATURE", "TPM2B_PUBLIC"}
 
@@ -55,22 +62,22 @@ def _name(node: ast.expr) -> str | None:
     return None
 
 
-def _domain_error_classes(trees: dict[Path, ast.Module]) -> set[str]:
-    """DomainError and every subclass of it defined in our code."""
-    classes = {"DomainError"}
+def _domain_error_codes(trees: dict[Path, ast.Module]) -> dict[str, str]:
+    """DomainError's subclasses in our code, each with the status code it maps to."""
+    from licensing_common.rpc.errors import STATUS_CODES
+
+    codes = {cls.__name__: code.name for cls, code in STATUS_CODES.items()}
     grew = True
     while grew:
         grew = False
         for tree in trees.values():
             for node in ast.walk(tree):
-                if (
-                    isinstance(node, ast.ClassDef)
-                    and node.name not in classes
-                    and any(_name(b) in classes for b in node.bases)
-                ):
-                    classes.add(node.name)
-                    grew = True
-    return classes
+                if isinstance(node, ast.ClassDef) and node.name not in codes:
+                    inherited = [codes[b] for b in map(_name, node.bases) if b in codes]
+                    if inherited:
+                        codes[node.name] = inherited[0]
+                        grew = True
+    return codes
 
 
 def _constants(trees: dict[Path, ast.Module]) -> dict[str, ast.expr]:
@@ -109,38 +116,66 @@ def _class_of(tree: ast.Module, call: ast.Call) -> str | None:
     return None
 
 
-def error_info_reasons() -> dict[str, str]:
-    """Every ErrorInfo reason the servers and the enclave can send: reason -> file."""
+def error_info_reasons() -> dict[str, set[str]]:
+    """Every ErrorInfo reason the servers and the enclave can send, with its status codes."""
     trees = _trees()
-    classes = _domain_error_classes(trees)
+    codes = _domain_error_codes(trees)
     constants = _constants(trees)
-    reasons: dict[str, str] = {}
-    for path, tree in trees.items():
+    reasons: dict[str, set[str]] = {}
+    for tree in trees.values():
         for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
             called = _name(call.func)
-            if called in classes - {"DomainError"}:
-                argument = call.args[0] if call.args else None
+            if called in codes:
+                code, argument = codes[called], call.args[0] if call.args else None
             elif called == "ErrorInfo":
+                code = "INTERNAL"  # the only one made by hand: to_status builds the others
                 argument = next((k.value for k in call.keywords if k.arg == "reason"), None)
             elif (
                 called == "__init__"
                 and isinstance(call.func, ast.Attribute)
                 and isinstance(call.func.value, ast.Call)
                 and _name(call.func.value.func) == "super"
-                and _class_of(tree, call) in classes
+                and (owner := _class_of(tree, call)) in codes
                 and call.args
             ):
-                argument = call.args[0]  # a subclass fixing its own reason
+                code, argument = codes[owner], call.args[0]  # a subclass fixing its reason
             else:
                 continue
             reason = _literal(argument, constants)
             if reason is not None and REASON.fullmatch(reason):
-                reasons.setdefault(reason, str(path.relative_to(ROOT)))
-    for reason, where in UNSEEN_BY_THE_SCAN.items():
+                reasons.setdefault(reason, set()).add(code)
+    for reason, (where, passed_codes) in UNSEEN_BY_THE_SCAN.items():
         file = next(root / where for root in SOURCES if (root / where).exists())
         assert f'"{reason}"' in file.read_text(), f"{reason} is no longer made in {where}"
-        reasons.setdefault(reason, where)
+        reasons.setdefault(reason, set()).update(passed_codes)
     return reasons
+
+
+def documented_codes(text: str) -> dict[str, set[str]]:
+    """The status codes the reference gives each reason: `CODE REASON` and `CODE (REASON`.
+
+    A reason belongs to the codes last named before it on its line (one bullet, table row
+    or paragraph); codes joined only by commas, "or" or "and" are named together.
+    """
+    status = {code.name for code in grpc.StatusCode}
+    found: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        current: set[str] = set()
+        previous: tuple[str, int] | None = None  # ("code" or "reason", where it ended)
+        for token in re.finditer(r"\b[A-Z][A-Z0-9_]*[A-Z0-9]\b", line):
+            word = token.group()
+            after_code = previous is not None and previous[0] == "code"
+            if word in status and not (word == "INTERNAL" and after_code):
+                joined = after_code and re.fullmatch(
+                    r"[\s,]*(?:or|and)?[\s,]*",
+                    line[previous[1] : token.start()] if previous else "",
+                )
+                current = current | {word} if joined else {word}
+                previous = ("code", token.end())
+            elif current and REASON.fullmatch(word):
+                found.setdefault(word, set()).update(current)
+                previous = ("reason", token.end())
+    return found
 
 
 def failure_reasons() -> dict[str, str]:
@@ -166,9 +201,12 @@ def _words(text: str) -> set[str]:
 def test_the_scan_sees_reasons_however_they_are_raised() -> None:
     reasons = error_info_reasons()
     # A literal, a reason a subclass fixes, a constant, a starred tuple, an ErrorInfo.
-    for reason in ("NONCE_INVALID", "TPM_LOCKED_OUT", "TPM_UNAVAILABLE", "INVALID_CREDENTIALS"):
-        assert reason in reasons
-    assert "INTERNAL" in reasons
+    assert reasons["NONCE_INVALID"] == {"INVALID_ARGUMENT"}
+    assert reasons["TPM_LOCKED_OUT"] == {"UNAVAILABLE"}
+    assert reasons["TPM_UNAVAILABLE"] == {"UNAVAILABLE"}
+    assert reasons["INVALID_CREDENTIALS"] == {"UNAUTHENTICATED"}
+    assert reasons["INTERNAL"] == {"INTERNAL"}
+    assert reasons["ENCLAVE_FAILED"] == {"FAILED_PRECONDITION", "UNAVAILABLE"}
     assert "SECRET_NOT_FOUND" in reasons  # the enclave's own
     assert len(reasons) > 90
     assert {"ENCLAVE_START_FAILED", "WORKLOAD_LOST", "PROVISIONING_ABANDONED"} <= set(
@@ -184,7 +222,6 @@ def test_every_error_info_reason_is_documented() -> None:
 
 def test_every_reason_the_reference_names_is_one_the_code_answers() -> None:
     """A reason removed from the code must leave the docs too."""
-    import grpc
     from licensing.v1 import enclave_pb2
 
     named = set(re.findall(r"\b(?:[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+|INTERNAL)\b", API_MD.read_text()))
@@ -192,6 +229,17 @@ def test_every_reason_the_reference_names_is_one_the_code_answers() -> None:
     known |= {code.name for code in grpc.StatusCode} | set(enclave_pb2.Phase.keys())
     known |= TPM_STRUCTURES
     assert named - known == set()
+
+
+def test_every_reason_is_documented_with_the_codes_it_comes_with() -> None:
+    raised = error_info_reasons()
+    documented = documented_codes(API_MD.read_text())
+    undocumented = sorted(set(raised) - set(documented))
+    assert not undocumented, f"name these reasons after their status code: {undocumented}"
+    wrong = {
+        r: (codes, raised[r]) for r, codes in documented.items() if codes - raised.get(r, codes)
+    }
+    assert not wrong, f"documented code, actual codes: {wrong}"
 
 
 def test_every_failure_reason_is_documented_on_the_enclave() -> None:

@@ -14,12 +14,12 @@ answers:
     (metadata `phase`).
   FAILED_PRECONDITION ENCLAVE_NOT_MEASURED: the enclave's certificate is
     not among the live ones measured into PCR 23 (it was deleted).
-  FAILED_PRECONDITION MEASUREMENT_LOG_MISMATCH: PCR 23 could not be
-    re-established from the measurement log.
   FAILED_PRECONDITION TPM_COMMAND_FAILED: the TPM refused the quote
     (metadata `rc`, the TPM response code).
   UNAVAILABLE TPM_UNAVAILABLE: the TPM did not answer in time, or the
     attestation key is not proven yet; retry.
+  UNAVAILABLE MEASUREMENT_LOG_MISMATCH: PCR 23 could not be re-established
+    from the measurement log; retry.
   UNAVAILABLE TPM_LOCKED_OUT: the TPM is in dictionary-attack lockout;
     metadata `recovery_seconds`, `lockout_counter`, `max_auth_fail`,
     `retry_after_ms` (and a RetryInfo).

@@ -36,7 +36,8 @@ reasons can answer any call:
   RESOURCE_EXHAUSTED TOO_MANY_CALLS: too many calls at once from one
     address; metadata `limit`.
   UNAVAILABLE BACKEND_UNAVAILABLE: the frontend cannot reach the backend.
-  UNAVAILABLE BACKEND_ERROR: the backend failed without saying why.
+  INVALID_ARGUMENT, NOT_FOUND or FAILED_PRECONDITION BACKEND_ERROR: the
+    backend refused without saying why (no ErrorInfo); its code is kept.
   UNAVAILABLE DATABASE_UNAVAILABLE: the database is unavailable.
   INTERNAL INTERNAL: an unexpected error; the message and metadata
     `correlation_id` name the server log record that holds the details.

@@ -3,9 +3,10 @@
 isort:skip_file
 The internal API between the frontend and the backend (package
 licensing.control.v1). Only the frontend's internal client certificate may
-call it; the frontend passes the backend's reasons on for INVALID_ARGUMENT,
-NOT_FOUND, FAILED_PRECONDITION and a dependency's UNAVAILABLE, and answers
-UNAVAILABLE BACKEND_UNAVAILABLE for anything else.
+call it. The frontend passes the backend's reason and code on for
+INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION and for a dependency's
+UNAVAILABLE (the TPM's); anything else reaches users as UNAVAILABLE
+BACKEND_UNAVAILABLE.
 
 Reasons of the backend, besides those of the licensing API (see
 licensing/v1/auth.proto):
@@ -14,9 +15,8 @@ licensing/v1/auth.proto):
     UUID.
   FAILED_PRECONDITION JWKS_REQUIRED: Provision without jwks_json.
   FAILED_PRECONDITION ENCLAVE_NOT_ATTESTABLE, ENCLAVE_NOT_MEASURED,
+    TPM_COMMAND_FAILED, UNAVAILABLE TPM_UNAVAILABLE, TPM_LOCKED_OUT,
     MEASUREMENT_LOG_MISMATCH: see licensing/v1/attestation.proto.
-  UNAVAILABLE TPM_UNAVAILABLE, TPM_LOCKED_OUT, FAILED_PRECONDITION
-    TPM_COMMAND_FAILED: see licensing/v1/attestation.proto.
   FAILED_PRECONDITION TPM_EK_CERTIFICATE_MISSING (no EK certificate in the
     TPM's NV), EK_CERTIFICATE_UNTRUSTED (it does not chain to the
     manufacturer CA), EK_MISMATCH (it is not for this TPM's EK),
@@ -27,10 +27,10 @@ licensing/v1/auth.proto):
     bank for the quoted PCRs): the attestation key could not be proven.
   With the cert-manager certificate issuer: INVALID_ARGUMENT
     CSR_NAMES_MISMATCH (an enclave CSR asks for other names), UNAVAILABLE
-    ISSUER_CLOSED (the issuer is shutting down), FAILED_PRECONDITION
-    ISSUER_TIMEOUT (not issued in time), CERTIFICATE_REQUEST_GONE (the
-    CertificateRequest was deleted first), CERTIFICATE_DENIED (an approver
-    denied it), ISSUER_NOT_FOUND (no such Issuer), CERTIFICATE_FAILED (the
+    ISSUER_CLOSED (the issuer is shutting down), ISSUER_TIMEOUT (not issued
+    in time), CERTIFICATE_REQUEST_GONE (the CertificateRequest was deleted
+    first), FAILED_PRECONDITION CERTIFICATE_DENIED (an approver denied
+    it), ISSUER_NOT_FOUND (no such Issuer), CERTIFICATE_FAILED (the
     issuer failed, or returned no readable certificate),
     ISSUER_CA_MISMATCH (the certificate is not for the key, or not from
     the licensing CA), ISSUER_NAMES_MISMATCH (the issuer changed the
