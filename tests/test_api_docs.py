@@ -1,8 +1,9 @@
 """The API reference (docs/api.md) is current and names every reason the code can answer.
 
-Reasons are found by reading the source (every DomainError raised or built, every
-ErrorInfo made, every failure reason a runtime or the provisioner records), so a new
-reason without a line in the .proto comments fails here, not in a user's bug report.
+Reasons are found by reading the source (every DomainError raised or built, with the
+status code its class maps to; every ErrorInfo made; every failure reason a runtime or
+the provisioner records), so a new reason without a line in the .proto comments, or one
+documented under the wrong code, fails here rather than in a user's bug report.
 """
 
 from __future__ import annotations
