@@ -72,6 +72,11 @@ def shell(readme_stack: Stack, grpcurl: str, tmp_path: Path) -> Iterator[Shell]:
     terminal.close()
 
 
+def _ok(ran: Ran) -> Ran:
+    assert ran.returncode == 0, f"{ran.command}\n{ran.stdout}\n{ran.stderr}"
+    return ran
+
+
 def _all_succeed(ran: list[Ran], expected: int) -> None:
     for done in ran:
         assert done.returncode == 0, f"{done.command}\n{done.stdout}\n{done.stderr}"
@@ -157,6 +162,19 @@ class LiveStream:
         return code
 
 
+def _wait_for_documents(path: Path, count: int, timeout: float = 10) -> None:
+    """Until the file holds `count` whole JSON documents."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if len(json_documents(path.read_text())) >= count:
+                return
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        assert time.monotonic() < deadline, f"{path} has fewer than {count} documents"
+        time.sleep(0.05)
+
+
 def _phases(documents: list[Any]) -> list[str]:
     return [d["phase"] for d in documents]
 
@@ -188,7 +206,7 @@ def test_grpcurl_prints_each_create_event_while_the_stream_is_open(
     shell: Shell, held: HeldEnclaves
 ) -> None:
     _log_in(shell)
-    assert shell.run(find(ENCLAVES_SECTION, "TOKEN=")).returncode == 0
+    _ok(shell.run(find(ENCLAVES_SECTION, "TOKEN=")))
     with held.holding():
         stream = LiveStream(shell.start(find(ENCLAVES_SECTION, "CreateEnclave")))
         # The enclave is held at SCHEDULED: what came so far came live.
@@ -265,8 +283,10 @@ def test_the_buf_curl_section_runs_as_printed_with_live_streams(
         ]
         created.proc.poll()
         assert created.proc.returncode is None
-        # `ID=` reads what tee wrote so far; the watcher resumes after sequence 5.
-        assert shell.run(find(BUF_SECTION, "ID=")).returncode == 0
+        # `ID=` reads what tee wrote so far (tee writes the terminal first, the file next);
+        # the watcher resumes after sequence 5.
+        _wait_for_documents(shell.path("create-buf.json"), 2)
+        _ok(shell.run(find(BUF_SECTION, "ID=")))
         watched = LiveStream(shell.start(watch))
         assert watched.quiet_for(QUIET_SECONDS), "a watcher from 5 got an event before READY"
     assert created.finish() == 0
@@ -306,8 +326,8 @@ def test_buf_curl_checks_the_enclave_certificate_against_servername(shell: Shell
     verbose = shell.run(sign.replace("--servername $NAME", "-v --servername someone-else.example"))
     assert "x509: certificate is valid for" in verbose.stderr, verbose.stderr
     assert "not someone-else.example" in verbose.stderr
-    assert shell.run(sign).returncode == 0
-    assert shell.run(find(BUF_SECTION, "DeleteEnclave")).returncode == 0
+    _ok(shell.run(sign))
+    _ok(shell.run(find(BUF_SECTION, "DeleteEnclave")))
 
 
 # The flow diagram --------------------------------------------------------------------------
