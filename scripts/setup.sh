@@ -61,6 +61,10 @@ if [ "$mode" != "--run" ]; then
     GOBIN="$PWD/.tools/bin" go install "filippo.io/age/cmd/age@$AGE_VERSION" "filippo.io/age/cmd/age-keygen@$AGE_VERSION"
   fi
   # The Kubernetes test control plane (tests/kube): built once into LICENSING_KUBE_CACHE.
+  scripts/tools/go-plugins.sh >/dev/null # Go client: protoc-gen-go, protoc-gen-go-grpc for buf
   kube_bin=$(scripts/kube/build.sh)
   echo "setup: Kubernetes test binaries in $kube_bin"
 fi
+
+# TypeScript client (clients/typescript): npm ci from its lockfile, then tsc.
+[ "$mode" = "--run" ] || scripts/tools/node-client.sh
