@@ -76,10 +76,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.evidence_bench import create, delete, sample  # noqa: E402
+from bench.evidence_bench import attestation_calls, create, delete, sample  # noqa: E402
 from bench.login_bench import percentile  # noqa: E402
 from bench.watch_bench import _IS_TERMINAL, _measure, _Run  # noqa: E402
-from licensing_client.attestation import verify_attestation  # noqa: E402
 from licensing_server.events import EventTail  # noqa: E402
 from licensing_server.storage import notifications, run_migrations  # noqa: E402
 from tests.support import (  # noqa: E402
@@ -412,21 +411,7 @@ async def enclaves_created(stack: Stack, sizes: list[int], samples: int) -> list
     engine = sync_engine(stack)
     user = stack.new_user()
     probe = create(stack, user)
-    attest = attestation_pb2_grpc.AttestationServiceStub(stack.user_channel(user))
-    ca = [stack.ca_pem.decode()]
-
-    async def get(nonce: bytes) -> attestation_pb2.Attestation:
-        request = attestation_pb2.GetAttestationRequest(enclave_id=probe.id, nonce=nonce)
-        reply = await asyncio.to_thread(attest.GetAttestation, request, metadata=user.bearer)
-        return reply.attestation
-
-    def verify(attestation: attestation_pb2.Attestation, nonce: bytes) -> object:
-        return verify_attestation(
-            attestation,
-            nonce=nonce,
-            expected_certificate_pem=probe.certificate_pem,
-            trusted_ca_pem=ca,
-        )
+    get, verify = attestation_calls(stack, user, probe)
 
     created, api_seconds = 1, 0.0
     started = time.monotonic()
