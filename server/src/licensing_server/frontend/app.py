@@ -188,6 +188,7 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
         tail.listen(listener)  # the backend's phases reach watchers without the poll's wait
 
     await stack.enter_async_context(notifications(database, hear))
+    background.spawn(auth.prune_sessions_forever(), name="session-pruner")
     catalog = EnclaveCatalog(
         store=enclaves,
         backend=provisioning,
