@@ -369,10 +369,16 @@ def _with_handle(record: EnclaveRecord, handle: str) -> EnclaveRecord:
     return dataclasses.replace(record, runtime_handle=handle)
 
 
-async def measured_certificates(store: EnclaveStore) -> list[tuple[str, bytes]]:
-    """(enclave id, certificate SHA-256) of every enclave whose certificate is in PCR 23."""
+async def measured_certificates(
+    store: EnclaveStore, backend_id: str | None = None
+) -> list[tuple[str, bytes]]:
+    """(enclave id, certificate SHA-256) of every enclave whose certificate is in PCR 23.
+
+    With replicas, each backend's TPM measures the enclaves it provisioned: only rows
+    naming ``backend_id`` (None: SQLite's single backend, every row).
+    """
     return [
         (r.id, r.certificate_sha256)
         for r in await store.in_phases(set(MEASURED))
-        if r.certificate_sha256
+        if r.certificate_sha256 and (backend_id is None or r.backend_id == backend_id)
     ]
