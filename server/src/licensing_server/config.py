@@ -434,11 +434,6 @@ class Settings:
                 f"LICENSING_LEADER_ELECTION={settings.leader_election} needs PostgreSQL: "
                 "with embedded SQLite there is one backend, always the leader"
             )
-        if settings.uses_sqlite and settings.backend_quote_addr:
-            problems.append(
-                "LICENSING_BACKEND_QUOTE_ADDR needs PostgreSQL: with embedded SQLite there is "
-                "one backend, reached by its own frontend"
-            )
         if (transport := TPM_TRANSPORTS.problem(settings.tpm_transport)) is not None:
             problems.append(f"{transport} (from {settings.effective_tpm_tcti!r})")
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
