@@ -42,7 +42,11 @@ from tests.support import (
     required_postgres,
 )
 
-_ENV = {"LICENSING_LEADER_RETRY_SECONDS": "1", "LICENSING_MAX_ENCLAVES": "10"}
+_ENV = {
+    "LICENSING_LEADER_RETRY_SECONDS": "1",
+    "LICENSING_MAX_ENCLAVES": "10",
+    "LICENSING_RECONCILE_INTERVAL_SECONDS": "1",
+}
 
 
 def _share_identity(first: Stack, data_dir: Path) -> None:
@@ -225,6 +229,27 @@ def test_the_trust_bundle_lists_both_aks_through_either_frontend(
     # Each attestation's own chain still names its AK first, the CA after.
     for attested in enclaves:
         assert len(attested.attestation.ak_certificate_chain_pem) == 2
+
+
+def test_an_enclave_deleted_through_the_other_frontend_leaves_its_tpms_measured_set(
+    pods: tuple[Stack, Stack], user: LoggedIn, enclaves: tuple[Attested, Attested]
+) -> None:
+    """Backend A removes B's enclave (its pod-mate frontend was asked): B's PCR 23 drops
+    it at B's next reconcile, so B's quotes no longer count it among the live."""
+    a, b = pods
+    _, on_b = enclaves
+    extra = create(b, user)
+    assert _measured_by(b, extra.enclave.id) == "backend-b"
+    counted = _verified(a, on_b).measurement_proof.leaf_count
+    enclave_pb2_grpc.EnclaveServiceStub(a.user_channel(user)).DeleteEnclave(
+        enclave_pb2.DeleteEnclaveRequest(enclave_id=extra.enclave.id),
+        metadata=user.bearer,
+        timeout=30,
+    )
+    deadline = time.monotonic() + 15
+    while _verified(a, on_b).measurement_proof.leaf_count != counted - 1:
+        assert time.monotonic() < deadline, "B still measures the deleted enclave"
+        time.sleep(0.5)
 
 
 def test_a_stopped_measuring_backend_is_a_clear_unavailable_not_a_hang(

@@ -115,6 +115,10 @@ class EnclaveProvisioner:
         #: Why each enclave whose provisioning ended without a final phase stopped.
         self._interrupted: dict[str, str] = {}
 
+    async def forget_settled_elsewhere(self) -> int:
+        """Measured enclaves another backend settled or deleted leave our PCR 23."""
+        return await self._attestor.resync(self.is_provisioning)
+
     # Commands -----------------------------------------------------------------
     async def start(self, enclave_id: str, owner_id: str, jwks_json: str) -> EnclaveRecord:
         """Begin provisioning an ACCEPTED enclave; repeating it is harmless."""

@@ -269,7 +269,12 @@ class Reconciler:
         leader_only = cluster_wide() if election is None else while_leading(election, cluster_wide)
         await asyncio.gather(
             leader_only,
-            self._every(self._settle_interval, self.settle_interrupted, self.settle_lost_workloads),
+            self._every(
+                self._settle_interval,
+                self.settle_interrupted,
+                self.settle_lost_workloads,
+                self._provisioner.forget_settled_elsewhere,
+            ),
             self._every(self._heartbeat_seconds, self.heartbeat),
         )
 
