@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
-import sqlalchemy as sa
 from cryptography import x509
 from licensing.v1 import (
     attestation_pb2,
@@ -30,17 +27,9 @@ from licensing.v1 import (
 
 from licensing_client.attestation import verify_attestation
 from licensing_server.storage import Database, EnclaveStore
+from tests.attestation.replicas_support import rows, two_pods
 from tests.attestation.test_attestation import Attested, create, quote
-from tests.support import (
-    LoggedIn,
-    Stack,
-    create_postgres_database,
-    drop_postgres_database,
-    error_info,
-    free_port,
-    pid_of,
-    required_postgres,
-)
+from tests.support import LoggedIn, Stack, error_info, pid_of
 
 _ENV = {
     "LICENSING_LEADER_RETRY_SECONDS": "1",
@@ -49,68 +38,13 @@ _ENV = {
 }
 
 
-def _share_identity(first: Stack, data_dir: Path) -> None:
-    """What a Secret gives every pod: the licensing CA and the frontend's keys (one set)."""
-    (data_dir / "backend").mkdir(parents=True)
-    shutil.copy2(first.data_dir / "ca.pem", data_dir / "ca.pem")
-    shutil.copy2(first.data_dir / "backend" / "ca-key.pem", data_dir / "backend" / "ca-key.pem")
-    shutil.copytree(first.data_dir / "frontend", data_dir / "frontend")
-
-
 @pytest.fixture(scope="module")
 def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Stack]]:
     """Two stacks (frontend + backend + swtpm each) on one database, each backend
     announcing its QuoteService-only listener to the other pod's frontend."""
     tmp = tmp_path_factory.mktemp("attest-replicas")
-    admin_url = required_postgres(os.environ.get("LICENSING_TEST_POSTGRES_URL"))
-    url, name = create_postgres_database(admin_url)
-    stacks: list[Stack] = []
-    try:
-        for pod in ("a", "b"):
-            data_dir = tmp / pod / "data-postgresql"
-            if stacks:
-                _share_identity(stacks[0], data_dir)
-            else:
-                data_dir.mkdir(parents=True)
-            stack = Stack(
-                "postgresql",
-                data_dir,
-                url,
-                free_port(),
-                free_port(),
-                free_port(),
-                extra_env={
-                    **_ENV,
-                    "LICENSING_BACKEND_ID": f"backend-{pod}",
-                    "LICENSING_BACKEND_QUOTE_ADDR": f"127.0.0.1:{free_port()}",
-                },
-            )
-            stacks.append(stack)
-            stack.start()  # one after the other: the first runs the migrations, makes the CA
-        _announced(url, {"backend-a", "backend-b"}, within=30)
-        yield stacks[0], stacks[1]
-    finally:
-        for stack in stacks:
-            stack.stop()
-        drop_postgres_database(admin_url, name)
-
-
-def _rows(url: str, query: str) -> list[tuple[object, ...]]:
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            return [tuple(row) for row in conn.execute(sa.text(query))]
-    finally:
-        engine.dispose()
-
-
-def _announced(url: str, backends: set[str], within: float) -> None:
-    """Both backends proved their AK and recorded where their QuoteService answers."""
-    deadline = time.monotonic() + within
-    query = "SELECT id FROM backends WHERE quote_address <> '' AND ak_certificate_chain_pem <> ''"
-    while {str(row[0]) for row in _rows(url, query)} != backends:
-        assert time.monotonic() < deadline, _rows(url, "SELECT * FROM backends")
-        time.sleep(0.2)
+    with two_pods(tmp, os.environ.get("LICENSING_TEST_POSTGRES_URL"), **_ENV) as pair:
+        yield pair
 
 
 def _measured_by(stack: Stack, enclave_id: str) -> str | None:
@@ -204,7 +138,7 @@ def test_each_backends_log_survives_the_others_rewrites(
         timeout=30,
     )
     _verified(b, on_b)
-    epochs = _rows(
+    epochs = rows(
         a.database_url,
         "SELECT backend_id, count(*) FROM measurement_epochs GROUP BY backend_id",
     )
