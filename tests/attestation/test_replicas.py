@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -29,7 +30,9 @@ from licensing_client.attestation import verify_attestation
 from licensing_server.storage import Database, EnclaveStore
 from tests.attestation.replicas_support import rows, two_pods
 from tests.attestation.test_attestation import Attested, create, quote
-from tests.support import LoggedIn, Stack, error_info, pid_of
+from tests.clients.cli_support import Cli
+from tests.clients.test_cli_enclaves import CHECKS, checks_in, created_id
+from tests.support import PASSWORD, LoggedIn, Stack, error_info, pid_of
 
 _ENV = {
     "LICENSING_LEADER_RETRY_SECONDS": "1",
@@ -184,6 +187,25 @@ def test_an_enclave_deleted_through_the_other_frontend_leaves_its_tpms_measured_
     while _verified(a, on_b).measurement_proof.leaf_count != counted - 1:
         assert time.monotonic() < deadline, "B still measures the deleted enclave"
         time.sleep(0.5)
+
+
+def test_the_cli_pins_the_ca_of_either_frontend_and_verifies_the_other_pods_enclave(
+    pods: tuple[Stack, Stack], tmp_path: Path
+) -> None:
+    """The CLI's trust on first use and ``enclave attest`` through frontend A, for an
+    enclave the CLI created through frontend B (measured by B's TPM)."""
+    a, b = pods
+    through_b = Cli(b, tmp_path / "b")
+    username = through_b.signup_and_login()
+    created = through_b.run("enclave", "create").ok()
+    enclave_id = created_id(created)
+    assert _measured_by(a, enclave_id) == "backend-b"
+    through_a = Cli(a, tmp_path / "a")
+    through_a.run("login", username, env={"LICENSING_PASSWORD": PASSWORD}).ok()
+    report = through_a.run("--output", "json", "enclave", "attest", enclave_id).ok().json()
+    assert report["source"] == "GetAttestation"
+    assert checks_in(through_a.run("enclave", "attest", enclave_id).ok().stdout) == CHECKS
+    assert (tmp_path / "a" / "ca.pem").read_bytes() == (tmp_path / "b" / "ca.pem").read_bytes()
 
 
 def test_a_stopped_measuring_backend_is_a_clear_unavailable_not_a_hang(
