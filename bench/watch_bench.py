@@ -6,8 +6,10 @@ database, the two ways the frontend can do that:
 
 - ``per-watcher poll`` (the baseline, what the frontend did before ``EventTail``):
   every watcher reads its enclave's events every 100 ms;
-- ``shared tail`` (what it does now): one ``EventTail`` query per 100 ms tick for every
-  watched enclave, and only the watchers of an enclave that moved read it.
+- ``shared tail`` (what it does on SQLite): one ``EventTail`` query per 100 ms tick for
+  every watched enclave, and only the watchers of an enclave that moved read it;
+- ``notified tail`` (what it does on PostgreSQL): the same tail, rung by LISTEN/NOTIFY the
+  moment the backend commits, and polling once a second only as a net.
 
 For each watcher count it reports, while nothing happens (``--idle-seconds``): SQL
 statements per second and the process's CPU (core-ms per second) spent by watching;
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import shutil
 import sys
@@ -42,6 +45,7 @@ from licensing_server.provisioning import terminal_phases  # noqa: E402
 from licensing_server.storage import (  # noqa: E402
     EventRecord,
     Phase,
+    notifications,
     run_migrations,
 )
 from tests.support import (  # noqa: E402
@@ -126,17 +130,23 @@ async def _bench(url: str, args: argparse.Namespace) -> None:
         )
         header = f"  {'watchers':>8}  {'mode':<17} {'SQL/s idle':>11} {'CPU ms/s idle':>14}"
         print(header + f" {'delivery p50':>13} {'p99':>9}  {'delivered':>9}")
+        modes = ["per-watcher poll", "shared tail"]
+        if run.frontend_db.engine.dialect.name == "postgresql":
+            modes.append("notified tail")
         for watchers in args.watchers:
             results = {}
-            for mode in ("per-watcher poll", "shared tail"):
+            for mode in modes:
                 tail = EventTail(run.frontend, poll_seconds=0.1)
 
                 def follow(enclave_id: str, mode: str = mode, tail: EventTail = tail) -> Any:
-                    if mode == "shared tail":
+                    if mode != "per-watcher poll":
                         return tail.follow(enclave_id, 0, _IS_TERMINAL)
                     return follow_events(run.frontend, enclave_id, 0, _IS_TERMINAL)
 
-                r = await _measure(run, follow, watchers, args.per_enclave, args)
+                async with contextlib.AsyncExitStack() as stack:
+                    if mode == "notified tail":
+                        await stack.enter_async_context(notifications(run.frontend_db, tail.listen))
+                    r = await _measure(run, follow, watchers, args.per_enclave, args)
                 await tail.close()
                 results[mode] = r
                 print(
@@ -144,13 +154,15 @@ async def _bench(url: str, args: argparse.Namespace) -> None:
                     f" {r['cpu ms/s']:>14.1f} {r['p50']:>10.1f} ms {r['p99']:>6.1f} ms"
                     f"  {int(r['n']):>4}/{int(r['n'] + r['lost'])}"
                 )
-            base, tail_r = results["per-watcher poll"], results["shared tail"]
-            print(
-                f"  {'':>8}  {'tail / poll':<17}"
-                f" {tail_r['statements/s'] / max(base['statements/s'], 1e-9):>10.3f}x"
-                f" {tail_r['cpu ms/s'] / max(base['cpu ms/s'], 1e-9):>13.3f}x"
-                f" {tail_r['p50'] / max(base['p50'], 1e-9):>12.2f}x"
-            )
+            base = results["per-watcher poll"]
+            for mode in modes[1:]:
+                r = results[mode]
+                print(
+                    f"  {'':>8}  {mode.split()[0] + ' / poll':<17}"
+                    f" {r['statements/s'] / max(base['statements/s'], 1e-9):>10.3f}x"
+                    f" {r['cpu ms/s'] / max(base['cpu ms/s'], 1e-9):>13.3f}x"
+                    f" {r['p50'] / max(base['p50'], 1e-9):>12.2f}x"
+                )
     finally:
         await run.close()
 

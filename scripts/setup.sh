@@ -60,7 +60,17 @@ if [ "$mode" != "--run" ]; then
     echo "setup: installing age $AGE_VERSION from the Go module proxy"
     GOBIN="$PWD/.tools/bin" go install "filippo.io/age/cmd/age@$AGE_VERSION" "filippo.io/age/cmd/age-keygen@$AGE_VERSION"
   fi
+  # grpc_health_probe: the manifests' exec probes (TLS); tests/deploy runs them for real.
+  HEALTH_PROBE_VERSION=v0.4.63
+  if [ ! -x .tools/bin/grpc-health-probe ] || ! .tools/bin/grpc-health-probe -version 2>&1 | grep -q "${HEALTH_PROBE_VERSION#v}"; then
+    echo "setup: installing grpc-health-probe $HEALTH_PROBE_VERSION from the Go module proxy"
+    GOBIN="$PWD/.tools/bin" go install "github.com/grpc-ecosystem/grpc-health-probe@$HEALTH_PROBE_VERSION"
+  fi
   # The Kubernetes test control plane (tests/kube): built once into LICENSING_KUBE_CACHE.
+  scripts/tools/go-plugins.sh >/dev/null # Go client: protoc-gen-go, protoc-gen-go-grpc for buf
   kube_bin=$(scripts/kube/build.sh)
   echo "setup: Kubernetes test binaries in $kube_bin"
 fi
+
+# TypeScript client (clients/typescript): npm ci from its lockfile, then tsc.
+[ "$mode" = "--run" ] || scripts/tools/node-client.sh

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from licensing.v1 import auth_pb2, trust_pb2, trust_pb2_grpc
+from licensing.v1 import auth_pb2, auth_pb2_grpc, trust_pb2, trust_pb2_grpc
 
 from tests.support import (
     PASSWORD,
@@ -104,3 +104,34 @@ def test_a_per_address_rate_limit_is_counted_across_both_replicas(
     # Shared: the burst once, and what refilled meanwhile. Per replica it would be 200 and more.
     assert 100 <= granted <= 100 + refilled + 1, (granted, refilled)
     assert granted < 200
+
+
+def test_a_logout_through_one_replica_is_refused_by_the_other_at_once(
+    replicas: tuple[Stack, Stack],
+) -> None:
+    """The second replica has just checked the session (and may trust that answer for 30 s
+    while it hears notifications): the logout's notification must reach it first."""
+    first, second = replicas
+    alice = first.new_user()
+    on_second = auth_pb2_grpc.AuthServiceStub(second.user_channel(alice))
+    on_first = auth_pb2_grpc.AuthServiceStub(first.user_channel(alice))
+    on_second.GetCurrentUser(auth_pb2.GetCurrentUserRequest(), metadata=alice.bearer, timeout=10)
+
+    on_first.Logout(auth_pb2.LogoutRequest(), metadata=alice.bearer, timeout=10)
+    # A notification takes a round trip from PostgreSQL: allow it a few milliseconds, far
+    # less than any re-check interval (2 s without notifications, 30 s with them).
+    deadline = time.monotonic() + 0.5
+    while True:
+        try:
+            on_second.GetCurrentUser(
+                auth_pb2.GetCurrentUserRequest(), metadata=alice.bearer, timeout=10
+            )
+        except grpc.RpcError as exc:
+            refusal = exc
+            break
+        assert time.monotonic() < deadline, "the other replica still accepts the session"
+        time.sleep(0.005)
+    assert refusal.code() == grpc.StatusCode.UNAUTHENTICATED
+    info = error_info(refusal)
+    assert info is not None
+    assert info.reason == "SESSION_REVOKED"

@@ -10,7 +10,15 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
 
 from licensing_common.errors import Unavailable
-from licensing_server.storage import DatabaseUnavailable, EnclaveStore, EventRecord, Phase
+from licensing_server.storage import (
+    ENCLAVE_EVENTS,
+    DatabaseUnavailable,
+    EnclaveStore,
+    EventRecord,
+    Notifications,
+    Phase,
+    parse_event_payload,
+)
 from licensing_server.tasks import spawn
 
 _log = logging.getLogger(__name__)
@@ -24,12 +32,33 @@ class Wake:
     is missed, and ``fallback_seconds`` bounds the wait should a ring be lost.
     """
 
+    #: Events handed over by a notification, kept until read (a watcher that falls
+    #: further behind reads the database instead).
+    OFFERED_KEPT = 16
+
     def __init__(self, seen: int = 0, *, fallback_seconds: float = 1.0):
         self.seen = seen
         self._newest = seen
         self._gone = False
         self._fallback = fallback_seconds
         self._rung = asyncio.Event()
+        self._offered: dict[int, EventRecord] = {}
+
+    def offer(self, event: EventRecord) -> None:
+        """Ring with the event itself, so the watcher need not read it back."""
+        if event.sequence > self.seen and len(self._offered) < self.OFFERED_KEPT:
+            self._offered[event.sequence] = event
+        self.ring(event.sequence)
+
+    def offered_after(self, sequence: int) -> list[EventRecord]:
+        """The offered events right after ``sequence``, in order, with no gap (maybe none)."""
+        run = []
+        while (event := self._offered.pop(sequence + 1, None)) is not None:
+            run.append(event)
+            sequence += 1
+        for stale in [s for s in self._offered if s <= sequence]:
+            del self._offered[stale]
+        return run
 
     def ring(self, newest: int | None) -> None:
         """``newest``: the enclave's newest event sequence, or None once it is deleted."""
@@ -100,11 +129,35 @@ class EventTail:
     #: How often to try while the database is unavailable (each try logs a warning).
     OUTAGE_POLL_SECONDS = 1.0
 
+    #: How often to poll while PostgreSQL notifications are heard: a net for lost ones.
+    NOTIFIED_POLL_SECONDS = 1.0
+
     def __init__(self, store: EnclaveStore, *, poll_seconds: float = 0.1):
         self._store = store
         self._poll = poll_seconds
         self._watchers: defaultdict[str, set[Wake]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
+        self._notifications: Notifications | None = None
+        self._resync = asyncio.Event()
+
+    def listen(self, notifications: Notifications) -> None:
+        """Ring watchers the moment another process commits their enclave's event.
+
+        The poll goes on, slower, while the notifications are heard; after they
+        were lost for a while, one tick at once catches up with what was missed.
+        """
+        self._notifications = notifications
+        notifications.subscribe(ENCLAVE_EVENTS, self._notified)
+        notifications.on_reconnect(self._resync.set)
+
+    def _notified(self, payload: str) -> None:
+        event = parse_event_payload(payload)
+        if isinstance(event, str):  # deleted
+            for wake in self._watchers.get(event, ()):
+                wake.ring(None)
+            return
+        for wake in self._watchers.get(event.enclave_id, ()):
+            wake.offer(event)
 
     @property
     def watched(self) -> int:
@@ -135,7 +188,9 @@ class EventTail:
     async def _run(self) -> None:
         """Poll while anyone watches; stop when nobody does (the next watcher restarts it)."""
         while self._watchers:
-            pause = self._poll
+            heard = self._notifications is not None and self._notifications.connected
+            pause = self.NOTIFIED_POLL_SECONDS if heard else self._poll
+            self._resync.clear()
             try:
                 await self._tick()
             except Unavailable:
@@ -143,7 +198,9 @@ class EventTail:
                 pause = max(pause, self.OUTAGE_POLL_SECONDS)
             except Exception:  # a bug here must not silence every watch
                 _log.exception("event tail tick failed")
-            await asyncio.sleep(pause)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause):
+                    await self._resync.wait()
         self._task = None
 
     async def _tick(self) -> None:
@@ -175,9 +232,13 @@ async def follow_events(
     """
     last = after
     while True:
+        offered = wake.offered_after(last) if wake is not None else []
         try:
-            events = await store.events_after(enclave_id, last)
-            gone = not events and await store.get(enclave_id) is None
+            if offered:  # handed over by a notification: no need to read them back
+                events, gone = offered, False
+            else:
+                events = await store.events_after(enclave_id, last)
+                gone = not events and await store.get(enclave_id) is None
         except DatabaseUnavailable:
             # An outage ends no stream: once the database is back, followers learn how
             # their enclave ended (the reconciler settles what the outage interrupted).

@@ -16,7 +16,13 @@ from licensing_common.throttle import BucketStore, Rate, TokenBuckets
 from licensing_server.auth._passwords import PasswordHasher, check_password_policy
 from licensing_server.auth._usernames import normalise_username
 from licensing_server.pki import parse_csr
-from licensing_server.storage import SessionRecord, UserRecord, UserStore
+from licensing_server.storage import (
+    SESSIONS_REVOKED,
+    Notifications,
+    SessionRecord,
+    UserRecord,
+    UserStore,
+)
 from licensing_server.tokens import (
     MAX_REFRESH_TOKEN_LENGTH,
     AccessClaims,
@@ -108,8 +114,13 @@ class ProfileCache:
 
 
 class AuthService:
-    # How long a session's "not revoked" answer may be reused (other replicas' logouts).
+    # How long a session's "not revoked" answer may be reused: other replicas' logouts
+    # reach this one by PostgreSQL notification at once, and by this re-check when the
+    # notifications are not heard (SQLite has one frontend; a lost listening connection).
     SESSION_CHECK_TTL = 2.0
+    NOTIFIED_SESSION_CHECK_TTL = 30.0
+    #: Revoked session ids kept to refuse at once (older ones fall back to the database).
+    REVOKED_KEPT = 100_000
 
     def __init__(
         self,
@@ -134,6 +145,8 @@ class AuthService:
         self._cert_ttl = client_certificate_ttl
         self._clock = clock
         self._active_sessions: dict[str, float] = {}
+        self._revoked: OrderedDict[str, None] = OrderedDict()
+        self._notifications: Notifications | None = None
         self._profiles = ProfileCache()
         # Shared through the database when replicas share one (storage.rate_buckets).
         self._failures: BucketStore = failures if failures is not None else TokenBuckets()
@@ -229,6 +242,24 @@ class AuthService:
         )
         return LoginResult(session.user_id, access, access_exp, new_token, session.expires_at, cert)
 
+    def listen(self, notifications: Notifications) -> None:
+        """Hear every replica's revocations the moment they commit."""
+        self._notifications = notifications
+        notifications.subscribe(SESSIONS_REVOKED, self._session_revoked)
+        # Revocations sent while the connection was down are lost: check every session again.
+        notifications.on_reconnect(self._active_sessions.clear)
+
+    def _session_revoked(self, session_id: str) -> None:
+        self._active_sessions.pop(session_id, None)
+        self._revoked[session_id] = None
+        if len(self._revoked) > self.REVOKED_KEPT:
+            self._revoked.popitem(last=False)
+        self._verifier.forget(session_id)
+
+    def _session_check_ttl(self) -> float:
+        heard = self._notifications is not None and self._notifications.connected
+        return self.NOTIFIED_SESSION_CHECK_TTL if heard else self.SESSION_CHECK_TTL
+
     async def logout(self, claims: AccessClaims) -> None:
         await self._users.revoke_session(claims.session_id, self._clock(), "logout")
         self._active_sessions.pop(claims.session_id, None)
@@ -250,10 +281,14 @@ class AuthService:
     async def authenticate(self, token: str, certificate_sha256: bytes) -> AccessClaims:
         """Verify a bearer token over the connection's client certificate, session included."""
         claims = self._verifier.verify(token, certificate_sha256)
+        if claims.session_id in self._revoked:
+            raise Unauthenticated("SESSION_REVOKED", "this session was revoked; log in again")
         checked = self._active_sessions.get(claims.session_id)
-        if checked is None or time.monotonic() - checked > self.SESSION_CHECK_TTL:
+        if checked is None or time.monotonic() - checked > self._session_check_ttl():
             if not await self._users.session_is_active(claims.session_id, self._clock()):
                 self._active_sessions.pop(claims.session_id, None)
+                raise Unauthenticated("SESSION_REVOKED", "this session was revoked; log in again")
+            if claims.session_id in self._revoked:  # revoked while we asked
                 raise Unauthenticated("SESSION_REVOKED", "this session was revoked; log in again")
             self._active_sessions[claims.session_id] = time.monotonic()
             if len(self._active_sessions) > 100_000:

@@ -65,7 +65,9 @@ from licensing_server.storage import (
     Database,
     EnclaveStore,
     Limits,
+    Notifications,
     UserStore,
+    notifications,
     rate_buckets,
     run_migrations,
 )
@@ -213,6 +215,12 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
     enclaves = EnclaveStore(database)
     tail = EventTail(enclaves)
     stack.push_async_callback(tail.close)
+
+    def hear(listener: Notifications) -> None:
+        auth.listen(listener)  # another replica's logout refuses the session here at once
+        tail.listen(listener)  # the backend's phases reach watchers without the poll's wait
+
+    await stack.enter_async_context(notifications(database, hear))
     catalog = EnclaveCatalog(
         store=enclaves,
         backend=provisioning,

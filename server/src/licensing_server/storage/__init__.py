@@ -10,16 +10,26 @@ from licensing_server.storage._enclaves import (
     EnclaveStore,
     EventRecord,
     Limits,
+    event_payload,
+    parse_event_payload,
 )
 from licensing_server.storage._measurements import (
     EpochRecord,
     MeasurementRecord,
     MeasurementStore,
 )
+from licensing_server.storage._notifications import (
+    ENCLAVE_EVENTS,
+    SESSIONS_REVOKED,
+    Notifications,
+    notifications,
+)
 from licensing_server.storage._users import SessionRecord, UserRecord, UserStore
 
 __all__ = [
+    "ENCLAVE_EVENTS",
     "MAX_SEQUENCE",
+    "SESSIONS_REVOKED",
     "BackendDirectory",
     "BackendRecord",
     "Database",
@@ -31,11 +41,15 @@ __all__ = [
     "Limits",
     "MeasurementRecord",
     "MeasurementStore",
+    "Notifications",
     "Phase",
     "SessionRecord",
     "SharedBuckets",
     "UserRecord",
     "UserStore",
+    "event_payload",
+    "notifications",
+    "parse_event_payload",
     "rate_buckets",
     "run_migrations",
 ]

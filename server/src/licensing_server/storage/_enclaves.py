@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from licensing_common.errors import FailedPrecondition, NotFound, ResourceExhaus
 from licensing_common.phases import Phase
 from licensing_server.storage._database import Database
 from licensing_server.storage._models import Backend, Enclave, EnclaveEvent, Entitlement, User
+from licensing_server.storage._notifications import ENCLAVE_EVENTS, notify
 
 #: Phases that hold a licence: everything but FAILED (deleted enclaves have no row).
 _NOT_COUNTED = (Phase.FAILED.value,)
@@ -78,6 +80,34 @@ def _record(row: Enclave) -> EnclaveRecord:
         runtime_handle=row.runtime_handle,
         attestation=row.attestation,
         backend_id=row.backend_id,
+    )
+
+
+def event_payload(event: EventRecord) -> str:
+    """The event as a notification carries it (a message is at most 1,024 characters, so
+    even escaped it stays under PostgreSQL's 8,000-byte payload limit)."""
+    return json.dumps(
+        {
+            "id": event.enclave_id,
+            "seq": event.sequence,
+            "phase": event.phase.value,
+            "message": event.message,
+            "time": event.time.isoformat(),
+        }
+    )
+
+
+def parse_event_payload(payload: str) -> EventRecord | str:
+    """The event a notification carries, or the id of the enclave it says was deleted."""
+    fields = json.loads(payload)
+    if fields.get("deleted"):
+        return str(fields["id"])
+    return EventRecord(
+        str(fields["id"]),
+        int(fields["seq"]),
+        Phase(fields["phase"]),
+        str(fields["message"]),
+        dt.datetime.fromisoformat(fields["time"]),
     )
 
 
@@ -244,7 +274,9 @@ class EnclaveStore:
                 created_at=now,
             )
             session.add(event)
-            return _event(event)
+            record = _event(event)
+            await notify(session, ENCLAVE_EVENTS, event_payload(record))
+            return record
 
     async def set_runtime_handle(self, enclave_id: str, handle: str) -> None:
         async with self._db.session() as session:
@@ -339,3 +371,4 @@ class EnclaveStore:
         async with self._db.session() as session:
             await session.execute(delete(EnclaveEvent).where(EnclaveEvent.enclave_id == enclave_id))
             await session.execute(delete(Enclave).where(Enclave.id == enclave_id))
+            await notify(session, ENCLAVE_EVENTS, json.dumps({"id": enclave_id, "deleted": True}))

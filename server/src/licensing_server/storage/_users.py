@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from licensing_common.errors import AlreadyExists, Unauthenticated
 from licensing_server.storage._database import Database
 from licensing_server.storage._models import RefreshToken, Session, User
+from licensing_server.storage._notifications import SESSIONS_REVOKED, notify
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,7 @@ class UserStore:
                     .where(Session.id == family.id)
                     .values(revoked_at=now, revoked_reason="refresh_token_reused")
                 )
+                await notify(session, SESSIONS_REVOKED, family.id)
             else:
                 if new_client_certificate_sha256 is not None:
                     family.client_certificate_sha256 = new_client_certificate_sha256
@@ -158,6 +160,7 @@ class UserStore:
                 .where(Session.id == session_id, Session.revoked_at.is_(None))
                 .values(revoked_at=now, revoked_reason=reason)
             )
+            await notify(session, SESSIONS_REVOKED, session_id)
 
     async def session_is_active(self, session_id: str, now: dt.datetime) -> bool:
         async with self._db.read() as session:
