@@ -55,7 +55,11 @@ class ProvisioningBackend(Protocol):
 
     async def deprovision(self, enclave_id: str) -> None: ...
 
-    async def quote(self, enclave_id: str, nonce: bytes) -> bytes:
+
+class QuoteBackend(Protocol):
+    """Who quotes an enclave: with replicas, the backend whose TPM measured it."""
+
+    async def quote(self, record: EnclaveRecord, nonce: bytes) -> bytes:
         """A fresh serialized ``licensing.v1.Attestation`` of the enclave over ``nonce``."""
         ...
 
@@ -90,6 +94,7 @@ class EnclaveCatalog:
         *,
         store: EnclaveStore,
         backend: ProvisioningBackend,
+        quotes: QuoteBackend,
         jwks_json: Callable[[], str],
         default_limits: Limits,
         tail: EventTail,
@@ -98,6 +103,7 @@ class EnclaveCatalog:
         self._store = store
         self._tail = tail
         self._backend = backend
+        self._quotes = quotes
         self._jwks = jwks_json
         self._defaults = default_limits
         self._clock = clock
@@ -220,7 +226,7 @@ class EnclaveCatalog:
     async def attest(self, owner_id: str, enclave_id: str, nonce: bytes) -> bytes:
         check_nonce(nonce)
         record = await self.owned(owner_id, enclave_id)
-        return await self._backend.quote(record.id, nonce)
+        return await self._quotes.quote(record, nonce)
 
     async def delete(self, owner_id: str, enclave_id: str) -> None:
         record = await self.owned(owner_id, enclave_id)
