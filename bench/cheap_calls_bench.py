@@ -121,6 +121,8 @@ class Figures:
     p99_ms: float
     cpu_us_per_call: float = float("nan")
     errors: int = 0
+    #: ghz: each status other than OK, by name (Canceled: the calls in flight at the end).
+    codes: str = ""
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -190,8 +192,8 @@ def _ghz(
         p50_ms=latency[50],
         p99_ms=latency[99],
         cpu_us_per_call=cpu / max(ok, 1) * 1e6,
-        # Canceled: the calls still in flight when --duration ends.
-        errors=sum(int(n) for code, n in codes.items() if code not in ("OK", "Canceled")),
+        errors=sum(int(n) for code, n in codes.items() if code != "OK"),
+        codes=" ".join(f"{code} {n}" for code, n in sorted(codes.items()) if code != "OK"),
     )
 
 
@@ -256,6 +258,7 @@ def _median(figures: list[Figures]) -> Figures:
         p99_ms=statistics.median(f.p99_ms for f in figures),
         cpu_us_per_call=statistics.median(f.cpu_us_per_call for f in figures),
         errors=sum(f.errors for f in figures),
+        codes="; ".join(f.codes for f in figures if f.codes),
     )
 
 
@@ -263,7 +266,7 @@ def _row(label: str, figures: Figures) -> str:
     return (
         f"   {label:30} {figures.calls_per_second:8.0f} calls/s  p50 {figures.p50_ms:6.2f} ms"
         f"  p99 {figures.p99_ms:6.2f} ms  server CPU {figures.cpu_us_per_call:5.0f} us/call"
-        + (f"  ({figures.errors} errors)" if figures.errors else "")
+        + (f"  (not OK: {figures.codes or figures.errors})" if figures.errors else "")
     )
 
 
