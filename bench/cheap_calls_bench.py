@@ -83,7 +83,14 @@ def _echo_handler() -> grpc.GenericRpcHandler[Any, Any]:
     )
 
 
-async def _serve_echo(port: int, data_dir: Path) -> None:
+class _PassThrough(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """An interceptor that does nothing: what grpc's interceptor pipeline alone costs."""
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        return await continuation(details)
+
+
+async def _serve_echo(port: int, data_dir: Path, interceptors: int) -> None:
     from licensing_common.rpc.reflection import enable_reflection
     from licensing_common.rpc.server import (
         ConnectionLimits,
@@ -99,7 +106,10 @@ async def _serve_echo(port: int, data_dir: Path) -> None:
         layout.frontend_server_cert.read_bytes(),
         layout.ca_certificate.read_bytes(),
     )
-    server = grpc.aio.server(options=ConnectionLimits().options())  # the frontend's defaults
+    server = grpc.aio.server(
+        interceptors=[_PassThrough() for _ in range(interceptors)],
+        options=ConnectionLimits().options(),  # the frontend's defaults
+    )
     server.add_generic_rpc_handlers((_echo_handler(),))
     enable_reflection(server, ["licensing.v1.AuthService"])
     add_listener(server, f"127.0.0.1:{port}", mtls_credentials(identity))
@@ -270,11 +280,10 @@ def _row(label: str, figures: Figures) -> str:
     )
 
 
-def _start_echo(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _start_echo(data_dir: Path, interceptors: int = 0) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve-echo", str(port), str(data_dir)], cwd=REPO
-    )
+    command = [sys.executable, __file__, "--serve-echo", str(port), str(data_dir)]
+    proc = subprocess.Popen([*command, str(interceptors)], cwd=REPO)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -345,12 +354,17 @@ def _run(stack: Stack, args: argparse.Namespace, directory: Path) -> None:
     user = stack.new_user()
     client = _client_files(stack, user, directory)
     echo_proc, echo_addr = _start_echo(stack.data_dir)
+    helpers = [echo_proc]
     try:
         targets = [
             Target("echo (bare grpc.aio)", echo_addr, echo_proc.pid),
             Target("frontend (whole guard)", stack.api_addr, pid_of(stack, "frontend")),
         ]
         echo, front = targets
+        if args.pass_through:
+            proc, address = _start_echo(stack.data_dir, interceptors=2)
+            helpers.append(proc)
+            targets.append(Target("echo + 2 pass-through interceptors", address, proc.pid))
         results: dict[str, dict[str, list[Figures]]] = {"ghz": {}, "ghz-half": {}, "python": {}}
         ratios: dict[str, float] = {}
         if ghz is None:
@@ -408,13 +422,14 @@ def _run(stack: Stack, args: argparse.Namespace, directory: Path) -> None:
             summary += f" half-peak-p99={_median(results['ghz-half'][front.name]).p99_ms:.2f}ms"
         print(f"\nSUMMARY {summary}")
     finally:
-        echo_proc.send_signal(signal.SIGTERM)
-        echo_proc.wait(10)
+        for proc in helpers:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)
 
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--serve-echo":
-        asyncio.run(_serve_echo(int(sys.argv[2]), Path(sys.argv[3])))
+    if len(sys.argv) == 5 and sys.argv[1] == "--serve-echo":
+        asyncio.run(_serve_echo(int(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
@@ -423,6 +438,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="per figure")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (medians)")
     parser.add_argument("--keep", action="store_true", help="keep the stack's temp directory")
+    parser.add_argument(
+        "--pass-through",
+        action="store_true",
+        help="a third target: the echo server behind two interceptors that do nothing",
+    )
     parser.add_argument(
         "--profile",
         type=Path,
