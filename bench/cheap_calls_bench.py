@@ -374,15 +374,23 @@ def _run(stack: Stack, args: argparse.Namespace, directory: Path) -> None:
             if ghz is not None:
                 for target in targets:
                     _ghz(ghz, target, client, argparse.Namespace(**{**vars(args), "seconds": 1}))
-                    profiler = None
-                    if args.profile and target is front and round_ == 0:
-                        profiler = _py_spy(target.pid, args.profile, args.seconds)
+                    profiler, output = None, None
+                    if args.profile and round_ == 0:
+                        # The frontend's at PATH, the others' beside it (echo: PATH.echo).
+                        output = (
+                            args.profile
+                            if target is front
+                            else args.profile.with_name(
+                                f"{args.profile.name}.{target.name.split()[0]}{len(target.name)}"
+                            )
+                        )
+                        profiler = _py_spy(target.pid, output, args.seconds)
                     results["ghz"].setdefault(target.name, []).append(
                         _ghz(ghz, target, client, args)
                     )
-                    if profiler is not None:
+                    if profiler is not None and output is not None:
                         profiler.wait(30)
-                        print(f"   py-spy: {_top_functions(args.profile)}", flush=True)
+                        print(f"   py-spy {target.name}: {_top_functions(output)}", flush=True)
                 half = results["ghz"][front.name][-1].calls_per_second / 2
                 for target in targets:
                     results["ghz-half"].setdefault(target.name, []).append(
