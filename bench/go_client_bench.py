@@ -39,7 +39,7 @@ from google.protobuf import json_format  # noqa: E402
 from licensing.v1 import attestation_pb2  # noqa: E402
 
 from licensing_client.attestation import verify_attestation  # noqa: E402
-from tests.support import start_stack  # noqa: E402
+from tests.support import Stack, start_stack  # noqa: E402
 
 GO_MODULE = REPO / "clients" / "go"
 VECTORS = REPO / "clients" / "testdata" / "attestation-vectors.json"
@@ -72,16 +72,11 @@ def python_verify_rate(seconds: float) -> float:
     return count / (time.perf_counter() - start)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--creates", type=int, default=20)
-    parser.add_argument("--verify-seconds", type=float, default=5.0)
-    parser.add_argument("--keep", action="store_true", help="keep the stack's temp directory")
-    args = parser.parse_args()
+def build(tmp: Path) -> Path:
+    """``clients/go/cmd/licensing-bench`` built into ``tmp``."""
     go = shutil.which("go")
     if go is None:
         sys.exit("go is not on PATH (scripts/setup.sh installs it)")
-    tmp = Path(tempfile.mkdtemp(prefix="go-client-bench-"))
     binary = tmp / "licensing-bench"
     env = dict(os.environ, GOFLAGS="-mod=readonly")
     subprocess.run(
@@ -90,22 +85,38 @@ def main() -> None:
         env=env,
         check=True,
     )
+    return binary
+
+
+def run(binary: Path, stack: Stack, creates: int, verify_seconds: float) -> None:
+    """The Go program against ``stack``; it prints its own figures."""
+    subprocess.run(
+        [
+            str(binary),
+            f"-enroll={stack.enroll_addr}",
+            f"-api={stack.api_addr}",
+            f"-ca={stack.ca_path}",
+            f"-creates={creates}",
+            f"-verify-seconds={verify_seconds}",
+            f"-vectors={VECTORS}",
+        ],
+        check=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--creates", type=int, default=20)
+    parser.add_argument("--verify-seconds", type=float, default=5.0)
+    parser.add_argument("--keep", action="store_true", help="keep the stack's temp directory")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="go-client-bench-"))
+    binary = build(tmp)
     print(f"load average (1 min) at start: {os.getloadavg()[0]:.2f}")
     stacks = start_stack("sqlite", tmp, None)
     stack = next(stacks)
     try:
-        subprocess.run(
-            [
-                str(binary),
-                f"-enroll={stack.enroll_addr}",
-                f"-api={stack.api_addr}",
-                f"-ca={stack.ca_path}",
-                f"-creates={args.creates}",
-                f"-verify-seconds={args.verify_seconds}",
-                f"-vectors={VECTORS}",
-            ],
-            check=True,
-        )
+        run(binary, stack, args.creates, args.verify_seconds)
         rate = python_verify_rate(args.verify_seconds)
         print(f"python verify (same vectors, one core, for comparison): {rate:.0f} /s")
     finally:

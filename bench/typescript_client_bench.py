@@ -30,7 +30,7 @@ if str(REPO) not in sys.path:
 
 from licensing_client.attestation import verify_attestation  # noqa: E402
 from licensing_client.gen.licensing import v1  # noqa: E402
-from tests.support import PASSWORD, start_stack  # noqa: E402
+from tests.support import PASSWORD, Stack, start_stack  # noqa: E402
 
 CLIENT = REPO / "clients" / "typescript"
 VECTORS = REPO / "clients" / "testdata" / "attestation-vectors.json"
@@ -75,42 +75,37 @@ def _camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--creates", type=int, default=20)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    args = parser.parse_args()
-
+def build() -> None:
     subprocess.run([str(REPO / "scripts" / "tools" / "node-client.sh")], check=True)
-    print(f"load average at start: {os.getloadavg()[0]:.2f}")
-    with tempfile.TemporaryDirectory(prefix="ts-bench-") as tmp:
-        stacks = start_stack("sqlite", Path(tmp), None)
-        stack = next(stacks)
-        try:
-            result = subprocess.run(
-                [
-                    "node",
-                    "dist/bench/bench.js",
-                    f"--creates={args.creates}",
-                    f"--seconds={args.seconds}",
-                    f"--vectors={VECTORS if VECTORS.exists() else ''}",
-                ],
-                cwd=CLIENT,
-                env={
-                    **os.environ,
-                    "LICENSING_ENROLL_ADDR": stack.enroll_addr,
-                    "LICENSING_API_ADDR": stack.api_addr,
-                    "LICENSING_CA_FILE": str(stack.ca_path),
-                    "LICENSING_PASSWORD": PASSWORD,
-                },
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-        finally:
-            for _ in stacks:  # start_stack's clean-up
-                pass
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run(stack: Stack, creates: int, seconds: float) -> dict[str, Any]:
+    """clients/typescript/bench/bench.ts against ``stack``: its figures."""
+    result = subprocess.run(
+        [
+            "node",
+            "dist/bench/bench.js",
+            f"--creates={creates}",
+            f"--seconds={seconds}",
+            f"--vectors={VECTORS if VECTORS.exists() else ''}",
+        ],
+        cwd=CLIENT,
+        env={
+            **os.environ,
+            "LICENSING_ENROLL_ADDR": stack.enroll_addr,
+            "LICENSING_API_ADDR": stack.api_addr,
+            "LICENSING_CA_FILE": str(stack.ca_path),
+            "LICENSING_PASSWORD": PASSWORD,
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    figures: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def report(figures: dict[str, Any]) -> None:
     first, verified = figures["first_event_ms"], figures["create_to_verified_ms"]
     verification = figures["verification"]
     print(f"TypeScript client ({figures['node']}), {figures['creates']} creates one after another")
@@ -121,6 +116,25 @@ def main() -> None:
         f"{verification['per_cpu_second']:.0f}/s per core "
         f"({verification['per_wall_second']:.0f}/s wall, {verification['count']} verifications)"
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--creates", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+
+    build()
+    print(f"load average at start: {os.getloadavg()[0]:.2f}")
+    with tempfile.TemporaryDirectory(prefix="ts-bench-") as tmp:
+        stacks = start_stack("sqlite", Path(tmp), None)
+        stack = next(stacks)
+        try:
+            figures = run(stack, args.creates, args.seconds)
+        finally:
+            for _ in stacks:  # start_stack's clean-up
+                pass
+    report(figures)
     if VECTORS.exists():
         python = python_verifications_per_cpu_second(VECTORS, args.seconds)
         print(f"  Python verify_attestation on the same vectors: {python:.0f}/s per core")

@@ -60,6 +60,12 @@ if [ "$mode" != "--run" ]; then
     echo "setup: installing age $AGE_VERSION from the Go module proxy"
     GOBIN="$PWD/.tools/bin" go install "filippo.io/age/cmd/age@$AGE_VERSION" "filippo.io/age/cmd/age-keygen@$AGE_VERSION"
   fi
+  # grpc_health_probe: the manifests' exec probes (TLS); tests/deploy runs them for real.
+  HEALTH_PROBE_VERSION=v0.4.63
+  if [ ! -x .tools/bin/grpc-health-probe ] || ! .tools/bin/grpc-health-probe -version 2>&1 | grep -q "${HEALTH_PROBE_VERSION#v}"; then
+    echo "setup: installing grpc-health-probe $HEALTH_PROBE_VERSION from the Go module proxy"
+    GOBIN="$PWD/.tools/bin" go install "github.com/grpc-ecosystem/grpc-health-probe@$HEALTH_PROBE_VERSION"
+  fi
   # ghz: the gRPC load generator bench/cheap_calls_bench.py drives the frontend with (issue 12).
   GHZ_VERSION=v0.93.0
   if [ ! -x .tools/bin/ghz ]; then

@@ -62,11 +62,12 @@ def test_a_pod_runs_as_a_process_reachable_at_its_pod_ip_with_env_files_and_a_bo
     assert env["POD_UID"] == pod.metadata.uid
     assert env["GREETING"] == "hi there"
     assert env["MODE"] == "serving-echo"  # $(POD_NAME) expanded
-    assert env["TOKEN_PATH"] == str(started.root / "var/run/tokens/enclave-token")
+    assert started.main is not None
+    assert env["TOKEN_PATH"] == str(started.main.root / "var/run/tokens/enclave-token")
     assert "PYTEST_CURRENT_TEST" not in env  # only the container's environment
     greeting, token = (seen["files"][name] for name in seen["argv"][3:5])
     assert greeting == "hi there"
-    assert Path(seen["cwd"]) == started.root
+    assert Path(seen["cwd"]) == started.main.root
 
     with kube_control_plane.api_client() as api:
         review = (

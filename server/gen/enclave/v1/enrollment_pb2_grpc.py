@@ -69,7 +69,12 @@ class EnrollmentServiceServicer:
         (ENROLLMENT_TOKEN_INVALID: no token, a token for another audience, an
         expired one), PERMISSION_DENIED (ENROLLMENT_POD_MISMATCH: a valid token
         of a pod that is not this enclave's), NOT_FOUND (ENCLAVE_NOT_ENROLLING:
-        no enclave of that id waits for a CSR), INVALID_ARGUMENT (a malformed CSR).
+        no enclave of that id waits for a CSR), INVALID_ARGUMENT (CSR_INVALID: a
+        malformed CSR; ENCLAVE_ID_INVALID), ALREADY_EXISTS (ALREADY_ENROLLED: the
+        enclave already sent its CSR), FAILED_PRECONDITION
+        (ENROLLMENT_ABANDONED: provisioning of this enclave stopped, or its pod
+        no longer waits; ENROLLMENT_TIMEOUT: the certificate was not issued in
+        time; or the certificate issuer's reason, see control.proto).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

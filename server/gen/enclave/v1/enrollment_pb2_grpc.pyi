@@ -49,7 +49,12 @@ class EnrollmentServiceStub:
     (ENROLLMENT_TOKEN_INVALID: no token, a token for another audience, an
     expired one), PERMISSION_DENIED (ENROLLMENT_POD_MISMATCH: a valid token
     of a pod that is not this enclave's), NOT_FOUND (ENCLAVE_NOT_ENROLLING:
-    no enclave of that id waits for a CSR), INVALID_ARGUMENT (a malformed CSR).
+    no enclave of that id waits for a CSR), INVALID_ARGUMENT (CSR_INVALID: a
+    malformed CSR; ENCLAVE_ID_INVALID), ALREADY_EXISTS (ALREADY_ENROLLED: the
+    enclave already sent its CSR), FAILED_PRECONDITION
+    (ENROLLMENT_ABANDONED: provisioning of this enclave stopped, or its pod
+    no longer waits; ENROLLMENT_TIMEOUT: the certificate was not issued in
+    time; or the certificate issuer's reason, see control.proto).
     """
 
 @_typing.type_check_only
@@ -73,7 +78,12 @@ class EnrollmentServiceAsyncStub(EnrollmentServiceStub):
     (ENROLLMENT_TOKEN_INVALID: no token, a token for another audience, an
     expired one), PERMISSION_DENIED (ENROLLMENT_POD_MISMATCH: a valid token
     of a pod that is not this enclave's), NOT_FOUND (ENCLAVE_NOT_ENROLLING:
-    no enclave of that id waits for a CSR), INVALID_ARGUMENT (a malformed CSR).
+    no enclave of that id waits for a CSR), INVALID_ARGUMENT (CSR_INVALID: a
+    malformed CSR; ENCLAVE_ID_INVALID), ALREADY_EXISTS (ALREADY_ENROLLED: the
+    enclave already sent its CSR), FAILED_PRECONDITION
+    (ENROLLMENT_ABANDONED: provisioning of this enclave stopped, or its pod
+    no longer waits; ENROLLMENT_TIMEOUT: the certificate was not issued in
+    time; or the certificate issuer's reason, see control.proto).
     """
 
 class EnrollmentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -100,7 +110,12 @@ class EnrollmentServiceServicer(metaclass=_abc_1.ABCMeta):
         (ENROLLMENT_TOKEN_INVALID: no token, a token for another audience, an
         expired one), PERMISSION_DENIED (ENROLLMENT_POD_MISMATCH: a valid token
         of a pod that is not this enclave's), NOT_FOUND (ENCLAVE_NOT_ENROLLING:
-        no enclave of that id waits for a CSR), INVALID_ARGUMENT (a malformed CSR).
+        no enclave of that id waits for a CSR), INVALID_ARGUMENT (CSR_INVALID: a
+        malformed CSR; ENCLAVE_ID_INVALID), ALREADY_EXISTS (ALREADY_ENROLLED: the
+        enclave already sent its CSR), FAILED_PRECONDITION
+        (ENROLLMENT_ABANDONED: provisioning of this enclave stopped, or its pod
+        no longer waits; ENROLLMENT_TIMEOUT: the certificate was not issued in
+        time; or the certificate issuer's reason, see control.proto).
         """
 
 def add_EnrollmentServiceServicer_to_server(servicer: EnrollmentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

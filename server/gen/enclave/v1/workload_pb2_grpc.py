@@ -76,31 +76,38 @@ class WorkloadServiceServicer:
     """
 
     def GetIdentity(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """GetIdentity says which enclave this is, whose, and with which
+        certificate.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PutSecret(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """PutSecret stores a secret in the enclave's memory, creating or replacing
+        it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetSecret(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """GetSecret returns a stored secret's value.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListSecrets(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """ListSecrets returns the names of the stored secrets.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteSecret(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """DeleteSecret removes a stored secret.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

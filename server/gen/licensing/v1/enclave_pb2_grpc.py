@@ -86,19 +86,24 @@ class EnclaveServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetEnclave(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """GetEnclave returns one of the caller's enclaves.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListEnclaves(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """ListEnclaves returns the caller's enclaves, a page at a time, oldest
+        first.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteEnclave(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """DeleteEnclave stops the workload, removes its work directory and every
+        record of it, and frees its licence.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -20,6 +20,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class GetTrustBundleRequest(_message.Message):
+    """GetTrustBundleRequest is empty."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -35,6 +37,8 @@ Global___GetTrustBundleRequest: _TypeAlias = GetTrustBundleRequest  # noqa: Y015
 
 @_typing.final
 class GetTrustBundleResponse(_message.Message):
+    """GetTrustBundleResponse is the trust bundle."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CA_CERTIFICATES_PEM_FIELD_NUMBER: _builtins.int
@@ -45,8 +49,9 @@ class GetTrustBundleResponse(_message.Message):
     jwks_json: _builtins.str
     """The public keys that verify access tokens, as an RFC 7517 JWK Set."""
     token_issuer: _builtins.str
-    """The "iss" and "aud" of access tokens."""
+    """The "iss" of access tokens."""
     token_audience: _builtins.str
+    """The "aud" of access tokens."""
     @_builtins.property
     def ca_certificates_pem(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The licensing CA certificates (PEM), current first."""

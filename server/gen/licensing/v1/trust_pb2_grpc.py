@@ -51,7 +51,9 @@ class TrustServiceServicer:
     """
 
     def GetTrustBundle(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """GetTrustBundle returns the CA certificates, the token keys and the
+        attestation key's certificate chain.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -37,6 +37,9 @@ class TrustServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TrustServiceAsyncStub: ...
     GetTrustBundle: _grpc.UnaryUnaryMultiCallable[_trust_pb2.GetTrustBundleRequest, _trust_pb2.GetTrustBundleResponse]
+    """GetTrustBundle returns the CA certificates, the token keys and the
+    attestation key's certificate chain.
+    """
 
 @_typing.type_check_only
 class TrustServiceAsyncStub(TrustServiceStub):
@@ -47,6 +50,9 @@ class TrustServiceAsyncStub(TrustServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetTrustBundle: _aio.UnaryUnaryMultiCallable[_trust_pb2.GetTrustBundleRequest, _trust_pb2.GetTrustBundleResponse]  # type: ignore[assignment]
+    """GetTrustBundle returns the CA certificates, the token keys and the
+    attestation key's certificate chain.
+    """
 
 class TrustServiceServicer(metaclass=_abc_1.ABCMeta):
     """TrustService publishes what clients need to verify the licensing server,
@@ -59,6 +65,9 @@ class TrustServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _trust_pb2.GetTrustBundleRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_trust_pb2.GetTrustBundleResponse, _abc.Awaitable[_trust_pb2.GetTrustBundleResponse]]: ...
+    ) -> _typing.Union[_trust_pb2.GetTrustBundleResponse, _abc.Awaitable[_trust_pb2.GetTrustBundleResponse]]:
+        """GetTrustBundle returns the CA certificates, the token keys and the
+        attestation key's certificate chain.
+        """
 
 def add_TrustServiceServicer_to_server(servicer: TrustServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

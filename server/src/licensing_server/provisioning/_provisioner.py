@@ -262,7 +262,7 @@ class EnclaveProvisioner:
             await self._advance(
                 timer, enclave_id, Phase.RUNNING, "workload running; it made its key and CSR"
             )
-            name = enclave_server_name(enclave_id)
+            name = workload.names.server_name or enclave_server_name(enclave_id)
             issued = await self._issuer.issue_enclave_certificate(
                 EnclaveCertificateRequest(
                     csr_pem=csr_pem,

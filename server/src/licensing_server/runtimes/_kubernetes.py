@@ -137,7 +137,11 @@ class KubernetesWorkload:
     def names(self) -> WorkloadNames:
         # The enclave puts exactly these into its CSR (cert-manager's CA issuer signs
         # the CSR's names); the issuer checks they are these.
-        return WorkloadNames(tuple(self._runtime.certificate_names(self._enclave_id)))
+        template = self._runtime.template
+        host = f"{self._enclave_id}.{template.ingress_domain}" if template.ingress_domain else ""
+        return WorkloadNames(
+            tuple(self._runtime.certificate_names(self._enclave_id)), server_name=host
+        )
 
     async def _until_pod_ends(self) -> str:
         pods = self._runtime.pods

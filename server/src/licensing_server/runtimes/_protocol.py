@@ -84,6 +84,11 @@ class WorkloadNames:
 
     dns_names: tuple[str, ...]
     ip_addresses: tuple[str, ...] = ()
+    #: The name clients and the readiness probe send as SNI and check the certificate
+    #: against, when not ``enclave_server_name``: an enclave reached through an SNI-routed
+    #: TLS-passthrough Ingress must be asked for by its Ingress host, or the ingress
+    #: controller has no route for the connection.
+    server_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,32 @@
 // 	protoc        (unknown)
 // source: enclave/v1/workload.proto
 
+// What an enclave serves to its owner (WorkloadService) and what the backend
+// serves to enclave workloads (EnrollmentService).
+//
+// WorkloadService's errors carry a google.rpc.ErrorInfo (domain "licensing")
+// with one of these reasons:
+//
+//   UNAUTHENTICATED TOKEN_REQUIRED, TOKEN_MALFORMED, TOKEN_INVALID,
+//     TOKEN_EXPIRED, TOKEN_KEY_UNKNOWN, TOKEN_CERTIFICATE_MISMATCH: the
+//     access token is missing or does not verify against the enclave's JWK
+//     Set and the presented certificate (as on the licensing API).
+//   PERMISSION_DENIED NOT_ENCLAVE_OWNER: the token's `sub` is not the
+//     enclave's owner.
+//   INVALID_ARGUMENT SECRET_NAME_INVALID: a secret name is not 1 to 128
+//     characters of [A-Za-z0-9._/-]; metadata `max_length`, `pattern`.
+//   INVALID_ARGUMENT SECRET_VALUE_TOO_LARGE: a value over 64 KiB; metadata
+//     `limit`, `size`.
+//   INVALID_ARGUMENT SIGN_DATA_TOO_LARGE: Sign data over 1 MiB.
+//   NOT_FOUND SECRET_NOT_FOUND: no secret has that name; metadata `name`.
+//   RESOURCE_EXHAUSTED SECRET_COUNT_LIMIT: the enclave holds 100 secrets;
+//     metadata `limit`.
+//   RESOURCE_EXHAUSTED SECRET_STORAGE_LIMIT: the values would exceed 1 MiB in
+//     all; metadata `limit`, `used`.
+//   UNAUTHENTICATED CLIENT_CERTIFICATE_REQUIRED, PERMISSION_DENIED
+//     METHOD_NOT_ALLOWED, INVALID_ARGUMENT REQUEST_MALFORMED, INTERNAL
+//     INTERNAL: as on the licensing API.
+
 package enclavev1
 
 import (
@@ -21,6 +47,7 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// GetIdentityRequest is empty.
 type GetIdentityRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -57,14 +84,19 @@ func (*GetIdentityRequest) Descriptor() ([]byte, []int) {
 	return file_enclave_v1_workload_proto_rawDescGZIP(), []int{0}
 }
 
+// GetIdentityResponse is the enclave's identity.
 type GetIdentityResponse struct {
-	state             protoimpl.MessageState `protogen:"open.v1"`
-	EnclaveId         string                 `protobuf:"bytes,1,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
-	Owner             string                 `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
-	CertificateSha256 []byte                 `protobuf:"bytes,3,opt,name=certificate_sha256,json=certificateSha256,proto3" json:"certificate_sha256,omitempty"`
-	CertificatePem    string                 `protobuf:"bytes,4,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The enclave's id, as in licensing.v1.Enclave.
+	EnclaveId string `protobuf:"bytes,1,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
+	// The owner's user id.
+	Owner string `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	// SHA-256 of the DER of the certificate the enclave serves with.
+	CertificateSha256 []byte `protobuf:"bytes,3,opt,name=certificate_sha256,json=certificateSha256,proto3" json:"certificate_sha256,omitempty"`
+	// The certificate the enclave serves with (PEM).
+	CertificatePem string `protobuf:"bytes,4,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *GetIdentityResponse) Reset() {
@@ -125,10 +157,13 @@ func (x *GetIdentityResponse) GetCertificatePem() string {
 	return ""
 }
 
+// PutSecretRequest is one secret to store.
 type PutSecretRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Value         []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1 to 128 characters of [A-Za-z0-9._/-].
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// At most 64 KiB; at most 100 secrets and 1 MiB in all.
+	Value         []byte `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -177,6 +212,7 @@ func (x *PutSecretRequest) GetValue() []byte {
 	return nil
 }
 
+// PutSecretResponse is empty.
 type PutSecretResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -213,9 +249,11 @@ func (*PutSecretResponse) Descriptor() ([]byte, []int) {
 	return file_enclave_v1_workload_proto_rawDescGZIP(), []int{3}
 }
 
+// GetSecretRequest names a secret.
 type GetSecretRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The secret's name.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -257,9 +295,11 @@ func (x *GetSecretRequest) GetName() string {
 	return ""
 }
 
+// GetSecretResponse carries a secret's value.
 type GetSecretResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Value         []byte                 `protobuf:"bytes,1,opt,name=value,proto3" json:"value,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The value as stored.
+	Value         []byte `protobuf:"bytes,1,opt,name=value,proto3" json:"value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -301,6 +341,7 @@ func (x *GetSecretResponse) GetValue() []byte {
 	return nil
 }
 
+// ListSecretsRequest is empty.
 type ListSecretsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -337,9 +378,11 @@ func (*ListSecretsRequest) Descriptor() ([]byte, []int) {
 	return file_enclave_v1_workload_proto_rawDescGZIP(), []int{6}
 }
 
+// ListSecretsResponse names the stored secrets.
 type ListSecretsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Names         []string               `protobuf:"bytes,1,rep,name=names,proto3" json:"names,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The names of every stored secret.
+	Names         []string `protobuf:"bytes,1,rep,name=names,proto3" json:"names,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -381,9 +424,11 @@ func (x *ListSecretsResponse) GetNames() []string {
 	return nil
 }
 
+// DeleteSecretRequest names a secret.
 type DeleteSecretRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The secret's name.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -425,6 +470,7 @@ func (x *DeleteSecretRequest) GetName() string {
 	return ""
 }
 
+// DeleteSecretResponse is empty.
 type DeleteSecretResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -461,9 +507,11 @@ func (*DeleteSecretResponse) Descriptor() ([]byte, []int) {
 	return file_enclave_v1_workload_proto_rawDescGZIP(), []int{9}
 }
 
+// SignRequest carries the data to sign.
 type SignRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most 1 MiB; hashed with SHA-256 by the enclave.
+	Data          []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -505,10 +553,12 @@ func (x *SignRequest) GetData() []byte {
 	return nil
 }
 
+// SignResponse is the signature and the certificate that verifies it.
 type SignResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// DER-encoded ECDSA signature.
-	Signature      []byte `protobuf:"bytes,1,opt,name=signature,proto3" json:"signature,omitempty"`
+	Signature []byte `protobuf:"bytes,1,opt,name=signature,proto3" json:"signature,omitempty"`
+	// The enclave's certificate, whose public key verifies the signature (PEM).
 	CertificatePem string `protobuf:"bytes,2,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache

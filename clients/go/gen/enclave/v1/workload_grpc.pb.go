@@ -4,6 +4,32 @@
 // - protoc             (unknown)
 // source: enclave/v1/workload.proto
 
+// What an enclave serves to its owner (WorkloadService) and what the backend
+// serves to enclave workloads (EnrollmentService).
+//
+// WorkloadService's errors carry a google.rpc.ErrorInfo (domain "licensing")
+// with one of these reasons:
+//
+//   UNAUTHENTICATED TOKEN_REQUIRED, TOKEN_MALFORMED, TOKEN_INVALID,
+//     TOKEN_EXPIRED, TOKEN_KEY_UNKNOWN, TOKEN_CERTIFICATE_MISMATCH: the
+//     access token is missing or does not verify against the enclave's JWK
+//     Set and the presented certificate (as on the licensing API).
+//   PERMISSION_DENIED NOT_ENCLAVE_OWNER: the token's `sub` is not the
+//     enclave's owner.
+//   INVALID_ARGUMENT SECRET_NAME_INVALID: a secret name is not 1 to 128
+//     characters of [A-Za-z0-9._/-]; metadata `max_length`, `pattern`.
+//   INVALID_ARGUMENT SECRET_VALUE_TOO_LARGE: a value over 64 KiB; metadata
+//     `limit`, `size`.
+//   INVALID_ARGUMENT SIGN_DATA_TOO_LARGE: Sign data over 1 MiB.
+//   NOT_FOUND SECRET_NOT_FOUND: no secret has that name; metadata `name`.
+//   RESOURCE_EXHAUSTED SECRET_COUNT_LIMIT: the enclave holds 100 secrets;
+//     metadata `limit`.
+//   RESOURCE_EXHAUSTED SECRET_STORAGE_LIMIT: the values would exceed 1 MiB in
+//     all; metadata `limit`, `used`.
+//   UNAUTHENTICATED CLIENT_CERTIFICATE_REQUIRED, PERMISSION_DENIED
+//     METHOD_NOT_ALLOWED, INVALID_ARGUMENT REQUEST_MALFORMED, INTERNAL
+//     INTERNAL: as on the licensing API.
+
 package enclavev1
 
 import (
@@ -35,10 +61,17 @@ const (
 // with a licensing access token whose sub is the owner and whose cnf binds
 // it to the presented client certificate.
 type WorkloadServiceClient interface {
+	// GetIdentity says which enclave this is, whose, and with which
+	// certificate.
 	GetIdentity(ctx context.Context, in *GetIdentityRequest, opts ...grpc.CallOption) (*GetIdentityResponse, error)
+	// PutSecret stores a secret in the enclave's memory, creating or replacing
+	// it.
 	PutSecret(ctx context.Context, in *PutSecretRequest, opts ...grpc.CallOption) (*PutSecretResponse, error)
+	// GetSecret returns a stored secret's value.
 	GetSecret(ctx context.Context, in *GetSecretRequest, opts ...grpc.CallOption) (*GetSecretResponse, error)
+	// ListSecrets returns the names of the stored secrets.
 	ListSecrets(ctx context.Context, in *ListSecretsRequest, opts ...grpc.CallOption) (*ListSecretsResponse, error)
+	// DeleteSecret removes a stored secret.
 	DeleteSecret(ctx context.Context, in *DeleteSecretRequest, opts ...grpc.CallOption) (*DeleteSecretResponse, error)
 	// Sign signs data with the enclave's private key (ECDSA P-256, SHA-256).
 	Sign(ctx context.Context, in *SignRequest, opts ...grpc.CallOption) (*SignResponse, error)
@@ -120,10 +153,17 @@ func (c *workloadServiceClient) Sign(ctx context.Context, in *SignRequest, opts 
 // with a licensing access token whose sub is the owner and whose cnf binds
 // it to the presented client certificate.
 type WorkloadServiceServer interface {
+	// GetIdentity says which enclave this is, whose, and with which
+	// certificate.
 	GetIdentity(context.Context, *GetIdentityRequest) (*GetIdentityResponse, error)
+	// PutSecret stores a secret in the enclave's memory, creating or replacing
+	// it.
 	PutSecret(context.Context, *PutSecretRequest) (*PutSecretResponse, error)
+	// GetSecret returns a stored secret's value.
 	GetSecret(context.Context, *GetSecretRequest) (*GetSecretResponse, error)
+	// ListSecrets returns the names of the stored secrets.
 	ListSecrets(context.Context, *ListSecretsRequest) (*ListSecretsResponse, error)
+	// DeleteSecret removes a stored secret.
 	DeleteSecret(context.Context, *DeleteSecretRequest) (*DeleteSecretResponse, error)
 	// Sign signs data with the enclave's private key (ECDSA P-256, SHA-256).
 	Sign(context.Context, *SignRequest) (*SignResponse, error)

@@ -4,6 +4,29 @@
 // 	protoc        (unknown)
 // source: licensing/v1/attestation.proto
 
+// Attestations: TPM 2.0 quotes that bind a client's nonce to an enclave's
+// certificate.
+//
+// Besides the reasons every call can get (see auth.proto), GetAttestation
+// answers:
+//
+//   INVALID_ARGUMENT NONCE_INVALID: the nonce is not 16 to 64 bytes.
+//   INVALID_ARGUMENT ENCLAVE_ID_INVALID: enclave_id is not an enclave id.
+//   NOT_FOUND ENCLAVE_NOT_FOUND: no enclave of that id is the caller's.
+//   FAILED_PRECONDITION ENCLAVE_NOT_ATTESTABLE: the enclave is not running
+//     (metadata `phase`).
+//   FAILED_PRECONDITION ENCLAVE_NOT_MEASURED: the enclave's certificate is
+//     not among the live ones measured into PCR 23 (it was deleted).
+//   FAILED_PRECONDITION TPM_COMMAND_FAILED: the TPM refused the quote
+//     (metadata `rc`, the TPM response code).
+//   UNAVAILABLE TPM_UNAVAILABLE: the TPM did not answer in time, or the
+//     attestation key is not proven yet; retry.
+//   UNAVAILABLE MEASUREMENT_LOG_MISMATCH: PCR 23 could not be re-established
+//     from the measurement log; retry.
+//   UNAVAILABLE TPM_LOCKED_OUT: the TPM is in dictionary-attack lockout;
+//     metadata `recovery_seconds`, `lockout_counter`, `max_auth_fail`,
+//     `retry_after_ms` (and a RetryInfo).
+
 package licensingv1
 
 import (
@@ -21,9 +44,11 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// GetAttestationRequest names the enclave and the caller's nonce.
 type GetAttestationRequest struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	EnclaveId string                 `protobuf:"bytes,1,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One of the caller's enclaves, running.
+	EnclaveId string `protobuf:"bytes,1,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
 	// 16 to 64 bytes chosen by the client.
 	Nonce         []byte `protobuf:"bytes,2,opt,name=nonce,proto3" json:"nonce,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -74,9 +99,11 @@ func (x *GetAttestationRequest) GetNonce() []byte {
 	return nil
 }
 
+// GetAttestationResponse carries the fresh attestation.
 type GetAttestationResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Attestation   *Attestation           `protobuf:"bytes,1,opt,name=attestation,proto3" json:"attestation,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A quote over the caller's nonce and the enclave's certificate.
+	Attestation   *Attestation `protobuf:"bytes,1,opt,name=attestation,proto3" json:"attestation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -127,12 +154,16 @@ type Attestation struct {
 	// TPMT_SIGNATURE bytes.
 	Signature []byte `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
 	// TPM2B_PUBLIC bytes of the attestation key.
-	AkPublic    []byte `protobuf:"bytes,3,opt,name=ak_public,json=akPublic,proto3" json:"ak_public,omitempty"`
+	AkPublic []byte `protobuf:"bytes,3,opt,name=ak_public,json=akPublic,proto3" json:"ak_public,omitempty"`
+	// The attestation key's public key (PEM SubjectPublicKeyInfo).
 	AkPublicPem string `protobuf:"bytes,4,opt,name=ak_public_pem,json=akPublicPem,proto3" json:"ak_public_pem,omitempty"`
-	// Leaf first.
-	AkCertificateChainPem []string      `protobuf:"bytes,5,rep,name=ak_certificate_chain_pem,json=akCertificateChainPem,proto3" json:"ak_certificate_chain_pem,omitempty"`
-	PcrSelection          *PcrSelection `protobuf:"bytes,6,opt,name=pcr_selection,json=pcrSelection,proto3" json:"pcr_selection,omitempty"`
-	PcrValues             []*PcrValue   `protobuf:"bytes,7,rep,name=pcr_values,json=pcrValues,proto3" json:"pcr_values,omitempty"`
+	// The attestation key's certificate chain (PEM), issued by the licensing
+	// CA. Leaf first.
+	AkCertificateChainPem []string `protobuf:"bytes,5,rep,name=ak_certificate_chain_pem,json=akCertificateChainPem,proto3" json:"ak_certificate_chain_pem,omitempty"`
+	// Which PCRs the quote covers (PCRs 0-7 and 23, sha256 bank).
+	PcrSelection *PcrSelection `protobuf:"bytes,6,opt,name=pcr_selection,json=pcrSelection,proto3" json:"pcr_selection,omitempty"`
+	// The quoted PCRs' values.
+	PcrValues []*PcrValue `protobuf:"bytes,7,rep,name=pcr_values,json=pcrValues,proto3" json:"pcr_values,omitempty"`
 	// The extends of PCR 23 since the backend last reset it, in sequence order.
 	// PCR 23 holds one thing: the root of a Merkle tree over the SHA-256 of
 	// every live enclave's certificate (sorted), so this log has one event
@@ -140,10 +171,13 @@ type Attestation struct {
 	// none while no enclave is live. Its size does not depend on how many
 	// enclaves were ever created. Verifiers replay it to the quoted PCR 23 and
 	// take its last event as the root measurement_proof must lead to.
-	EventLog                 []*MeasurementEvent `protobuf:"bytes,8,rep,name=event_log,json=eventLog,proto3" json:"event_log,omitempty"`
-	EnclaveCertificatePem    string              `protobuf:"bytes,9,opt,name=enclave_certificate_pem,json=enclaveCertificatePem,proto3" json:"enclave_certificate_pem,omitempty"`
-	EnclaveCertificateSha256 []byte              `protobuf:"bytes,10,opt,name=enclave_certificate_sha256,json=enclaveCertificateSha256,proto3" json:"enclave_certificate_sha256,omitempty"`
-	Nonce                    []byte              `protobuf:"bytes,11,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	EventLog []*MeasurementEvent `protobuf:"bytes,8,rep,name=event_log,json=eventLog,proto3" json:"event_log,omitempty"`
+	// The certificate the attestation is about (PEM).
+	EnclaveCertificatePem string `protobuf:"bytes,9,opt,name=enclave_certificate_pem,json=enclaveCertificatePem,proto3" json:"enclave_certificate_pem,omitempty"`
+	// SHA-256 of enclave_certificate_pem's DER.
+	EnclaveCertificateSha256 []byte `protobuf:"bytes,10,opt,name=enclave_certificate_sha256,json=enclaveCertificateSha256,proto3" json:"enclave_certificate_sha256,omitempty"`
+	// The caller's nonce, echoed.
+	Nonce []byte `protobuf:"bytes,11,opt,name=nonce,proto3" json:"nonce,omitempty"`
 	// How qualifyingData was derived, e.g.
 	// "sha256(\"licensing-attest-v1\" || nonce || sha256(cert_der))".
 	QualifyingDataDerivation string `protobuf:"bytes,12,opt,name=qualifying_data_derivation,json=qualifyingDataDerivation,proto3" json:"qualifying_data_derivation,omitempty"`
@@ -299,10 +333,12 @@ func (x *Attestation) GetMeasurementProof() *MerkleProof {
 	return nil
 }
 
+// PcrSelection names a PCR bank and PCRs in it.
 type PcrSelection struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// TPM hash algorithm name, e.g. "sha256".
-	HashAlgorithm string   `protobuf:"bytes,1,opt,name=hash_algorithm,json=hashAlgorithm,proto3" json:"hash_algorithm,omitempty"`
+	HashAlgorithm string `protobuf:"bytes,1,opt,name=hash_algorithm,json=hashAlgorithm,proto3" json:"hash_algorithm,omitempty"`
+	// The PCR indices.
 	Pcrs          []uint32 `protobuf:"varint,2,rep,packed,name=pcrs,proto3" json:"pcrs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -352,10 +388,13 @@ func (x *PcrSelection) GetPcrs() []uint32 {
 	return nil
 }
 
+// PcrValue is one PCR's value at the time of the quote.
 type PcrValue struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Pcr           uint32                 `protobuf:"varint,1,opt,name=pcr,proto3" json:"pcr,omitempty"`
-	Value         []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The PCR index.
+	Pcr uint32 `protobuf:"varint,1,opt,name=pcr,proto3" json:"pcr,omitempty"`
+	// The PCR's digest in the selected bank.
+	Value         []byte `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -404,9 +443,11 @@ func (x *PcrValue) GetValue() []byte {
 	return nil
 }
 
+// MeasurementEvent is one extend of a PCR.
 type MeasurementEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Pcr   uint32                 `protobuf:"varint,1,opt,name=pcr,proto3" json:"pcr,omitempty"`
+	// The PCR extended (23).
+	Pcr uint32 `protobuf:"varint,1,opt,name=pcr,proto3" json:"pcr,omitempty"`
 	// SHA-256 digest extended into the PCR.
 	Digest []byte `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
 	// What was measured: "enclave-certificate-set" (the root over the live
@@ -414,7 +455,8 @@ type MeasurementEvent struct {
 	// event per certificate.
 	Kind string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
 	// Empty for "enclave-certificate-set" events.
-	EnclaveId     string `protobuf:"bytes,4,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
+	EnclaveId string `protobuf:"bytes,4,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
+	// The event's order in the log.
 	Sequence      uint64 `protobuf:"varint,5,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -485,10 +527,12 @@ func (x *MeasurementEvent) GetSequence() uint64 {
 	return 0
 }
 
+// MerkleProof is an inclusion proof of one leaf in a Merkle tree.
 type MerkleProof struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The leaf's index in the tree.
 	LeafIndex uint64 `protobuf:"varint,1,opt,name=leaf_index,json=leafIndex,proto3" json:"leaf_index,omitempty"`
+	// The number of leaves in the tree.
 	LeafCount uint64 `protobuf:"varint,2,opt,name=leaf_count,json=leafCount,proto3" json:"leaf_count,omitempty"`
 	// Sibling hashes from the leaf up.
 	Siblings      [][]byte `protobuf:"bytes,3,rep,name=siblings,proto3" json:"siblings,omitempty"`

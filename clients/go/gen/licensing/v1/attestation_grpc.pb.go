@@ -4,6 +4,29 @@
 // - protoc             (unknown)
 // source: licensing/v1/attestation.proto
 
+// Attestations: TPM 2.0 quotes that bind a client's nonce to an enclave's
+// certificate.
+//
+// Besides the reasons every call can get (see auth.proto), GetAttestation
+// answers:
+//
+//   INVALID_ARGUMENT NONCE_INVALID: the nonce is not 16 to 64 bytes.
+//   INVALID_ARGUMENT ENCLAVE_ID_INVALID: enclave_id is not an enclave id.
+//   NOT_FOUND ENCLAVE_NOT_FOUND: no enclave of that id is the caller's.
+//   FAILED_PRECONDITION ENCLAVE_NOT_ATTESTABLE: the enclave is not running
+//     (metadata `phase`).
+//   FAILED_PRECONDITION ENCLAVE_NOT_MEASURED: the enclave's certificate is
+//     not among the live ones measured into PCR 23 (it was deleted).
+//   FAILED_PRECONDITION TPM_COMMAND_FAILED: the TPM refused the quote
+//     (metadata `rc`, the TPM response code).
+//   UNAVAILABLE TPM_UNAVAILABLE: the TPM did not answer in time, or the
+//     attestation key is not proven yet; retry.
+//   UNAVAILABLE MEASUREMENT_LOG_MISMATCH: PCR 23 could not be re-established
+//     from the measurement log; retry.
+//   UNAVAILABLE TPM_LOCKED_OUT: the TPM is in dictionary-attack lockout;
+//     metadata `recovery_seconds`, `lockout_counter`, `max_auth_fail`,
+//     `retry_after_ms` (and a RetryInfo).
+
 package licensingv1
 
 import (

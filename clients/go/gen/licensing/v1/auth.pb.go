@@ -4,6 +4,74 @@
 // 	protoc        (unknown)
 // source: licensing/v1/auth.proto
 
+// The public licensing API (package licensing.v1): accounts and sessions
+// (AuthService), the trust bundle (TrustService), enclaves (EnclaveService)
+// and their attestations (AttestationService).
+//
+// Every error carries a google.rpc.ErrorInfo detail with domain "licensing",
+// a stable reason and, for some reasons, metadata; grpcurl prints it. These
+// reasons can answer any call:
+//
+//   UNAUTHENTICATED TOKEN_REQUIRED: no `authorization: Bearer <token>` header.
+//   UNAUTHENTICATED TOKEN_MALFORMED: the header is not `Bearer <token>`.
+//   UNAUTHENTICATED TOKEN_INVALID: the token's signature, issuer, audience,
+//     times or claims do not verify, or it is not certificate-bound.
+//   UNAUTHENTICATED TOKEN_EXPIRED: the access token expired; refresh it.
+//   UNAUTHENTICATED TOKEN_KEY_UNKNOWN: signed by a key the verifier does not
+//     know (its `kid` is not in the JWK Set).
+//   UNAUTHENTICATED TOKEN_CERTIFICATE_MISMATCH: the token is bound
+//     (cnf.x5t#S256) to another client certificate than the one presented.
+//   UNAUTHENTICATED SESSION_REVOKED: the token's session was logged out or
+//     revoked; log in again.
+//   UNAUTHENTICATED USER_NOT_FOUND: the token's account no longer exists.
+//   UNAUTHENTICATED CLIENT_CERTIFICATE_REQUIRED: the method needs the client
+//     certificate from Login, on the mutual-TLS API listener.
+//   PERMISSION_DENIED USER_CERTIFICATE_REQUIRED: the presented certificate is
+//     not a user certificate.
+//   PERMISSION_DENIED METHOD_NOT_ALLOWED: the method is not served on this
+//     listener.
+//   PERMISSION_DENIED INTERNAL_API_ONLY: the backend's internal API answers
+//     only the frontend's internal certificate.
+//   INVALID_ARGUMENT REQUEST_MALFORMED: the request is not a valid protobuf
+//     message.
+//   RESOURCE_EXHAUSTED RATE_LIMITED: too many calls of this method from one
+//     address; metadata `method` and `retry_after_ms` (and a RetryInfo).
+//   RESOURCE_EXHAUSTED TOO_MANY_CALLS: too many calls at once from one
+//     address; metadata `limit`.
+//   UNAVAILABLE BACKEND_UNAVAILABLE: the frontend cannot reach the backend.
+//   INVALID_ARGUMENT, NOT_FOUND or FAILED_PRECONDITION BACKEND_ERROR: the
+//     backend refused without saying why (no ErrorInfo); its code is kept.
+//   UNAVAILABLE DATABASE_UNAVAILABLE: the database is unavailable.
+//   INTERNAL INTERNAL: an unexpected error; the message and metadata
+//     `correlation_id` name the server log record that holds the details.
+//
+// AuthService adds:
+//
+//   INVALID_ARGUMENT USERNAME_REQUIRED, USERNAME_TOO_SHORT,
+//     USERNAME_TOO_LONG, USERNAME_INVALID_CHARACTERS: the username is not 3
+//     to 32 characters of [a-z0-9._-].
+//   INVALID_ARGUMENT PASSWORD_REQUIRED, PASSWORD_TOO_SHORT, PASSWORD_TOO_LONG,
+//     PASSWORD_INVALID_CHARACTERS: the password is not 8 to 72 bytes of
+//     UTF-8 without NUL.
+//   INVALID_ARGUMENT CSR_REQUIRED, CSR_TOO_LARGE (metadata `limit`),
+//     CSR_MALFORMED, CSR_SIGNATURE_INVALID, CSR_UNSUPPORTED_KEY,
+//     CSR_WEAK_KEY (metadata `key_type` and `key_size` or `curve`): the CSR
+//     is missing, over its size limit, not a PEM PKCS#10 request, not
+//     self-signed, or for a key that is not accepted.
+//   INVALID_ARGUMENT REFRESH_TOKEN_REQUIRED: RefreshToken without a token.
+//   ALREADY_EXISTS USERNAME_TAKEN: SignUp with a taken name (metadata
+//     `username`).
+//   UNAUTHENTICATED INVALID_CREDENTIALS: Login with a wrong username or
+//     password (the same answer for both).
+//   UNAUTHENTICATED REFRESH_TOKEN_INVALID, REFRESH_TOKEN_EXPIRED: the refresh
+//     token is unknown or expired.
+//   UNAUTHENTICATED REFRESH_TOKEN_REUSED: the refresh token was used before;
+//     its whole session is revoked.
+//   RESOURCE_EXHAUSTED LOGIN_THROTTLED: too many failed logins for this
+//     username; metadata `retry_after_ms`.
+//   RESOURCE_EXHAUSTED LOGIN_QUEUE_FULL: too many logins in progress;
+//     metadata `retry_after_seconds`.
+
 package licensingv1
 
 import (
@@ -22,6 +90,7 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// SignUpRequest names the account to create.
 type SignUpRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// 3 to 32 characters of [a-z0-9._-]; ASCII upper case is folded to lower case.
@@ -76,9 +145,11 @@ func (x *SignUpRequest) GetPassword() string {
 	return ""
 }
 
+// SignUpResponse identifies the new account.
 type SignUpResponse struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	UserId string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new account's id (a UUID).
+	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// The normalised username the account was stored under.
 	Username      string `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -129,11 +200,15 @@ func (x *SignUpResponse) GetUsername() string {
 	return ""
 }
 
+// LoginRequest carries the credentials and the CSR of the key the caller
+// keeps; the private key never leaves the caller.
 type LoginRequest struct {
-	state    protoimpl.MessageState `protogen:"open.v1"`
-	Username string                 `protobuf:"bytes,1,opt,name=username,proto3" json:"username,omitempty"`
-	Password string                 `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
-	// PKCS#10 request in PEM. Keys accepted: EC P-256/P-384, Ed25519, RSA 2048-8192.
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The username, as at SignUp (normalised the same way).
+	Username string `protobuf:"bytes,1,opt,name=username,proto3" json:"username,omitempty"`
+	// The password.
+	Password string `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
+	// PKCS#10 request in PEM. Keys accepted: EC P-256/P-384/P-521, Ed25519, RSA 2048-8192.
 	// Only the public key is used; subject and extensions are set by the server.
 	CsrPem        string `protobuf:"bytes,3,opt,name=csr_pem,json=csrPem,proto3" json:"csr_pem,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -191,22 +266,27 @@ func (x *LoginRequest) GetCsrPem() string {
 	return ""
 }
 
+// LoginResponse is a new session: a client certificate and tokens bound to it.
 type LoginResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// JWT (ES256) bound to the client certificate (RFC 8705 cnf.x5t#S256).
 	AccessToken string `protobuf:"bytes,1,opt,name=access_token,json=accessToken,proto3" json:"access_token,omitempty"`
 	// Opaque, single use.
-	RefreshToken          string                 `protobuf:"bytes,2,opt,name=refresh_token,json=refreshToken,proto3" json:"refresh_token,omitempty"`
+	RefreshToken string `protobuf:"bytes,2,opt,name=refresh_token,json=refreshToken,proto3" json:"refresh_token,omitempty"`
+	// When access_token expires.
 	AccessTokenExpireTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=access_token_expire_time,json=accessTokenExpireTime,proto3" json:"access_token_expire_time,omitempty"`
 	// The client certificate to present on the API listener.
 	ClientCertificatePem string `protobuf:"bytes,4,opt,name=client_certificate_pem,json=clientCertificatePem,proto3" json:"client_certificate_pem,omitempty"`
 	// The licensing CA certificates that sign server and client certificates.
-	CaCertificatesPem           []string               `protobuf:"bytes,5,rep,name=ca_certificates_pem,json=caCertificatesPem,proto3" json:"ca_certificates_pem,omitempty"`
-	RefreshTokenExpireTime      *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=refresh_token_expire_time,json=refreshTokenExpireTime,proto3" json:"refresh_token_expire_time,omitempty"`
+	CaCertificatesPem []string `protobuf:"bytes,5,rep,name=ca_certificates_pem,json=caCertificatesPem,proto3" json:"ca_certificates_pem,omitempty"`
+	// When refresh_token expires.
+	RefreshTokenExpireTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=refresh_token_expire_time,json=refreshTokenExpireTime,proto3" json:"refresh_token_expire_time,omitempty"`
+	// When client_certificate_pem expires.
 	ClientCertificateExpireTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=client_certificate_expire_time,json=clientCertificateExpireTime,proto3" json:"client_certificate_expire_time,omitempty"`
-	UserId                      string                 `protobuf:"bytes,8,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	unknownFields               protoimpl.UnknownFields
-	sizeCache                   protoimpl.SizeCache
+	// The account's id (a UUID), the `sub` of the access token.
+	UserId        string `protobuf:"bytes,8,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LoginResponse) Reset() {
@@ -295,9 +375,11 @@ func (x *LoginResponse) GetUserId() string {
 	return ""
 }
 
+// RefreshTokenRequest rotates a session's tokens.
 type RefreshTokenRequest struct {
-	state        protoimpl.MessageState `protogen:"open.v1"`
-	RefreshToken string                 `protobuf:"bytes,1,opt,name=refresh_token,json=refreshToken,proto3" json:"refresh_token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The refresh token from Login or from the last RefreshToken.
+	RefreshToken string `protobuf:"bytes,1,opt,name=refresh_token,json=refreshToken,proto3" json:"refresh_token,omitempty"`
 	// Optional: a new CSR to renew the client certificate. Without it the new
 	// access token stays bound to the certificate of the session.
 	CsrPem        string `protobuf:"bytes,2,opt,name=csr_pem,json=csrPem,proto3" json:"csr_pem,omitempty"`
@@ -349,14 +431,20 @@ func (x *RefreshTokenRequest) GetCsrPem() string {
 	return ""
 }
 
+// RefreshTokenResponse carries the rotated tokens.
 type RefreshTokenResponse struct {
-	state                  protoimpl.MessageState `protogen:"open.v1"`
-	AccessToken            string                 `protobuf:"bytes,1,opt,name=access_token,json=accessToken,proto3" json:"access_token,omitempty"`
-	RefreshToken           string                 `protobuf:"bytes,2,opt,name=refresh_token,json=refreshToken,proto3" json:"refresh_token,omitempty"`
-	AccessTokenExpireTime  *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=access_token_expire_time,json=accessTokenExpireTime,proto3" json:"access_token_expire_time,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A new access token, bound to the session's (or the renewed) certificate.
+	AccessToken string `protobuf:"bytes,1,opt,name=access_token,json=accessToken,proto3" json:"access_token,omitempty"`
+	// A new refresh token; the one presented can no longer be used.
+	RefreshToken string `protobuf:"bytes,2,opt,name=refresh_token,json=refreshToken,proto3" json:"refresh_token,omitempty"`
+	// When access_token expires.
+	AccessTokenExpireTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=access_token_expire_time,json=accessTokenExpireTime,proto3" json:"access_token_expire_time,omitempty"`
+	// When refresh_token expires.
 	RefreshTokenExpireTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=refresh_token_expire_time,json=refreshTokenExpireTime,proto3" json:"refresh_token_expire_time,omitempty"`
 	// Set only when a CSR was given.
-	ClientCertificatePem        string                 `protobuf:"bytes,5,opt,name=client_certificate_pem,json=clientCertificatePem,proto3" json:"client_certificate_pem,omitempty"`
+	ClientCertificatePem string `protobuf:"bytes,5,opt,name=client_certificate_pem,json=clientCertificatePem,proto3" json:"client_certificate_pem,omitempty"`
+	// When client_certificate_pem expires; set only when a CSR was given.
 	ClientCertificateExpireTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=client_certificate_expire_time,json=clientCertificateExpireTime,proto3" json:"client_certificate_expire_time,omitempty"`
 	unknownFields               protoimpl.UnknownFields
 	sizeCache                   protoimpl.SizeCache
@@ -434,6 +522,7 @@ func (x *RefreshTokenResponse) GetClientCertificateExpireTime() *timestamppb.Tim
 	return nil
 }
 
+// LogoutRequest is empty: the session is the one of the caller's token.
 type LogoutRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -470,6 +559,7 @@ func (*LogoutRequest) Descriptor() ([]byte, []int) {
 	return file_licensing_v1_auth_proto_rawDescGZIP(), []int{6}
 }
 
+// LogoutResponse is empty.
 type LogoutResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -506,6 +596,7 @@ func (*LogoutResponse) Descriptor() ([]byte, []int) {
 	return file_licensing_v1_auth_proto_rawDescGZIP(), []int{7}
 }
 
+// GetCurrentUserRequest is empty: the user is the one of the caller's token.
 type GetCurrentUserRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -542,9 +633,11 @@ func (*GetCurrentUserRequest) Descriptor() ([]byte, []int) {
 	return file_licensing_v1_auth_proto_rawDescGZIP(), []int{8}
 }
 
+// GetCurrentUserResponse names the authenticated user.
 type GetCurrentUserResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	User          *User                  `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's account.
+	User          *User `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -588,9 +681,12 @@ func (x *GetCurrentUserResponse) GetUser() *User {
 
 // User is an account as its owner sees it.
 type User struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Username      string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The account's id (a UUID).
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The normalised username.
+	Username string `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	// When the account was created.
 	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -4,6 +4,74 @@
 // - protoc             (unknown)
 // source: licensing/v1/auth.proto
 
+// The public licensing API (package licensing.v1): accounts and sessions
+// (AuthService), the trust bundle (TrustService), enclaves (EnclaveService)
+// and their attestations (AttestationService).
+//
+// Every error carries a google.rpc.ErrorInfo detail with domain "licensing",
+// a stable reason and, for some reasons, metadata; grpcurl prints it. These
+// reasons can answer any call:
+//
+//   UNAUTHENTICATED TOKEN_REQUIRED: no `authorization: Bearer <token>` header.
+//   UNAUTHENTICATED TOKEN_MALFORMED: the header is not `Bearer <token>`.
+//   UNAUTHENTICATED TOKEN_INVALID: the token's signature, issuer, audience,
+//     times or claims do not verify, or it is not certificate-bound.
+//   UNAUTHENTICATED TOKEN_EXPIRED: the access token expired; refresh it.
+//   UNAUTHENTICATED TOKEN_KEY_UNKNOWN: signed by a key the verifier does not
+//     know (its `kid` is not in the JWK Set).
+//   UNAUTHENTICATED TOKEN_CERTIFICATE_MISMATCH: the token is bound
+//     (cnf.x5t#S256) to another client certificate than the one presented.
+//   UNAUTHENTICATED SESSION_REVOKED: the token's session was logged out or
+//     revoked; log in again.
+//   UNAUTHENTICATED USER_NOT_FOUND: the token's account no longer exists.
+//   UNAUTHENTICATED CLIENT_CERTIFICATE_REQUIRED: the method needs the client
+//     certificate from Login, on the mutual-TLS API listener.
+//   PERMISSION_DENIED USER_CERTIFICATE_REQUIRED: the presented certificate is
+//     not a user certificate.
+//   PERMISSION_DENIED METHOD_NOT_ALLOWED: the method is not served on this
+//     listener.
+//   PERMISSION_DENIED INTERNAL_API_ONLY: the backend's internal API answers
+//     only the frontend's internal certificate.
+//   INVALID_ARGUMENT REQUEST_MALFORMED: the request is not a valid protobuf
+//     message.
+//   RESOURCE_EXHAUSTED RATE_LIMITED: too many calls of this method from one
+//     address; metadata `method` and `retry_after_ms` (and a RetryInfo).
+//   RESOURCE_EXHAUSTED TOO_MANY_CALLS: too many calls at once from one
+//     address; metadata `limit`.
+//   UNAVAILABLE BACKEND_UNAVAILABLE: the frontend cannot reach the backend.
+//   INVALID_ARGUMENT, NOT_FOUND or FAILED_PRECONDITION BACKEND_ERROR: the
+//     backend refused without saying why (no ErrorInfo); its code is kept.
+//   UNAVAILABLE DATABASE_UNAVAILABLE: the database is unavailable.
+//   INTERNAL INTERNAL: an unexpected error; the message and metadata
+//     `correlation_id` name the server log record that holds the details.
+//
+// AuthService adds:
+//
+//   INVALID_ARGUMENT USERNAME_REQUIRED, USERNAME_TOO_SHORT,
+//     USERNAME_TOO_LONG, USERNAME_INVALID_CHARACTERS: the username is not 3
+//     to 32 characters of [a-z0-9._-].
+//   INVALID_ARGUMENT PASSWORD_REQUIRED, PASSWORD_TOO_SHORT, PASSWORD_TOO_LONG,
+//     PASSWORD_INVALID_CHARACTERS: the password is not 8 to 72 bytes of
+//     UTF-8 without NUL.
+//   INVALID_ARGUMENT CSR_REQUIRED, CSR_TOO_LARGE (metadata `limit`),
+//     CSR_MALFORMED, CSR_SIGNATURE_INVALID, CSR_UNSUPPORTED_KEY,
+//     CSR_WEAK_KEY (metadata `key_type` and `key_size` or `curve`): the CSR
+//     is missing, over its size limit, not a PEM PKCS#10 request, not
+//     self-signed, or for a key that is not accepted.
+//   INVALID_ARGUMENT REFRESH_TOKEN_REQUIRED: RefreshToken without a token.
+//   ALREADY_EXISTS USERNAME_TAKEN: SignUp with a taken name (metadata
+//     `username`).
+//   UNAUTHENTICATED INVALID_CREDENTIALS: Login with a wrong username or
+//     password (the same answer for both).
+//   UNAUTHENTICATED REFRESH_TOKEN_INVALID, REFRESH_TOKEN_EXPIRED: the refresh
+//     token is unknown or expired.
+//   UNAUTHENTICATED REFRESH_TOKEN_REUSED: the refresh token was used before;
+//     its whole session is revoked.
+//   RESOURCE_EXHAUSTED LOGIN_THROTTLED: too many failed logins for this
+//     username; metadata `retry_after_ms`.
+//   RESOURCE_EXHAUSTED LOGIN_QUEUE_FULL: too many logins in progress;
+//     metadata `retry_after_seconds`.
+
 package licensingv1
 
 import (

@@ -4,6 +4,30 @@
 // 	protoc        (unknown)
 // source: licensing/v1/enclave.proto
 
+// Enclaves: isolated workloads with their own TLS certificate, created and
+// watched phase by phase.
+//
+// Besides the reasons every call can get (see auth.proto), EnclaveService
+// answers:
+//
+//   INVALID_ARGUMENT REQUEST_ID_INVALID: request_id is not 1 to 64
+//     characters of [A-Za-z0-9._-].
+//   INVALID_ARGUMENT NONCE_INVALID: the nonce is not 16 to 64 bytes.
+//   INVALID_ARGUMENT ENCLAVE_ID_INVALID: enclave_id is not an enclave id.
+//   INVALID_ARGUMENT FROM_SEQUENCE_INVALID: from_sequence is above 2^31-1.
+//   INVALID_ARGUMENT PAGE_SIZE_INVALID: page_size is negative.
+//   INVALID_ARGUMENT PAGE_TOKEN_INVALID: page_token is not a token this
+//     server returned.
+//   NOT_FOUND ENCLAVE_NOT_FOUND: no enclave of that id is the caller's.
+//   RESOURCE_EXHAUSTED ENCLAVE_LIMIT_REACHED: the caller's licence holds its
+//     maximum of enclaves; metadata `limit` and `held`.
+//   FAILED_PRECONDITION ENCLAVE_FAILED: the enclave already failed.
+//   UNAVAILABLE ENCLAVE_FAILED: CreateEnclave streamed PHASE_FAILED; metadata
+//     `failure_reason` (see Enclave.failure_reason).
+//   UNAVAILABLE TPM_UNAVAILABLE, TPM_LOCKED_OUT, FAILED_PRECONDITION
+//     JWKS_REQUIRED and the backend's other reasons (see control.proto):
+//     the enclave could not be provisioned or attested.
+
 package licensingv1
 
 import (
@@ -26,16 +50,29 @@ const (
 type Phase int32
 
 const (
-	Phase_PHASE_UNSPECIFIED        Phase = 0
-	Phase_PHASE_ACCEPTED           Phase = 1
-	Phase_PHASE_SCHEDULED          Phase = 2
-	Phase_PHASE_RUNNING            Phase = 3
+	// Never sent.
+	Phase_PHASE_UNSPECIFIED Phase = 0
+	// A licence was reserved (the user is under their limit).
+	Phase_PHASE_ACCEPTED Phase = 1
+	// The workload was placed (local runtime: the process was spawned).
+	Phase_PHASE_SCHEDULED Phase = 2
+	// The workload runs: it made its own key pair and sent its CSR.
+	Phase_PHASE_RUNNING Phase = 3
+	// The backend had the CSR signed, and the certificate is measured into
+	// PCR 23.
 	Phase_PHASE_CERTIFICATE_ISSUED Phase = 4
-	Phase_PHASE_READY              Phase = 5
-	Phase_PHASE_ATTESTING          Phase = 6
-	Phase_PHASE_ATTESTED           Phase = 7
-	Phase_PHASE_FAILED             Phase = 8
-	Phase_PHASE_DELETED            Phase = 9
+	// The enclave's own health check answers SERVING over mutual TLS.
+	Phase_PHASE_READY Phase = 5
+	// The backend is asking the TPM for a quote over the certificate.
+	Phase_PHASE_ATTESTING Phase = 6
+	// Final: the event carries an attestation binding the nonce to the
+	// certificate.
+	Phase_PHASE_ATTESTED Phase = 7
+	// Final: something failed; everything created so far was removed and the
+	// licence freed. Enclave.failure_reason says why.
+	Phase_PHASE_FAILED Phase = 8
+	// The enclave was deleted; ends a WatchEnclave stream.
+	Phase_PHASE_DELETED Phase = 9
 )
 
 // Enum value maps for Phase.
@@ -93,21 +130,43 @@ func (Phase) EnumDescriptor() ([]byte, []int) {
 	return file_licensing_v1_enclave_proto_rawDescGZIP(), []int{0}
 }
 
+// Enclave is one enclave as its owner sees it.
 type Enclave struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The enclave's id.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// The owner's user id.
 	Owner string `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
-	Phase Phase  `protobuf:"varint,3,opt,name=phase,proto3,enum=licensing.v1.Phase" json:"phase,omitempty"`
+	// Where the enclave is in its life.
+	Phase Phase `protobuf:"varint,3,opt,name=phase,proto3,enum=licensing.v1.Phase" json:"phase,omitempty"`
 	// host:port to dial.
 	Endpoint string `protobuf:"bytes,4,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
 	// The name to verify in the enclave's certificate.
-	TlsServerName  string                 `protobuf:"bytes,5,opt,name=tls_server_name,json=tlsServerName,proto3" json:"tls_server_name,omitempty"`
-	CertificatePem string                 `protobuf:"bytes,6,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
-	CreateTime     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	ExpireTime     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
-	RequestId      string                 `protobuf:"bytes,9,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	// Why the enclave failed, when phase is PHASE_FAILED.
+	TlsServerName string `protobuf:"bytes,5,opt,name=tls_server_name,json=tlsServerName,proto3" json:"tls_server_name,omitempty"`
+	// The enclave's TLS server certificate (PEM), issued by the licensing CA.
+	CertificatePem string `protobuf:"bytes,6,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
+	// When the enclave was accepted.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// When its licence ends and the enclave is reaped.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// The request_id of the CreateEnclave call that made it.
+	RequestId string `protobuf:"bytes,9,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Why the enclave failed, when phase is PHASE_FAILED: a stable reason.
+	// From the runtime: ENCLAVE_START_FAILED (the workload could not be
+	// started), ENCLAVE_START_TIMEOUT (it did not start in time),
+	// ENCLAVE_EXITED (it stopped), ENCLAVE_PROTOCOL (it wrote malformed
+	// output), ENCLAVE_PORTS_EXHAUSTED (no free port), ENCLAVE_UNSCHEDULABLE
+	// (its pod was not scheduled), ENCLAVE_NOT_READY (its health check did not
+	// answer SERVING). From the backend: PROVISIONING_ABANDONED (the request
+	// never reached provisioning), PROVISIONING_INTERRUPTED (the backend that
+	// drove it went away, or lost its database), PROVISIONING_ERROR (an
+	// unexpected error), WORKLOAD_LOST (the workload stopped running),
+	// BACKEND_SHUTDOWN (the backend shut down and stopped it),
+	// BACKEND_UNAVAILABLE, or the ErrorInfo reason of the step that failed
+	// (TPM_UNAVAILABLE, KUBERNETES_UNAVAILABLE, KUBERNETES_FORBIDDEN,
+	// CERTIFICATE_DENIED, ...). The
+	// details are in the backend's log under the correlation id that the
+	// failure's event message names.
 	FailureReason string `protobuf:"bytes,10,opt,name=failure_reason,json=failureReason,proto3" json:"failure_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -213,6 +272,7 @@ func (x *Enclave) GetFailureReason() string {
 	return ""
 }
 
+// CreateEnclaveRequest asks for a new enclave.
 type CreateEnclaveRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Client-chosen idempotency key (1 to 64 characters of [A-Za-z0-9._-]).
@@ -269,14 +329,17 @@ func (x *CreateEnclaveRequest) GetNonce() []byte {
 
 // CreateEnclaveResponse is one provisioning event.
 type CreateEnclaveResponse struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	EnclaveId string                 `protobuf:"bytes,1,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
-	Phase     Phase                  `protobuf:"varint,2,opt,name=phase,proto3,enum=licensing.v1.Phase" json:"phase,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The enclave the event is about.
+	EnclaveId string `protobuf:"bytes,1,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
+	// The phase the enclave entered.
+	Phase Phase `protobuf:"varint,2,opt,name=phase,proto3,enum=licensing.v1.Phase" json:"phase,omitempty"`
 	// A human-readable account of the phase change.
 	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
 	// Increases by one per event of this enclave, from 1.
-	Sequence uint64                 `protobuf:"varint,4,opt,name=sequence,proto3" json:"sequence,omitempty"`
-	Time     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=time,proto3" json:"time,omitempty"`
+	Sequence uint64 `protobuf:"varint,4,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// When the phase was entered.
+	Time *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=time,proto3" json:"time,omitempty"`
 	// Set on READY and final events.
 	Enclave *Enclave `protobuf:"bytes,6,opt,name=enclave,proto3" json:"enclave,omitempty"`
 	// Set on the ATTESTED event.
@@ -364,9 +427,11 @@ func (x *CreateEnclaveResponse) GetAttestation() *Attestation {
 	return nil
 }
 
+// WatchEnclaveRequest names the enclave and where to resume.
 type WatchEnclaveRequest struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	EnclaveId string                 `protobuf:"bytes,1,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The enclave to watch.
+	EnclaveId string `protobuf:"bytes,1,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
 	// Resume after this sequence number (0 replays every event).
 	FromSequence  uint64 `protobuf:"varint,2,opt,name=from_sequence,json=fromSequence,proto3" json:"from_sequence,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -419,14 +484,17 @@ func (x *WatchEnclaveRequest) GetFromSequence() uint64 {
 
 // WatchEnclaveResponse is one provisioning event, as in CreateEnclave.
 type WatchEnclaveResponse struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	EnclaveId string                 `protobuf:"bytes,1,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
-	Phase     Phase                  `protobuf:"varint,2,opt,name=phase,proto3,enum=licensing.v1.Phase" json:"phase,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The enclave the event is about.
+	EnclaveId string `protobuf:"bytes,1,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
+	// The phase the enclave entered.
+	Phase Phase `protobuf:"varint,2,opt,name=phase,proto3,enum=licensing.v1.Phase" json:"phase,omitempty"`
 	// A human-readable account of the phase change.
 	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
 	// Increases by one per event of this enclave, from 1.
-	Sequence uint64                 `protobuf:"varint,4,opt,name=sequence,proto3" json:"sequence,omitempty"`
-	Time     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=time,proto3" json:"time,omitempty"`
+	Sequence uint64 `protobuf:"varint,4,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// When the phase was entered.
+	Time *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=time,proto3" json:"time,omitempty"`
 	// Set on READY and final events.
 	Enclave *Enclave `protobuf:"bytes,6,opt,name=enclave,proto3" json:"enclave,omitempty"`
 	// Set on the ATTESTED event.
@@ -514,9 +582,11 @@ func (x *WatchEnclaveResponse) GetAttestation() *Attestation {
 	return nil
 }
 
+// GetEnclaveRequest names one enclave.
 type GetEnclaveRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	EnclaveId     string                 `protobuf:"bytes,1,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The enclave's id.
+	EnclaveId     string `protobuf:"bytes,1,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -558,9 +628,11 @@ func (x *GetEnclaveRequest) GetEnclaveId() string {
 	return ""
 }
 
+// GetEnclaveResponse carries the enclave.
 type GetEnclaveResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Enclave       *Enclave               `protobuf:"bytes,1,opt,name=enclave,proto3" json:"enclave,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The enclave as it is now.
+	Enclave       *Enclave `protobuf:"bytes,1,opt,name=enclave,proto3" json:"enclave,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -602,10 +674,13 @@ func (x *GetEnclaveResponse) GetEnclave() *Enclave {
 	return nil
 }
 
+// ListEnclavesRequest asks for one page of the caller's enclaves.
 type ListEnclavesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// At most 100; 0 means 20.
-	PageSize      int32  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// Empty for the first page, else the next_page_token of the previous one:
+	// an opaque token of 34 characters.
 	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -655,10 +730,13 @@ func (x *ListEnclavesRequest) GetPageToken() string {
 	return ""
 }
 
+// ListEnclavesResponse is one page of enclaves.
 type ListEnclavesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Enclaves      []*Enclave             `protobuf:"bytes,1,rep,name=enclaves,proto3" json:"enclaves,omitempty"`
-	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The page's enclaves.
+	Enclaves []*Enclave `protobuf:"bytes,1,rep,name=enclaves,proto3" json:"enclaves,omitempty"`
+	// Pass it as page_token for the next page; empty after the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -707,9 +785,11 @@ func (x *ListEnclavesResponse) GetNextPageToken() string {
 	return ""
 }
 
+// DeleteEnclaveRequest names the enclave to delete.
 type DeleteEnclaveRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	EnclaveId     string                 `protobuf:"bytes,1,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The enclave's id.
+	EnclaveId     string `protobuf:"bytes,1,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -751,6 +831,7 @@ func (x *DeleteEnclaveRequest) GetEnclaveId() string {
 	return ""
 }
 
+// DeleteEnclaveResponse is empty.
 type DeleteEnclaveResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields

@@ -4,6 +4,30 @@
 // - protoc             (unknown)
 // source: licensing/v1/enclave.proto
 
+// Enclaves: isolated workloads with their own TLS certificate, created and
+// watched phase by phase.
+//
+// Besides the reasons every call can get (see auth.proto), EnclaveService
+// answers:
+//
+//   INVALID_ARGUMENT REQUEST_ID_INVALID: request_id is not 1 to 64
+//     characters of [A-Za-z0-9._-].
+//   INVALID_ARGUMENT NONCE_INVALID: the nonce is not 16 to 64 bytes.
+//   INVALID_ARGUMENT ENCLAVE_ID_INVALID: enclave_id is not an enclave id.
+//   INVALID_ARGUMENT FROM_SEQUENCE_INVALID: from_sequence is above 2^31-1.
+//   INVALID_ARGUMENT PAGE_SIZE_INVALID: page_size is negative.
+//   INVALID_ARGUMENT PAGE_TOKEN_INVALID: page_token is not a token this
+//     server returned.
+//   NOT_FOUND ENCLAVE_NOT_FOUND: no enclave of that id is the caller's.
+//   RESOURCE_EXHAUSTED ENCLAVE_LIMIT_REACHED: the caller's licence holds its
+//     maximum of enclaves; metadata `limit` and `held`.
+//   FAILED_PRECONDITION ENCLAVE_FAILED: the enclave already failed.
+//   UNAVAILABLE ENCLAVE_FAILED: CreateEnclave streamed PHASE_FAILED; metadata
+//     `failure_reason` (see Enclave.failure_reason).
+//   UNAVAILABLE TPM_UNAVAILABLE, TPM_LOCKED_OUT, FAILED_PRECONDITION
+//     JWKS_REQUIRED and the backend's other reasons (see control.proto):
+//     the enclave could not be provisioned or attested.
+
 package licensingv1
 
 import (
@@ -40,8 +64,13 @@ type EnclaveServiceClient interface {
 	// WatchEnclave streams phase events from a sequence number and ends at a
 	// final phase or when the enclave is deleted.
 	WatchEnclave(ctx context.Context, in *WatchEnclaveRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEnclaveResponse], error)
+	// GetEnclave returns one of the caller's enclaves.
 	GetEnclave(ctx context.Context, in *GetEnclaveRequest, opts ...grpc.CallOption) (*GetEnclaveResponse, error)
+	// ListEnclaves returns the caller's enclaves, a page at a time, oldest
+	// first.
 	ListEnclaves(ctx context.Context, in *ListEnclavesRequest, opts ...grpc.CallOption) (*ListEnclavesResponse, error)
+	// DeleteEnclave stops the workload, removes its work directory and every
+	// record of it, and frees its licence.
 	DeleteEnclave(ctx context.Context, in *DeleteEnclaveRequest, opts ...grpc.CallOption) (*DeleteEnclaveResponse, error)
 }
 
@@ -135,8 +164,13 @@ type EnclaveServiceServer interface {
 	// WatchEnclave streams phase events from a sequence number and ends at a
 	// final phase or when the enclave is deleted.
 	WatchEnclave(*WatchEnclaveRequest, grpc.ServerStreamingServer[WatchEnclaveResponse]) error
+	// GetEnclave returns one of the caller's enclaves.
 	GetEnclave(context.Context, *GetEnclaveRequest) (*GetEnclaveResponse, error)
+	// ListEnclaves returns the caller's enclaves, a page at a time, oldest
+	// first.
 	ListEnclaves(context.Context, *ListEnclavesRequest) (*ListEnclavesResponse, error)
+	// DeleteEnclave stops the workload, removes its work directory and every
+	// record of it, and frees its licence.
 	DeleteEnclave(context.Context, *DeleteEnclaveRequest) (*DeleteEnclaveResponse, error)
 	mustEmbedUnimplementedEnclaveServiceServer()
 }

@@ -21,6 +21,7 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// GetTrustBundleRequest is empty.
 type GetTrustBundleRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -57,6 +58,7 @@ func (*GetTrustBundleRequest) Descriptor() ([]byte, []int) {
 	return file_licensing_v1_trust_proto_rawDescGZIP(), []int{0}
 }
 
+// GetTrustBundleResponse is the trust bundle.
 type GetTrustBundleResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The licensing CA certificates (PEM), current first.
@@ -66,8 +68,9 @@ type GetTrustBundleResponse struct {
 	// The attestation key certificate chain (PEM, leaf first); empty until the
 	// backend has certified its attestation key.
 	AkCertificateChainPem []string `protobuf:"bytes,3,rep,name=ak_certificate_chain_pem,json=akCertificateChainPem,proto3" json:"ak_certificate_chain_pem,omitempty"`
-	// The "iss" and "aud" of access tokens.
-	TokenIssuer   string `protobuf:"bytes,4,opt,name=token_issuer,json=tokenIssuer,proto3" json:"token_issuer,omitempty"`
+	// The "iss" of access tokens.
+	TokenIssuer string `protobuf:"bytes,4,opt,name=token_issuer,json=tokenIssuer,proto3" json:"token_issuer,omitempty"`
+	// The "aud" of access tokens.
 	TokenAudience string `protobuf:"bytes,5,opt,name=token_audience,json=tokenAudience,proto3" json:"token_audience,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

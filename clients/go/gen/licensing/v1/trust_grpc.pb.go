@@ -30,6 +30,8 @@ const (
 // its tokens and its attestations. It needs no authentication; clients pin
 // the CA out of band or on first use.
 type TrustServiceClient interface {
+	// GetTrustBundle returns the CA certificates, the token keys and the
+	// attestation key's certificate chain.
 	GetTrustBundle(ctx context.Context, in *GetTrustBundleRequest, opts ...grpc.CallOption) (*GetTrustBundleResponse, error)
 }
 
@@ -59,6 +61,8 @@ func (c *trustServiceClient) GetTrustBundle(ctx context.Context, in *GetTrustBun
 // its tokens and its attestations. It needs no authentication; clients pin
 // the CA out of band or on first use.
 type TrustServiceServer interface {
+	// GetTrustBundle returns the CA certificates, the token keys and the
+	// attestation key's certificate chain.
 	GetTrustBundle(context.Context, *GetTrustBundleRequest) (*GetTrustBundleResponse, error)
 	mustEmbedUnimplementedTrustServiceServer()
 }

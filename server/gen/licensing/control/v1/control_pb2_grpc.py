@@ -297,7 +297,8 @@ class QuoteServiceServicer:
     """
 
     def Quote(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Quote takes a TPM quote over the nonce and the enclave's certificate.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

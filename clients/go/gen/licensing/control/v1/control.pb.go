@@ -4,6 +4,47 @@
 // 	protoc        (unknown)
 // source: licensing/control/v1/control.proto
 
+// The internal API between the frontend and the backend (package
+// licensing.control.v1). Only the frontend's internal client certificate may
+// call it. The frontend passes the backend's reason and code on for
+// INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION and for a dependency's
+// UNAVAILABLE (the TPM's); anything else reaches users as UNAVAILABLE
+// BACKEND_UNAVAILABLE.
+//
+// Reasons of the backend, besides those of the licensing API (see
+// licensing/v1/auth.proto):
+//
+//   INVALID_ARGUMENT USER_ID_INVALID: SignUserCertificate's user_id is not a
+//     UUID.
+//   FAILED_PRECONDITION JWKS_REQUIRED: Provision without jwks_json.
+//   FAILED_PRECONDITION ENCLAVE_NOT_ATTESTABLE, ENCLAVE_NOT_MEASURED,
+//     TPM_COMMAND_FAILED, UNAVAILABLE TPM_UNAVAILABLE, TPM_LOCKED_OUT,
+//     MEASUREMENT_LOG_MISMATCH: see licensing/v1/attestation.proto.
+//   FAILED_PRECONDITION TPM_EK_CERTIFICATE_MISSING (no EK certificate in the
+//     TPM's NV), EK_CERTIFICATE_UNTRUSTED (it does not chain to the
+//     manufacturer CA), EK_MISMATCH (it is not for this TPM's EK),
+//     TPM_CREDENTIAL_REJECTED and AK_ACTIVATION_FAILED (credential activation
+//     of the attestation key failed), AK_NOT_ECC (the attestation key is not
+//     ECC), TPM_AK_HANDLE_CONFLICT (another object holds the attestation
+//     key's persistent handle), TPM_PCR_BANK_MISSING (the TPM has no sha256
+//     bank for the quoted PCRs): the attestation key could not be proven.
+//   With the cert-manager certificate issuer: INVALID_ARGUMENT
+//     CSR_NAMES_MISMATCH (an enclave CSR asks for other names), UNAVAILABLE
+//     ISSUER_CLOSED (the issuer is shutting down), ISSUER_TIMEOUT (not issued
+//     in time), CERTIFICATE_REQUEST_GONE (the CertificateRequest was deleted
+//     first), FAILED_PRECONDITION CERTIFICATE_DENIED (an approver denied
+//     it), ISSUER_NOT_FOUND (no such Issuer), CERTIFICATE_FAILED (the
+//     issuer failed, or returned no readable certificate),
+//     ISSUER_CA_MISMATCH (the certificate is not for the key, or not from
+//     the licensing CA), ISSUER_NAMES_MISMATCH (the issuer changed the
+//     names).
+//   With the Kubernetes runtime: UNAVAILABLE KUBERNETES_UNAVAILABLE,
+//     RESOURCE_EXHAUSTED KUBERNETES_QUOTA_EXCEEDED, FAILED_PRECONDITION
+//     KUBERNETES_FORBIDDEN, KUBERNETES_UNAUTHORIZED, KUBERNETES_NOT_FOUND,
+//     KUBERNETES_CONFLICT, KUBERNETES_REJECTED: the Kubernetes API refused
+//     or did not answer. These and the issuer's reasons reach users as
+//     licensing.v1.Enclave.failure_reason.
+
 package controlv1
 
 import (
@@ -23,11 +64,16 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// SignUserCertificateRequest is a user's CSR, checked by the frontend's
+// login.
 type SignUserCertificateRequest struct {
-	state    protoimpl.MessageState `protogen:"open.v1"`
-	UserId   string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	Username string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
-	CsrPem   string                 `protobuf:"bytes,3,opt,name=csr_pem,json=csrPem,proto3" json:"csr_pem,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user's id (a UUID), put in the certificate.
+	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// The user's normalised username, put in the certificate's subject.
+	Username string `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	// The user's PKCS#10 CSR (PEM); only its public key is used.
+	CsrPem string `protobuf:"bytes,3,opt,name=csr_pem,json=csrPem,proto3" json:"csr_pem,omitempty"`
 	// Requested lifetime in seconds; the backend caps it.
 	LifetimeSeconds uint32 `protobuf:"varint,4,opt,name=lifetime_seconds,json=lifetimeSeconds,proto3" json:"lifetime_seconds,omitempty"`
 	unknownFields   protoimpl.UnknownFields
@@ -92,13 +138,17 @@ func (x *SignUserCertificateRequest) GetLifetimeSeconds() uint32 {
 	return 0
 }
 
+// SignUserCertificateResponse is the issued client certificate.
 type SignUserCertificateResponse struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	CertificatePem string                 `protobuf:"bytes,1,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The client certificate (PEM).
+	CertificatePem string `protobuf:"bytes,1,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
 	// SHA-256 of the certificate DER (RFC 8705 x5t#S256 is its base64url form).
-	CertificateSha256 []byte                 `protobuf:"bytes,2,opt,name=certificate_sha256,json=certificateSha256,proto3" json:"certificate_sha256,omitempty"`
-	ExpireTime        *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
-	CaCertificatesPem []string               `protobuf:"bytes,4,rep,name=ca_certificates_pem,json=caCertificatesPem,proto3" json:"ca_certificates_pem,omitempty"`
+	CertificateSha256 []byte `protobuf:"bytes,2,opt,name=certificate_sha256,json=certificateSha256,proto3" json:"certificate_sha256,omitempty"`
+	// When the certificate expires.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// The CA certificates that verify it.
+	CaCertificatesPem []string `protobuf:"bytes,4,rep,name=ca_certificates_pem,json=caCertificatesPem,proto3" json:"ca_certificates_pem,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -161,6 +211,7 @@ func (x *SignUserCertificateResponse) GetCaCertificatesPem() []string {
 	return nil
 }
 
+// GetCaCertificatesRequest is empty.
 type GetCaCertificatesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -197,9 +248,11 @@ func (*GetCaCertificatesRequest) Descriptor() ([]byte, []int) {
 	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{2}
 }
 
+// GetCaCertificatesResponse is what the trust bundle publishes of the CA.
 type GetCaCertificatesResponse struct {
-	state             protoimpl.MessageState `protogen:"open.v1"`
-	CaCertificatesPem []string               `protobuf:"bytes,1,rep,name=ca_certificates_pem,json=caCertificatesPem,proto3" json:"ca_certificates_pem,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The licensing CA certificates (PEM), current first.
+	CaCertificatesPem []string `protobuf:"bytes,1,rep,name=ca_certificates_pem,json=caCertificatesPem,proto3" json:"ca_certificates_pem,omitempty"`
 	// The attestation key certificate chain (leaf first), if certified.
 	AkCertificateChainPem []string `protobuf:"bytes,2,rep,name=ak_certificate_chain_pem,json=akCertificateChainPem,proto3" json:"ak_certificate_chain_pem,omitempty"`
 	unknownFields         protoimpl.UnknownFields
@@ -250,12 +303,14 @@ func (x *GetCaCertificatesResponse) GetAkCertificateChainPem() []string {
 	return nil
 }
 
+// ProvisionRequest names a reserved enclave to bring up.
 type ProvisionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The enclave row the frontend reserved (phase ACCEPTED). The backend reads
 	// the nonce and expiry from that row, so they do not travel here.
 	EnclaveId string `protobuf:"bytes,1,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
-	Owner     string `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	// The owner's user id.
+	Owner string `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
 	// The public keys the enclave accepts access tokens from (JWK Set).
 	JwksJson      string `protobuf:"bytes,5,opt,name=jwks_json,json=jwksJson,proto3" json:"jwks_json,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -316,11 +371,16 @@ func (x *ProvisionRequest) GetJwksJson() string {
 // One event of the enclave's history. The frontend reads the enclave and its
 // attestation from the database, so neither travels here.
 type ProvisionResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	EnclaveId     string                 `protobuf:"bytes,1,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
-	Phase         v1.Phase               `protobuf:"varint,2,opt,name=phase,proto3,enum=licensing.v1.Phase" json:"phase,omitempty"`
-	Message       string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
-	Sequence      uint64                 `protobuf:"varint,4,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The enclave the event is about.
+	EnclaveId string `protobuf:"bytes,1,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
+	// The phase the enclave entered.
+	Phase v1.Phase `protobuf:"varint,2,opt,name=phase,proto3,enum=licensing.v1.Phase" json:"phase,omitempty"`
+	// A human-readable account of the phase change.
+	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// Increases by one per event of this enclave, from 1.
+	Sequence uint64 `protobuf:"varint,4,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// When the phase was entered.
 	Time          *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=time,proto3" json:"time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -391,9 +451,11 @@ func (x *ProvisionResponse) GetTime() *timestamppb.Timestamp {
 	return nil
 }
 
+// DeprovisionRequest names the enclave to remove.
 type DeprovisionRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	EnclaveId     string                 `protobuf:"bytes,1,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The enclave's id.
+	EnclaveId     string `protobuf:"bytes,1,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -435,6 +497,7 @@ func (x *DeprovisionRequest) GetEnclaveId() string {
 	return ""
 }
 
+// DeprovisionResponse is empty.
 type DeprovisionResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -471,10 +534,13 @@ func (*DeprovisionResponse) Descriptor() ([]byte, []int) {
 	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{7}
 }
 
+// QuoteRequest names the enclave and the client's nonce.
 type QuoteRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	EnclaveId     string                 `protobuf:"bytes,1,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
-	Nonce         []byte                 `protobuf:"bytes,2,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The enclave whose certificate is attested.
+	EnclaveId string `protobuf:"bytes,1,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
+	// The client's nonce, 16 to 64 bytes.
+	Nonce         []byte `protobuf:"bytes,2,opt,name=nonce,proto3" json:"nonce,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -523,9 +589,11 @@ func (x *QuoteRequest) GetNonce() []byte {
 	return nil
 }
 
+// QuoteResponse is the attestation, as GetAttestation returns it.
 type QuoteResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Attestation   *v1.Attestation        `protobuf:"bytes,1,opt,name=attestation,proto3" json:"attestation,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The quote and everything needed to verify it.
+	Attestation   *v1.Attestation `protobuf:"bytes,1,opt,name=attestation,proto3" json:"attestation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

@@ -4,6 +4,47 @@
 // - protoc             (unknown)
 // source: licensing/control/v1/control.proto
 
+// The internal API between the frontend and the backend (package
+// licensing.control.v1). Only the frontend's internal client certificate may
+// call it. The frontend passes the backend's reason and code on for
+// INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION and for a dependency's
+// UNAVAILABLE (the TPM's); anything else reaches users as UNAVAILABLE
+// BACKEND_UNAVAILABLE.
+//
+// Reasons of the backend, besides those of the licensing API (see
+// licensing/v1/auth.proto):
+//
+//   INVALID_ARGUMENT USER_ID_INVALID: SignUserCertificate's user_id is not a
+//     UUID.
+//   FAILED_PRECONDITION JWKS_REQUIRED: Provision without jwks_json.
+//   FAILED_PRECONDITION ENCLAVE_NOT_ATTESTABLE, ENCLAVE_NOT_MEASURED,
+//     TPM_COMMAND_FAILED, UNAVAILABLE TPM_UNAVAILABLE, TPM_LOCKED_OUT,
+//     MEASUREMENT_LOG_MISMATCH: see licensing/v1/attestation.proto.
+//   FAILED_PRECONDITION TPM_EK_CERTIFICATE_MISSING (no EK certificate in the
+//     TPM's NV), EK_CERTIFICATE_UNTRUSTED (it does not chain to the
+//     manufacturer CA), EK_MISMATCH (it is not for this TPM's EK),
+//     TPM_CREDENTIAL_REJECTED and AK_ACTIVATION_FAILED (credential activation
+//     of the attestation key failed), AK_NOT_ECC (the attestation key is not
+//     ECC), TPM_AK_HANDLE_CONFLICT (another object holds the attestation
+//     key's persistent handle), TPM_PCR_BANK_MISSING (the TPM has no sha256
+//     bank for the quoted PCRs): the attestation key could not be proven.
+//   With the cert-manager certificate issuer: INVALID_ARGUMENT
+//     CSR_NAMES_MISMATCH (an enclave CSR asks for other names), UNAVAILABLE
+//     ISSUER_CLOSED (the issuer is shutting down), ISSUER_TIMEOUT (not issued
+//     in time), CERTIFICATE_REQUEST_GONE (the CertificateRequest was deleted
+//     first), FAILED_PRECONDITION CERTIFICATE_DENIED (an approver denied
+//     it), ISSUER_NOT_FOUND (no such Issuer), CERTIFICATE_FAILED (the
+//     issuer failed, or returned no readable certificate),
+//     ISSUER_CA_MISMATCH (the certificate is not for the key, or not from
+//     the licensing CA), ISSUER_NAMES_MISMATCH (the issuer changed the
+//     names).
+//   With the Kubernetes runtime: UNAVAILABLE KUBERNETES_UNAVAILABLE,
+//     RESOURCE_EXHAUSTED KUBERNETES_QUOTA_EXCEEDED, FAILED_PRECONDITION
+//     KUBERNETES_FORBIDDEN, KUBERNETES_UNAUTHORIZED, KUBERNETES_NOT_FOUND,
+//     KUBERNETES_CONFLICT, KUBERNETES_REJECTED: the Kubernetes API refused
+//     or did not answer. These and the issuer's reasons reach users as
+//     licensing.v1.Enclave.failure_reason.
+
 package controlv1
 
 import (
@@ -330,6 +371,7 @@ const (
 //
 // QuoteService asks the TPM for quotes over enclave certificates.
 type QuoteServiceClient interface {
+	// Quote takes a TPM quote over the nonce and the enclave's certificate.
 	Quote(ctx context.Context, in *QuoteRequest, opts ...grpc.CallOption) (*QuoteResponse, error)
 }
 
@@ -357,6 +399,7 @@ func (c *quoteServiceClient) Quote(ctx context.Context, in *QuoteRequest, opts .
 //
 // QuoteService asks the TPM for quotes over enclave certificates.
 type QuoteServiceServer interface {
+	// Quote takes a TPM quote over the nonce and the enclave's certificate.
 	Quote(context.Context, *QuoteRequest) (*QuoteResponse, error)
 	mustEmbedUnimplementedQuoteServiceServer()
 }

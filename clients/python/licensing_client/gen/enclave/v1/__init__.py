@@ -48,69 +48,111 @@ class EnrollResponse(betterproto.Message):
 
 @dataclass(eq=False, repr=False)
 class GetIdentityRequest(betterproto.Message):
+    """GetIdentityRequest is empty."""
+
     pass
 
 
 @dataclass(eq=False, repr=False)
 class GetIdentityResponse(betterproto.Message):
+    """GetIdentityResponse is the enclave's identity."""
+
     enclave_id: str = betterproto.string_field(1)
+    """The enclave's id, as in licensing.v1.Enclave."""
+
     owner: str = betterproto.string_field(2)
+    """The owner's user id."""
+
     certificate_sha256: bytes = betterproto.bytes_field(3)
+    """SHA-256 of the DER of the certificate the enclave serves with."""
+
     certificate_pem: str = betterproto.string_field(4)
+    """The certificate the enclave serves with (PEM)."""
 
 
 @dataclass(eq=False, repr=False)
 class PutSecretRequest(betterproto.Message):
+    """PutSecretRequest is one secret to store."""
+
     name: str = betterproto.string_field(1)
+    """1 to 128 characters of [A-Za-z0-9._/-]."""
+
     value: bytes = betterproto.bytes_field(2)
+    """At most 64 KiB; at most 100 secrets and 1 MiB in all."""
 
 
 @dataclass(eq=False, repr=False)
 class PutSecretResponse(betterproto.Message):
+    """PutSecretResponse is empty."""
+
     pass
 
 
 @dataclass(eq=False, repr=False)
 class GetSecretRequest(betterproto.Message):
+    """GetSecretRequest names a secret."""
+
     name: str = betterproto.string_field(1)
+    """The secret's name."""
 
 
 @dataclass(eq=False, repr=False)
 class GetSecretResponse(betterproto.Message):
+    """GetSecretResponse carries a secret's value."""
+
     value: bytes = betterproto.bytes_field(1)
+    """The value as stored."""
 
 
 @dataclass(eq=False, repr=False)
 class ListSecretsRequest(betterproto.Message):
+    """ListSecretsRequest is empty."""
+
     pass
 
 
 @dataclass(eq=False, repr=False)
 class ListSecretsResponse(betterproto.Message):
+    """ListSecretsResponse names the stored secrets."""
+
     names: List[str] = betterproto.string_field(1)
+    """The names of every stored secret."""
 
 
 @dataclass(eq=False, repr=False)
 class DeleteSecretRequest(betterproto.Message):
+    """DeleteSecretRequest names a secret."""
+
     name: str = betterproto.string_field(1)
+    """The secret's name."""
 
 
 @dataclass(eq=False, repr=False)
 class DeleteSecretResponse(betterproto.Message):
+    """DeleteSecretResponse is empty."""
+
     pass
 
 
 @dataclass(eq=False, repr=False)
 class SignRequest(betterproto.Message):
+    """SignRequest carries the data to sign."""
+
     data: bytes = betterproto.bytes_field(1)
+    """At most 1 MiB; hashed with SHA-256 by the enclave."""
 
 
 @dataclass(eq=False, repr=False)
 class SignResponse(betterproto.Message):
+    """SignResponse is the signature and the certificate that verifies it."""
+
     signature: bytes = betterproto.bytes_field(1)
     """DER-encoded ECDSA signature."""
 
     certificate_pem: str = betterproto.string_field(2)
+    """
+    The enclave's certificate, whose public key verifies the signature (PEM).
+    """
 
 
 class EnrollmentServiceStub(betterproto.ServiceStub):

@@ -27,27 +27,62 @@ class Phase(betterproto.Enum):
     """Phase is where an enclave is in its life."""
 
     UNSPECIFIED = 0
+    """Never sent."""
+
     ACCEPTED = 1
+    """A licence was reserved (the user is under their limit)."""
+
     SCHEDULED = 2
+    """The workload was placed (local runtime: the process was spawned)."""
+
     RUNNING = 3
+    """The workload runs: it made its own key pair and sent its CSR."""
+
     CERTIFICATE_ISSUED = 4
+    """
+    The backend had the CSR signed, and the certificate is measured into
+     PCR 23.
+    """
+
     READY = 5
+    """The enclave's own health check answers SERVING over mutual TLS."""
+
     ATTESTING = 6
+    """The backend is asking the TPM for a quote over the certificate."""
+
     ATTESTED = 7
+    """
+    Final: the event carries an attestation binding the nonce to the
+     certificate.
+    """
+
     FAILED = 8
+    """
+    Final: something failed; everything created so far was removed and the
+     licence freed. Enclave.failure_reason says why.
+    """
+
     DELETED = 9
+    """The enclave was deleted; ends a WatchEnclave stream."""
 
 
 @dataclass(eq=False, repr=False)
 class GetAttestationRequest(betterproto.Message):
+    """GetAttestationRequest names the enclave and the caller's nonce."""
+
     enclave_id: str = betterproto.string_field(1)
+    """One of the caller's enclaves, running."""
+
     nonce: bytes = betterproto.bytes_field(2)
     """16 to 64 bytes chosen by the client."""
 
 
 @dataclass(eq=False, repr=False)
 class GetAttestationResponse(betterproto.Message):
+    """GetAttestationResponse carries the fresh attestation."""
+
     attestation: "Attestation" = betterproto.message_field(1)
+    """A quote over the caller's nonce and the enclave's certificate."""
 
 
 @dataclass(eq=False, repr=False)
@@ -67,11 +102,20 @@ class Attestation(betterproto.Message):
     """TPM2B_PUBLIC bytes of the attestation key."""
 
     ak_public_pem: str = betterproto.string_field(4)
+    """The attestation key's public key (PEM SubjectPublicKeyInfo)."""
+
     ak_certificate_chain_pem: List[str] = betterproto.string_field(5)
-    """Leaf first."""
+    """
+    The attestation key's certificate chain (PEM), issued by the licensing
+     CA. Leaf first.
+    """
 
     pcr_selection: "PcrSelection" = betterproto.message_field(6)
+    """Which PCRs the quote covers (PCRs 0-7 and 23, sha256 bank)."""
+
     pcr_values: List["PcrValue"] = betterproto.message_field(7)
+    """The quoted PCRs' values."""
+
     event_log: List["MeasurementEvent"] = betterproto.message_field(8)
     """
     The extends of PCR 23 since the backend last reset it, in sequence order.
@@ -84,8 +128,14 @@ class Attestation(betterproto.Message):
     """
 
     enclave_certificate_pem: str = betterproto.string_field(9)
+    """The certificate the attestation is about (PEM)."""
+
     enclave_certificate_sha256: bytes = betterproto.bytes_field(10)
+    """SHA-256 of enclave_certificate_pem's DER."""
+
     nonce: bytes = betterproto.bytes_field(11)
+    """The caller's nonce, echoed."""
+
     qualifying_data_derivation: str = betterproto.string_field(12)
     """
     How qualifyingData was derived, e.g.
@@ -117,21 +167,33 @@ class Attestation(betterproto.Message):
 
 @dataclass(eq=False, repr=False)
 class PcrSelection(betterproto.Message):
+    """PcrSelection names a PCR bank and PCRs in it."""
+
     hash_algorithm: str = betterproto.string_field(1)
     """TPM hash algorithm name, e.g. "sha256"."""
 
     pcrs: List[int] = betterproto.uint32_field(2)
+    """The PCR indices."""
 
 
 @dataclass(eq=False, repr=False)
 class PcrValue(betterproto.Message):
+    """PcrValue is one PCR's value at the time of the quote."""
+
     pcr: int = betterproto.uint32_field(1)
+    """The PCR index."""
+
     value: bytes = betterproto.bytes_field(2)
+    """The PCR's digest in the selected bank."""
 
 
 @dataclass(eq=False, repr=False)
 class MeasurementEvent(betterproto.Message):
+    """MeasurementEvent is one extend of a PCR."""
+
     pcr: int = betterproto.uint32_field(1)
+    """The PCR extended (23)."""
+
     digest: bytes = betterproto.bytes_field(2)
     """SHA-256 digest extended into the PCR."""
 
@@ -146,25 +208,36 @@ class MeasurementEvent(betterproto.Message):
     """Empty for "enclave-certificate-set" events."""
 
     sequence: int = betterproto.uint64_field(5)
+    """The event's order in the log."""
 
 
 @dataclass(eq=False, repr=False)
 class MerkleProof(betterproto.Message):
+    """MerkleProof is an inclusion proof of one leaf in a Merkle tree."""
+
     leaf_index: int = betterproto.uint64_field(1)
     """The leaf's index in the tree."""
 
     leaf_count: int = betterproto.uint64_field(2)
+    """The number of leaves in the tree."""
+
     siblings: List[bytes] = betterproto.bytes_field(3)
     """Sibling hashes from the leaf up."""
 
 
 @dataclass(eq=False, repr=False)
 class Enclave(betterproto.Message):
+    """Enclave is one enclave as its owner sees it."""
+
     id: str = betterproto.string_field(1)
+    """The enclave's id."""
+
     owner: str = betterproto.string_field(2)
     """The owner's user id."""
 
     phase: "Phase" = betterproto.enum_field(3)
+    """Where the enclave is in its life."""
+
     endpoint: str = betterproto.string_field(4)
     """host:port to dial."""
 
@@ -172,15 +245,44 @@ class Enclave(betterproto.Message):
     """The name to verify in the enclave's certificate."""
 
     certificate_pem: str = betterproto.string_field(6)
+    """
+    The enclave's TLS server certificate (PEM), issued by the licensing CA.
+    """
+
     create_time: datetime = betterproto.message_field(7)
+    """When the enclave was accepted."""
+
     expire_time: datetime = betterproto.message_field(8)
+    """When its licence ends and the enclave is reaped."""
+
     request_id: str = betterproto.string_field(9)
+    """The request_id of the CreateEnclave call that made it."""
+
     failure_reason: str = betterproto.string_field(10)
-    """Why the enclave failed, when phase is PHASE_FAILED."""
+    """
+    Why the enclave failed, when phase is PHASE_FAILED: a stable reason.
+     From the runtime: ENCLAVE_START_FAILED (the workload could not be
+     started), ENCLAVE_START_TIMEOUT (it did not start in time),
+     ENCLAVE_EXITED (it stopped), ENCLAVE_PROTOCOL (it wrote malformed
+     output), ENCLAVE_PORTS_EXHAUSTED (no free port), ENCLAVE_UNSCHEDULABLE
+     (its pod was not scheduled), ENCLAVE_NOT_READY (its health check did not
+     answer SERVING). From the backend: PROVISIONING_ABANDONED (the request
+     never reached provisioning), PROVISIONING_INTERRUPTED (the backend that
+     drove it went away, or lost its database), PROVISIONING_ERROR (an
+     unexpected error), WORKLOAD_LOST (the workload stopped running),
+     BACKEND_SHUTDOWN (the backend shut down and stopped it),
+     BACKEND_UNAVAILABLE, or the ErrorInfo reason of the step that failed
+     (TPM_UNAVAILABLE, KUBERNETES_UNAVAILABLE, KUBERNETES_FORBIDDEN,
+     CERTIFICATE_DENIED, ...). The
+     details are in the backend's log under the correlation id that the
+     failure's event message names.
+    """
 
 
 @dataclass(eq=False, repr=False)
 class CreateEnclaveRequest(betterproto.Message):
+    """CreateEnclaveRequest asks for a new enclave."""
+
     request_id: str = betterproto.string_field(1)
     """
     Client-chosen idempotency key (1 to 64 characters of [A-Za-z0-9._-]).
@@ -195,7 +297,11 @@ class CreateEnclaveResponse(betterproto.Message):
     """CreateEnclaveResponse is one provisioning event."""
 
     enclave_id: str = betterproto.string_field(1)
+    """The enclave the event is about."""
+
     phase: "Phase" = betterproto.enum_field(2)
+    """The phase the enclave entered."""
+
     message: str = betterproto.string_field(3)
     """A human-readable account of the phase change."""
 
@@ -203,6 +309,8 @@ class CreateEnclaveResponse(betterproto.Message):
     """Increases by one per event of this enclave, from 1."""
 
     time: datetime = betterproto.message_field(5)
+    """When the phase was entered."""
+
     enclave: "Enclave" = betterproto.message_field(6)
     """Set on READY and final events."""
 
@@ -212,7 +320,11 @@ class CreateEnclaveResponse(betterproto.Message):
 
 @dataclass(eq=False, repr=False)
 class WatchEnclaveRequest(betterproto.Message):
+    """WatchEnclaveRequest names the enclave and where to resume."""
+
     enclave_id: str = betterproto.string_field(1)
+    """The enclave to watch."""
+
     from_sequence: int = betterproto.uint64_field(2)
     """Resume after this sequence number (0 replays every event)."""
 
@@ -222,7 +334,11 @@ class WatchEnclaveResponse(betterproto.Message):
     """WatchEnclaveResponse is one provisioning event, as in CreateEnclave."""
 
     enclave_id: str = betterproto.string_field(1)
+    """The enclave the event is about."""
+
     phase: "Phase" = betterproto.enum_field(2)
+    """The phase the enclave entered."""
+
     message: str = betterproto.string_field(3)
     """A human-readable account of the phase change."""
 
@@ -230,6 +346,8 @@ class WatchEnclaveResponse(betterproto.Message):
     """Increases by one per event of this enclave, from 1."""
 
     time: datetime = betterproto.message_field(5)
+    """When the phase was entered."""
+
     enclave: "Enclave" = betterproto.message_field(6)
     """Set on READY and final events."""
 
@@ -239,40 +357,64 @@ class WatchEnclaveResponse(betterproto.Message):
 
 @dataclass(eq=False, repr=False)
 class GetEnclaveRequest(betterproto.Message):
+    """GetEnclaveRequest names one enclave."""
+
     enclave_id: str = betterproto.string_field(1)
+    """The enclave's id."""
 
 
 @dataclass(eq=False, repr=False)
 class GetEnclaveResponse(betterproto.Message):
+    """GetEnclaveResponse carries the enclave."""
+
     enclave: "Enclave" = betterproto.message_field(1)
+    """The enclave as it is now."""
 
 
 @dataclass(eq=False, repr=False)
 class ListEnclavesRequest(betterproto.Message):
+    """ListEnclavesRequest asks for one page of the caller's enclaves."""
+
     page_size: int = betterproto.int32_field(1)
     """At most 100; 0 means 20."""
 
     page_token: str = betterproto.string_field(2)
+    """
+    Empty for the first page, else the next_page_token of the previous one:
+     an opaque token of 34 characters.
+    """
 
 
 @dataclass(eq=False, repr=False)
 class ListEnclavesResponse(betterproto.Message):
+    """ListEnclavesResponse is one page of enclaves."""
+
     enclaves: List["Enclave"] = betterproto.message_field(1)
+    """The page's enclaves."""
+
     next_page_token: str = betterproto.string_field(2)
+    """Pass it as page_token for the next page; empty after the last page."""
 
 
 @dataclass(eq=False, repr=False)
 class DeleteEnclaveRequest(betterproto.Message):
+    """DeleteEnclaveRequest names the enclave to delete."""
+
     enclave_id: str = betterproto.string_field(1)
+    """The enclave's id."""
 
 
 @dataclass(eq=False, repr=False)
 class DeleteEnclaveResponse(betterproto.Message):
+    """DeleteEnclaveResponse is empty."""
+
     pass
 
 
 @dataclass(eq=False, repr=False)
 class SignUpRequest(betterproto.Message):
+    """SignUpRequest names the account to create."""
+
     username: str = betterproto.string_field(1)
     """
     3 to 32 characters of [a-z0-9._-]; ASCII upper case is folded to lower case.
@@ -284,24 +426,41 @@ class SignUpRequest(betterproto.Message):
 
 @dataclass(eq=False, repr=False)
 class SignUpResponse(betterproto.Message):
+    """SignUpResponse identifies the new account."""
+
     user_id: str = betterproto.string_field(1)
+    """The new account's id (a UUID)."""
+
     username: str = betterproto.string_field(2)
     """The normalised username the account was stored under."""
 
 
 @dataclass(eq=False, repr=False)
 class LoginRequest(betterproto.Message):
+    """
+    LoginRequest carries the credentials and the CSR of the key the caller
+     keeps; the private key never leaves the caller.
+    """
+
     username: str = betterproto.string_field(1)
+    """The username, as at SignUp (normalised the same way)."""
+
     password: str = betterproto.string_field(2)
+    """The password."""
+
     csr_pem: str = betterproto.string_field(3)
     """
-    PKCS#10 request in PEM. Keys accepted: EC P-256/P-384, Ed25519, RSA 2048-8192.
+    PKCS#10 request in PEM. Keys accepted: EC P-256/P-384/P-521, Ed25519, RSA 2048-8192.
      Only the public key is used; subject and extensions are set by the server.
     """
 
 
 @dataclass(eq=False, repr=False)
 class LoginResponse(betterproto.Message):
+    """
+    LoginResponse is a new session: a client certificate and tokens bound to it.
+    """
+
     access_token: str = betterproto.string_field(1)
     """JWT (ES256) bound to the client certificate (RFC 8705 cnf.x5t#S256)."""
 
@@ -309,6 +468,8 @@ class LoginResponse(betterproto.Message):
     """Opaque, single use."""
 
     access_token_expire_time: datetime = betterproto.message_field(3)
+    """When access_token expires."""
+
     client_certificate_pem: str = betterproto.string_field(4)
     """The client certificate to present on the API listener."""
 
@@ -318,13 +479,22 @@ class LoginResponse(betterproto.Message):
     """
 
     refresh_token_expire_time: datetime = betterproto.message_field(6)
+    """When refresh_token expires."""
+
     client_certificate_expire_time: datetime = betterproto.message_field(7)
+    """When client_certificate_pem expires."""
+
     user_id: str = betterproto.string_field(8)
+    """The account's id (a UUID), the `sub` of the access token."""
 
 
 @dataclass(eq=False, repr=False)
 class RefreshTokenRequest(betterproto.Message):
+    """RefreshTokenRequest rotates a session's tokens."""
+
     refresh_token: str = betterproto.string_field(1)
+    """The refresh token from Login or from the last RefreshToken."""
+
     csr_pem: str = betterproto.string_field(2)
     """
     Optional: a new CSR to renew the client certificate. Without it the new
@@ -334,34 +504,60 @@ class RefreshTokenRequest(betterproto.Message):
 
 @dataclass(eq=False, repr=False)
 class RefreshTokenResponse(betterproto.Message):
+    """RefreshTokenResponse carries the rotated tokens."""
+
     access_token: str = betterproto.string_field(1)
+    """
+    A new access token, bound to the session's (or the renewed) certificate.
+    """
+
     refresh_token: str = betterproto.string_field(2)
+    """A new refresh token; the one presented can no longer be used."""
+
     access_token_expire_time: datetime = betterproto.message_field(3)
+    """When access_token expires."""
+
     refresh_token_expire_time: datetime = betterproto.message_field(4)
+    """When refresh_token expires."""
+
     client_certificate_pem: str = betterproto.string_field(5)
     """Set only when a CSR was given."""
 
     client_certificate_expire_time: datetime = betterproto.message_field(6)
+    """When client_certificate_pem expires; set only when a CSR was given."""
 
 
 @dataclass(eq=False, repr=False)
 class LogoutRequest(betterproto.Message):
+    """
+    LogoutRequest is empty: the session is the one of the caller's token.
+    """
+
     pass
 
 
 @dataclass(eq=False, repr=False)
 class LogoutResponse(betterproto.Message):
+    """LogoutResponse is empty."""
+
     pass
 
 
 @dataclass(eq=False, repr=False)
 class GetCurrentUserRequest(betterproto.Message):
+    """
+    GetCurrentUserRequest is empty: the user is the one of the caller's token.
+    """
+
     pass
 
 
 @dataclass(eq=False, repr=False)
 class GetCurrentUserResponse(betterproto.Message):
+    """GetCurrentUserResponse names the authenticated user."""
+
     user: "User" = betterproto.message_field(1)
+    """The caller's account."""
 
 
 @dataclass(eq=False, repr=False)
@@ -369,17 +565,26 @@ class User(betterproto.Message):
     """User is an account as its owner sees it."""
 
     id: str = betterproto.string_field(1)
+    """The account's id (a UUID)."""
+
     username: str = betterproto.string_field(2)
+    """The normalised username."""
+
     create_time: datetime = betterproto.message_field(3)
+    """When the account was created."""
 
 
 @dataclass(eq=False, repr=False)
 class GetTrustBundleRequest(betterproto.Message):
+    """GetTrustBundleRequest is empty."""
+
     pass
 
 
 @dataclass(eq=False, repr=False)
 class GetTrustBundleResponse(betterproto.Message):
+    """GetTrustBundleResponse is the trust bundle."""
+
     ca_certificates_pem: List[str] = betterproto.string_field(1)
     """The licensing CA certificates (PEM), current first."""
 
@@ -393,9 +598,10 @@ class GetTrustBundleResponse(betterproto.Message):
     """
 
     token_issuer: str = betterproto.string_field(4)
-    """The "iss" and "aud" of access tokens."""
+    """The "iss" of access tokens."""
 
     token_audience: str = betterproto.string_field(5)
+    """The "aud" of access tokens."""
 
 
 class AttestationServiceStub(betterproto.ServiceStub):

@@ -2,6 +2,32 @@
 // @generated from file enclave/v1/workload.proto (package enclave.v1, syntax proto3)
 /* eslint-disable */
 
+// What an enclave serves to its owner (WorkloadService) and what the backend
+// serves to enclave workloads (EnrollmentService).
+//
+// WorkloadService's errors carry a google.rpc.ErrorInfo (domain "licensing")
+// with one of these reasons:
+//
+//   UNAUTHENTICATED TOKEN_REQUIRED, TOKEN_MALFORMED, TOKEN_INVALID,
+//     TOKEN_EXPIRED, TOKEN_KEY_UNKNOWN, TOKEN_CERTIFICATE_MISMATCH: the
+//     access token is missing or does not verify against the enclave's JWK
+//     Set and the presented certificate (as on the licensing API).
+//   PERMISSION_DENIED NOT_ENCLAVE_OWNER: the token's `sub` is not the
+//     enclave's owner.
+//   INVALID_ARGUMENT SECRET_NAME_INVALID: a secret name is not 1 to 128
+//     characters of [A-Za-z0-9._/-]; metadata `max_length`, `pattern`.
+//   INVALID_ARGUMENT SECRET_VALUE_TOO_LARGE: a value over 64 KiB; metadata
+//     `limit`, `size`.
+//   INVALID_ARGUMENT SIGN_DATA_TOO_LARGE: Sign data over 1 MiB.
+//   NOT_FOUND SECRET_NOT_FOUND: no secret has that name; metadata `name`.
+//   RESOURCE_EXHAUSTED SECRET_COUNT_LIMIT: the enclave holds 100 secrets;
+//     metadata `limit`.
+//   RESOURCE_EXHAUSTED SECRET_STORAGE_LIMIT: the values would exceed 1 MiB in
+//     all; metadata `limit`, `used`.
+//   UNAUTHENTICATED CLIENT_CERTIFICATE_REQUIRED, PERMISSION_DENIED
+//     METHOD_NOT_ALLOWED, INVALID_ARGUMENT REQUEST_MALFORMED, INTERNAL
+//     INTERNAL: as on the licensing API.
+
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
@@ -13,6 +39,8 @@ export const file_enclave_v1_workload: GenFile = /*@__PURE__*/
   fileDesc("ChllbmNsYXZlL3YxL3dvcmtsb2FkLnByb3RvEgplbmNsYXZlLnYxIhQKEkdldElkZW50aXR5UmVxdWVzdCJtChNHZXRJZGVudGl0eVJlc3BvbnNlEhIKCmVuY2xhdmVfaWQYASABKAkSDQoFb3duZXIYAiABKAkSGgoSY2VydGlmaWNhdGVfc2hhMjU2GAMgASgMEhcKD2NlcnRpZmljYXRlX3BlbRgEIAEoCSIvChBQdXRTZWNyZXRSZXF1ZXN0EgwKBG5hbWUYASABKAkSDQoFdmFsdWUYAiABKAwiEwoRUHV0U2VjcmV0UmVzcG9uc2UiIAoQR2V0U2VjcmV0UmVxdWVzdBIMCgRuYW1lGAEgASgJIiIKEUdldFNlY3JldFJlc3BvbnNlEg0KBXZhbHVlGAEgASgMIhQKEkxpc3RTZWNyZXRzUmVxdWVzdCIkChNMaXN0U2VjcmV0c1Jlc3BvbnNlEg0KBW5hbWVzGAEgAygJIiMKE0RlbGV0ZVNlY3JldFJlcXVlc3QSDAoEbmFtZRgBIAEoCSIWChREZWxldGVTZWNyZXRSZXNwb25zZSIbCgtTaWduUmVxdWVzdBIMCgRkYXRhGAEgASgMIjoKDFNpZ25SZXNwb25zZRIRCglzaWduYXR1cmUYASABKAwSFwoPY2VydGlmaWNhdGVfcGVtGAIgASgJMtMDCg9Xb3JrbG9hZFNlcnZpY2USTgoLR2V0SWRlbnRpdHkSHi5lbmNsYXZlLnYxLkdldElkZW50aXR5UmVxdWVzdBofLmVuY2xhdmUudjEuR2V0SWRlbnRpdHlSZXNwb25zZRJICglQdXRTZWNyZXQSHC5lbmNsYXZlLnYxLlB1dFNlY3JldFJlcXVlc3QaHS5lbmNsYXZlLnYxLlB1dFNlY3JldFJlc3BvbnNlEkgKCUdldFNlY3JldBIcLmVuY2xhdmUudjEuR2V0U2VjcmV0UmVxdWVzdBodLmVuY2xhdmUudjEuR2V0U2VjcmV0UmVzcG9uc2USTgoLTGlzdFNlY3JldHMSHi5lbmNsYXZlLnYxLkxpc3RTZWNyZXRzUmVxdWVzdBofLmVuY2xhdmUudjEuTGlzdFNlY3JldHNSZXNwb25zZRJRCgxEZWxldGVTZWNyZXQSHy5lbmNsYXZlLnYxLkRlbGV0ZVNlY3JldFJlcXVlc3QaIC5lbmNsYXZlLnYxLkRlbGV0ZVNlY3JldFJlc3BvbnNlEjkKBFNpZ24SFy5lbmNsYXZlLnYxLlNpZ25SZXF1ZXN0GhguZW5jbGF2ZS52MS5TaWduUmVzcG9uc2VCOFo2bGljZW5zaW5nLmludGVybmFsL2NsaWVudHMvZ28vZ2VuL2VuY2xhdmUvdjE7ZW5jbGF2ZXYxYgZwcm90bzM");
 
 /**
+ * GetIdentityRequest is empty.
+ *
  * @generated from message enclave.v1.GetIdentityRequest
  */
 export type GetIdentityRequest = Message<"enclave.v1.GetIdentityRequest"> & {
@@ -26,25 +54,35 @@ export const GetIdentityRequestSchema: GenMessage<GetIdentityRequest> = /*@__PUR
   messageDesc(file_enclave_v1_workload, 0);
 
 /**
+ * GetIdentityResponse is the enclave's identity.
+ *
  * @generated from message enclave.v1.GetIdentityResponse
  */
 export type GetIdentityResponse = Message<"enclave.v1.GetIdentityResponse"> & {
   /**
+   * The enclave's id, as in licensing.v1.Enclave.
+   *
    * @generated from field: string enclave_id = 1;
    */
   enclaveId: string;
 
   /**
+   * The owner's user id.
+   *
    * @generated from field: string owner = 2;
    */
   owner: string;
 
   /**
+   * SHA-256 of the DER of the certificate the enclave serves with.
+   *
    * @generated from field: bytes certificate_sha256 = 3;
    */
   certificateSha256: Uint8Array;
 
   /**
+   * The certificate the enclave serves with (PEM).
+   *
    * @generated from field: string certificate_pem = 4;
    */
   certificatePem: string;
@@ -58,15 +96,21 @@ export const GetIdentityResponseSchema: GenMessage<GetIdentityResponse> = /*@__P
   messageDesc(file_enclave_v1_workload, 1);
 
 /**
+ * PutSecretRequest is one secret to store.
+ *
  * @generated from message enclave.v1.PutSecretRequest
  */
 export type PutSecretRequest = Message<"enclave.v1.PutSecretRequest"> & {
   /**
+   * 1 to 128 characters of [A-Za-z0-9._/-].
+   *
    * @generated from field: string name = 1;
    */
   name: string;
 
   /**
+   * At most 64 KiB; at most 100 secrets and 1 MiB in all.
+   *
    * @generated from field: bytes value = 2;
    */
   value: Uint8Array;
@@ -80,6 +124,8 @@ export const PutSecretRequestSchema: GenMessage<PutSecretRequest> = /*@__PURE__*
   messageDesc(file_enclave_v1_workload, 2);
 
 /**
+ * PutSecretResponse is empty.
+ *
  * @generated from message enclave.v1.PutSecretResponse
  */
 export type PutSecretResponse = Message<"enclave.v1.PutSecretResponse"> & {
@@ -93,10 +139,14 @@ export const PutSecretResponseSchema: GenMessage<PutSecretResponse> = /*@__PURE_
   messageDesc(file_enclave_v1_workload, 3);
 
 /**
+ * GetSecretRequest names a secret.
+ *
  * @generated from message enclave.v1.GetSecretRequest
  */
 export type GetSecretRequest = Message<"enclave.v1.GetSecretRequest"> & {
   /**
+   * The secret's name.
+   *
    * @generated from field: string name = 1;
    */
   name: string;
@@ -110,10 +160,14 @@ export const GetSecretRequestSchema: GenMessage<GetSecretRequest> = /*@__PURE__*
   messageDesc(file_enclave_v1_workload, 4);
 
 /**
+ * GetSecretResponse carries a secret's value.
+ *
  * @generated from message enclave.v1.GetSecretResponse
  */
 export type GetSecretResponse = Message<"enclave.v1.GetSecretResponse"> & {
   /**
+   * The value as stored.
+   *
    * @generated from field: bytes value = 1;
    */
   value: Uint8Array;
@@ -127,6 +181,8 @@ export const GetSecretResponseSchema: GenMessage<GetSecretResponse> = /*@__PURE_
   messageDesc(file_enclave_v1_workload, 5);
 
 /**
+ * ListSecretsRequest is empty.
+ *
  * @generated from message enclave.v1.ListSecretsRequest
  */
 export type ListSecretsRequest = Message<"enclave.v1.ListSecretsRequest"> & {
@@ -140,10 +196,14 @@ export const ListSecretsRequestSchema: GenMessage<ListSecretsRequest> = /*@__PUR
   messageDesc(file_enclave_v1_workload, 6);
 
 /**
+ * ListSecretsResponse names the stored secrets.
+ *
  * @generated from message enclave.v1.ListSecretsResponse
  */
 export type ListSecretsResponse = Message<"enclave.v1.ListSecretsResponse"> & {
   /**
+   * The names of every stored secret.
+   *
    * @generated from field: repeated string names = 1;
    */
   names: string[];
@@ -157,10 +217,14 @@ export const ListSecretsResponseSchema: GenMessage<ListSecretsResponse> = /*@__P
   messageDesc(file_enclave_v1_workload, 7);
 
 /**
+ * DeleteSecretRequest names a secret.
+ *
  * @generated from message enclave.v1.DeleteSecretRequest
  */
 export type DeleteSecretRequest = Message<"enclave.v1.DeleteSecretRequest"> & {
   /**
+   * The secret's name.
+   *
    * @generated from field: string name = 1;
    */
   name: string;
@@ -174,6 +238,8 @@ export const DeleteSecretRequestSchema: GenMessage<DeleteSecretRequest> = /*@__P
   messageDesc(file_enclave_v1_workload, 8);
 
 /**
+ * DeleteSecretResponse is empty.
+ *
  * @generated from message enclave.v1.DeleteSecretResponse
  */
 export type DeleteSecretResponse = Message<"enclave.v1.DeleteSecretResponse"> & {
@@ -187,10 +253,14 @@ export const DeleteSecretResponseSchema: GenMessage<DeleteSecretResponse> = /*@_
   messageDesc(file_enclave_v1_workload, 9);
 
 /**
+ * SignRequest carries the data to sign.
+ *
  * @generated from message enclave.v1.SignRequest
  */
 export type SignRequest = Message<"enclave.v1.SignRequest"> & {
   /**
+   * At most 1 MiB; hashed with SHA-256 by the enclave.
+   *
    * @generated from field: bytes data = 1;
    */
   data: Uint8Array;
@@ -204,6 +274,8 @@ export const SignRequestSchema: GenMessage<SignRequest> = /*@__PURE__*/
   messageDesc(file_enclave_v1_workload, 10);
 
 /**
+ * SignResponse is the signature and the certificate that verifies it.
+ *
  * @generated from message enclave.v1.SignResponse
  */
 export type SignResponse = Message<"enclave.v1.SignResponse"> & {
@@ -215,6 +287,8 @@ export type SignResponse = Message<"enclave.v1.SignResponse"> & {
   signature: Uint8Array;
 
   /**
+   * The enclave's certificate, whose public key verifies the signature (PEM).
+   *
    * @generated from field: string certificate_pem = 2;
    */
   certificatePem: string;
@@ -236,6 +310,9 @@ export const SignResponseSchema: GenMessage<SignResponse> = /*@__PURE__*/
  */
 export const WorkloadService: GenService<{
   /**
+   * GetIdentity says which enclave this is, whose, and with which
+   * certificate.
+   *
    * @generated from rpc enclave.v1.WorkloadService.GetIdentity
    */
   getIdentity: {
@@ -244,6 +321,9 @@ export const WorkloadService: GenService<{
     output: typeof GetIdentityResponseSchema;
   },
   /**
+   * PutSecret stores a secret in the enclave's memory, creating or replacing
+   * it.
+   *
    * @generated from rpc enclave.v1.WorkloadService.PutSecret
    */
   putSecret: {
@@ -252,6 +332,8 @@ export const WorkloadService: GenService<{
     output: typeof PutSecretResponseSchema;
   },
   /**
+   * GetSecret returns a stored secret's value.
+   *
    * @generated from rpc enclave.v1.WorkloadService.GetSecret
    */
   getSecret: {
@@ -260,6 +342,8 @@ export const WorkloadService: GenService<{
     output: typeof GetSecretResponseSchema;
   },
   /**
+   * ListSecrets returns the names of the stored secrets.
+   *
    * @generated from rpc enclave.v1.WorkloadService.ListSecrets
    */
   listSecrets: {
@@ -268,6 +352,8 @@ export const WorkloadService: GenService<{
     output: typeof ListSecretsResponseSchema;
   },
   /**
+   * DeleteSecret removes a stored secret.
+   *
    * @generated from rpc enclave.v1.WorkloadService.DeleteSecret
    */
   deleteSecret: {

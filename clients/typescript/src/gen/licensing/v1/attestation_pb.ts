@@ -2,6 +2,29 @@
 // @generated from file licensing/v1/attestation.proto (package licensing.v1, syntax proto3)
 /* eslint-disable */
 
+// Attestations: TPM 2.0 quotes that bind a client's nonce to an enclave's
+// certificate.
+//
+// Besides the reasons every call can get (see auth.proto), GetAttestation
+// answers:
+//
+//   INVALID_ARGUMENT NONCE_INVALID: the nonce is not 16 to 64 bytes.
+//   INVALID_ARGUMENT ENCLAVE_ID_INVALID: enclave_id is not an enclave id.
+//   NOT_FOUND ENCLAVE_NOT_FOUND: no enclave of that id is the caller's.
+//   FAILED_PRECONDITION ENCLAVE_NOT_ATTESTABLE: the enclave is not running
+//     (metadata `phase`).
+//   FAILED_PRECONDITION ENCLAVE_NOT_MEASURED: the enclave's certificate is
+//     not among the live ones measured into PCR 23 (it was deleted).
+//   FAILED_PRECONDITION TPM_COMMAND_FAILED: the TPM refused the quote
+//     (metadata `rc`, the TPM response code).
+//   UNAVAILABLE TPM_UNAVAILABLE: the TPM did not answer in time, or the
+//     attestation key is not proven yet; retry.
+//   UNAVAILABLE MEASUREMENT_LOG_MISMATCH: PCR 23 could not be re-established
+//     from the measurement log; retry.
+//   UNAVAILABLE TPM_LOCKED_OUT: the TPM is in dictionary-attack lockout;
+//     metadata `recovery_seconds`, `lockout_counter`, `max_auth_fail`,
+//     `retry_after_ms` (and a RetryInfo).
+
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
@@ -13,10 +36,14 @@ export const file_licensing_v1_attestation: GenFile = /*@__PURE__*/
   fileDesc("Ch5saWNlbnNpbmcvdjEvYXR0ZXN0YXRpb24ucHJvdG8SDGxpY2Vuc2luZy52MSI6ChVHZXRBdHRlc3RhdGlvblJlcXVlc3QSEgoKZW5jbGF2ZV9pZBgBIAEoCRINCgVub25jZRgCIAEoDCJIChZHZXRBdHRlc3RhdGlvblJlc3BvbnNlEi4KC2F0dGVzdGF0aW9uGAEgASgLMhkubGljZW5zaW5nLnYxLkF0dGVzdGF0aW9uIv8DCgtBdHRlc3RhdGlvbhINCgVxdW90ZRgBIAEoDBIRCglzaWduYXR1cmUYAiABKAwSEQoJYWtfcHVibGljGAMgASgMEhUKDWFrX3B1YmxpY19wZW0YBCABKAkSIAoYYWtfY2VydGlmaWNhdGVfY2hhaW5fcGVtGAUgAygJEjEKDXBjcl9zZWxlY3Rpb24YBiABKAsyGi5saWNlbnNpbmcudjEuUGNyU2VsZWN0aW9uEioKCnBjcl92YWx1ZXMYByADKAsyFi5saWNlbnNpbmcudjEuUGNyVmFsdWUSMQoJZXZlbnRfbG9nGAggAygLMh4ubGljZW5zaW5nLnYxLk1lYXN1cmVtZW50RXZlbnQSHwoXZW5jbGF2ZV9jZXJ0aWZpY2F0ZV9wZW0YCSABKAkSIgoaZW5jbGF2ZV9jZXJ0aWZpY2F0ZV9zaGEyNTYYCiABKAwSDQoFbm9uY2UYCyABKAwSIgoacXVhbGlmeWluZ19kYXRhX2Rlcml2YXRpb24YDCABKAkSLwoMbWVya2xlX3Byb29mGA0gASgLMhkubGljZW5zaW5nLnYxLk1lcmtsZVByb29mEhEKCWxvZ19lcG9jaBgOIAEoBBI0ChFtZWFzdXJlbWVudF9wcm9vZhgPIAEoCzIZLmxpY2Vuc2luZy52MS5NZXJrbGVQcm9vZiI0CgxQY3JTZWxlY3Rpb24SFgoOaGFzaF9hbGdvcml0aG0YASABKAkSDAoEcGNycxgCIAMoDSImCghQY3JWYWx1ZRILCgNwY3IYASABKA0SDQoFdmFsdWUYAiABKAwiYwoQTWVhc3VyZW1lbnRFdmVudBILCgNwY3IYASABKA0SDgoGZGlnZXN0GAIgASgMEgwKBGtpbmQYAyABKAkSEgoKZW5jbGF2ZV9pZBgEIAEoCRIQCghzZXF1ZW5jZRgFIAEoBCJHCgtNZXJrbGVQcm9vZhISCgpsZWFmX2luZGV4GAEgASgEEhIKCmxlYWZfY291bnQYAiABKAQSEAoIc2libGluZ3MYAyADKAwycQoSQXR0ZXN0YXRpb25TZXJ2aWNlElsKDkdldEF0dGVzdGF0aW9uEiMubGljZW5zaW5nLnYxLkdldEF0dGVzdGF0aW9uUmVxdWVzdBokLmxpY2Vuc2luZy52MS5HZXRBdHRlc3RhdGlvblJlc3BvbnNlQjxaOmxpY2Vuc2luZy5pbnRlcm5hbC9jbGllbnRzL2dvL2dlbi9saWNlbnNpbmcvdjE7bGljZW5zaW5ndjFiBnByb3RvMw");
 
 /**
+ * GetAttestationRequest names the enclave and the caller's nonce.
+ *
  * @generated from message licensing.v1.GetAttestationRequest
  */
 export type GetAttestationRequest = Message<"licensing.v1.GetAttestationRequest"> & {
   /**
+   * One of the caller's enclaves, running.
+   *
    * @generated from field: string enclave_id = 1;
    */
   enclaveId: string;
@@ -37,10 +64,14 @@ export const GetAttestationRequestSchema: GenMessage<GetAttestationRequest> = /*
   messageDesc(file_licensing_v1_attestation, 0);
 
 /**
+ * GetAttestationResponse carries the fresh attestation.
+ *
  * @generated from message licensing.v1.GetAttestationResponse
  */
 export type GetAttestationResponse = Message<"licensing.v1.GetAttestationResponse"> & {
   /**
+   * A quote over the caller's nonce and the enclave's certificate.
+   *
    * @generated from field: licensing.v1.Attestation attestation = 1;
    */
   attestation?: Attestation | undefined;
@@ -82,23 +113,30 @@ export type Attestation = Message<"licensing.v1.Attestation"> & {
   akPublic: Uint8Array;
 
   /**
+   * The attestation key's public key (PEM SubjectPublicKeyInfo).
+   *
    * @generated from field: string ak_public_pem = 4;
    */
   akPublicPem: string;
 
   /**
-   * Leaf first.
+   * The attestation key's certificate chain (PEM), issued by the licensing
+   * CA. Leaf first.
    *
    * @generated from field: repeated string ak_certificate_chain_pem = 5;
    */
   akCertificateChainPem: string[];
 
   /**
+   * Which PCRs the quote covers (PCRs 0-7 and 23, sha256 bank).
+   *
    * @generated from field: licensing.v1.PcrSelection pcr_selection = 6;
    */
   pcrSelection?: PcrSelection | undefined;
 
   /**
+   * The quoted PCRs' values.
+   *
    * @generated from field: repeated licensing.v1.PcrValue pcr_values = 7;
    */
   pcrValues: PcrValue[];
@@ -117,16 +155,22 @@ export type Attestation = Message<"licensing.v1.Attestation"> & {
   eventLog: MeasurementEvent[];
 
   /**
+   * The certificate the attestation is about (PEM).
+   *
    * @generated from field: string enclave_certificate_pem = 9;
    */
   enclaveCertificatePem: string;
 
   /**
+   * SHA-256 of enclave_certificate_pem's DER.
+   *
    * @generated from field: bytes enclave_certificate_sha256 = 10;
    */
   enclaveCertificateSha256: Uint8Array;
 
   /**
+   * The caller's nonce, echoed.
+   *
    * @generated from field: bytes nonce = 11;
    */
   nonce: Uint8Array;
@@ -176,6 +220,8 @@ export const AttestationSchema: GenMessage<Attestation> = /*@__PURE__*/
   messageDesc(file_licensing_v1_attestation, 2);
 
 /**
+ * PcrSelection names a PCR bank and PCRs in it.
+ *
  * @generated from message licensing.v1.PcrSelection
  */
 export type PcrSelection = Message<"licensing.v1.PcrSelection"> & {
@@ -187,6 +233,8 @@ export type PcrSelection = Message<"licensing.v1.PcrSelection"> & {
   hashAlgorithm: string;
 
   /**
+   * The PCR indices.
+   *
    * @generated from field: repeated uint32 pcrs = 2;
    */
   pcrs: number[];
@@ -200,15 +248,21 @@ export const PcrSelectionSchema: GenMessage<PcrSelection> = /*@__PURE__*/
   messageDesc(file_licensing_v1_attestation, 3);
 
 /**
+ * PcrValue is one PCR's value at the time of the quote.
+ *
  * @generated from message licensing.v1.PcrValue
  */
 export type PcrValue = Message<"licensing.v1.PcrValue"> & {
   /**
+   * The PCR index.
+   *
    * @generated from field: uint32 pcr = 1;
    */
   pcr: number;
 
   /**
+   * The PCR's digest in the selected bank.
+   *
    * @generated from field: bytes value = 2;
    */
   value: Uint8Array;
@@ -222,10 +276,14 @@ export const PcrValueSchema: GenMessage<PcrValue> = /*@__PURE__*/
   messageDesc(file_licensing_v1_attestation, 4);
 
 /**
+ * MeasurementEvent is one extend of a PCR.
+ *
  * @generated from message licensing.v1.MeasurementEvent
  */
 export type MeasurementEvent = Message<"licensing.v1.MeasurementEvent"> & {
   /**
+   * The PCR extended (23).
+   *
    * @generated from field: uint32 pcr = 1;
    */
   pcr: number;
@@ -254,6 +312,8 @@ export type MeasurementEvent = Message<"licensing.v1.MeasurementEvent"> & {
   enclaveId: string;
 
   /**
+   * The event's order in the log.
+   *
    * @generated from field: uint64 sequence = 5;
    */
   sequence: bigint;
@@ -267,6 +327,8 @@ export const MeasurementEventSchema: GenMessage<MeasurementEvent> = /*@__PURE__*
   messageDesc(file_licensing_v1_attestation, 5);
 
 /**
+ * MerkleProof is an inclusion proof of one leaf in a Merkle tree.
+ *
  * @generated from message licensing.v1.MerkleProof
  */
 export type MerkleProof = Message<"licensing.v1.MerkleProof"> & {
@@ -278,6 +340,8 @@ export type MerkleProof = Message<"licensing.v1.MerkleProof"> & {
   leafIndex: bigint;
 
   /**
+   * The number of leaves in the tree.
+   *
    * @generated from field: uint64 leaf_count = 2;
    */
   leafCount: bigint;

@@ -2,6 +2,74 @@
 // @generated from file licensing/v1/auth.proto (package licensing.v1, syntax proto3)
 /* eslint-disable */
 
+// The public licensing API (package licensing.v1): accounts and sessions
+// (AuthService), the trust bundle (TrustService), enclaves (EnclaveService)
+// and their attestations (AttestationService).
+//
+// Every error carries a google.rpc.ErrorInfo detail with domain "licensing",
+// a stable reason and, for some reasons, metadata; grpcurl prints it. These
+// reasons can answer any call:
+//
+//   UNAUTHENTICATED TOKEN_REQUIRED: no `authorization: Bearer <token>` header.
+//   UNAUTHENTICATED TOKEN_MALFORMED: the header is not `Bearer <token>`.
+//   UNAUTHENTICATED TOKEN_INVALID: the token's signature, issuer, audience,
+//     times or claims do not verify, or it is not certificate-bound.
+//   UNAUTHENTICATED TOKEN_EXPIRED: the access token expired; refresh it.
+//   UNAUTHENTICATED TOKEN_KEY_UNKNOWN: signed by a key the verifier does not
+//     know (its `kid` is not in the JWK Set).
+//   UNAUTHENTICATED TOKEN_CERTIFICATE_MISMATCH: the token is bound
+//     (cnf.x5t#S256) to another client certificate than the one presented.
+//   UNAUTHENTICATED SESSION_REVOKED: the token's session was logged out or
+//     revoked; log in again.
+//   UNAUTHENTICATED USER_NOT_FOUND: the token's account no longer exists.
+//   UNAUTHENTICATED CLIENT_CERTIFICATE_REQUIRED: the method needs the client
+//     certificate from Login, on the mutual-TLS API listener.
+//   PERMISSION_DENIED USER_CERTIFICATE_REQUIRED: the presented certificate is
+//     not a user certificate.
+//   PERMISSION_DENIED METHOD_NOT_ALLOWED: the method is not served on this
+//     listener.
+//   PERMISSION_DENIED INTERNAL_API_ONLY: the backend's internal API answers
+//     only the frontend's internal certificate.
+//   INVALID_ARGUMENT REQUEST_MALFORMED: the request is not a valid protobuf
+//     message.
+//   RESOURCE_EXHAUSTED RATE_LIMITED: too many calls of this method from one
+//     address; metadata `method` and `retry_after_ms` (and a RetryInfo).
+//   RESOURCE_EXHAUSTED TOO_MANY_CALLS: too many calls at once from one
+//     address; metadata `limit`.
+//   UNAVAILABLE BACKEND_UNAVAILABLE: the frontend cannot reach the backend.
+//   INVALID_ARGUMENT, NOT_FOUND or FAILED_PRECONDITION BACKEND_ERROR: the
+//     backend refused without saying why (no ErrorInfo); its code is kept.
+//   UNAVAILABLE DATABASE_UNAVAILABLE: the database is unavailable.
+//   INTERNAL INTERNAL: an unexpected error; the message and metadata
+//     `correlation_id` name the server log record that holds the details.
+//
+// AuthService adds:
+//
+//   INVALID_ARGUMENT USERNAME_REQUIRED, USERNAME_TOO_SHORT,
+//     USERNAME_TOO_LONG, USERNAME_INVALID_CHARACTERS: the username is not 3
+//     to 32 characters of [a-z0-9._-].
+//   INVALID_ARGUMENT PASSWORD_REQUIRED, PASSWORD_TOO_SHORT, PASSWORD_TOO_LONG,
+//     PASSWORD_INVALID_CHARACTERS: the password is not 8 to 72 bytes of
+//     UTF-8 without NUL.
+//   INVALID_ARGUMENT CSR_REQUIRED, CSR_TOO_LARGE (metadata `limit`),
+//     CSR_MALFORMED, CSR_SIGNATURE_INVALID, CSR_UNSUPPORTED_KEY,
+//     CSR_WEAK_KEY (metadata `key_type` and `key_size` or `curve`): the CSR
+//     is missing, over its size limit, not a PEM PKCS#10 request, not
+//     self-signed, or for a key that is not accepted.
+//   INVALID_ARGUMENT REFRESH_TOKEN_REQUIRED: RefreshToken without a token.
+//   ALREADY_EXISTS USERNAME_TAKEN: SignUp with a taken name (metadata
+//     `username`).
+//   UNAUTHENTICATED INVALID_CREDENTIALS: Login with a wrong username or
+//     password (the same answer for both).
+//   UNAUTHENTICATED REFRESH_TOKEN_INVALID, REFRESH_TOKEN_EXPIRED: the refresh
+//     token is unknown or expired.
+//   UNAUTHENTICATED REFRESH_TOKEN_REUSED: the refresh token was used before;
+//     its whole session is revoked.
+//   RESOURCE_EXHAUSTED LOGIN_THROTTLED: too many failed logins for this
+//     username; metadata `retry_after_ms`.
+//   RESOURCE_EXHAUSTED LOGIN_QUEUE_FULL: too many logins in progress;
+//     metadata `retry_after_seconds`.
+
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
@@ -15,6 +83,8 @@ export const file_licensing_v1_auth: GenFile = /*@__PURE__*/
   fileDesc("ChdsaWNlbnNpbmcvdjEvYXV0aC5wcm90bxIMbGljZW5zaW5nLnYxIjMKDVNpZ25VcFJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkiMwoOU2lnblVwUmVzcG9uc2USDwoHdXNlcl9pZBgBIAEoCRIQCgh1c2VybmFtZRgCIAEoCSJDCgxMb2dpblJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSDwoHY3NyX3BlbRgDIAEoCSLLAgoNTG9naW5SZXNwb25zZRIUCgxhY2Nlc3NfdG9rZW4YASABKAkSFQoNcmVmcmVzaF90b2tlbhgCIAEoCRI8ChhhY2Nlc3NfdG9rZW5fZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEh4KFmNsaWVudF9jZXJ0aWZpY2F0ZV9wZW0YBCABKAkSGwoTY2FfY2VydGlmaWNhdGVzX3BlbRgFIAMoCRI9ChlyZWZyZXNoX3Rva2VuX2V4cGlyZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBJCCh5jbGllbnRfY2VydGlmaWNhdGVfZXhwaXJlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3VzZXJfaWQYCCABKAkiPQoTUmVmcmVzaFRva2VuUmVxdWVzdBIVCg1yZWZyZXNoX3Rva2VuGAEgASgJEg8KB2Nzcl9wZW0YAiABKAkipAIKFFJlZnJlc2hUb2tlblJlc3BvbnNlEhQKDGFjY2Vzc190b2tlbhgBIAEoCRIVCg1yZWZyZXNoX3Rva2VuGAIgASgJEjwKGGFjY2Vzc190b2tlbl9leHBpcmVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASPQoZcmVmcmVzaF90b2tlbl9leHBpcmVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASHgoWY2xpZW50X2NlcnRpZmljYXRlX3BlbRgFIAEoCRJCCh5jbGllbnRfY2VydGlmaWNhdGVfZXhwaXJlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIg8KDUxvZ291dFJlcXVlc3QiEAoOTG9nb3V0UmVzcG9uc2UiFwoVR2V0Q3VycmVudFVzZXJSZXF1ZXN0IjoKFkdldEN1cnJlbnRVc2VyUmVzcG9uc2USIAoEdXNlchgBIAEoCzISLmxpY2Vuc2luZy52MS5Vc2VyIlUKBFVzZXISCgoCaWQYASABKAkSEAoIdXNlcm5hbWUYAiABKAkSLwoLY3JlYXRlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wMo0DCgtBdXRoU2VydmljZRJDCgZTaWduVXASGy5saWNlbnNpbmcudjEuU2lnblVwUmVxdWVzdBocLmxpY2Vuc2luZy52MS5TaWduVXBSZXNwb25zZRJACgVMb2dpbhIaLmxpY2Vuc2luZy52MS5Mb2dpblJlcXVlc3QaGy5saWNlbnNpbmcudjEuTG9naW5SZXNwb25zZRJVCgxSZWZyZXNoVG9rZW4SIS5saWNlbnNpbmcudjEuUmVmcmVzaFRva2VuUmVxdWVzdBoiLmxpY2Vuc2luZy52MS5SZWZyZXNoVG9rZW5SZXNwb25zZRJDCgZMb2dvdXQSGy5saWNlbnNpbmcudjEuTG9nb3V0UmVxdWVzdBocLmxpY2Vuc2luZy52MS5Mb2dvdXRSZXNwb25zZRJbCg5HZXRDdXJyZW50VXNlchIjLmxpY2Vuc2luZy52MS5HZXRDdXJyZW50VXNlclJlcXVlc3QaJC5saWNlbnNpbmcudjEuR2V0Q3VycmVudFVzZXJSZXNwb25zZUI8WjpsaWNlbnNpbmcuaW50ZXJuYWwvY2xpZW50cy9nby9nZW4vbGljZW5zaW5nL3YxO2xpY2Vuc2luZ3YxYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
+ * SignUpRequest names the account to create.
+ *
  * @generated from message licensing.v1.SignUpRequest
  */
 export type SignUpRequest = Message<"licensing.v1.SignUpRequest"> & {
@@ -41,10 +111,14 @@ export const SignUpRequestSchema: GenMessage<SignUpRequest> = /*@__PURE__*/
   messageDesc(file_licensing_v1_auth, 0);
 
 /**
+ * SignUpResponse identifies the new account.
+ *
  * @generated from message licensing.v1.SignUpResponse
  */
 export type SignUpResponse = Message<"licensing.v1.SignUpResponse"> & {
   /**
+   * The new account's id (a UUID).
+   *
    * @generated from field: string user_id = 1;
    */
   userId: string;
@@ -65,21 +139,28 @@ export const SignUpResponseSchema: GenMessage<SignUpResponse> = /*@__PURE__*/
   messageDesc(file_licensing_v1_auth, 1);
 
 /**
+ * LoginRequest carries the credentials and the CSR of the key the caller
+ * keeps; the private key never leaves the caller.
+ *
  * @generated from message licensing.v1.LoginRequest
  */
 export type LoginRequest = Message<"licensing.v1.LoginRequest"> & {
   /**
+   * The username, as at SignUp (normalised the same way).
+   *
    * @generated from field: string username = 1;
    */
   username: string;
 
   /**
+   * The password.
+   *
    * @generated from field: string password = 2;
    */
   password: string;
 
   /**
-   * PKCS#10 request in PEM. Keys accepted: EC P-256/P-384, Ed25519, RSA 2048-8192.
+   * PKCS#10 request in PEM. Keys accepted: EC P-256/P-384/P-521, Ed25519, RSA 2048-8192.
    * Only the public key is used; subject and extensions are set by the server.
    *
    * @generated from field: string csr_pem = 3;
@@ -95,6 +176,8 @@ export const LoginRequestSchema: GenMessage<LoginRequest> = /*@__PURE__*/
   messageDesc(file_licensing_v1_auth, 2);
 
 /**
+ * LoginResponse is a new session: a client certificate and tokens bound to it.
+ *
  * @generated from message licensing.v1.LoginResponse
  */
 export type LoginResponse = Message<"licensing.v1.LoginResponse"> & {
@@ -113,6 +196,8 @@ export type LoginResponse = Message<"licensing.v1.LoginResponse"> & {
   refreshToken: string;
 
   /**
+   * When access_token expires.
+   *
    * @generated from field: google.protobuf.Timestamp access_token_expire_time = 3;
    */
   accessTokenExpireTime?: Timestamp | undefined;
@@ -132,16 +217,22 @@ export type LoginResponse = Message<"licensing.v1.LoginResponse"> & {
   caCertificatesPem: string[];
 
   /**
+   * When refresh_token expires.
+   *
    * @generated from field: google.protobuf.Timestamp refresh_token_expire_time = 6;
    */
   refreshTokenExpireTime?: Timestamp | undefined;
 
   /**
+   * When client_certificate_pem expires.
+   *
    * @generated from field: google.protobuf.Timestamp client_certificate_expire_time = 7;
    */
   clientCertificateExpireTime?: Timestamp | undefined;
 
   /**
+   * The account's id (a UUID), the `sub` of the access token.
+   *
    * @generated from field: string user_id = 8;
    */
   userId: string;
@@ -155,10 +246,14 @@ export const LoginResponseSchema: GenMessage<LoginResponse> = /*@__PURE__*/
   messageDesc(file_licensing_v1_auth, 3);
 
 /**
+ * RefreshTokenRequest rotates a session's tokens.
+ *
  * @generated from message licensing.v1.RefreshTokenRequest
  */
 export type RefreshTokenRequest = Message<"licensing.v1.RefreshTokenRequest"> & {
   /**
+   * The refresh token from Login or from the last RefreshToken.
+   *
    * @generated from field: string refresh_token = 1;
    */
   refreshToken: string;
@@ -180,25 +275,35 @@ export const RefreshTokenRequestSchema: GenMessage<RefreshTokenRequest> = /*@__P
   messageDesc(file_licensing_v1_auth, 4);
 
 /**
+ * RefreshTokenResponse carries the rotated tokens.
+ *
  * @generated from message licensing.v1.RefreshTokenResponse
  */
 export type RefreshTokenResponse = Message<"licensing.v1.RefreshTokenResponse"> & {
   /**
+   * A new access token, bound to the session's (or the renewed) certificate.
+   *
    * @generated from field: string access_token = 1;
    */
   accessToken: string;
 
   /**
+   * A new refresh token; the one presented can no longer be used.
+   *
    * @generated from field: string refresh_token = 2;
    */
   refreshToken: string;
 
   /**
+   * When access_token expires.
+   *
    * @generated from field: google.protobuf.Timestamp access_token_expire_time = 3;
    */
   accessTokenExpireTime?: Timestamp | undefined;
 
   /**
+   * When refresh_token expires.
+   *
    * @generated from field: google.protobuf.Timestamp refresh_token_expire_time = 4;
    */
   refreshTokenExpireTime?: Timestamp | undefined;
@@ -211,6 +316,8 @@ export type RefreshTokenResponse = Message<"licensing.v1.RefreshTokenResponse"> 
   clientCertificatePem: string;
 
   /**
+   * When client_certificate_pem expires; set only when a CSR was given.
+   *
    * @generated from field: google.protobuf.Timestamp client_certificate_expire_time = 6;
    */
   clientCertificateExpireTime?: Timestamp | undefined;
@@ -224,6 +331,8 @@ export const RefreshTokenResponseSchema: GenMessage<RefreshTokenResponse> = /*@_
   messageDesc(file_licensing_v1_auth, 5);
 
 /**
+ * LogoutRequest is empty: the session is the one of the caller's token.
+ *
  * @generated from message licensing.v1.LogoutRequest
  */
 export type LogoutRequest = Message<"licensing.v1.LogoutRequest"> & {
@@ -237,6 +346,8 @@ export const LogoutRequestSchema: GenMessage<LogoutRequest> = /*@__PURE__*/
   messageDesc(file_licensing_v1_auth, 6);
 
 /**
+ * LogoutResponse is empty.
+ *
  * @generated from message licensing.v1.LogoutResponse
  */
 export type LogoutResponse = Message<"licensing.v1.LogoutResponse"> & {
@@ -250,6 +361,8 @@ export const LogoutResponseSchema: GenMessage<LogoutResponse> = /*@__PURE__*/
   messageDesc(file_licensing_v1_auth, 7);
 
 /**
+ * GetCurrentUserRequest is empty: the user is the one of the caller's token.
+ *
  * @generated from message licensing.v1.GetCurrentUserRequest
  */
 export type GetCurrentUserRequest = Message<"licensing.v1.GetCurrentUserRequest"> & {
@@ -263,10 +376,14 @@ export const GetCurrentUserRequestSchema: GenMessage<GetCurrentUserRequest> = /*
   messageDesc(file_licensing_v1_auth, 8);
 
 /**
+ * GetCurrentUserResponse names the authenticated user.
+ *
  * @generated from message licensing.v1.GetCurrentUserResponse
  */
 export type GetCurrentUserResponse = Message<"licensing.v1.GetCurrentUserResponse"> & {
   /**
+   * The caller's account.
+   *
    * @generated from field: licensing.v1.User user = 1;
    */
   user?: User | undefined;
@@ -286,16 +403,22 @@ export const GetCurrentUserResponseSchema: GenMessage<GetCurrentUserResponse> = 
  */
 export type User = Message<"licensing.v1.User"> & {
   /**
+   * The account's id (a UUID).
+   *
    * @generated from field: string id = 1;
    */
   id: string;
 
   /**
+   * The normalised username.
+   *
    * @generated from field: string username = 2;
    */
   username: string;
 
   /**
+   * When the account was created.
+   *
    * @generated from field: google.protobuf.Timestamp create_time = 3;
    */
   createTime?: Timestamp | undefined;

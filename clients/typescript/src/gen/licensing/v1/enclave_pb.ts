@@ -2,6 +2,30 @@
 // @generated from file licensing/v1/enclave.proto (package licensing.v1, syntax proto3)
 /* eslint-disable */
 
+// Enclaves: isolated workloads with their own TLS certificate, created and
+// watched phase by phase.
+//
+// Besides the reasons every call can get (see auth.proto), EnclaveService
+// answers:
+//
+//   INVALID_ARGUMENT REQUEST_ID_INVALID: request_id is not 1 to 64
+//     characters of [A-Za-z0-9._-].
+//   INVALID_ARGUMENT NONCE_INVALID: the nonce is not 16 to 64 bytes.
+//   INVALID_ARGUMENT ENCLAVE_ID_INVALID: enclave_id is not an enclave id.
+//   INVALID_ARGUMENT FROM_SEQUENCE_INVALID: from_sequence is above 2^31-1.
+//   INVALID_ARGUMENT PAGE_SIZE_INVALID: page_size is negative.
+//   INVALID_ARGUMENT PAGE_TOKEN_INVALID: page_token is not a token this
+//     server returned.
+//   NOT_FOUND ENCLAVE_NOT_FOUND: no enclave of that id is the caller's.
+//   RESOURCE_EXHAUSTED ENCLAVE_LIMIT_REACHED: the caller's licence holds its
+//     maximum of enclaves; metadata `limit` and `held`.
+//   FAILED_PRECONDITION ENCLAVE_FAILED: the enclave already failed.
+//   UNAVAILABLE ENCLAVE_FAILED: CreateEnclave streamed PHASE_FAILED; metadata
+//     `failure_reason` (see Enclave.failure_reason).
+//   UNAVAILABLE TPM_UNAVAILABLE, TPM_LOCKED_OUT, FAILED_PRECONDITION
+//     JWKS_REQUIRED and the backend's other reasons (see control.proto):
+//     the enclave could not be provisioned or attested.
+
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
@@ -17,10 +41,14 @@ export const file_licensing_v1_enclave: GenFile = /*@__PURE__*/
   fileDesc("ChpsaWNlbnNpbmcvdjEvZW5jbGF2ZS5wcm90bxIMbGljZW5zaW5nLnYxIpoCCgdFbmNsYXZlEgoKAmlkGAEgASgJEg0KBW93bmVyGAIgASgJEiIKBXBoYXNlGAMgASgOMhMubGljZW5zaW5nLnYxLlBoYXNlEhAKCGVuZHBvaW50GAQgASgJEhcKD3Rsc19zZXJ2ZXJfbmFtZRgFIAEoCRIXCg9jZXJ0aWZpY2F0ZV9wZW0YBiABKAkSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpyZXF1ZXN0X2lkGAkgASgJEhYKDmZhaWx1cmVfcmVhc29uGAogASgJIjkKFENyZWF0ZUVuY2xhdmVSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSDQoFbm9uY2UYAiABKAwi9AEKFUNyZWF0ZUVuY2xhdmVSZXNwb25zZRISCgplbmNsYXZlX2lkGAEgASgJEiIKBXBoYXNlGAIgASgOMhMubGljZW5zaW5nLnYxLlBoYXNlEg8KB21lc3NhZ2UYAyABKAkSEAoIc2VxdWVuY2UYBCABKAQSKAoEdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJgoHZW5jbGF2ZRgGIAEoCzIVLmxpY2Vuc2luZy52MS5FbmNsYXZlEi4KC2F0dGVzdGF0aW9uGAcgASgLMhkubGljZW5zaW5nLnYxLkF0dGVzdGF0aW9uIkAKE1dhdGNoRW5jbGF2ZVJlcXVlc3QSEgoKZW5jbGF2ZV9pZBgBIAEoCRIVCg1mcm9tX3NlcXVlbmNlGAIgASgEIvMBChRXYXRjaEVuY2xhdmVSZXNwb25zZRISCgplbmNsYXZlX2lkGAEgASgJEiIKBXBoYXNlGAIgASgOMhMubGljZW5zaW5nLnYxLlBoYXNlEg8KB21lc3NhZ2UYAyABKAkSEAoIc2VxdWVuY2UYBCABKAQSKAoEdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJgoHZW5jbGF2ZRgGIAEoCzIVLmxpY2Vuc2luZy52MS5FbmNsYXZlEi4KC2F0dGVzdGF0aW9uGAcgASgLMhkubGljZW5zaW5nLnYxLkF0dGVzdGF0aW9uIicKEUdldEVuY2xhdmVSZXF1ZXN0EhIKCmVuY2xhdmVfaWQYASABKAkiPAoSR2V0RW5jbGF2ZVJlc3BvbnNlEiYKB2VuY2xhdmUYASABKAsyFS5saWNlbnNpbmcudjEuRW5jbGF2ZSI8ChNMaXN0RW5jbGF2ZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIlgKFExpc3RFbmNsYXZlc1Jlc3BvbnNlEicKCGVuY2xhdmVzGAEgAygLMhUubGljZW5zaW5nLnYxLkVuY2xhdmUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIioKFERlbGV0ZUVuY2xhdmVSZXF1ZXN0EhIKCmVuY2xhdmVfaWQYASABKAkiFwoVRGVsZXRlRW5jbGF2ZVJlc3BvbnNlKtcBCgVQaGFzZRIVChFQSEFTRV9VTlNQRUNJRklFRBAAEhIKDlBIQVNFX0FDQ0VQVEVEEAESEwoPUEhBU0VfU0NIRURVTEVEEAISEQoNUEhBU0VfUlVOTklORxADEhwKGFBIQVNFX0NFUlRJRklDQVRFX0lTU1VFRBAEEg8KC1BIQVNFX1JFQURZEAUSEwoPUEhBU0VfQVRURVNUSU5HEAYSEgoOUEhBU0VfQVRURVNURUQQBxIQCgxQSEFTRV9GQUlMRUQQCBIRCg1QSEFTRV9ERUxFVEVEEAkyxwMKDkVuY2xhdmVTZXJ2aWNlEloKDUNyZWF0ZUVuY2xhdmUSIi5saWNlbnNpbmcudjEuQ3JlYXRlRW5jbGF2ZVJlcXVlc3QaIy5saWNlbnNpbmcudjEuQ3JlYXRlRW5jbGF2ZVJlc3BvbnNlMAESVwoMV2F0Y2hFbmNsYXZlEiEubGljZW5zaW5nLnYxLldhdGNoRW5jbGF2ZVJlcXVlc3QaIi5saWNlbnNpbmcudjEuV2F0Y2hFbmNsYXZlUmVzcG9uc2UwARJPCgpHZXRFbmNsYXZlEh8ubGljZW5zaW5nLnYxLkdldEVuY2xhdmVSZXF1ZXN0GiAubGljZW5zaW5nLnYxLkdldEVuY2xhdmVSZXNwb25zZRJVCgxMaXN0RW5jbGF2ZXMSIS5saWNlbnNpbmcudjEuTGlzdEVuY2xhdmVzUmVxdWVzdBoiLmxpY2Vuc2luZy52MS5MaXN0RW5jbGF2ZXNSZXNwb25zZRJYCg1EZWxldGVFbmNsYXZlEiIubGljZW5zaW5nLnYxLkRlbGV0ZUVuY2xhdmVSZXF1ZXN0GiMubGljZW5zaW5nLnYxLkRlbGV0ZUVuY2xhdmVSZXNwb25zZUI8WjpsaWNlbnNpbmcuaW50ZXJuYWwvY2xpZW50cy9nby9nZW4vbGljZW5zaW5nL3YxO2xpY2Vuc2luZ3YxYgZwcm90bzM", [file_google_protobuf_timestamp, file_licensing_v1_attestation]);
 
 /**
+ * Enclave is one enclave as its owner sees it.
+ *
  * @generated from message licensing.v1.Enclave
  */
 export type Enclave = Message<"licensing.v1.Enclave"> & {
   /**
+   * The enclave's id.
+   *
    * @generated from field: string id = 1;
    */
   id: string;
@@ -33,6 +61,8 @@ export type Enclave = Message<"licensing.v1.Enclave"> & {
   owner: string;
 
   /**
+   * Where the enclave is in its life.
+   *
    * @generated from field: licensing.v1.Phase phase = 3;
    */
   phase: Phase;
@@ -52,27 +82,50 @@ export type Enclave = Message<"licensing.v1.Enclave"> & {
   tlsServerName: string;
 
   /**
+   * The enclave's TLS server certificate (PEM), issued by the licensing CA.
+   *
    * @generated from field: string certificate_pem = 6;
    */
   certificatePem: string;
 
   /**
+   * When the enclave was accepted.
+   *
    * @generated from field: google.protobuf.Timestamp create_time = 7;
    */
   createTime?: Timestamp | undefined;
 
   /**
+   * When its licence ends and the enclave is reaped.
+   *
    * @generated from field: google.protobuf.Timestamp expire_time = 8;
    */
   expireTime?: Timestamp | undefined;
 
   /**
+   * The request_id of the CreateEnclave call that made it.
+   *
    * @generated from field: string request_id = 9;
    */
   requestId: string;
 
   /**
-   * Why the enclave failed, when phase is PHASE_FAILED.
+   * Why the enclave failed, when phase is PHASE_FAILED: a stable reason.
+   * From the runtime: ENCLAVE_START_FAILED (the workload could not be
+   * started), ENCLAVE_START_TIMEOUT (it did not start in time),
+   * ENCLAVE_EXITED (it stopped), ENCLAVE_PROTOCOL (it wrote malformed
+   * output), ENCLAVE_PORTS_EXHAUSTED (no free port), ENCLAVE_UNSCHEDULABLE
+   * (its pod was not scheduled), ENCLAVE_NOT_READY (its health check did not
+   * answer SERVING). From the backend: PROVISIONING_ABANDONED (the request
+   * never reached provisioning), PROVISIONING_INTERRUPTED (the backend that
+   * drove it went away, or lost its database), PROVISIONING_ERROR (an
+   * unexpected error), WORKLOAD_LOST (the workload stopped running),
+   * BACKEND_SHUTDOWN (the backend shut down and stopped it),
+   * BACKEND_UNAVAILABLE, or the ErrorInfo reason of the step that failed
+   * (TPM_UNAVAILABLE, KUBERNETES_UNAVAILABLE, KUBERNETES_FORBIDDEN,
+   * CERTIFICATE_DENIED, ...). The
+   * details are in the backend's log under the correlation id that the
+   * failure's event message names.
    *
    * @generated from field: string failure_reason = 10;
    */
@@ -87,6 +140,8 @@ export const EnclaveSchema: GenMessage<Enclave> = /*@__PURE__*/
   messageDesc(file_licensing_v1_enclave, 0);
 
 /**
+ * CreateEnclaveRequest asks for a new enclave.
+ *
  * @generated from message licensing.v1.CreateEnclaveRequest
  */
 export type CreateEnclaveRequest = Message<"licensing.v1.CreateEnclaveRequest"> & {
@@ -119,11 +174,15 @@ export const CreateEnclaveRequestSchema: GenMessage<CreateEnclaveRequest> = /*@_
  */
 export type CreateEnclaveResponse = Message<"licensing.v1.CreateEnclaveResponse"> & {
   /**
+   * The enclave the event is about.
+   *
    * @generated from field: string enclave_id = 1;
    */
   enclaveId: string;
 
   /**
+   * The phase the enclave entered.
+   *
    * @generated from field: licensing.v1.Phase phase = 2;
    */
   phase: Phase;
@@ -143,6 +202,8 @@ export type CreateEnclaveResponse = Message<"licensing.v1.CreateEnclaveResponse"
   sequence: bigint;
 
   /**
+   * When the phase was entered.
+   *
    * @generated from field: google.protobuf.Timestamp time = 5;
    */
   time?: Timestamp | undefined;
@@ -170,10 +231,14 @@ export const CreateEnclaveResponseSchema: GenMessage<CreateEnclaveResponse> = /*
   messageDesc(file_licensing_v1_enclave, 2);
 
 /**
+ * WatchEnclaveRequest names the enclave and where to resume.
+ *
  * @generated from message licensing.v1.WatchEnclaveRequest
  */
 export type WatchEnclaveRequest = Message<"licensing.v1.WatchEnclaveRequest"> & {
   /**
+   * The enclave to watch.
+   *
    * @generated from field: string enclave_id = 1;
    */
   enclaveId: string;
@@ -200,11 +265,15 @@ export const WatchEnclaveRequestSchema: GenMessage<WatchEnclaveRequest> = /*@__P
  */
 export type WatchEnclaveResponse = Message<"licensing.v1.WatchEnclaveResponse"> & {
   /**
+   * The enclave the event is about.
+   *
    * @generated from field: string enclave_id = 1;
    */
   enclaveId: string;
 
   /**
+   * The phase the enclave entered.
+   *
    * @generated from field: licensing.v1.Phase phase = 2;
    */
   phase: Phase;
@@ -224,6 +293,8 @@ export type WatchEnclaveResponse = Message<"licensing.v1.WatchEnclaveResponse"> 
   sequence: bigint;
 
   /**
+   * When the phase was entered.
+   *
    * @generated from field: google.protobuf.Timestamp time = 5;
    */
   time?: Timestamp | undefined;
@@ -251,10 +322,14 @@ export const WatchEnclaveResponseSchema: GenMessage<WatchEnclaveResponse> = /*@_
   messageDesc(file_licensing_v1_enclave, 4);
 
 /**
+ * GetEnclaveRequest names one enclave.
+ *
  * @generated from message licensing.v1.GetEnclaveRequest
  */
 export type GetEnclaveRequest = Message<"licensing.v1.GetEnclaveRequest"> & {
   /**
+   * The enclave's id.
+   *
    * @generated from field: string enclave_id = 1;
    */
   enclaveId: string;
@@ -268,10 +343,14 @@ export const GetEnclaveRequestSchema: GenMessage<GetEnclaveRequest> = /*@__PURE_
   messageDesc(file_licensing_v1_enclave, 5);
 
 /**
+ * GetEnclaveResponse carries the enclave.
+ *
  * @generated from message licensing.v1.GetEnclaveResponse
  */
 export type GetEnclaveResponse = Message<"licensing.v1.GetEnclaveResponse"> & {
   /**
+   * The enclave as it is now.
+   *
    * @generated from field: licensing.v1.Enclave enclave = 1;
    */
   enclave?: Enclave | undefined;
@@ -285,6 +364,8 @@ export const GetEnclaveResponseSchema: GenMessage<GetEnclaveResponse> = /*@__PUR
   messageDesc(file_licensing_v1_enclave, 6);
 
 /**
+ * ListEnclavesRequest asks for one page of the caller's enclaves.
+ *
  * @generated from message licensing.v1.ListEnclavesRequest
  */
 export type ListEnclavesRequest = Message<"licensing.v1.ListEnclavesRequest"> & {
@@ -296,6 +377,9 @@ export type ListEnclavesRequest = Message<"licensing.v1.ListEnclavesRequest"> & 
   pageSize: number;
 
   /**
+   * Empty for the first page, else the next_page_token of the previous one:
+   * an opaque token of 34 characters.
+   *
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
@@ -309,15 +393,21 @@ export const ListEnclavesRequestSchema: GenMessage<ListEnclavesRequest> = /*@__P
   messageDesc(file_licensing_v1_enclave, 7);
 
 /**
+ * ListEnclavesResponse is one page of enclaves.
+ *
  * @generated from message licensing.v1.ListEnclavesResponse
  */
 export type ListEnclavesResponse = Message<"licensing.v1.ListEnclavesResponse"> & {
   /**
+   * The page's enclaves.
+   *
    * @generated from field: repeated licensing.v1.Enclave enclaves = 1;
    */
   enclaves: Enclave[];
 
   /**
+   * Pass it as page_token for the next page; empty after the last page.
+   *
    * @generated from field: string next_page_token = 2;
    */
   nextPageToken: string;
@@ -331,10 +421,14 @@ export const ListEnclavesResponseSchema: GenMessage<ListEnclavesResponse> = /*@_
   messageDesc(file_licensing_v1_enclave, 8);
 
 /**
+ * DeleteEnclaveRequest names the enclave to delete.
+ *
  * @generated from message licensing.v1.DeleteEnclaveRequest
  */
 export type DeleteEnclaveRequest = Message<"licensing.v1.DeleteEnclaveRequest"> & {
   /**
+   * The enclave's id.
+   *
    * @generated from field: string enclave_id = 1;
    */
   enclaveId: string;
@@ -348,6 +442,8 @@ export const DeleteEnclaveRequestSchema: GenMessage<DeleteEnclaveRequest> = /*@_
   messageDesc(file_licensing_v1_enclave, 9);
 
 /**
+ * DeleteEnclaveResponse is empty.
+ *
  * @generated from message licensing.v1.DeleteEnclaveResponse
  */
 export type DeleteEnclaveResponse = Message<"licensing.v1.DeleteEnclaveResponse"> & {
@@ -367,51 +463,74 @@ export const DeleteEnclaveResponseSchema: GenMessage<DeleteEnclaveResponse> = /*
  */
 export enum Phase {
   /**
+   * Never sent.
+   *
    * @generated from enum value: PHASE_UNSPECIFIED = 0;
    */
   UNSPECIFIED = 0,
 
   /**
+   * A licence was reserved (the user is under their limit).
+   *
    * @generated from enum value: PHASE_ACCEPTED = 1;
    */
   ACCEPTED = 1,
 
   /**
+   * The workload was placed (local runtime: the process was spawned).
+   *
    * @generated from enum value: PHASE_SCHEDULED = 2;
    */
   SCHEDULED = 2,
 
   /**
+   * The workload runs: it made its own key pair and sent its CSR.
+   *
    * @generated from enum value: PHASE_RUNNING = 3;
    */
   RUNNING = 3,
 
   /**
+   * The backend had the CSR signed, and the certificate is measured into
+   * PCR 23.
+   *
    * @generated from enum value: PHASE_CERTIFICATE_ISSUED = 4;
    */
   CERTIFICATE_ISSUED = 4,
 
   /**
+   * The enclave's own health check answers SERVING over mutual TLS.
+   *
    * @generated from enum value: PHASE_READY = 5;
    */
   READY = 5,
 
   /**
+   * The backend is asking the TPM for a quote over the certificate.
+   *
    * @generated from enum value: PHASE_ATTESTING = 6;
    */
   ATTESTING = 6,
 
   /**
+   * Final: the event carries an attestation binding the nonce to the
+   * certificate.
+   *
    * @generated from enum value: PHASE_ATTESTED = 7;
    */
   ATTESTED = 7,
 
   /**
+   * Final: something failed; everything created so far was removed and the
+   * licence freed. Enclave.failure_reason says why.
+   *
    * @generated from enum value: PHASE_FAILED = 8;
    */
   FAILED = 8,
 
   /**
+   * The enclave was deleted; ends a WatchEnclave stream.
+   *
    * @generated from enum value: PHASE_DELETED = 9;
    */
   DELETED = 9,
@@ -454,6 +573,8 @@ export const EnclaveService: GenService<{
     output: typeof WatchEnclaveResponseSchema;
   },
   /**
+   * GetEnclave returns one of the caller's enclaves.
+   *
    * @generated from rpc licensing.v1.EnclaveService.GetEnclave
    */
   getEnclave: {
@@ -462,6 +583,9 @@ export const EnclaveService: GenService<{
     output: typeof GetEnclaveResponseSchema;
   },
   /**
+   * ListEnclaves returns the caller's enclaves, a page at a time, oldest
+   * first.
+   *
    * @generated from rpc licensing.v1.EnclaveService.ListEnclaves
    */
   listEnclaves: {
@@ -470,6 +594,9 @@ export const EnclaveService: GenService<{
     output: typeof ListEnclavesResponseSchema;
   },
   /**
+   * DeleteEnclave stops the workload, removes its work directory and every
+   * record of it, and frees its licence.
+   *
    * @generated from rpc licensing.v1.EnclaveService.DeleteEnclave
    */
   deleteEnclave: {

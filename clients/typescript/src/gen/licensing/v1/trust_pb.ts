@@ -13,6 +13,8 @@ export const file_licensing_v1_trust: GenFile = /*@__PURE__*/
   fileDesc("ChhsaWNlbnNpbmcvdjEvdHJ1c3QucHJvdG8SDGxpY2Vuc2luZy52MSIXChVHZXRUcnVzdEJ1bmRsZVJlcXVlc3QimAEKFkdldFRydXN0QnVuZGxlUmVzcG9uc2USGwoTY2FfY2VydGlmaWNhdGVzX3BlbRgBIAMoCRIRCglqd2tzX2pzb24YAiABKAkSIAoYYWtfY2VydGlmaWNhdGVfY2hhaW5fcGVtGAMgAygJEhQKDHRva2VuX2lzc3VlchgEIAEoCRIWCg50b2tlbl9hdWRpZW5jZRgFIAEoCTJrCgxUcnVzdFNlcnZpY2USWwoOR2V0VHJ1c3RCdW5kbGUSIy5saWNlbnNpbmcudjEuR2V0VHJ1c3RCdW5kbGVSZXF1ZXN0GiQubGljZW5zaW5nLnYxLkdldFRydXN0QnVuZGxlUmVzcG9uc2VCPFo6bGljZW5zaW5nLmludGVybmFsL2NsaWVudHMvZ28vZ2VuL2xpY2Vuc2luZy92MTtsaWNlbnNpbmd2MWIGcHJvdG8z");
 
 /**
+ * GetTrustBundleRequest is empty.
+ *
  * @generated from message licensing.v1.GetTrustBundleRequest
  */
 export type GetTrustBundleRequest = Message<"licensing.v1.GetTrustBundleRequest"> & {
@@ -26,6 +28,8 @@ export const GetTrustBundleRequestSchema: GenMessage<GetTrustBundleRequest> = /*
   messageDesc(file_licensing_v1_trust, 0);
 
 /**
+ * GetTrustBundleResponse is the trust bundle.
+ *
  * @generated from message licensing.v1.GetTrustBundleResponse
  */
 export type GetTrustBundleResponse = Message<"licensing.v1.GetTrustBundleResponse"> & {
@@ -52,13 +56,15 @@ export type GetTrustBundleResponse = Message<"licensing.v1.GetTrustBundleRespons
   akCertificateChainPem: string[];
 
   /**
-   * The "iss" and "aud" of access tokens.
+   * The "iss" of access tokens.
    *
    * @generated from field: string token_issuer = 4;
    */
   tokenIssuer: string;
 
   /**
+   * The "aud" of access tokens.
+   *
    * @generated from field: string token_audience = 5;
    */
   tokenAudience: string;
@@ -80,6 +86,9 @@ export const GetTrustBundleResponseSchema: GenMessage<GetTrustBundleResponse> = 
  */
 export const TrustService: GenService<{
   /**
+   * GetTrustBundle returns the CA certificates, the token keys and the
+   * attestation key's certificate chain.
+   *
    * @generated from rpc licensing.v1.TrustService.GetTrustBundle
    */
   getTrustBundle: {

@@ -27,39 +27,67 @@ if TYPE_CHECKING:
 
 @dataclass(eq=False, repr=False)
 class SignUserCertificateRequest(betterproto.Message):
+    """
+    SignUserCertificateRequest is a user's CSR, checked by the frontend's
+     login.
+    """
+
     user_id: str = betterproto.string_field(1)
+    """The user's id (a UUID), put in the certificate."""
+
     username: str = betterproto.string_field(2)
+    """The user's normalised username, put in the certificate's subject."""
+
     csr_pem: str = betterproto.string_field(3)
+    """The user's PKCS#10 CSR (PEM); only its public key is used."""
+
     lifetime_seconds: int = betterproto.uint32_field(4)
     """Requested lifetime in seconds; the backend caps it."""
 
 
 @dataclass(eq=False, repr=False)
 class SignUserCertificateResponse(betterproto.Message):
+    """SignUserCertificateResponse is the issued client certificate."""
+
     certificate_pem: str = betterproto.string_field(1)
+    """The client certificate (PEM)."""
+
     certificate_sha256: bytes = betterproto.bytes_field(2)
     """
     SHA-256 of the certificate DER (RFC 8705 x5t#S256 is its base64url form).
     """
 
     expire_time: datetime = betterproto.message_field(3)
+    """When the certificate expires."""
+
     ca_certificates_pem: List[str] = betterproto.string_field(4)
+    """The CA certificates that verify it."""
 
 
 @dataclass(eq=False, repr=False)
 class GetCaCertificatesRequest(betterproto.Message):
+    """GetCaCertificatesRequest is empty."""
+
     pass
 
 
 @dataclass(eq=False, repr=False)
 class GetCaCertificatesResponse(betterproto.Message):
+    """
+    GetCaCertificatesResponse is what the trust bundle publishes of the CA.
+    """
+
     ca_certificates_pem: List[str] = betterproto.string_field(1)
+    """The licensing CA certificates (PEM), current first."""
+
     ak_certificate_chain_pem: List[str] = betterproto.string_field(2)
     """The attestation key certificate chain (leaf first), if certified."""
 
 
 @dataclass(eq=False, repr=False)
 class ProvisionRequest(betterproto.Message):
+    """ProvisionRequest names a reserved enclave to bring up."""
+
     enclave_id: str = betterproto.string_field(1)
     """
     The enclave row the frontend reserved (phase ACCEPTED). The backend reads
@@ -67,6 +95,8 @@ class ProvisionRequest(betterproto.Message):
     """
 
     owner: str = betterproto.string_field(2)
+    """The owner's user id."""
+
     jwks_json: str = betterproto.string_field(5)
     """The public keys the enclave accepts access tokens from (JWK Set)."""
 
@@ -79,31 +109,53 @@ class ProvisionResponse(betterproto.Message):
     """
 
     enclave_id: str = betterproto.string_field(1)
+    """The enclave the event is about."""
+
     phase: "__v1__.Phase" = betterproto.enum_field(2)
+    """The phase the enclave entered."""
+
     message: str = betterproto.string_field(3)
+    """A human-readable account of the phase change."""
+
     sequence: int = betterproto.uint64_field(4)
+    """Increases by one per event of this enclave, from 1."""
+
     time: datetime = betterproto.message_field(5)
+    """When the phase was entered."""
 
 
 @dataclass(eq=False, repr=False)
 class DeprovisionRequest(betterproto.Message):
+    """DeprovisionRequest names the enclave to remove."""
+
     enclave_id: str = betterproto.string_field(1)
+    """The enclave's id."""
 
 
 @dataclass(eq=False, repr=False)
 class DeprovisionResponse(betterproto.Message):
+    """DeprovisionResponse is empty."""
+
     pass
 
 
 @dataclass(eq=False, repr=False)
 class QuoteRequest(betterproto.Message):
+    """QuoteRequest names the enclave and the client's nonce."""
+
     enclave_id: str = betterproto.string_field(1)
+    """The enclave whose certificate is attested."""
+
     nonce: bytes = betterproto.bytes_field(2)
+    """The client's nonce, 16 to 64 bytes."""
 
 
 @dataclass(eq=False, repr=False)
 class QuoteResponse(betterproto.Message):
+    """QuoteResponse is the attestation, as GetAttestation returns it."""
+
     attestation: "__v1__.Attestation" = betterproto.message_field(1)
+    """The quote and everything needed to verify it."""
 
 
 class CertificateServiceStub(betterproto.ServiceStub):

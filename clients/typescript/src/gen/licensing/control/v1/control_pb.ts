@@ -2,6 +2,47 @@
 // @generated from file licensing/control/v1/control.proto (package licensing.control.v1, syntax proto3)
 /* eslint-disable */
 
+// The internal API between the frontend and the backend (package
+// licensing.control.v1). Only the frontend's internal client certificate may
+// call it. The frontend passes the backend's reason and code on for
+// INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION and for a dependency's
+// UNAVAILABLE (the TPM's); anything else reaches users as UNAVAILABLE
+// BACKEND_UNAVAILABLE.
+//
+// Reasons of the backend, besides those of the licensing API (see
+// licensing/v1/auth.proto):
+//
+//   INVALID_ARGUMENT USER_ID_INVALID: SignUserCertificate's user_id is not a
+//     UUID.
+//   FAILED_PRECONDITION JWKS_REQUIRED: Provision without jwks_json.
+//   FAILED_PRECONDITION ENCLAVE_NOT_ATTESTABLE, ENCLAVE_NOT_MEASURED,
+//     TPM_COMMAND_FAILED, UNAVAILABLE TPM_UNAVAILABLE, TPM_LOCKED_OUT,
+//     MEASUREMENT_LOG_MISMATCH: see licensing/v1/attestation.proto.
+//   FAILED_PRECONDITION TPM_EK_CERTIFICATE_MISSING (no EK certificate in the
+//     TPM's NV), EK_CERTIFICATE_UNTRUSTED (it does not chain to the
+//     manufacturer CA), EK_MISMATCH (it is not for this TPM's EK),
+//     TPM_CREDENTIAL_REJECTED and AK_ACTIVATION_FAILED (credential activation
+//     of the attestation key failed), AK_NOT_ECC (the attestation key is not
+//     ECC), TPM_AK_HANDLE_CONFLICT (another object holds the attestation
+//     key's persistent handle), TPM_PCR_BANK_MISSING (the TPM has no sha256
+//     bank for the quoted PCRs): the attestation key could not be proven.
+//   With the cert-manager certificate issuer: INVALID_ARGUMENT
+//     CSR_NAMES_MISMATCH (an enclave CSR asks for other names), UNAVAILABLE
+//     ISSUER_CLOSED (the issuer is shutting down), ISSUER_TIMEOUT (not issued
+//     in time), CERTIFICATE_REQUEST_GONE (the CertificateRequest was deleted
+//     first), FAILED_PRECONDITION CERTIFICATE_DENIED (an approver denied
+//     it), ISSUER_NOT_FOUND (no such Issuer), CERTIFICATE_FAILED (the
+//     issuer failed, or returned no readable certificate),
+//     ISSUER_CA_MISMATCH (the certificate is not for the key, or not from
+//     the licensing CA), ISSUER_NAMES_MISMATCH (the issuer changed the
+//     names).
+//   With the Kubernetes runtime: UNAVAILABLE KUBERNETES_UNAVAILABLE,
+//     RESOURCE_EXHAUSTED KUBERNETES_QUOTA_EXCEEDED, FAILED_PRECONDITION
+//     KUBERNETES_FORBIDDEN, KUBERNETES_UNAUTHORIZED, KUBERNETES_NOT_FOUND,
+//     KUBERNETES_CONFLICT, KUBERNETES_REJECTED: the Kubernetes API refused
+//     or did not answer. These and the issuer's reasons reach users as
+//     licensing.v1.Enclave.failure_reason.
+
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
@@ -19,20 +60,29 @@ export const file_licensing_control_v1_control: GenFile = /*@__PURE__*/
   fileDesc("CiJsaWNlbnNpbmcvY29udHJvbC92MS9jb250cm9sLnByb3RvEhRsaWNlbnNpbmcuY29udHJvbC52MSJqChpTaWduVXNlckNlcnRpZmljYXRlUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEg8KB2Nzcl9wZW0YAyABKAkSGAoQbGlmZXRpbWVfc2Vjb25kcxgEIAEoDSKgAQobU2lnblVzZXJDZXJ0aWZpY2F0ZVJlc3BvbnNlEhcKD2NlcnRpZmljYXRlX3BlbRgBIAEoCRIaChJjZXJ0aWZpY2F0ZV9zaGEyNTYYAiABKAwSLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhsKE2NhX2NlcnRpZmljYXRlc19wZW0YBCADKAkiGgoYR2V0Q2FDZXJ0aWZpY2F0ZXNSZXF1ZXN0IloKGUdldENhQ2VydGlmaWNhdGVzUmVzcG9uc2USGwoTY2FfY2VydGlmaWNhdGVzX3BlbRgBIAMoCRIgChhha19jZXJ0aWZpY2F0ZV9jaGFpbl9wZW0YAiADKAkiaAoQUHJvdmlzaW9uUmVxdWVzdBISCgplbmNsYXZlX2lkGAEgASgJEg0KBW93bmVyGAIgASgJEhEKCWp3a3NfanNvbhgFIAEoCUoECAMQBEoECAQQBVIFbm9uY2VSC2V4cGlyZV90aW1lIroBChFQcm92aXNpb25SZXNwb25zZRISCgplbmNsYXZlX2lkGAEgASgJEiIKBXBoYXNlGAIgASgOMhMubGljZW5zaW5nLnYxLlBoYXNlEg8KB21lc3NhZ2UYAyABKAkSEAoIc2VxdWVuY2UYBCABKAQSKAoEdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBKBAgGEAdKBAgHEAhSB2VuY2xhdmVSC2F0dGVzdGF0aW9uIigKEkRlcHJvdmlzaW9uUmVxdWVzdBISCgplbmNsYXZlX2lkGAEgASgJIhUKE0RlcHJvdmlzaW9uUmVzcG9uc2UiMQoMUXVvdGVSZXF1ZXN0EhIKCmVuY2xhdmVfaWQYASABKAkSDQoFbm9uY2UYAiABKAwiPwoNUXVvdGVSZXNwb25zZRIuCgthdHRlc3RhdGlvbhgBIAEoCzIZLmxpY2Vuc2luZy52MS5BdHRlc3RhdGlvbjKGAgoSQ2VydGlmaWNhdGVTZXJ2aWNlEnoKE1NpZ25Vc2VyQ2VydGlmaWNhdGUSMC5saWNlbnNpbmcuY29udHJvbC52MS5TaWduVXNlckNlcnRpZmljYXRlUmVxdWVzdBoxLmxpY2Vuc2luZy5jb250cm9sLnYxLlNpZ25Vc2VyQ2VydGlmaWNhdGVSZXNwb25zZRJ0ChFHZXRDYUNlcnRpZmljYXRlcxIuLmxpY2Vuc2luZy5jb250cm9sLnYxLkdldENhQ2VydGlmaWNhdGVzUmVxdWVzdBovLmxpY2Vuc2luZy5jb250cm9sLnYxLkdldENhQ2VydGlmaWNhdGVzUmVzcG9uc2Uy2QEKE1Byb3Zpc2lvbmluZ1NlcnZpY2USXgoJUHJvdmlzaW9uEiYubGljZW5zaW5nLmNvbnRyb2wudjEuUHJvdmlzaW9uUmVxdWVzdBonLmxpY2Vuc2luZy5jb250cm9sLnYxLlByb3Zpc2lvblJlc3BvbnNlMAESYgoLRGVwcm92aXNpb24SKC5saWNlbnNpbmcuY29udHJvbC52MS5EZXByb3Zpc2lvblJlcXVlc3QaKS5saWNlbnNpbmcuY29udHJvbC52MS5EZXByb3Zpc2lvblJlc3BvbnNlMmAKDFF1b3RlU2VydmljZRJQCgVRdW90ZRIiLmxpY2Vuc2luZy5jb250cm9sLnYxLlF1b3RlUmVxdWVzdBojLmxpY2Vuc2luZy5jb250cm9sLnYxLlF1b3RlUmVzcG9uc2VCQlpAbGljZW5zaW5nLmludGVybmFsL2NsaWVudHMvZ28vZ2VuL2xpY2Vuc2luZy9jb250cm9sL3YxO2NvbnRyb2x2MWIGcHJvdG8z", [file_google_protobuf_timestamp, file_licensing_v1_attestation, file_licensing_v1_enclave]);
 
 /**
+ * SignUserCertificateRequest is a user's CSR, checked by the frontend's
+ * login.
+ *
  * @generated from message licensing.control.v1.SignUserCertificateRequest
  */
 export type SignUserCertificateRequest = Message<"licensing.control.v1.SignUserCertificateRequest"> & {
   /**
+   * The user's id (a UUID), put in the certificate.
+   *
    * @generated from field: string user_id = 1;
    */
   userId: string;
 
   /**
+   * The user's normalised username, put in the certificate's subject.
+   *
    * @generated from field: string username = 2;
    */
   username: string;
 
   /**
+   * The user's PKCS#10 CSR (PEM); only its public key is used.
+   *
    * @generated from field: string csr_pem = 3;
    */
   csrPem: string;
@@ -53,10 +103,14 @@ export const SignUserCertificateRequestSchema: GenMessage<SignUserCertificateReq
   messageDesc(file_licensing_control_v1_control, 0);
 
 /**
+ * SignUserCertificateResponse is the issued client certificate.
+ *
  * @generated from message licensing.control.v1.SignUserCertificateResponse
  */
 export type SignUserCertificateResponse = Message<"licensing.control.v1.SignUserCertificateResponse"> & {
   /**
+   * The client certificate (PEM).
+   *
    * @generated from field: string certificate_pem = 1;
    */
   certificatePem: string;
@@ -69,11 +123,15 @@ export type SignUserCertificateResponse = Message<"licensing.control.v1.SignUser
   certificateSha256: Uint8Array;
 
   /**
+   * When the certificate expires.
+   *
    * @generated from field: google.protobuf.Timestamp expire_time = 3;
    */
   expireTime?: Timestamp | undefined;
 
   /**
+   * The CA certificates that verify it.
+   *
    * @generated from field: repeated string ca_certificates_pem = 4;
    */
   caCertificatesPem: string[];
@@ -87,6 +145,8 @@ export const SignUserCertificateResponseSchema: GenMessage<SignUserCertificateRe
   messageDesc(file_licensing_control_v1_control, 1);
 
 /**
+ * GetCaCertificatesRequest is empty.
+ *
  * @generated from message licensing.control.v1.GetCaCertificatesRequest
  */
 export type GetCaCertificatesRequest = Message<"licensing.control.v1.GetCaCertificatesRequest"> & {
@@ -100,10 +160,14 @@ export const GetCaCertificatesRequestSchema: GenMessage<GetCaCertificatesRequest
   messageDesc(file_licensing_control_v1_control, 2);
 
 /**
+ * GetCaCertificatesResponse is what the trust bundle publishes of the CA.
+ *
  * @generated from message licensing.control.v1.GetCaCertificatesResponse
  */
 export type GetCaCertificatesResponse = Message<"licensing.control.v1.GetCaCertificatesResponse"> & {
   /**
+   * The licensing CA certificates (PEM), current first.
+   *
    * @generated from field: repeated string ca_certificates_pem = 1;
    */
   caCertificatesPem: string[];
@@ -124,6 +188,8 @@ export const GetCaCertificatesResponseSchema: GenMessage<GetCaCertificatesRespon
   messageDesc(file_licensing_control_v1_control, 3);
 
 /**
+ * ProvisionRequest names a reserved enclave to bring up.
+ *
  * @generated from message licensing.control.v1.ProvisionRequest
  */
 export type ProvisionRequest = Message<"licensing.control.v1.ProvisionRequest"> & {
@@ -136,6 +202,8 @@ export type ProvisionRequest = Message<"licensing.control.v1.ProvisionRequest"> 
   enclaveId: string;
 
   /**
+   * The owner's user id.
+   *
    * @generated from field: string owner = 2;
    */
   owner: string;
@@ -163,26 +231,36 @@ export const ProvisionRequestSchema: GenMessage<ProvisionRequest> = /*@__PURE__*
  */
 export type ProvisionResponse = Message<"licensing.control.v1.ProvisionResponse"> & {
   /**
+   * The enclave the event is about.
+   *
    * @generated from field: string enclave_id = 1;
    */
   enclaveId: string;
 
   /**
+   * The phase the enclave entered.
+   *
    * @generated from field: licensing.v1.Phase phase = 2;
    */
   phase: Phase;
 
   /**
+   * A human-readable account of the phase change.
+   *
    * @generated from field: string message = 3;
    */
   message: string;
 
   /**
+   * Increases by one per event of this enclave, from 1.
+   *
    * @generated from field: uint64 sequence = 4;
    */
   sequence: bigint;
 
   /**
+   * When the phase was entered.
+   *
    * @generated from field: google.protobuf.Timestamp time = 5;
    */
   time?: Timestamp | undefined;
@@ -196,10 +274,14 @@ export const ProvisionResponseSchema: GenMessage<ProvisionResponse> = /*@__PURE_
   messageDesc(file_licensing_control_v1_control, 5);
 
 /**
+ * DeprovisionRequest names the enclave to remove.
+ *
  * @generated from message licensing.control.v1.DeprovisionRequest
  */
 export type DeprovisionRequest = Message<"licensing.control.v1.DeprovisionRequest"> & {
   /**
+   * The enclave's id.
+   *
    * @generated from field: string enclave_id = 1;
    */
   enclaveId: string;
@@ -213,6 +295,8 @@ export const DeprovisionRequestSchema: GenMessage<DeprovisionRequest> = /*@__PUR
   messageDesc(file_licensing_control_v1_control, 6);
 
 /**
+ * DeprovisionResponse is empty.
+ *
  * @generated from message licensing.control.v1.DeprovisionResponse
  */
 export type DeprovisionResponse = Message<"licensing.control.v1.DeprovisionResponse"> & {
@@ -226,15 +310,21 @@ export const DeprovisionResponseSchema: GenMessage<DeprovisionResponse> = /*@__P
   messageDesc(file_licensing_control_v1_control, 7);
 
 /**
+ * QuoteRequest names the enclave and the client's nonce.
+ *
  * @generated from message licensing.control.v1.QuoteRequest
  */
 export type QuoteRequest = Message<"licensing.control.v1.QuoteRequest"> & {
   /**
+   * The enclave whose certificate is attested.
+   *
    * @generated from field: string enclave_id = 1;
    */
   enclaveId: string;
 
   /**
+   * The client's nonce, 16 to 64 bytes.
+   *
    * @generated from field: bytes nonce = 2;
    */
   nonce: Uint8Array;
@@ -248,10 +338,14 @@ export const QuoteRequestSchema: GenMessage<QuoteRequest> = /*@__PURE__*/
   messageDesc(file_licensing_control_v1_control, 8);
 
 /**
+ * QuoteResponse is the attestation, as GetAttestation returns it.
+ *
  * @generated from message licensing.control.v1.QuoteResponse
  */
 export type QuoteResponse = Message<"licensing.control.v1.QuoteResponse"> & {
   /**
+   * The quote and everything needed to verify it.
+   *
    * @generated from field: licensing.v1.Attestation attestation = 1;
    */
   attestation?: Attestation | undefined;
@@ -330,6 +424,8 @@ export const ProvisioningService: GenService<{
  */
 export const QuoteService: GenService<{
   /**
+   * Quote takes a TPM quote over the nonce and the enclave's certificate.
+   *
    * @generated from rpc licensing.control.v1.QuoteService.Quote
    */
   quote: {
