@@ -47,6 +47,11 @@ class EnclaveServiceStub:
     GetEnclave: _grpc.UnaryUnaryMultiCallable[_enclave_pb2.GetEnclaveRequest, _enclave_pb2.GetEnclaveResponse]
     ListEnclaves: _grpc.UnaryUnaryMultiCallable[_enclave_pb2.ListEnclavesRequest, _enclave_pb2.ListEnclavesResponse]
     DeleteEnclave: _grpc.UnaryUnaryMultiCallable[_enclave_pb2.DeleteEnclaveRequest, _enclave_pb2.DeleteEnclaveResponse]
+    RequestAttestation: _grpc.UnaryUnaryMultiCallable[_enclave_pb2.RequestAttestationRequest, _enclave_pb2.RequestAttestationResponse]
+    """RequestAttestation asks for the enclave's next re-attestation round to
+    cover the caller's own nonce: within one round every watcher that follows
+    attestations receives an ATTESTED event whose attestation binds it.
+    """
 
 @_typing.type_check_only
 class EnclaveServiceAsyncStub(EnclaveServiceStub):
@@ -67,6 +72,11 @@ class EnclaveServiceAsyncStub(EnclaveServiceStub):
     GetEnclave: _aio.UnaryUnaryMultiCallable[_enclave_pb2.GetEnclaveRequest, _enclave_pb2.GetEnclaveResponse]  # type: ignore[assignment]
     ListEnclaves: _aio.UnaryUnaryMultiCallable[_enclave_pb2.ListEnclavesRequest, _enclave_pb2.ListEnclavesResponse]  # type: ignore[assignment]
     DeleteEnclave: _aio.UnaryUnaryMultiCallable[_enclave_pb2.DeleteEnclaveRequest, _enclave_pb2.DeleteEnclaveResponse]  # type: ignore[assignment]
+    RequestAttestation: _aio.UnaryUnaryMultiCallable[_enclave_pb2.RequestAttestationRequest, _enclave_pb2.RequestAttestationResponse]  # type: ignore[assignment]
+    """RequestAttestation asks for the enclave's next re-attestation round to
+    cover the caller's own nonce: within one round every watcher that follows
+    attestations receives an ATTESTED event whose attestation binds it.
+    """
 
 class EnclaveServiceServicer(metaclass=_abc_1.ABCMeta):
     """EnclaveService lets a user create, watch and delete their enclaves.
@@ -114,5 +124,16 @@ class EnclaveServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _enclave_pb2.DeleteEnclaveRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_enclave_pb2.DeleteEnclaveResponse, _abc.Awaitable[_enclave_pb2.DeleteEnclaveResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RequestAttestation(
+        self,
+        request: _enclave_pb2.RequestAttestationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_enclave_pb2.RequestAttestationResponse, _abc.Awaitable[_enclave_pb2.RequestAttestationResponse]]:
+        """RequestAttestation asks for the enclave's next re-attestation round to
+        cover the caller's own nonce: within one round every watcher that follows
+        attestations receives an ATTESTED event whose attestation binds it.
+        """
 
 def add_EnclaveServiceServicer_to_server(servicer: EnclaveServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

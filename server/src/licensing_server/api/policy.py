@@ -29,6 +29,8 @@ FRONTEND_POLICY: dict[str, Access] = {
     "/licensing.v1.EnclaveService/ListEnclaves": Access.USER,
     "/licensing.v1.EnclaveService/DeleteEnclave": Access.USER,
     "/licensing.v1.AttestationService/GetAttestation": Access.USER,
+    # Continuous attestation (issue 13).
+    "/licensing.v1.EnclaveService/RequestAttestation": Access.USER,
 }
 
 BACKEND_POLICY: dict[str, Access] = {
@@ -38,4 +40,7 @@ BACKEND_POLICY: dict[str, Access] = {
     "/licensing.control.v1.ProvisioningService/Provision": Access.FRONTEND,
     "/licensing.control.v1.ProvisioningService/Deprovision": Access.FRONTEND,
     "/licensing.control.v1.QuoteService/Quote": Access.FRONTEND,
+    # Continuous attestation (issue 13).
+    "/licensing.control.v1.QuoteService/RequestReattestation": Access.FRONTEND,
+    "/licensing.control.v1.ProvisioningService/RevokeSessions": Access.FRONTEND,
 }

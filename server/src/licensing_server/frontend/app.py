@@ -59,6 +59,7 @@ from licensing_server.storage import (
     EnclaveStore,
     Limits,
     Notifications,
+    ReattestationStore,
     UserStore,
     notifications,
     rate_buckets,
@@ -188,6 +189,11 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
         tail.listen(listener)  # the backend's phases reach watchers without the poll's wait
 
     await stack.enter_async_context(notifications(database, hear))
+
+    async def tell_backend(session_id: str) -> None:
+        await provisioning.revoke_sessions([session_id])
+
+    auth.on_session_revoked = tell_backend  # enclaves refuse the session's tokens at once
     catalog = EnclaveCatalog(
         store=enclaves,
         backend=provisioning,
@@ -197,6 +203,7 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
             enclave_ttl=dt.timedelta(seconds=settings.enclave_ttl_seconds),
         ),
         tail=tail,
+        reattestations=ReattestationStore(database),
     )
 
     server = grpc.aio.server(

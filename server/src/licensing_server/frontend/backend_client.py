@@ -153,3 +153,20 @@ class BackendProvisioningClient:
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from exc
         return bytes(reply.attestation.SerializeToString())
+
+    async def request_reattestation(self, enclave_id: str, nonce: bytes) -> None:
+        try:
+            await self._quotes.RequestReattestation(
+                control_pb2.RequestReattestationRequest(enclave_id=enclave_id, nonce=nonce),
+                timeout=_CALL_TIMEOUT,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from exc
+
+    async def revoke_sessions(self, session_ids: list[str]) -> None:
+        try:
+            await self._stub.RevokeSessions(
+                control_pb2.RevokeSessionsRequest(session_ids=session_ids), timeout=_CALL_TIMEOUT
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from exc

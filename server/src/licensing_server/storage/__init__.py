@@ -23,6 +23,10 @@ from licensing_server.storage._notifications import (
     Notifications,
     notifications,
 )
+from licensing_server.storage._reattestations import (
+    ReattestationResult,
+    ReattestationStore,
+)
 from licensing_server.storage._users import SessionRecord, UserRecord, UserStore
 
 __all__ = [
@@ -40,6 +44,8 @@ __all__ = [
     "MeasurementStore",
     "Notifications",
     "Phase",
+    "ReattestationResult",
+    "ReattestationStore",
     "SessionRecord",
     "SharedBuckets",
     "UserRecord",

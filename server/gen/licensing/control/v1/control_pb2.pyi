@@ -123,6 +123,43 @@ class GetCaCertificatesResponse(_message.Message):
 Global___GetCaCertificatesResponse: _TypeAlias = GetCaCertificatesResponse  # noqa: Y015
 
 @_typing.final
+class RevokeSessionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Session ids (the access token's sid claim)."""
+
+    def __init__(
+        self,
+        *,
+        session_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_ids", b"session_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeSessionsRequest: _TypeAlias = RevokeSessionsRequest  # noqa: Y015
+
+@_typing.final
+class RevokeSessionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeSessionsResponse: _TypeAlias = RevokeSessionsResponse  # noqa: Y015
+
+@_typing.final
 class ProvisionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -220,6 +257,43 @@ class DeprovisionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeprovisionResponse: _TypeAlias = DeprovisionResponse  # noqa: Y015
+
+@_typing.final
+class RequestReattestationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENCLAVE_ID_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
+    enclave_id: _builtins.str
+    nonce: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        enclave_id: _builtins.str = ...,
+        nonce: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enclave_id", b"enclave_id", "nonce", b"nonce"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestReattestationRequest: _TypeAlias = RequestReattestationRequest  # noqa: Y015
+
+@_typing.final
+class RequestReattestationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestReattestationResponse: _TypeAlias = RequestReattestationResponse  # noqa: Y015
 
 @_typing.final
 class QuoteRequest(_message.Message):

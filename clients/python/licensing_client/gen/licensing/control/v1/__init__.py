@@ -59,6 +59,17 @@ class GetCaCertificatesResponse(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class RevokeSessionsRequest(betterproto.Message):
+    session_ids: List[str] = betterproto.string_field(1)
+    """Session ids (the access token's sid claim)."""
+
+
+@dataclass(eq=False, repr=False)
+class RevokeSessionsResponse(betterproto.Message):
+    pass
+
+
+@dataclass(eq=False, repr=False)
 class ProvisionRequest(betterproto.Message):
     enclave_id: str = betterproto.string_field(1)
     """
@@ -92,6 +103,17 @@ class DeprovisionRequest(betterproto.Message):
 
 @dataclass(eq=False, repr=False)
 class DeprovisionResponse(betterproto.Message):
+    pass
+
+
+@dataclass(eq=False, repr=False)
+class RequestReattestationRequest(betterproto.Message):
+    enclave_id: str = betterproto.string_field(1)
+    nonce: bytes = betterproto.bytes_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class RequestReattestationResponse(betterproto.Message):
     pass
 
 
@@ -178,6 +200,23 @@ class ProvisioningServiceStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def revoke_sessions(
+        self,
+        revoke_sessions_request: "RevokeSessionsRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "RevokeSessionsResponse":
+        return await self._unary_unary(
+            "/licensing.control.v1.ProvisioningService/RevokeSessions",
+            revoke_sessions_request,
+            RevokeSessionsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class QuoteServiceStub(betterproto.ServiceStub):
     async def quote(
@@ -192,6 +231,23 @@ class QuoteServiceStub(betterproto.ServiceStub):
             "/licensing.control.v1.QuoteService/Quote",
             quote_request,
             QuoteResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def request_reattestation(
+        self,
+        request_reattestation_request: "RequestReattestationRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "RequestReattestationResponse":
+        return await self._unary_unary(
+            "/licensing.control.v1.QuoteService/RequestReattestation",
+            request_reattestation_request,
+            RequestReattestationResponse,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -256,6 +312,11 @@ class ProvisioningServiceBase(ServiceBase):
     ) -> "DeprovisionResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def revoke_sessions(
+        self, revoke_sessions_request: "RevokeSessionsRequest"
+    ) -> "RevokeSessionsResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_provision(
         self, stream: "grpclib.server.Stream[ProvisionRequest, ProvisionResponse]"
     ) -> None:
@@ -273,6 +334,14 @@ class ProvisioningServiceBase(ServiceBase):
         response = await self.deprovision(request)
         await stream.send_message(response)
 
+    async def __rpc_revoke_sessions(
+        self,
+        stream: "grpclib.server.Stream[RevokeSessionsRequest, RevokeSessionsResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.revoke_sessions(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/licensing.control.v1.ProvisioningService/Provision": grpclib.const.Handler(
@@ -287,12 +356,23 @@ class ProvisioningServiceBase(ServiceBase):
                 DeprovisionRequest,
                 DeprovisionResponse,
             ),
+            "/licensing.control.v1.ProvisioningService/RevokeSessions": grpclib.const.Handler(
+                self.__rpc_revoke_sessions,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                RevokeSessionsRequest,
+                RevokeSessionsResponse,
+            ),
         }
 
 
 class QuoteServiceBase(ServiceBase):
 
     async def quote(self, quote_request: "QuoteRequest") -> "QuoteResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def request_reattestation(
+        self, request_reattestation_request: "RequestReattestationRequest"
+    ) -> "RequestReattestationResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_quote(
@@ -302,6 +382,14 @@ class QuoteServiceBase(ServiceBase):
         response = await self.quote(request)
         await stream.send_message(response)
 
+    async def __rpc_request_reattestation(
+        self,
+        stream: "grpclib.server.Stream[RequestReattestationRequest, RequestReattestationResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.request_reattestation(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/licensing.control.v1.QuoteService/Quote": grpclib.const.Handler(
@@ -309,5 +397,11 @@ class QuoteServiceBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 QuoteRequest,
                 QuoteResponse,
+            ),
+            "/licensing.control.v1.QuoteService/RequestReattestation": grpclib.const.Handler(
+                self.__rpc_request_reattestation,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                RequestReattestationRequest,
+                RequestReattestationResponse,
             ),
         }
