@@ -93,7 +93,7 @@ class Follower:
         return self.events
 
     def close(self) -> None:
-        self._call.cancel()
+        self._call.cancel()  # type: ignore[no-untyped-call]
 
 
 def _attested(owner: Owner) -> tuple[enclave_pb2.Enclave, int]:
@@ -138,7 +138,7 @@ def test_a_create_that_keeps_its_stream_open_gets_re_attestations(owner: Owner) 
         seen.append(event)
         if event.attestation_round > 0:
             break
-    call.cancel()
+    call.cancel()  # type: ignore[no-untyped-call]
     assert seen[-2].phase == ATTESTED
     assert seen[-2].attestation_round == 0
     owner.verify(seen[-1].enclave, seen[-1].attestation, seen[-1].attestation.nonce)
