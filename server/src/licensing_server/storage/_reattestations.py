@@ -24,6 +24,8 @@ from licensing_server.storage._notifications import ENCLAVE_EVENTS, notify
 
 #: Attestations kept per enclave (the newest ones).
 KEPT_PER_ENCLAVE = 16
+#: Ids per ``IN (...)``: well under SQLite's and PostgreSQL's bound-parameter limits.
+_IN_CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +51,21 @@ class ReattestationStore:
             return []
         by_id = {r.enclave_id: r for r in results}
         written: list[EventRecord] = []
+        ids = sorted(by_id)  # one lock order for every writer
         async with self._db.session() as session:
-            rows = await session.scalars(
-                select(Enclave)
-                .where(Enclave.id.in_(list(by_id)), Enclave.phase == Phase.ATTESTED.value)
-                .order_by(Enclave.id)  # one lock order for every writer
-                .with_for_update()
-            )
+            rows: list[Enclave] = []
+            for start in range(0, len(ids), _IN_CHUNK):
+                rows.extend(
+                    await session.scalars(
+                        select(Enclave)
+                        .where(
+                            Enclave.id.in_(ids[start : start + _IN_CHUNK]),
+                            Enclave.phase == Phase.ATTESTED.value,
+                        )
+                        .order_by(Enclave.id)
+                        .with_for_update()
+                    )
+                )
             for row in rows:
                 result = by_id[row.id]
                 row.last_sequence += 1
