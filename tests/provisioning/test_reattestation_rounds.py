@@ -237,6 +237,7 @@ async def test_a_tpm_down_for_less_than_the_grace_revokes_nothing_and_longer_rev
 ) -> None:
     enclave_id = await world.new_enclave()
     assert (await world.rounds.run_round()).attested == 1
+    epoch_before = await _last_epoch(world, enclave_id)
     swtpm = world.harness.swtpm
     port = swtpm.port
 
@@ -249,6 +250,8 @@ async def test_a_tpm_down_for_less_than_the_grace_revokes_nothing_and_longer_rev
     assert not back.tpm_unreachable
     assert back.attested == 1
     assert world.rounds.unreachable_since is None
+    # The TPM reset shows in the next round's evidence: a new log epoch, still verified.
+    assert await _last_epoch(world, enclave_id) > epoch_before
 
     swtpm.stop()
     first = await world.rounds.run_round()
@@ -262,3 +265,11 @@ async def test_a_tpm_down_for_less_than_the_grace_revokes_nothing_and_longer_rev
     assert record.phase is Phase.FAILED
     assert "grace" in (await world.store.events_after(enclave_id, 0))[-1].message
     swtpm.start(port)
+
+
+async def _last_epoch(world: World, enclave_id: str) -> int:
+    record = await world.store.get(enclave_id)
+    assert record is not None
+    found = await ReattestationStore(world.harness.database).get(enclave_id, record.last_sequence)
+    assert found is not None
+    return _verify(world, enclave_id, found[1]).log_epoch

@@ -13,7 +13,9 @@ freed, watchers told by its FAILED event) at once when:
 - its workload is gone or replaced (``WORKLOAD_LOST``, as the reconciler says it);
 - the quote does not cover its certificate: the certificate on record is not the one
   measured into PCR 23, e.g. replaced behind the backend's back
-  (``ATTESTATION_NOT_MEASURED``).
+  (``ATTESTATION_NOT_MEASURED``);
+- the TPM answers with a PCR 23 that does not hold the measured set even after the
+  attestor wrote it again (``ATTESTATION_LOG_MISMATCH``): every enclave of the round.
 
 A TPM that cannot quote at all (unreachable, timing out, in lockout) is not evidence
 against any enclave: the rounds keep trying, and only once it has failed for longer
@@ -165,7 +167,20 @@ class ReattestationRounds:
             outcomes = await self._attestor.attest_round(
                 [(r.certificate_pem, r.certificate_sha256, nonce) for r, nonce, _ in asks]
             )
-        except Exception as exc:  # the TPM could not quote: no verdict on any enclave
+        except Exception as exc:
+            if isinstance(exc, DomainError) and exc.reason == "MEASUREMENT_LOG_MISMATCH":
+                # The TPM answered, and its PCR 23 does not hold the measured set even after
+                # a rewrite: the quote covers none of them. Evidence, not an outage.
+                for record in live:
+                    await self._revoke(
+                        report,
+                        record,
+                        "ATTESTATION_LOG_MISMATCH",
+                        "licence revoked: the TPM's quote does not show the measured set in "
+                        "PCR 23, even after it was written again",
+                    )
+                return
+            # The TPM could not quote: no verdict on any enclave (the grace applies).
             report.tpm_unreachable = True
             for record in live:  # put client requests back for the next round
                 self._requested[record.id][:0] = requested[record.id]
