@@ -118,6 +118,33 @@ async def test_only_the_enclaves_own_pod_gets_the_certificate(
     assert await answer == ("CERTIFICATE", ["CA"])
 
 
+async def test_only_the_enclaves_own_pod_hears_its_revocations(
+    kube_control_plane: KubeControlPlane, desk: EnrollmentDesk, namespace: str
+) -> None:
+    """The pods' counterpart of the local pipe: logouts down a stream the pod keeps open."""
+    plane = kube_control_plane
+    ours, other = _pod(plane, namespace), _pod(plane, namespace)
+    enclave_id = str(uuid.uuid4())
+    desk.expect(
+        enclave_id,
+        namespace=namespace,
+        service_account=SERVICE_ACCOUNT,
+        pod_name=ours.metadata.name,
+        pod_uid=ours.metadata.uid,
+    )
+    with pytest.raises(PermissionDenied):
+        await anext(desk.revocations(enclave_id, _token(plane, namespace, other)))
+
+    assert desk.revoke_sessions(["before"]) == 0  # nobody listens yet: kept for later
+    stream = desk.revocations(enclave_id, _token(plane, namespace, ours))
+    assert await asyncio.wait_for(anext(stream), 10) == ["before"]  # the recent ones first
+    assert desk.revoke_sessions(["s-1", "s-2"]) == 1
+    assert await asyncio.wait_for(anext(stream), 10) == ["s-1", "s-2"]
+    desk.forget(enclave_id)  # the enclave was stopped: its stream ends
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(anext(stream), 10)
+
+
 def test_strangers_get_clear_statuses_from_the_enrolment_listener(
     kube_licensing: KubeStack,
 ) -> None:

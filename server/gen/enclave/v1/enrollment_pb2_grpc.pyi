@@ -51,6 +51,14 @@ class EnrollmentServiceStub:
     of a pod that is not this enclave's), NOT_FOUND (ENCLAVE_NOT_ENROLLING:
     no enclave of that id waits for a CSR), INVALID_ARGUMENT (a malformed CSR).
     """
+    WatchRevocations: _grpc.UnaryStreamMultiCallable[_enrollment_pb2.WatchRevocationsRequest, _enrollment_pb2.WatchRevocationsResponse]
+    """WatchRevocations is the stream an enrolled enclave keeps open to the
+    backend (the pipe's counterpart for pods): each response names sessions
+    that were revoked (a logout), whose access tokens the enclave must refuse
+    from then on. The first response repeats the recent revocations, so a
+    stream opened again after a break misses none. Authenticated as Enroll is
+    (the pod's projected token, for this very enclave's pod); the same errors.
+    """
 
 @_typing.type_check_only
 class EnrollmentServiceAsyncStub(EnrollmentServiceStub):
@@ -74,6 +82,14 @@ class EnrollmentServiceAsyncStub(EnrollmentServiceStub):
     expired one), PERMISSION_DENIED (ENROLLMENT_POD_MISMATCH: a valid token
     of a pod that is not this enclave's), NOT_FOUND (ENCLAVE_NOT_ENROLLING:
     no enclave of that id waits for a CSR), INVALID_ARGUMENT (a malformed CSR).
+    """
+    WatchRevocations: _aio.UnaryStreamMultiCallable[_enrollment_pb2.WatchRevocationsRequest, _enrollment_pb2.WatchRevocationsResponse]  # type: ignore[assignment]
+    """WatchRevocations is the stream an enrolled enclave keeps open to the
+    backend (the pipe's counterpart for pods): each response names sessions
+    that were revoked (a logout), whose access tokens the enclave must refuse
+    from then on. The first response repeats the recent revocations, so a
+    stream opened again after a break misses none. Authenticated as Enroll is
+    (the pod's projected token, for this very enclave's pod); the same errors.
     """
 
 class EnrollmentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -101,6 +117,20 @@ class EnrollmentServiceServicer(metaclass=_abc_1.ABCMeta):
         expired one), PERMISSION_DENIED (ENROLLMENT_POD_MISMATCH: a valid token
         of a pod that is not this enclave's), NOT_FOUND (ENCLAVE_NOT_ENROLLING:
         no enclave of that id waits for a CSR), INVALID_ARGUMENT (a malformed CSR).
+        """
+
+    @_abc_1.abstractmethod
+    def WatchRevocations(
+        self,
+        request: _enrollment_pb2.WatchRevocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_enrollment_pb2.WatchRevocationsResponse], _abc.AsyncIterator[_enrollment_pb2.WatchRevocationsResponse]]:
+        """WatchRevocations is the stream an enrolled enclave keeps open to the
+        backend (the pipe's counterpart for pods): each response names sessions
+        that were revoked (a logout), whose access tokens the enclave must refuse
+        from then on. The first response repeats the recent revocations, so a
+        stream opened again after a break misses none. Authenticated as Enroll is
+        (the pod's projected token, for this very enclave's pod); the same errors.
         """
 
 def add_EnrollmentServiceServicer_to_server(servicer: EnrollmentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

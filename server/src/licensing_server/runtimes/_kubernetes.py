@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -490,6 +491,10 @@ class KubernetesRuntime:
             body=body,
             accept=frozenset({404, 409}),
         )
+
+    async def revoke_sessions(self, session_ids: Sequence[str]) -> int:
+        """``SessionRevoker``: down each enclave pod's WatchRevocations stream."""
+        return self.enrollment_desk.revoke_sessions(list(session_ids))
 
     async def stop(self, enclave_id: str, handle: str) -> None:
         self.enrollment_desk.forget(enclave_id)
