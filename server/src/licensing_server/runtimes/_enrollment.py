@@ -163,6 +163,17 @@ class EnrollmentDesk:
         self._pending[enclave_id] = enrollment
         return enrollment
 
+    def readmit(
+        self, enclave_id: str, *, namespace: str, service_account: str, pod_name: str, pod_uid: str
+    ) -> None:
+        """A pod that enrolled with an earlier backend run and outlived it: it may reopen its
+        revocation stream (a second Enroll is ``ALREADY_ENROLLED``)."""
+        if enclave_id in self._pending:
+            return
+        enrollment = Enrollment(enclave_id, namespace, service_account, pod_name, pod_uid)
+        enrollment.csr.set_result("")
+        self._pending[enclave_id] = enrollment
+
     def forget(self, enclave_id: str) -> None:
         """Provisioning stopped: a pod still waiting is told so, later calls find nothing."""
         for queue in self._streams.pop(enclave_id, set()):

@@ -525,7 +525,16 @@ class KubernetesRuntime:
             # Not (or no longer) in the watch's view: ask the apiserver, which alone may
             # say a pod is gone (a lagging relist must not fail a live enclave).
             pod = await self.read_pod(parsed.pod)
-        return _terminated(pod, parsed.uid) is None
+        alive = _terminated(pod, parsed.uid) is None
+        if alive:  # kept after a backend restart: its revocation stream may reopen
+            self.enrollment_desk.readmit(
+                enclave_id,
+                namespace=self.template.namespace,
+                service_account=self.template.service_account,
+                pod_name=parsed.pod,
+                pod_uid=parsed.uid,
+            )
+        return alive
 
     async def read_pod(self, name: str) -> Obj | None:
         found = await self._api.call(
