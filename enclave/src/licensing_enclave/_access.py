@@ -39,10 +39,10 @@ class OwnerAuthenticator:
     """Verifies a bearer token offline against the JWKS, then insists on the owner.
 
     The enclave has no database, so it cannot see by itself that a session was
-    revoked (logout): the backend pushes revocations to it (the local runtime over
-    stdin, ``revoke``), and a revoked session's token is refused from then on. Where
-    no such channel exists the token works until its ``exp``, bounded because access
-    tokens are short-lived. Signature, ``iss``, ``aud``, ``exp`` and the
+    revoked (logout): the backend pushes revocations to it (``revoke``: over stdin from
+    the local runtime, over the WatchRevocations stream a pod keeps open), and a revoked
+    session's token is refused from then on. While that channel is down the token works
+    until its ``exp``, bounded because access tokens are short-lived. Signature, ``iss``, ``aud``, ``exp`` and the
     ``cnf.x5t#S256`` binding to the presented certificate are checked by
     ``AccessTokenVerifier``.
     """
