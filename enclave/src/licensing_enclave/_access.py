@@ -42,9 +42,9 @@ class OwnerAuthenticator:
     revoked (logout): the backend pushes revocations to it (``revoke``: over stdin from
     the local runtime, over the WatchRevocations stream a pod keeps open), and a revoked
     session's token is refused from then on. While that channel is down the token works
-    until its ``exp``, bounded because access tokens are short-lived. Signature, ``iss``, ``aud``, ``exp`` and the
-    ``cnf.x5t#S256`` binding to the presented certificate are checked by
-    ``AccessTokenVerifier``.
+    until its ``exp``, bounded because access tokens are short-lived. Signature, ``iss``,
+    ``aud``, ``exp`` and the ``cnf.x5t#S256`` binding to the presented certificate are
+    checked by ``AccessTokenVerifier``.
     """
 
     #: Revoked sessions remembered (the oldest are forgotten first: their tokens expired).

@@ -31,6 +31,7 @@ from licensing_server.enclaves.nonces import check_nonce
 from licensing_server.events import EventTail
 from licensing_server.storage import (
     MAX_SEQUENCE,
+    REATTESTED_PREFIX,
     DatabaseUnavailable,
     EnclaveRecord,
     EnclaveStore,
@@ -282,7 +283,7 @@ class EnclaveCatalog:
 
 
 def _is_reattestation(event: EventRecord) -> bool:
-    return event.message.startswith("re-attested")
+    return event.message.startswith(REATTESTED_PREFIX)
 
 
 #: Page token: version, creation time (microseconds since the epoch), enclave id.

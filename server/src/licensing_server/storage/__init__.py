@@ -24,6 +24,7 @@ from licensing_server.storage._notifications import (
     notifications,
 )
 from licensing_server.storage._reattestations import (
+    REATTESTED_PREFIX,
     ReattestationResult,
     ReattestationStore,
 )
@@ -32,6 +33,7 @@ from licensing_server.storage._users import SessionRecord, UserRecord, UserStore
 __all__ = [
     "ENCLAVE_EVENTS",
     "MAX_SEQUENCE",
+    "REATTESTED_PREFIX",
     "SESSIONS_REVOKED",
     "Database",
     "DatabaseUnavailable",

@@ -22,6 +22,9 @@ from licensing_server.storage._enclaves import EventRecord, event_payload
 from licensing_server.storage._models import Enclave, EnclaveEvent, Reattestation
 from licensing_server.storage._notifications import ENCLAVE_EVENTS, notify
 
+#: How every re-attestation event's message begins (a round's event whose evidence was
+#: pruned is still told apart from the provisioning ATTESTED event by it).
+REATTESTED_PREFIX = "re-attested"
 #: Attestations kept per enclave (the newest ones).
 KEPT_PER_ENCLAVE = 16
 #: Ids per ``IN (...)``: well under SQLite's and PostgreSQL's bound-parameter limits.
@@ -70,11 +73,14 @@ class ReattestationStore:
                 result = by_id[row.id]
                 row.last_sequence += 1
                 row.updated_at = now
+                message = result.message
+                if not message.startswith(REATTESTED_PREFIX):
+                    message = f"{REATTESTED_PREFIX}: {message}"
                 event = EnclaveEvent(
                     enclave_id=row.id,
                     sequence=row.last_sequence,
                     phase=Phase.ATTESTED.value,
-                    message=result.message[:1024],
+                    message=message[:1024],
                     created_at=now,
                 )
                 session.add(event)
