@@ -160,7 +160,9 @@ class ReattestationRounds:
             del self._requested[stale]  # enclaves gone: their requests with them
         asks: list[tuple[EnclaveRecord, bytes, bool]] = []
         for record in live:
-            asks.append((record, secrets.token_bytes(32), False))
+            # A client's nonce proves freshness to that client; without one, the server's.
+            if not requested[record.id]:
+                asks.append((record, secrets.token_bytes(32), False))
             asks.extend((record, nonce, True) for nonce in requested[record.id])
         try:
             report.quotes = 1

@@ -48,11 +48,13 @@ class ReattestationStore:
     async def record(
         self, results: Sequence[ReattestationResult], now: dt.datetime
     ) -> list[EventRecord]:
-        """Each result as its enclave's next ATTESTED event; enclaves no longer ATTESTED
-        (failed, deleted meanwhile) are skipped."""
+        """Each result as its enclave's next ATTESTED event (several for one enclave: one
+        each, in order); enclaves no longer ATTESTED (failed, deleted meanwhile) are skipped."""
         if not results:
             return []
-        by_id = {r.enclave_id: r for r in results}
+        by_id: dict[str, list[ReattestationResult]] = {}
+        for result in results:
+            by_id.setdefault(result.enclave_id, []).append(result)
         written: list[EventRecord] = []
         ids = sorted(by_id)  # one lock order for every writer
         async with self._db.session() as session:
@@ -70,32 +72,32 @@ class ReattestationStore:
                     )
                 )
             for row in rows:
-                result = by_id[row.id]
-                row.last_sequence += 1
-                row.updated_at = now
-                message = result.message
-                if not message.startswith(REATTESTED_PREFIX):
-                    message = f"{REATTESTED_PREFIX}: {message}"
-                event = EnclaveEvent(
-                    enclave_id=row.id,
-                    sequence=row.last_sequence,
-                    phase=Phase.ATTESTED.value,
-                    message=message[:1024],
-                    created_at=now,
-                )
-                session.add(event)
-                session.add(
-                    Reattestation(
+                for result in by_id[row.id]:
+                    row.last_sequence += 1
+                    row.updated_at = now
+                    message = result.message
+                    if not message.startswith(REATTESTED_PREFIX):
+                        message = f"{REATTESTED_PREFIX}: {message}"
+                    event = EnclaveEvent(
                         enclave_id=row.id,
                         sequence=row.last_sequence,
-                        round=result.round,
-                        attestation=result.attestation,
+                        phase=Phase.ATTESTED.value,
+                        message=message[:1024],
                         created_at=now,
                     )
-                )
-                record = EventRecord(row.id, event.sequence, Phase.ATTESTED, event.message, now)
-                written.append(record)
-                await notify(session, ENCLAVE_EVENTS, event_payload(record))
+                    session.add(event)
+                    session.add(
+                        Reattestation(
+                            enclave_id=row.id,
+                            sequence=row.last_sequence,
+                            round=result.round,
+                            attestation=result.attestation,
+                            created_at=now,
+                        )
+                    )
+                    record = EventRecord(row.id, event.sequence, Phase.ATTESTED, event.message, now)
+                    written.append(record)
+                    await notify(session, ENCLAVE_EVENTS, event_payload(record))
             await session.flush()
             for record in written:
                 await session.execute(
