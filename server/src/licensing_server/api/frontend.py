@@ -151,6 +151,7 @@ def _event(kind: type[_Event], update: EnclaveUpdate) -> _Event:
         reply.enclave.CopyFrom(enclave_message(update.enclave))
     if update.attestation:
         reply.attestation.ParseFromString(update.attestation)
+    reply.attestation_round = update.attestation_round
     return reply
 
 
@@ -162,7 +163,12 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServiceServicer):
         self, request: enclave_pb2.CreateEnclaveRequest, context: Context
     ) -> AsyncIterator[enclave_pb2.CreateEnclaveResponse]:
         owner = current_claims().user_id
-        updates = await self._catalog.create(owner, request.request_id, request.nonce)
+        updates = await self._catalog.create(
+            owner,
+            request.request_id,
+            request.nonce,
+            follow_attestations=request.follow_attestations,
+        )
         async for update in updates:
             yield _event(enclave_pb2.CreateEnclaveResponse, update)
             if update.event.phase is Phase.FAILED:
@@ -180,9 +186,23 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServiceServicer):
         self, request: enclave_pb2.WatchEnclaveRequest, context: Context
     ) -> AsyncIterator[enclave_pb2.WatchEnclaveResponse]:
         owner = current_claims().user_id
-        updates = await self._catalog.watch(owner, request.enclave_id, request.from_sequence)
+        updates = await self._catalog.watch(
+            owner,
+            request.enclave_id,
+            request.from_sequence,
+            follow_attestations=request.follow_attestations,
+            attestation_nonce=request.attestation_nonce,
+        )
         async for update in updates:
             yield _event(enclave_pb2.WatchEnclaveResponse, update)
+
+    async def RequestAttestation(
+        self, request: enclave_pb2.RequestAttestationRequest, context: Context
+    ) -> enclave_pb2.RequestAttestationResponse:
+        await self._catalog.request_attestation(
+            current_claims().user_id, request.enclave_id, request.nonce
+        )
+        return enclave_pb2.RequestAttestationResponse()
 
     async def GetEnclave(
         self, request: enclave_pb2.GetEnclaveRequest, context: Context
