@@ -107,7 +107,11 @@ def test_the_listener_for_other_pods_serves_quotes_to_frontends_and_nothing_else
     quote_methods = {
         m for m in BACKEND_METHODS if m.startswith("/licensing.control.v1.QuoteService/")
     }
-    assert quote_methods == {"/licensing.control.v1.QuoteService/Quote"}
+    # Quotes, and a client's nonce for the measuring backend's next re-attestation round.
+    assert quote_methods == {
+        "/licensing.control.v1.QuoteService/Quote",
+        "/licensing.control.v1.QuoteService/RequestReattestation",
+    }
     assert set(BACKEND_QUOTE_POLICY) == quote_methods | OPS_METHODS
     for method, access in BACKEND_QUOTE_POLICY.items():
         assert access is Access.FRONTEND, method

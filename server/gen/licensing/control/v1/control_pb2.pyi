@@ -14,6 +14,12 @@ licensing/v1/auth.proto):
   INVALID_ARGUMENT USER_ID_INVALID: SignUserCertificate's user_id is not a
     UUID.
   FAILED_PRECONDITION JWKS_REQUIRED: Provision without jwks_json.
+  INVALID_ARGUMENT SESSION_ID_INVALID: RevokeSessions' session_ids are not
+    UUIDs.
+  FAILED_PRECONDITION ENCLAVE_NOT_ATTESTED: RequestReattestation for an
+    enclave that is not ATTESTED (metadata: phase).
+  RESOURCE_EXHAUSTED ATTESTATION_REQUESTS_QUEUED: RequestReattestation while
+    8 nonces already wait for the enclave's next round.
   FAILED_PRECONDITION ENCLAVE_NOT_ATTESTABLE, ENCLAVE_NOT_MEASURED,
     TPM_COMMAND_FAILED, UNAVAILABLE TPM_UNAVAILABLE, TPM_LOCKED_OUT,
     MEASUREMENT_LOG_MISMATCH: see licensing/v1/attestation.proto.

@@ -203,7 +203,8 @@ class ProvisioningServiceServicer:
     def RevokeSessions(self, request, context):
         """RevokeSessions tells the backend sessions were revoked (Logout): it
         pushes them to each enclave it runs, which refuses their tokens from then
-        on. The SQLite path; on PostgreSQL backends also hear SESSIONS_REVOKED.
+        on. The SQLite path; on PostgreSQL backends also hear the revocation's
+        notification.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

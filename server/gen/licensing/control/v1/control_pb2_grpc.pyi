@@ -14,6 +14,12 @@ licensing/v1/auth.proto):
   INVALID_ARGUMENT USER_ID_INVALID: SignUserCertificate's user_id is not a
     UUID.
   FAILED_PRECONDITION JWKS_REQUIRED: Provision without jwks_json.
+  INVALID_ARGUMENT SESSION_ID_INVALID: RevokeSessions' session_ids are not
+    UUIDs.
+  FAILED_PRECONDITION ENCLAVE_NOT_ATTESTED: RequestReattestation for an
+    enclave that is not ATTESTED (metadata: phase).
+  RESOURCE_EXHAUSTED ATTESTATION_REQUESTS_QUEUED: RequestReattestation while
+    8 nonces already wait for the enclave's next round.
   FAILED_PRECONDITION ENCLAVE_NOT_ATTESTABLE, ENCLAVE_NOT_MEASURED,
     TPM_COMMAND_FAILED, UNAVAILABLE TPM_UNAVAILABLE, TPM_LOCKED_OUT,
     MEASUREMENT_LOG_MISMATCH: see licensing/v1/attestation.proto.
@@ -141,7 +147,8 @@ class ProvisioningServiceStub:
     RevokeSessions: _grpc.UnaryUnaryMultiCallable[_control_pb2.RevokeSessionsRequest, _control_pb2.RevokeSessionsResponse]
     """RevokeSessions tells the backend sessions were revoked (Logout): it
     pushes them to each enclave it runs, which refuses their tokens from then
-    on. The SQLite path; on PostgreSQL backends also hear SESSIONS_REVOKED.
+    on. The SQLite path; on PostgreSQL backends also hear the revocation's
+    notification.
     """
 
 @_typing.type_check_only
@@ -156,7 +163,8 @@ class ProvisioningServiceAsyncStub(ProvisioningServiceStub):
     RevokeSessions: _aio.UnaryUnaryMultiCallable[_control_pb2.RevokeSessionsRequest, _control_pb2.RevokeSessionsResponse]  # type: ignore[assignment]
     """RevokeSessions tells the backend sessions were revoked (Logout): it
     pushes them to each enclave it runs, which refuses their tokens from then
-    on. The SQLite path; on PostgreSQL backends also hear SESSIONS_REVOKED.
+    on. The SQLite path; on PostgreSQL backends also hear the revocation's
+    notification.
     """
 
 class ProvisioningServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -186,7 +194,8 @@ class ProvisioningServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_control_pb2.RevokeSessionsResponse, _abc.Awaitable[_control_pb2.RevokeSessionsResponse]]:
         """RevokeSessions tells the backend sessions were revoked (Logout): it
         pushes them to each enclave it runs, which refuses their tokens from then
-        on. The SQLite path; on PostgreSQL backends also hear SESSIONS_REVOKED.
+        on. The SQLite path; on PostgreSQL backends also hear the revocation's
+        notification.
         """
 
 def add_ProvisioningServiceServicer_to_server(servicer: ProvisioningServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

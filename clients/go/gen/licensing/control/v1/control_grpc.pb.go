@@ -17,6 +17,12 @@
 //   INVALID_ARGUMENT USER_ID_INVALID: SignUserCertificate's user_id is not a
 //     UUID.
 //   FAILED_PRECONDITION JWKS_REQUIRED: Provision without jwks_json.
+//   INVALID_ARGUMENT SESSION_ID_INVALID: RevokeSessions' session_ids are not
+//     UUIDs.
+//   FAILED_PRECONDITION ENCLAVE_NOT_ATTESTED: RequestReattestation for an
+//     enclave that is not ATTESTED (metadata: phase).
+//   RESOURCE_EXHAUSTED ATTESTATION_REQUESTS_QUEUED: RequestReattestation while
+//     8 nonces already wait for the enclave's next round.
 //   FAILED_PRECONDITION ENCLAVE_NOT_ATTESTABLE, ENCLAVE_NOT_MEASURED,
 //     TPM_COMMAND_FAILED, UNAVAILABLE TPM_UNAVAILABLE, TPM_LOCKED_OUT,
 //     MEASUREMENT_LOG_MISMATCH: see licensing/v1/attestation.proto.
@@ -227,7 +233,8 @@ type ProvisioningServiceClient interface {
 	Deprovision(ctx context.Context, in *DeprovisionRequest, opts ...grpc.CallOption) (*DeprovisionResponse, error)
 	// RevokeSessions tells the backend sessions were revoked (Logout): it
 	// pushes them to each enclave it runs, which refuses their tokens from then
-	// on. The SQLite path; on PostgreSQL backends also hear SESSIONS_REVOKED.
+	// on. The SQLite path; on PostgreSQL backends also hear the revocation's
+	// notification.
 	RevokeSessions(ctx context.Context, in *RevokeSessionsRequest, opts ...grpc.CallOption) (*RevokeSessionsResponse, error)
 }
 
@@ -290,7 +297,8 @@ type ProvisioningServiceServer interface {
 	Deprovision(context.Context, *DeprovisionRequest) (*DeprovisionResponse, error)
 	// RevokeSessions tells the backend sessions were revoked (Logout): it
 	// pushes them to each enclave it runs, which refuses their tokens from then
-	// on. The SQLite path; on PostgreSQL backends also hear SESSIONS_REVOKED.
+	// on. The SQLite path; on PostgreSQL backends also hear the revocation's
+	// notification.
 	RevokeSessions(context.Context, *RevokeSessionsRequest) (*RevokeSessionsResponse, error)
 	mustEmbedUnimplementedProvisioningServiceServer()
 }
