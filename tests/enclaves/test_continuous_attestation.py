@@ -240,3 +240,25 @@ def _self_signed_pem() -> tuple[str, bytes]:
     )
     der = cert.public_bytes(serialization.Encoding.DER)
     return cert.public_bytes(serialization.Encoding.PEM).decode(), hashlib.sha256(der).digest()
+
+
+def test_a_watcher_that_does_not_follow_attestations_sees_what_it_always_saw(
+    owner: Owner,
+) -> None:
+    """Rounds write ATTESTED events; a plain watch skips them: from 0 it ends at the first
+    ATTESTED, and resumed after it, the next thing it sees is the deletion."""
+    enclave, sequence = _attested(owner)
+    follower = Follower(owner, enclave.id, sequence)
+    try:
+        follower.wait(2, 3 * WITHIN_ROUND)  # two rounds have written their events
+    finally:
+        follower.close()
+
+    from_start = list(owner.watch(enclave.id, 0, timeout=30))
+    assert [e.sequence for e in from_start] == list(range(1, sequence + 1))
+    assert from_start[-1].phase == ATTESTED
+    assert from_start[-1].attestation_round == 0
+
+    resumed = owner.watch(enclave.id, sequence, timeout=60)
+    owner.delete(enclave.id)
+    assert [e.phase for e in resumed] == [enclave_pb2.PHASE_DELETED]

@@ -256,8 +256,18 @@ class EnclaveCatalog:
     async def _watch(
         self, enclave_id: str, after: int, until: Callable[[Phase], bool] | None = None
     ) -> AsyncIterator[EnclaveUpdate]:
-        async for event in self._tail.follow(enclave_id, after, until or _is_terminal):
+        if until is not None:
+            async for event in self._tail.follow(enclave_id, after, until):
+                yield await self._update(event)
+            return
+        # A watcher that does not follow attestations sees what it always saw: the rounds'
+        # events are skipped, and the stream ends at the first ATTESTED, FAILED or DELETED.
+        async for event in self._tail.follow(enclave_id, after, _is_final):
+            if _is_reattestation(event):
+                continue
             yield await self._update(event)
+            if _is_terminal(event.phase):
+                return
 
     async def request_attestation(self, owner_id: str, enclave_id: str, nonce: bytes) -> None:
         """The owner's nonce in the enclave's next re-attestation round."""
