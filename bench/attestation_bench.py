@@ -121,6 +121,26 @@ class Meter:
         return PhaseCpu(CpuUse.between(a[0], b[0]), b[1] - a[1])
 
 
+def pin_tree(root: int, cores: set[int]) -> None:
+    """Every thread of ``root`` and its descendants onto ``cores`` (``taskset -a -p``)."""
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{root}/task").iterdir():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(task.name), cores)
+    for child in _children(root):
+        pin_tree(child, cores)
+
+
+def arrangement(pin: bool) -> tuple[set[int], set[int]] | None:
+    """(server cores, load core) when pinned: the load gets the last core to itself."""
+    cores = sorted(os.sched_getaffinity(0))
+    if not pin:
+        return None
+    if len(cores) < 2:
+        raise SystemExit("--pin needs at least two cores")
+    return set(cores[:-1]), {cores[-1]}
+
+
 # The raw quote rate --------------------------------------------------------------------------
 
 
@@ -235,7 +255,7 @@ async def client(
         try:
             reply = await stub.GetAttestation(request, metadata=metadata, timeout=CALL_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
-            result.errors[exc.code().name] += 1
+            result.errors[f"{exc.code().name}: {(exc.details() or '')[:70]}"] += 1
             await asyncio.sleep(0.05)
             continue
         answered = time.perf_counter()
@@ -397,7 +417,7 @@ def _load_table(run: StackRun, reference: float, reference_name: str) -> None:
             f"    {load.clients:7d}  {load.rate:10.1f}  {load.rate / reference:13.2f}  "
             f"{load.latency(50) * 1e3:7.1f}  {load.latency(99) * 1e3:7.1f}  "
             f"{load.verify_ms:9.2f}  {len(window) / max(1, len(quotes)):9.2f}  "
-            f"{len(quotes) / seconds:8.1f}  {load.server_cpu_ms:17.1f}  {errors}"
+            f"{len(quotes) / seconds:8.1f}  {load.server_cpu_ms:17.2f}  {errors}"
         )
     print("    batch sizes seen (merkle_proof.leaf_count; 1 = quoted alone):")
     for load in run.loads:
@@ -431,7 +451,8 @@ def report(args: argparse.Namespace, runs: list[StackRun], load_start: float) ->
     print(
         f"Attestation benchmark: SQLite, {CORES} cores, clients {args.clients}, "
         f"{args.seconds:g} s per phase after {args.warmup:g} s warm-up; one grpc.aio client "
-        f"process, one channel, GetAttestation + verify_attestation per request"
+        f"process, one channel, GetAttestation + verify_attestation per request; "
+        + ("load pinned to its own core" if args.pin else "load sharing the server's cores")
     )
     print()
     print(
@@ -468,12 +489,14 @@ def report(args: argparse.Namespace, runs: list[StackRun], load_start: float) ->
     summary["raw"] = f"raw TPM quotes {raw:.1f}/s"
     summary["plain"] = ", ".join(
         f"{r.clients}: {r.rate:.1f}/s (x{r.rate / raw:.2f} raw, p50/p99 "
-        f"{r.latency(50) * 1e3:.1f}/{r.latency(99) * 1e3:.1f} ms)"
+        f"{r.latency(50) * 1e3:.1f}/{r.latency(99) * 1e3:.1f} ms, server cpu "
+        f"{r.server_cpu_ms:.2f} ms/req)"
         for r in plain.loads
     )
     summary["slow"] = ", ".join(
         f"{r.clients}: {r.rate:.1f}/s (x{r.rate / bound:.2f} of 1/latency, p50/p99 "
-        f"{r.latency(50) * 1e3:.0f}/{r.latency(99) * 1e3:.0f} ms)"
+        f"{r.latency(50) * 1e3:.0f}/{r.latency(99) * 1e3:.0f} ms, server cpu "
+        f"{r.server_cpu_ms:.2f} ms/req)"
         for r in slow.loads
     )
     return summary
@@ -512,6 +535,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="LICENSING_TPM_SIMULATED_LATENCY_MS of the second stack (100)",
     )
     parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="run the load (this process) on the last core and the stack on the others, "
+        "like `taskset`, so the client's verification does not share the server's cores",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the temp directory (server logs) afterwards"
     )
     args = parser.parse_args(argv)
@@ -529,8 +558,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    pinned = arrangement(args.pin)
+    if pinned is not None:
+        # Before any thread starts: grpc's and the stack's threads inherit it, and the
+        # stack is moved onto the server cores once it runs.
+        os.sched_setaffinity(0, pinned[1])
     load_start = load_average()
     print(f"load average (1 min) at start: {load_start:.2f} on {CORES} cores", flush=True)
+    print(
+        "arrangement: "
+        + (
+            f"pinned (stack on cores {sorted(pinned[0])}, load on core {sorted(pinned[1])})"
+            if pinned
+            else "shared (stack and load on every core)"
+        ),
+        flush=True,
+    )
     tmp_dir = Path(tempfile.mkdtemp(prefix="attestation-bench-"))
     started = time.perf_counter()
     runs: list[StackRun] = []
@@ -548,6 +591,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "sqlite", stack_dir, None, **extra
             ) as stack:
                 try:
+                    if pinned is not None and stack.proc is not None:
+                        pin_tree(stack.proc.pid, pinned[0])
                     user = stack.new_user()
                     runs.append(asyncio.run(run_stack(stack, user, args, latency_ms)))
                 except BaseException:

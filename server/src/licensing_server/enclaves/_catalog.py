@@ -42,6 +42,7 @@ from licensing_server.storage import (
 _log = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 100, 20
+MAX_CACHED_OWNERS = 65_536
 
 
 class ProvisioningBackend(Protocol):
@@ -103,6 +104,9 @@ class EnclaveCatalog:
         self._clock = clock
         # One reservation at a time per user in this process (SQLite has no row locks).
         self._owner_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Enclave id -> owner, for attest: ownership never changes, and the backend
+        # answers for existence and phase, so a repeat attestation reads no row here.
+        self._owners: dict[str, str] = {}
 
     # Create -----------------------------------------------------------------------
     async def create(
@@ -219,11 +223,23 @@ class EnclaveCatalog:
 
     async def attest(self, owner_id: str, enclave_id: str, nonce: bytes) -> bytes:
         check_nonce(nonce)
-        record = await self.owned(owner_id, enclave_id)
-        return await self._backend.quote(record.id, nonce)
+        canonical = enclave_id
+        if self._owners.get(enclave_id) != owner_id:
+            record = await self.owned(owner_id, enclave_id)
+            canonical = record.id
+            if len(self._owners) >= MAX_CACHED_OWNERS:
+                self._owners.clear()
+            self._owners[enclave_id] = record.owner_id
+        try:
+            return await self._backend.quote(canonical, nonce)
+        except NotFound:
+            self._owners.pop(enclave_id, None)  # gone: the next call reads the row again
+            raise
 
     async def delete(self, owner_id: str, enclave_id: str) -> None:
         record = await self.owned(owner_id, enclave_id)
+        self._owners.pop(enclave_id, None)
+        self._owners.pop(record.id, None)
         await self._backend.deprovision(record.id)
 
 
