@@ -579,7 +579,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     runs: list[StackRun] = []
     try:
         for index, latency_ms in enumerate((0, args.latency_ms), start=1):
-            extra = {"LICENSING_TPM_SIMULATED_LATENCY_MS": str(latency_ms)} if latency_ms else {}
+            # 100 closed-loop clients on one channel open a stream as the last one closes:
+            # the default 100-stream limit would refuse some (RST_STREAM REFUSED_STREAM).
+            extra = {"LICENSING_MAX_STREAMS_PER_CONNECTION": str(max(args.clients) * 2 + 10)}
+            if latency_ms:
+                extra["LICENSING_TPM_SIMULATED_LATENCY_MS"] = str(latency_ms)
             stack_dir = tmp_dir / f"stack-{index}"
             stack_dir.mkdir()
             print(

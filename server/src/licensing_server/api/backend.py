@@ -13,8 +13,8 @@ import grpc
 from licensing.control.v1 import control_pb2, control_pb2_grpc
 
 from licensing_common.errors import FailedPrecondition, InvalidArgument, NotFound
-from licensing_server.api.convert import phase_number, timestamp
-from licensing_server.attestation import Attestor, attestation_message
+from licensing_server.api.convert import phase_number, timestamp, wrapped
+from licensing_server.attestation import AttestationEncoder, Attestor
 from licensing_server.auth import normalise_username
 from licensing_server.enclaves.nonces import ATTESTABLE, check_nonce
 from licensing_server.pki import CertificateAuthority, parse_csr
@@ -124,6 +124,7 @@ class QuoteServicer(control_pb2_grpc.QuoteServiceServicer):
         self._store = store
         # Attestable rows by enclave id: saves a database read on every quote.
         self._rows: dict[str, _Attestable] = {}
+        self._encoder = AttestationEncoder()
 
     async def Quote(
         self, request: control_pb2.QuoteRequest, context: Context
@@ -131,7 +132,8 @@ class QuoteServicer(control_pb2_grpc.QuoteServiceServicer):
         nonce = check_nonce(request.nonce)
         row = await self._attestable(request.enclave_id)
         evidence = await self._attestor.attest(row.certificate_pem, row.certificate_sha256, nonce)
-        return control_pb2.QuoteResponse(attestation=attestation_message(evidence))
+        # Parsed from bytes in C: cheaper than building the message field by field.
+        return control_pb2.QuoteResponse.FromString(wrapped(self._encoder.encode(evidence)))
 
     async def _attestable(self, raw_id: str) -> _Attestable:
         """The enclave's certificate, from the cache while the attestor still measures it."""
