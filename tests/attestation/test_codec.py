@@ -103,8 +103,8 @@ def test_a_batch_encoded_with_its_shared_parts_once_parses_to_each_answer() -> N
         reply = control_pb2.QuoteResponse.FromString(wrapped(raw))
         assert reply.attestation == attestation_message(evidence)
     big = dataclasses.replace(first, enclave_certificate_pem="x" * 300_000)  # a 3-byte length
-    reply = attestation_pb2.GetAttestationResponse.FromString(wrapped(encoder.encode(big)))
-    assert reply.attestation == attestation_message(big)
+    answer = attestation_pb2.GetAttestationResponse.FromString(wrapped(encoder.encode(big)))
+    assert answer.attestation == attestation_message(big)
 
 
 def _imports_wire_messages(path: Path) -> bool:
