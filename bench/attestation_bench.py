@@ -121,12 +121,17 @@ class Meter:
         return PhaseCpu(CpuUse.between(a[0], b[0]), b[1] - a[1])
 
 
-def pin_tree(root: int, cores: set[int]) -> None:
-    """Every thread of ``root`` and its descendants onto ``cores`` (``taskset -a -p``)."""
+def pin_tasks(pid: int, cores: set[int]) -> None:
+    """Every thread of ``pid`` onto ``cores`` (``taskset -a -p``)."""
     with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{root}/task").iterdir():
+        for task in Path(f"/proc/{pid}/task").iterdir():
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(int(task.name), cores)
+
+
+def pin_tree(root: int, cores: set[int]) -> None:
+    """``root`` and its descendants, every thread, onto ``cores``."""
+    pin_tasks(root, cores)
     for child in _children(root):
         pin_tree(child, cores)
 
@@ -559,10 +564,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     pinned = arrangement(args.pin)
-    if pinned is not None:
-        # Before any thread starts: grpc's and the stack's threads inherit it, and the
-        # stack is moved onto the server cores once it runs.
-        os.sched_setaffinity(0, pinned[1])
     load_start = load_average()
     print(f"load average (1 min) at start: {load_start:.2f} on {CORES} cores", flush=True)
     print(
@@ -596,7 +597,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             ) as stack:
                 try:
                     if pinned is not None and stack.proc is not None:
+                        # Once the stack runs (it starts on every core): its processes
+                        # and threads onto the server cores, this one's onto the load's.
+                        # Threads made later (grpc's, enclaves) inherit their maker's.
                         pin_tree(stack.proc.pid, pinned[0])
+                        pin_tasks(os.getpid(), pinned[1])
                     user = stack.new_user()
                     runs.append(asyncio.run(run_stack(stack, user, args, latency_ms)))
                 except BaseException:
