@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from licensing.v1 import attestation_pb2, attestation_pb2_grpc, enclave_pb2, enclave_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
@@ -309,6 +310,45 @@ async def load_phase(
     return result
 
 
+@dataclass(frozen=True, slots=True)
+class Floor:
+    """The same clients on ``Health/Check``: one frontend call, no token, no backend."""
+
+    calls: int
+    seconds: float
+    cpu: PhaseCpu
+
+    @property
+    def server_cpu_ms(self) -> float:
+        use = self.cpu.use
+        return (use.frontend + use.backend + self.cpu.swtpm) / max(1, self.calls) * 1e3
+
+
+async def floor_phase(
+    channel: grpc.aio.Channel, meter: Meter, clients: int, warmup: float, seconds: float
+) -> Floor:
+    """The cheapest unary call's server CPU: the baseline an attestation is compared with."""
+    health = health_pb2_grpc.HealthStub(channel)
+    stop = asyncio.Event()
+    done: list[float] = []
+
+    async def one() -> None:
+        while not stop.is_set():
+            await health.Check(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT)
+            done.append(time.perf_counter())
+
+    tasks = [asyncio.create_task(one()) for _ in range(clients)]
+    await asyncio.sleep(warmup)
+    before = meter.take()
+    await asyncio.sleep(seconds)
+    after = meter.take()
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    start, end = before[0].wall, after[0].wall
+    calls = sum(1 for t in done if start <= t < end)
+    return Floor(calls, end - start, Meter.between(before, after))
+
+
 async def create_target(stub: Any, user: LoggedIn, ca_pem: str) -> Target:
     """One enclave to ATTESTED, its attestation verified (also proves the AK is ready)."""
     nonce = os.urandom(32)
@@ -334,6 +374,7 @@ class StackRun:
     quotes_before: QuoteRate | None = None
     quotes_after: QuoteRate | None = None
     loads: list[LoadResult] = field(default_factory=list)
+    floor: Floor | None = None
 
 
 async def run_stack(
@@ -377,6 +418,9 @@ async def run_stack(
                 await load_phase(stub, target, meter, clients, args.warmup, args.seconds)
             )
         if latency_ms == 0:
+            clients = max(args.clients)
+            print(f"  floor: {clients} clients on Health/Check, {args.seconds:g} s ...", flush=True)
+            measured.floor = await floor_phase(channel, meter, clients, args.warmup, args.seconds)
             print(f"  raw TPM quotes again, {args.quote_seconds:g} s ...", flush=True)
             measured.quotes_after = await measure_quote_rate(stack, meter, args.quote_seconds)
         await enclaves.DeleteEnclave(
@@ -406,10 +450,10 @@ def _batch_histogram(sizes: Sequence[int]) -> str:
     return ", ".join(f"{k}: {counts[k]}" for k in (_bucket(*b) for b in BATCH_BUCKETS) if counts[k])
 
 
-def _load_table(run: StackRun, reference: float, reference_name: str) -> None:
+def _load_table(run: StackRun, reference: float, reference_name: str, floor: Floor | None) -> None:
     print(
         f"    clients  verified/s  / {reference_name:<12}   p50 ms   p99 ms  verify ms  "
-        "req/quote  quotes/s  server cpu ms/req  errors"
+        "req/quote  quotes/s  server cpu ms/req  / floor  errors"
     )
     for load in run.loads:
         window = load.in_window
@@ -422,7 +466,9 @@ def _load_table(run: StackRun, reference: float, reference_name: str) -> None:
             f"    {load.clients:7d}  {load.rate:10.1f}  {load.rate / reference:13.2f}  "
             f"{load.latency(50) * 1e3:7.1f}  {load.latency(99) * 1e3:7.1f}  "
             f"{load.verify_ms:9.2f}  {len(window) / max(1, len(quotes)):9.2f}  "
-            f"{len(quotes) / seconds:8.1f}  {load.server_cpu_ms:17.2f}  {errors}"
+            f"{len(quotes) / seconds:8.1f}  {load.server_cpu_ms:17.2f}  "
+            f"{load.server_cpu_ms / floor.server_cpu_ms if floor else float('nan'):7.1f}  "
+            f"{errors}"
         )
     print("    batch sizes seen (merkle_proof.leaf_count; 1 = quoted alone):")
     for load in run.loads:
@@ -467,18 +513,27 @@ def report(args: argparse.Namespace, runs: list[StackRun], load_start: float) ->
     )
     print()
     print("  stack 1: swtpm as it is (no added latency)")
-    _load_table(plain, raw, "raw quote/s")
+    floor = plain.floor
+    if floor is not None:
+        print(
+            f"  floor: Health/Check from the same clients, {floor.calls / floor.seconds:.0f} "
+            f"calls/s, server cpu {floor.server_cpu_ms:.3f} ms/call (the `/ floor` column: "
+            "server cpu per verified attestation / this)"
+        )
+    _load_table(plain, raw, "raw quote/s", floor)
     print()
     bound = 1000 / slow.latency_ms
     print(
         f"  stack 2: LICENSING_TPM_SIMULATED_LATENCY_MS={slow.latency_ms} "
         f"(one quote at a time -> at most 1000/{slow.latency_ms} = {bound:g} quotes/s)"
     )
-    _load_table(slow, bound, f"(1000/{slow.latency_ms})")
+    _load_table(slow, bound, f"(1000/{slow.latency_ms})", floor)
     print()
     print("  CPU (core-seconds) per phase:")
     phases: list[tuple[str, PhaseCpu]] = [("stack 1 raw quotes before", before.cpu)]
     phases += [(f"stack 1, {r.clients} clients", r.cpu) for r in plain.loads if r.cpu]
+    if floor is not None:
+        phases.append(("stack 1 floor (Health/Check)", floor.cpu))
     phases.append(("stack 1 raw quotes after", after.cpu))
     phases += [(f"stack 2, {r.clients} clients", r.cpu) for r in slow.loads if r.cpu]
     for name, cpu in phases:
