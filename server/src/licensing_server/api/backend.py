@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 import uuid
@@ -124,6 +125,7 @@ class QuoteServicer(control_pb2_grpc.QuoteServiceServicer):
         self._store = store
         # Attestable rows by enclave id: saves a database read on every quote.
         self._rows: dict[str, _Attestable] = {}
+        self._reading: dict[str, asyncio.Future[_Attestable]] = {}
         self._encoder = AttestationEncoder()
 
     async def Quote(
@@ -138,13 +140,26 @@ class QuoteServicer(control_pb2_grpc.QuoteServiceServicer):
     async def _attestable(self, raw_id: str) -> _Attestable:
         """The enclave's certificate, from the cache while the attestor still measures it."""
         cached = self._rows.get(raw_id)
-        now = time.monotonic()
         if (
             cached is not None
-            and now - cached.read_at < ATTESTABLE_ROW_SECONDS
+            and time.monotonic() - cached.read_at < ATTESTABLE_ROW_SECONDS
             and self._attestor.is_measured(_enclave_id(raw_id), cached.certificate_sha256)
         ):
             return cached
+        # One read per enclave at a time: a batch of answers arrives, and asks again, at once.
+        reading = self._reading.get(raw_id)
+        if reading is None:
+            reading = asyncio.ensure_future(self._read(raw_id))
+            self._reading[raw_id] = reading
+            reading.add_done_callback(lambda done: self._read_done(raw_id, done))
+        return await asyncio.shield(reading)
+
+    def _read_done(self, raw_id: str, done: asyncio.Future[_Attestable]) -> None:
+        self._reading.pop(raw_id, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here too, in case every waiter went away
+
+    async def _read(self, raw_id: str) -> _Attestable:
         self._rows.pop(raw_id, None)
         record = await self._store.get(_enclave_id(raw_id))
         if record is None:
@@ -155,7 +170,7 @@ class QuoteServicer(control_pb2_grpc.QuoteServiceServicer):
                 f"the enclave is {record.phase.value}; only a running enclave can be attested",
                 {"phase": record.phase.value},
             )
-        row = _Attestable(record.certificate_pem, record.certificate_sha256, now)
+        row = _Attestable(record.certificate_pem, record.certificate_sha256, time.monotonic())
         if len(self._rows) >= _MAX_CACHED_ROWS:
             self._rows.clear()
         self._rows[raw_id] = row
