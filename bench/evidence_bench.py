@@ -129,16 +129,14 @@ def delete(stack: Stack, user: LoggedIn, enclave_id: str) -> None:
     )
 
 
-async def through_api(creates: int, samples: int) -> None:
-    print(f"\n1. Through the API: GetAttestation over mTLS, {creates} creates+deletes", flush=True)
-    with tempfile.TemporaryDirectory(prefix="evidence-bench-") as tmp:
-        for stack in start_stack("sqlite", Path(tmp), None, LICENSING_MAX_ENCLAVES="10"):
-            await api_phase(stack, creates, samples)
+Get = Callable[[bytes], Awaitable[attestation_pb2.Attestation]]
+Verify = Callable[[attestation_pb2.Attestation, bytes], object]
 
 
-async def api_phase(stack: Stack, creates: int, samples: int) -> None:
-    user = stack.new_user()
-    probe = create(stack, user)
+def attestation_calls(
+    stack: Stack, user: LoggedIn, probe: enclave_pb2.Enclave
+) -> tuple[Get, Verify]:
+    """GetAttestation of ``probe`` over mTLS (fresh nonce each), and the client's check of it."""
     stub = attestation_pb2_grpc.AttestationServiceStub(stack.user_channel(user))
     ca = [stack.ca_pem.decode()]
 
@@ -157,6 +155,20 @@ async def api_phase(stack: Stack, creates: int, samples: int) -> None:
             trusted_ca_pem=ca,
         )
 
+    return get, verify
+
+
+async def through_api(creates: int, samples: int) -> None:
+    print(f"\n1. Through the API: GetAttestation over mTLS, {creates} creates+deletes", flush=True)
+    with tempfile.TemporaryDirectory(prefix="evidence-bench-") as tmp:
+        for stack in start_stack("sqlite", Path(tmp), None, LICENSING_MAX_ENCLAVES="10"):
+            await api_phase(stack, creates, samples)
+
+
+async def api_phase(stack: Stack, creates: int, samples: int) -> None:
+    user = stack.new_user()
+    probe = create(stack, user)
+    get, verify = attestation_calls(stack, user, probe)
     print(HEADER)
     first = await sample(1, 1, get, verify, samples)
     print(first.row(), flush=True)

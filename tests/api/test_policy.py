@@ -17,7 +17,12 @@ from grpc_reflection.v1alpha import reflection_pb2
 from licensing.control.v1 import control_pb2
 
 from licensing_common.rpc.guard import AccessGuard
-from licensing_server.api.policy import BACKEND_POLICY, FRONTEND_POLICY, Access
+from licensing_server.api.policy import (
+    BACKEND_POLICY,
+    BACKEND_QUOTE_POLICY,
+    FRONTEND_POLICY,
+    Access,
+)
 
 
 def _public_api_modules() -> list[ModuleType]:
@@ -95,6 +100,17 @@ def test_the_internal_api_is_for_the_frontend_only() -> None:
         assert BACKEND_POLICY[method] is Access.FRONTEND, method
     for method in OPS_METHODS:
         assert BACKEND_POLICY[method] is Access.FRONTEND, method  # health and reflection too
+
+
+def test_the_listener_for_other_pods_serves_quotes_to_frontends_and_nothing_else() -> None:
+    """Other pods' frontends reach a backend's QuoteService; the rest stays pod-loopback."""
+    quote_methods = {
+        m for m in BACKEND_METHODS if m.startswith("/licensing.control.v1.QuoteService/")
+    }
+    assert quote_methods == {"/licensing.control.v1.QuoteService/Quote"}
+    assert set(BACKEND_QUOTE_POLICY) == quote_methods | OPS_METHODS
+    for method, access in BACKEND_QUOTE_POLICY.items():
+        assert access is Access.FRONTEND, method
 
 
 # Deny by default ----------------------------------------------------------------------------

@@ -128,6 +128,13 @@ _PARSED: list[tuple[str, str, str, object]] = [
     ("BACKEND_ID", " backend-7 ", "backend_id", "backend-7"),
     ("BACKEND_HEARTBEAT_SECONDS", "2", "backend_heartbeat_seconds", 2),
     ("BACKEND_STALE_AFTER_SECONDS", "10", "backend_stale_after_seconds", 10),
+    ("BACKEND_QUOTE_ADDR", "0.0.0.0:8445", "backend_quote_addr", "0.0.0.0:8445"),
+    (
+        "BACKEND_QUOTE_ADVERTISE_ADDR",
+        " 10.0.0.7:8445 ",
+        "backend_quote_advertise_addr",
+        "10.0.0.7:8445",
+    ),
 ]
 
 
@@ -331,3 +338,20 @@ def test_a_backends_id_is_the_same_after_a_restart(
     assert first.effective_backend_id != other.effective_backend_id
     monkeypatch.setenv("POD_NAME", "licensing-backend-0")
     assert first.effective_backend_id == "licensing-backend-0"
+
+
+def test_the_quote_listener_is_off_by_default_and_advertised_as_bound_unless_a_wildcard() -> None:
+    assert Settings.from_env({}).effective_quote_advertise_addr == ""
+    off = Settings.from_env({"LICENSING_BACKEND_QUOTE_ADDR": "off"})
+    assert off.backend_quote_addr == ""
+    bound = Settings.from_env({"LICENSING_BACKEND_QUOTE_ADDR": "127.0.0.1:8445"})
+    assert bound.effective_quote_advertise_addr == "127.0.0.1:8445"
+    wildcard = Settings.from_env({"LICENSING_BACKEND_QUOTE_ADDR": "0.0.0.0:8445"})
+    assert wildcard.effective_quote_advertise_addr == ""
+    told = Settings.from_env(
+        {
+            "LICENSING_BACKEND_QUOTE_ADDR": "0.0.0.0:8445",
+            "LICENSING_BACKEND_QUOTE_ADVERTISE_ADDR": "10.0.0.7:8445",
+        }
+    )
+    assert told.effective_quote_advertise_addr == "10.0.0.7:8445"

@@ -155,6 +155,7 @@ def running_dev(
                 f"127.0.0.1:{postgres_for_the_statefulset.port}"
             ),
         },
+        pod_local_addresses=True,
         resolv_conf=dns.resolv_conf,
         base_env={"PATH": "/usr/local/bin:/usr/bin:/bin"},
         missing_object_seconds=120,

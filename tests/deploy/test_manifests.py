@@ -318,3 +318,47 @@ def test_the_backend_may_act_only_in_the_enclave_namespace_and_on_its_lease(
     ]
     pdb = one(objects, "PodDisruptionBudget", "licensing")
     assert pdb["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "licensing"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_other_pods_frontends_reach_only_the_backends_quote_port_and_only_from_licensing_pods(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    """Attestation with replicas: the measuring backend answers through any frontend."""
+    objects = rendered[overlay]
+    pod = licensing_pod(objects)
+    frontend, backend = pod["containers"][0], pod["containers"][1]
+    assert {"name": "quotes", "containerPort": 8446} in backend["ports"]
+    env = container_env(objects, backend)
+    settings = Settings.from_env(env)
+    assert settings.backend_quote_addr == "0.0.0.0:8446"
+    assert settings.effective_quote_advertise_addr == "10.0.0.1:8446"  # $(POD_IP)
+    assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in backend[
+        "env"
+    ]
+    # The frontend knows its pod-mate backend by the same id (quoted over the loopback).
+    pod_name = {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    assert pod_name in frontend["env"]
+    assert settings.backend_addr == "127.0.0.1:8444"  # the rest stays pod-loopback
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    licensing_pods = [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "licensing"}}}]
+    quotes = one(policies, "NetworkPolicy", "licensing-quotes")["spec"]
+    assert quotes["ingress"] == [
+        {"from": licensing_pods, "ports": [{"protocol": "TCP", "port": 8446}]}
+    ]
+    assert quotes["egress"] == [
+        {"to": licensing_pods, "ports": [{"protocol": "TCP", "port": 8446}]}
+    ]
+    opened = [
+        rule
+        for policy in policies
+        for rule in policy["spec"].get("ingress", [])
+        if any(p["port"] == 8446 for p in rule.get("ports", []))
+    ]
+    assert opened == quotes["ingress"]
+
+
+def test_production_runs_two_replicas_now_that_each_attests_with_its_own_tpm(
+    rendered: dict[str, list[Obj]],
+) -> None:
+    assert one(rendered["production"], "Deployment", "licensing")["spec"]["replicas"] == 2

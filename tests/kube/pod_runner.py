@@ -35,11 +35,14 @@ as a kubelet-equivalent: a mount at ``/tmp`` also sets ``TMPDIR``, and a mount a
 well-known ServiceAccount path (which client libraries read at a fixed absolute path) gets a
 kubeconfig next to it naming its token file and CA, and ``KUBECONFIG`` pointing at it.
 
-Networking: every pod shares the machine's network, so the pod's own addresses are mapped
-to its pod IP (a loopback address kwok gives it): each ``0.0.0.0:<port>`` and
-``127.0.0.1:<port>`` in an env value, argument or probe command becomes ``<podIP>:<port>``,
-so two pods listening on the same port (the frontend's 8443, an enclave's 8443) do not
-collide. What a program binds or dials on loopback by itself, with no address in the
+Networking: every pod shares the machine's network. With ``pod_local_addresses`` (pods
+whose manifests only ever name their own addresses, as the deployed overlays do) the pod's
+own addresses are mapped to its pod IP (a loopback address kwok gives it): each
+``0.0.0.0:<port>`` and ``127.0.0.1:<port>`` in an env value, argument or probe command
+becomes ``<podIP>:<port>``, so two pods listening on the same port (the frontend's 8443, an
+enclave's 8443) do not collide. Without it (the default) addresses are left alone: a
+backend running on the machine itself tells its enclave pods to dial 127.0.0.1. What a
+program binds or dials on loopback by itself, with no address in the
 manifest, stays on the machine's loopback (the dev overlay's swtpm and the backend's default
 TCTI, 127.0.0.1:2321): such a pod runs once per machine. Cluster DNS: with ``resolv_conf``
 (``tests.kube.cluster_dns.ClusterDns.resolv_conf``), each container runs in a mount
@@ -203,9 +206,10 @@ class PodRunner:
     "licensing_enclave"]}``. ``images`` maps an image's name (without tag or digest) to the
     folders put first on PATH for its containers, where ``command[0]`` is then looked up.
     ``services`` maps ``"<service>.<namespace>.svc:<port>"`` to the ``"host:port"`` that
-    stands for it; ``resolv_conf`` gives the pod's ``/etc/resolv.conf`` for a namespace
-    (cluster DNS). Processes get only the container's environment plus ``base_env`` (PATH by
-    default), never the test's own.
+    stands for it; ``pod_local_addresses`` maps loopback and wildcard addresses to the pod
+    IP (see the module's docstring); ``resolv_conf`` gives the pod's ``/etc/resolv.conf``
+    for a namespace (cluster DNS). Processes get only the container's environment plus
+    ``base_env`` (PATH by default), never the test's own.
     """
 
     def __init__(
@@ -217,6 +221,7 @@ class PodRunner:
         executables: Mapping[str, Sequence[str]] | None = None,
         images: Mapping[str, Sequence[Path | str]] | None = None,
         services: Mapping[str, str] | None = None,
+        pod_local_addresses: bool = False,
         resolv_conf: Callable[[str], str] | None = None,
         base_env: Mapping[str, str] | None = None,
         node_name: str = NODE_NAME,
@@ -229,6 +234,7 @@ class PodRunner:
         self._executables = {k: list(v) for k, v in (executables or {}).items()}
         self._images = {k: [str(p) for p in v] for k, v in (images or {}).items()}
         self._services = dict(services or {})
+        self._pod_local_addresses = pod_local_addresses
         self._resolv_conf = resolv_conf
         self._base_env = dict(base_env if base_env is not None else {"PATH": os.defpath})
         self._node_name = node_name
@@ -653,7 +659,8 @@ class PodRunner:
     def _rewrite(self, value: str, container: ContainerProcess, pod_ip: str) -> str:
         """A manifest's value as this process needs it: the pod's own addresses, the mapped
         Service addresses, then mountPaths (see the module's docstring)."""
-        value = _POD_LOCAL_ADDRESS.sub(pod_ip, value)
+        if self._pod_local_addresses:
+            value = _POD_LOCAL_ADDRESS.sub(pod_ip, value)
         for service, address in self._services.items():
             value = value.replace(service, address)
         return rewrite_paths(value, container.mounts)

@@ -7,9 +7,11 @@ import hashlib
 import os
 
 import pytest
+import sqlalchemy as sa
 
 from licensing_common.errors import AlreadyExists, Unauthenticated
 from licensing_server.storage import Database, SessionRecord, UserRecord, UserStore
+from licensing_server.storage._models import RefreshToken
 from tests.storage.conftest import NOW, new_user
 
 _DAY = dt.timedelta(days=1)
@@ -140,3 +142,39 @@ async def test_a_refresh_token_that_cannot_be_used_names_why(
     with pytest.raises(Unauthenticated) as caught:
         await store.rotate_refresh_token(token, _hash(), when, None)
     assert caught.value.reason == reason
+
+
+async def test_expired_sessions_go_with_their_refresh_tokens_and_live_ones_stay(
+    database: Database,
+) -> None:
+    """Every login adds a session and every refresh a token: pruning keeps them to the live."""
+    store = UserStore(database)
+    user = await new_user(database)
+    long_ago = NOW - 10 * _DAY
+    expired = []
+    for _ in range(3):
+        first, second = _hash(), _hash()
+        session = await store.create_session(user, _CERT, first, long_ago - _DAY, long_ago)
+        await store.rotate_refresh_token(first, second, long_ago - _DAY, None)
+        expired.append((session, second))
+    live_token = _hash()
+    live = await _session(store, user, live_token)
+
+    assert await store.prune_expired_sessions(NOW, limit=2) == 2  # a pass takes a batch
+    assert await store.prune_expired_sessions(NOW, limit=2) == 1
+    assert await store.prune_expired_sessions(NOW) == 0
+
+    ids = [session.id for session, _ in expired]
+    async with database.read() as db:
+        left = await db.scalar(
+            sa.select(sa.func.count())
+            .select_from(RefreshToken)
+            .where(RefreshToken.session_id.in_(ids))
+        )
+    assert left == 0  # the rows are gone, not only refused
+    for session, token in expired:
+        assert not await store.session_is_active(session.id, long_ago - _DAY)
+        with pytest.raises(Unauthenticated):
+            await store.peek_refresh_token(token, long_ago - _DAY)
+    assert await store.session_is_active(live.id, NOW)
+    assert (await store.peek_refresh_token(live_token, NOW)).id == live.id

@@ -202,6 +202,11 @@ class Settings:
     # backend whose heartbeat is older than backend_stale_after_seconds.
     backend_heartbeat_seconds: int = 5
     backend_stale_after_seconds: int = 30
+    # Attestation with replicas: the backend's second mTLS listener, QuoteService only, for
+    # the frontends of other pods ("": none, the single-backend default), and the host:port
+    # it records in ``backends`` for them to dial (empty: the listener's, unless a wildcard).
+    backend_quote_addr: str = ""
+    backend_quote_advertise_addr: str = ""
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
 
     @property
@@ -214,6 +219,14 @@ class Settings:
             return pod
         where = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
         return f"{socket.gethostname()}-{where}"
+
+    @property
+    def effective_quote_advertise_addr(self) -> str:
+        """Where other pods' frontends reach this backend's QuoteService ("": they cannot)."""
+        if self.backend_quote_advertise_addr or not self.backend_quote_addr:
+            return self.backend_quote_advertise_addr
+        host = self.backend_quote_addr.rpartition(":")[0].strip("[]")
+        return "" if host in ("0.0.0.0", "::", "") else self.backend_quote_addr  # noqa: S104
 
     @property
     def effective_token_keys_dir(self) -> Path:
@@ -285,6 +298,12 @@ class Settings:
                 problems.append(f"LICENSING_{name}={value!r} is not host:port")
                 return default
             return value
+
+        def address_or_none(name: str) -> str:
+            """host:port, or "" when unset, blank or "off"."""
+            if env.get(f"LICENSING_{name}", "").strip().lower() in ("", "off"):
+                return ""
+            return address(name, "")
 
         def optional_address(name: str, default: str) -> str:
             """host:port, or "" for "off" (blank, like every variable: ``default``)."""
@@ -406,6 +425,8 @@ class Settings:
             backend_stale_after_seconds=integer(
                 "BACKEND_STALE_AFTER_SECONDS", defaults.backend_stale_after_seconds, 2, 3600
             ),
+            backend_quote_addr=address_or_none("BACKEND_QUOTE_ADDR"),
+            backend_quote_advertise_addr=address_or_none("BACKEND_QUOTE_ADVERTISE_ADDR"),
             kubernetes=_kubernetes(env, text, integer, address, problems),
         )
         if settings.uses_sqlite and settings.leader_election not in ("", "sole"):

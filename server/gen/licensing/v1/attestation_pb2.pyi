@@ -23,6 +23,9 @@ answers:
   UNAVAILABLE TPM_LOCKED_OUT: the TPM is in dictionary-attack lockout;
     metadata `recovery_seconds`, `lockout_counter`, `max_auth_fail`,
     `retry_after_ms` (and a RetryInfo).
+  UNAVAILABLE MEASURING_BACKEND_UNAVAILABLE: with replicas, the backend
+    whose TPM measured the enclave is stopped, stale or does not answer
+    (no other TPM can attest it); retry, or create the enclave again.
 """
 
 from collections import abc as _abc

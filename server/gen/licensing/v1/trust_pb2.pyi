@@ -58,7 +58,8 @@ class GetTrustBundleResponse(_message.Message):
 
     @_builtins.property
     def ak_certificate_chain_pem(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The attestation key certificate chain (PEM, leaf first); empty until the
+        """The attestation key certificates (PEM): every live backend's AK
+        certificate first, then the CA chain they share, each once; empty until a
         backend has certified its attestation key.
         """
 

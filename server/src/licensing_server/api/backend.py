@@ -24,10 +24,11 @@ from licensing_server.storage import EnclaveStore
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
+QUOTE_SERVICE = "licensing.control.v1.QuoteService"
 SERVICE_NAMES = (
     "licensing.control.v1.CertificateService",
     "licensing.control.v1.ProvisioningService",
-    "licensing.control.v1.QuoteService",
+    QUOTE_SERVICE,
 )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from licensing_common.rpc.policy import Access
 
-__all__ = ["BACKEND_POLICY", "FRONTEND_POLICY", "Access"]
+__all__ = ["BACKEND_POLICY", "BACKEND_QUOTE_POLICY", "FRONTEND_POLICY", "Access"]
 
 
 _OPS = {
@@ -37,5 +37,12 @@ BACKEND_POLICY: dict[str, Access] = {
     "/licensing.control.v1.CertificateService/GetCaCertificates": Access.FRONTEND,
     "/licensing.control.v1.ProvisioningService/Provision": Access.FRONTEND,
     "/licensing.control.v1.ProvisioningService/Deprovision": Access.FRONTEND,
+    "/licensing.control.v1.QuoteService/Quote": Access.FRONTEND,
+}
+
+#: The backend's listener for the frontends of other pods (attestation with replicas):
+#: quotes of the enclaves its TPM measured, nothing else of the control API.
+BACKEND_QUOTE_POLICY: dict[str, Access] = {
+    **dict.fromkeys(_OPS, Access.FRONTEND),
     "/licensing.control.v1.QuoteService/Quote": Access.FRONTEND,
 }

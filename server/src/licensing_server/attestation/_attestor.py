@@ -349,6 +349,21 @@ class Attestor:
         elif self._members.pop(enclave_id, None) is not None:
             self._version += 1
 
+    async def resync(self, busy: Callable[[str], bool]) -> int:
+        """Forget members the database no longer lists as live; returns how many.
+
+        With replicas another backend may settle or delete an enclave this TPM measured
+        (the leader; a delete through another pod's frontend): its certificate leaves PCR
+        23 at the next quote. ``busy`` enclaves (being provisioned here) are left alone.
+        """
+        if self._members is None:
+            return 0
+        live = {enclave_id for enclave_id, _ in await self._live()}
+        gone = [i for i in list(self._members) if i not in live and not busy(i)]
+        for enclave_id in gone:
+            self.forget(enclave_id)
+        return len(gone)
+
     async def _load_members(self) -> dict[str, bytes]:
         if self._members is None:
             live = await self._live()

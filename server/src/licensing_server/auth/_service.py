@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import math
@@ -11,7 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from licensing_common.errors import InvalidArgument, ResourceExhausted, Unauthenticated
+from licensing_common.errors import (
+    InvalidArgument,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
 from licensing_common.throttle import BucketStore, Rate, TokenBuckets
 from licensing_server.auth._passwords import PasswordHasher, check_password_policy
 from licensing_server.auth._usernames import normalise_username
@@ -259,6 +265,33 @@ class AuthService:
     def _session_check_ttl(self) -> float:
         heard = self._notifications is not None and self._notifications.connected
         return self.NOTIFIED_SESSION_CHECK_TTL if heard else self.SESSION_CHECK_TTL
+
+    #: How often a frontend deletes expired sessions (any replica may: the delete is
+    #: idempotent, and each pass takes at most ``SESSIONS_PRUNED_PER_PASS`` at a time).
+    SESSION_PRUNE_SECONDS = 600.0
+    SESSIONS_PRUNED_PER_PASS = 1000
+
+    async def prune_expired_sessions(self) -> int:
+        """Delete the sessions (and their refresh tokens) that expired; how many went."""
+        pruned = 0
+        while True:
+            batch = await self._users.prune_expired_sessions(
+                self._clock(), self.SESSIONS_PRUNED_PER_PASS
+            )
+            pruned += batch
+            if batch < self.SESSIONS_PRUNED_PER_PASS:
+                return pruned
+
+    async def prune_sessions_forever(self) -> None:
+        """The session tables hold live sessions only, however many logins there ever were."""
+        while True:
+            try:
+                pruned = await self.prune_expired_sessions()
+            except Unavailable:
+                pruned = 0  # the next pass catches up
+            if pruned:
+                _log.info("pruned %d expired sessions", pruned)
+            await asyncio.sleep(self.SESSION_PRUNE_SECONDS)
 
     async def logout(self, claims: AccessClaims) -> None:
         await self._users.revoke_session(claims.session_id, self._clock(), "logout")

@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import ipaddress
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -27,6 +28,7 @@ from licensing_common.rpc.server import (
     tls_credentials,
 )
 from licensing_server.api.backend import (
+    QUOTE_SERVICE,
     SERVICE_NAMES,
     CertificateServicer,
     ProvisioningServicer,
@@ -37,7 +39,7 @@ from licensing_server.api.enrollment import (
     ENROLLMENT_SERVICE,
     EnrollmentServicer,
 )
-from licensing_server.api.policy import BACKEND_POLICY
+from licensing_server.api.policy import BACKEND_POLICY, BACKEND_QUOTE_POLICY
 from licensing_server.attestation import Attestor
 from licensing_server.catalog import (
     CERTIFICATE_ISSUERS,
@@ -74,7 +76,14 @@ from licensing_server.provisioning import (
     measured_certificates,
 )
 from licensing_server.runtimes import EnrollmentDesk
-from licensing_server.storage import Database, EnclaveStore, MeasurementStore, run_migrations
+from licensing_server.storage import (
+    BackendDirectory,
+    Database,
+    DatabaseUnavailable,
+    EnclaveStore,
+    MeasurementStore,
+    run_migrations,
+)
 from licensing_server.tasks import TaskSet, spawn
 from licensing_server.tpm import TpmDevice, TpmTransport
 
@@ -223,13 +232,16 @@ async def _serve(
     runtime = ENCLAVE_RUNTIMES.resolve(settings.enclave_runtime)(settings, layout)
     stack.push_async_callback(runtime.close)
     await runtime.start()
+    # Rows name the backend driving them only where there can be several (PostgreSQL);
+    # that backend's TPM measures them, into its own log.
+    backend_id = None if settings.uses_sqlite else settings.effective_backend_id
     attestor = Attestor(
         tpm=tpm,
         ca=ca,
-        measurements=MeasurementStore(database),
+        measurements=MeasurementStore(database, backend_id),
         manufacturer_ca_pem=_manufacturer_ca(transport),
         ak_certificate_path=layout.ak_certificate,
-        live_certificates=lambda: measured_certificates(store),
+        live_certificates=lambda: measured_certificates(store, backend_id),
         simulated_tpm_latency=settings.tpm_simulated_latency_ms / 1000,
         metrics=AttestationMetrics(registry),
     )
@@ -237,8 +249,6 @@ async def _serve(
     background = TaskSet()
     stack.push_async_callback(background.cancel_all)
     background.spawn(attestor.keep_proving(), name="prove-attestation-key")
-    # Rows name the backend driving them only where there can be several (PostgreSQL).
-    backend_id = None if settings.uses_sqlite else settings.effective_backend_id
     provisioner = EnclaveProvisioner(
         store=store,
         runtime=runtime,
@@ -269,7 +279,14 @@ async def _serve(
     await reconciler.reconcile_after_start()
 
     dns, ips = _split_names(
-        ["localhost", "licensing-backend", "127.0.0.1", _host(settings.backend_addr)]
+        [
+            "localhost",
+            "licensing-backend",
+            "127.0.0.1",
+            _host(settings.backend_addr),
+            _host(settings.backend_quote_addr),
+            _host(settings.effective_quote_advertise_addr),
+        ]
     )
     key, cert = ca.issue_key_pair(
         common_name="licensing-backend", dns_names=dns, ip_addresses=ips, server=True
@@ -293,7 +310,8 @@ async def _serve(
     control_pb2_grpc.add_ProvisioningServiceServicer_to_server(
         ProvisioningServicer(provisioner), server
     )
-    control_pb2_grpc.add_QuoteServiceServicer_to_server(QuoteServicer(attestor, store), server)
+    quotes = QuoteServicer(attestor, store)
+    control_pb2_grpc.add_QuoteServiceServicer_to_server(quotes, server)
     health = await add_health_and_reflection(server, SERVICE_NAMES)
     stack.push_async_callback(health.enter_graceful_shutdown)
 
@@ -314,6 +332,17 @@ async def _serve(
         ) from exc
     await server.start()
     _log.info("backend serving internal mTLS API on %s", settings.backend_addr)
+    if settings.backend_quote_addr:
+        await _serve_quotes(settings, stack, quotes, identity, rpc_metrics)
+    if backend_id is not None:
+        announcer = _Announcer(
+            BackendDirectory(database),
+            backend_id,
+            settings.effective_quote_advertise_addr,
+            lambda: attestor.ak_certificate_chain_pem,
+        )
+        background.spawn(announcer.run(settings.backend_heartbeat_seconds), name="announce-backend")
+        stack.push_async_callback(announcer.withdraw)
     desk = runtime.enrollment_desk
     if desk is not None:
         await _serve_enrollment(settings, stack, ca, desk, rpc_metrics)
@@ -336,6 +365,83 @@ async def _serve(
         raise SystemExit("the reconciler stopped unexpectedly")
     if electing.done():
         raise SystemExit("the leader election stopped unexpectedly")
+
+
+async def _serve_quotes(
+    settings: Settings,
+    stack: contextlib.AsyncExitStack,
+    quotes: QuoteServicer,
+    identity: ServerIdentity,
+    rpc_metrics: RpcMetrics,
+) -> None:
+    """QuoteService alone, for the frontends of other pods (the rest stays pod-loopback):
+    a frontend that gets ``GetAttestation`` for an enclave this backend's TPM measured."""
+    server = grpc.aio.server(
+        interceptors=[RpcObserver(rpc_metrics), AccessGuard(BACKEND_QUOTE_POLICY)],
+        options=SERVER_OPTIONS,
+    )
+    stack.push_async_callback(server.stop, 5)
+    control_pb2_grpc.add_QuoteServiceServicer_to_server(quotes, server)
+    health = await add_health_and_reflection(server, (QUOTE_SERVICE,))
+    stack.push_async_callback(health.enter_graceful_shutdown)
+    try:
+        add_listener(server, settings.backend_quote_addr, mtls_credentials(identity))
+    except (OSError, RuntimeError) as exc:
+        raise SystemExit(
+            f"licensing-backend: cannot listen on {settings.backend_quote_addr} for quotes "
+            "(LICENSING_BACKEND_QUOTE_ADDR; is another process listening there?)"
+        ) from exc
+    await server.start()
+    _log.info(
+        "backend serving QuoteService to other pods' frontends on %s (advertised as %s)",
+        settings.backend_quote_addr,
+        settings.effective_quote_advertise_addr or "nothing",
+    )
+
+
+class _Announcer:
+    """Keeps this backend's row in ``backends`` saying where its TPM answers and its AK."""
+
+    def __init__(
+        self,
+        directory: BackendDirectory,
+        backend_id: str,
+        advertise_addr: str,
+        ak_chain: Callable[[], list[str]],
+    ):
+        self._directory = directory
+        self._id = backend_id
+        self._address = advertise_addr
+        self._ak_chain = ak_chain
+        self._announced: tuple[str, list[str]] | None = None
+        self._withdrawn = False
+
+    async def run(self, period_seconds: float) -> None:
+        """Announce once the AK is proven, and again whenever it is certified anew."""
+        while True:
+            chain = self._ak_chain()
+            if chain and not self._withdrawn and self._announced != (self._address, chain):
+                try:
+                    await self._directory.announce(
+                        self._id, quote_address=self._address, ak_certificate_chain_pem=chain
+                    )
+                    self._announced = (self._address, chain)
+                    _log.info("announced quote address %r and AK", self._address)
+                except DatabaseUnavailable as exc:
+                    _log.warning("could not announce this backend: %s", exc.reason)
+            await asyncio.sleep(0.5 if not self._announced else period_seconds)
+
+    async def withdraw(self) -> None:
+        """On shutdown: no frontend dials us from now (they answer at once instead)."""
+        self._withdrawn = True
+        if self._announced is None:
+            return
+        try:
+            await self._directory.announce(
+                self._id, quote_address="", ak_certificate_chain_pem=self._announced[1]
+            )
+        except DatabaseUnavailable as exc:
+            _log.warning("could not withdraw this backend's quote address: %s", exc.reason)
 
 
 async def _serve_enrollment(

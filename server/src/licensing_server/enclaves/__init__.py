@@ -4,6 +4,7 @@ from licensing_server.enclaves._catalog import (
     EnclaveCatalog,
     EnclaveUpdate,
     ProvisioningBackend,
+    QuoteBackend,
 )
 
-__all__ = ["EnclaveCatalog", "EnclaveUpdate", "ProvisioningBackend"]
+__all__ = ["EnclaveCatalog", "EnclaveUpdate", "ProvisioningBackend", "QuoteBackend"]

@@ -42,7 +42,7 @@ from licensing_server.storage import (
 _log = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 100, 20
-MAX_CACHED_OWNERS = 65_536
+MAX_CACHED_ROWS = 65_536
 
 
 class ProvisioningBackend(Protocol):
@@ -56,7 +56,11 @@ class ProvisioningBackend(Protocol):
 
     async def deprovision(self, enclave_id: str) -> None: ...
 
-    async def quote(self, enclave_id: str, nonce: bytes) -> bytes:
+
+class QuoteBackend(Protocol):
+    """Who quotes an enclave: with replicas, the backend whose TPM measured it."""
+
+    async def quote(self, record: EnclaveRecord, nonce: bytes) -> bytes:
         """A fresh serialized ``licensing.v1.Attestation`` of the enclave over ``nonce``."""
         ...
 
@@ -91,6 +95,7 @@ class EnclaveCatalog:
         *,
         store: EnclaveStore,
         backend: ProvisioningBackend,
+        quotes: QuoteBackend,
         jwks_json: Callable[[], str],
         default_limits: Limits,
         tail: EventTail,
@@ -99,14 +104,16 @@ class EnclaveCatalog:
         self._store = store
         self._tail = tail
         self._backend = backend
+        self._quotes = quotes
         self._jwks = jwks_json
         self._defaults = default_limits
         self._clock = clock
         # One reservation at a time per user in this process (SQLite has no row locks).
         self._owner_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        # Enclave id -> owner, for attest: ownership never changes, and the backend
-        # answers for existence and phase, so a repeat attestation reads no row here.
-        self._owners: dict[str, str] = {}
+        # Rows attest has read, by the enclave id asked for: what it uses of them (id,
+        # owner, measuring backend) never changes past ACCEPTED, and the backend answers
+        # for existence and phase, so a repeat attestation reads no row here.
+        self._quoted: dict[str, EnclaveRecord] = {}
 
     # Create -----------------------------------------------------------------------
     async def create(
@@ -223,23 +230,23 @@ class EnclaveCatalog:
 
     async def attest(self, owner_id: str, enclave_id: str, nonce: bytes) -> bytes:
         check_nonce(nonce)
-        canonical = enclave_id
-        if self._owners.get(enclave_id) != owner_id:
+        record = self._quoted.get(enclave_id)
+        if record is None or record.owner_id != owner_id:
             record = await self.owned(owner_id, enclave_id)
-            canonical = record.id
-            if len(self._owners) >= MAX_CACHED_OWNERS:
-                self._owners.clear()
-            self._owners[enclave_id] = record.owner_id
+            if record.phase is not Phase.ACCEPTED:  # past ACCEPTED its backend is final
+                if len(self._quoted) >= MAX_CACHED_ROWS:
+                    self._quoted.clear()
+                self._quoted[enclave_id] = record
         try:
-            return await self._backend.quote(canonical, nonce)
+            return await self._quotes.quote(record, nonce)
         except NotFound:
-            self._owners.pop(enclave_id, None)  # gone: the next call reads the row again
+            self._quoted.pop(enclave_id, None)  # gone: the next call reads the row again
             raise
 
     async def delete(self, owner_id: str, enclave_id: str) -> None:
         record = await self.owned(owner_id, enclave_id)
-        self._owners.pop(enclave_id, None)
-        self._owners.pop(record.id, None)
+        self._quoted.pop(enclave_id, None)
+        self._quoted.pop(record.id, None)
         await self._backend.deprovision(record.id)
 
 

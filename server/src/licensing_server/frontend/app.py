@@ -42,6 +42,12 @@ from licensing_server.events import EventTail
 from licensing_server.frontend.backend_client import (
     BackendCertificateSigner,
     BackendProvisioningClient,
+    BackendQuoteClient,
+)
+from licensing_server.frontend.quote_routing import (
+    REMOTE_CHANNEL_OPTIONS,
+    AkCertificates,
+    QuoteRouter,
 )
 from licensing_server.layout import DataLayout
 from licensing_server.observability import (
@@ -55,6 +61,7 @@ from licensing_server.observability import (
 )
 from licensing_server.process import freed_memory_released, run_process, stop_requested
 from licensing_server.storage import (
+    BackendDirectory,
     Database,
     EnclaveStore,
     Limits,
@@ -142,6 +149,32 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
     stack.push_async_callback(backend_channel.close, None)
     certificates = BackendCertificateSigner(backend_channel)
     provisioning = BackendProvisioningClient(backend_channel)
+    # Replicas (PostgreSQL): a quote comes from the backend that measured the enclave, and
+    # the trust bundle lists every backend's AK. SQLite: one backend, the pod-mate.
+    directory = None if settings.uses_sqlite else BackendDirectory(database)
+    stale_after = dt.timedelta(seconds=settings.backend_stale_after_seconds)
+    client_key, client_cert = (
+        layout.frontend_client_key.read_bytes(),
+        layout.frontend_client_cert.read_bytes(),
+    )
+    quotes = QuoteRouter(
+        local=BackendQuoteClient(backend_channel),
+        own_backend_id=None if settings.uses_sqlite else settings.effective_backend_id,
+        directory=directory,
+        stale_after=stale_after,
+        channel=lambda address: BackendCertificateSigner.channel(
+            address,
+            ca_pem=ca_pem,
+            key_pem=client_key,
+            cert_pem=client_cert,
+            interceptors=correlation_propagators(),
+            options=REMOTE_CHANNEL_OPTIONS,
+        ),
+    )
+    stack.push_async_callback(quotes.close)
+    ak_certificates = AkCertificates(
+        own=certificates.ak_certificate_chain, directory=directory, stale_after=stale_after
+    )
 
     verifier = AccessTokenVerifier(
         keys.public_keys(),
@@ -188,9 +221,11 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
         tail.listen(listener)  # the backend's phases reach watchers without the poll's wait
 
     await stack.enter_async_context(notifications(database, hear))
+    background.spawn(auth.prune_sessions_forever(), name="session-pruner")
     catalog = EnclaveCatalog(
         store=enclaves,
         backend=provisioning,
+        quotes=quotes,
         jwks_json=keys.jwks_json,
         default_limits=Limits(
             max_enclaves=settings.max_enclaves,
@@ -223,7 +258,7 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
     trust_pb2_grpc.add_TrustServiceServicer_to_server(
         TrustServicer(
             ca_certificates_pem=lambda: ca_list,
-            ak_certificate_chain_pem=certificates.ak_certificate_chain,
+            ak_certificate_chain_pem=ak_certificates,
             jwks_json=keys.jwks_json,
             issuer=settings.token_issuer,
             audience=settings.token_audience,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import grpc
 from grpc_status import rpc_status
@@ -72,11 +73,14 @@ class BackendCertificateSigner:
         key_pem: bytes,
         cert_pem: bytes,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        options: Sequence[tuple[str, Any]] = (),
     ) -> grpc.aio.Channel:
         creds = grpc.ssl_channel_credentials(
             root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
         )
-        return grpc.aio.secure_channel(address, creds, interceptors=interceptors or None)
+        return grpc.aio.secure_channel(
+            address, creds, options=options or None, interceptors=interceptors or None
+        )
 
     async def sign_user_certificate(
         self, *, user_id: str, username: str, csr_pem: str, lifetime: dt.timedelta
@@ -118,7 +122,6 @@ class BackendProvisioningClient:
 
     def __init__(self, channel: grpc.aio.Channel):
         self._stub = control_pb2_grpc.ProvisioningServiceStub(channel)
-        self._quotes = control_pb2_grpc.QuoteServiceStub(channel)
 
     async def provision(self, record: EnclaveRecord, jwks_json: str) -> AsyncIterator[EventRecord]:
         # The backend reads the nonce and expiry from the row the frontend reserved.
@@ -145,10 +148,19 @@ class BackendProvisioningClient:
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from exc
 
+
+class BackendQuoteClient:
+    """One backend's ``QuoteService``: the pod-mate's, or another pod's (quote_routing)."""
+
+    def __init__(self, channel: grpc.aio.Channel, *, timeout: float = 30.0):
+        self._quotes = control_pb2_grpc.QuoteServiceStub(channel)
+        self._timeout = timeout
+
     async def quote(self, enclave_id: str, nonce: bytes) -> bytes:
         try:
             reply = await self._quotes.Quote(
-                control_pb2.QuoteRequest(enclave_id=enclave_id, nonce=nonce), timeout=30
+                control_pb2.QuoteRequest(enclave_id=enclave_id, nonce=nonce),
+                timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from exc

@@ -115,6 +115,10 @@ class EnclaveProvisioner:
         #: Why each enclave whose provisioning ended without a final phase stopped.
         self._interrupted: dict[str, str] = {}
 
+    async def forget_settled_elsewhere(self) -> int:
+        """Measured enclaves another backend settled or deleted leave our PCR 23."""
+        return await self._attestor.resync(self.is_provisioning)
+
     # Commands -----------------------------------------------------------------
     async def start(self, enclave_id: str, owner_id: str, jwks_json: str) -> EnclaveRecord:
         """Begin provisioning an ACCEPTED enclave; repeating it is harmless."""
@@ -369,10 +373,16 @@ def _with_handle(record: EnclaveRecord, handle: str) -> EnclaveRecord:
     return dataclasses.replace(record, runtime_handle=handle)
 
 
-async def measured_certificates(store: EnclaveStore) -> list[tuple[str, bytes]]:
-    """(enclave id, certificate SHA-256) of every enclave whose certificate is in PCR 23."""
+async def measured_certificates(
+    store: EnclaveStore, backend_id: str | None = None
+) -> list[tuple[str, bytes]]:
+    """(enclave id, certificate SHA-256) of every enclave whose certificate is in PCR 23.
+
+    With replicas, each backend's TPM measures the enclaves it provisioned: only rows
+    naming ``backend_id`` (None: SQLite's single backend, every row).
+    """
     return [
         (r.id, r.certificate_sha256)
         for r in await store.in_phases(set(MEASURED))
-        if r.certificate_sha256
+        if r.certificate_sha256 and (backend_id is None or r.backend_id == backend_id)
     ]

@@ -4,12 +4,16 @@ while the backend runs (the database went away under it), and when licences expi
 With several backends against one database, the passes split in two (``Reconciler.run``):
 
 - cluster-wide, the leader's alone (``leadership``): ``reap_expired``,
-  ``release_abandoned``, ``settle_lost_workloads``. They act on any row, whichever
-  backend started it; two backends running them at once would delete, fail and stop the
-  same enclaves twice, race each other's writes, and double the Kubernetes reads.
+  ``release_abandoned``, ``settle_orphaned``, ``settle_orphaned_workloads``. They act on
+  any row, whichever backend started it; two backends running them at once would delete,
+  fail and stop the same enclaves twice, race each other's writes, and double the
+  Kubernetes reads.
 - this backend's own, every backend: ``settle_interrupted``. It settles what this
   backend's provisioner knows ended without a final phase (``interruption``), from its
-  in-memory tasks: no other backend can see those, so the leader could not do it.
+  in-memory tasks: no other backend can see those, so the leader could not do it. And
+  ``settle_lost_workloads``, of this backend's enclaves: a local runtime sees only the
+  processes it started, and the backend whose TPM measured an enclave is the one whose
+  PCR 23 must drop it.
 
 With replicas (``backend_id`` set), each enclave row names the backend that started
 it, and each backend heartbeats into ``backends``: ``reconcile_after_start`` and
@@ -213,13 +217,27 @@ class Reconciler:
         return settled
 
     async def settle_lost_workloads(self) -> int:
-        """ATTESTED enclaves whose workload stopped (crashed, killed): FAILED / ``WORKLOAD_LOST``.
+        """This backend's ATTESTED enclaves whose workload stopped (crashed, killed):
+        FAILED / ``WORKLOAD_LOST``.
 
         Nothing else notices while the backend runs: the row would hold its licence, and
         its certificate stay in the measured set, until the enclave expired.
         """
+        return await self._settle_lost(self._owns)
+
+    async def settle_orphaned_workloads(self) -> int:
+        """``settle_lost_workloads`` for the enclaves of backends that are gone (the leader's)."""
+        if self._backend_id is None:
+            return 0  # one backend: settle_lost_workloads sees every row
+        live = await self._store.live_backends(self._stale_after)
+        live.add(self._backend_id)
+        return await self._settle_lost(lambda record: record.backend_id not in live)
+
+    async def _settle_lost(self, mine: Callable[[EnclaveRecord], bool]) -> int:
         lost = 0
         for record in await self._store.in_phases({Phase.ATTESTED}):
+            if not mine(record):
+                continue
             if self._provisioner.is_provisioning(record.id) or await self._runtime.is_alive(
                 record.id, record.runtime_handle
             ):
@@ -244,14 +262,19 @@ class Reconciler:
             await asyncio.gather(
                 self._every(self._interval, self.reap_expired, self.release_abandoned),
                 self._every(
-                    self._settle_interval, self.settle_lost_workloads, self.settle_orphaned
+                    self._settle_interval, self.settle_orphaned_workloads, self.settle_orphaned
                 ),
             )
 
         leader_only = cluster_wide() if election is None else while_leading(election, cluster_wide)
         await asyncio.gather(
             leader_only,
-            self._every(self._settle_interval, self.settle_interrupted),
+            self._every(
+                self._settle_interval,
+                self.settle_interrupted,
+                self.settle_lost_workloads,
+                self._provisioner.forget_settled_elsewhere,
+            ),
             self._every(self._heartbeat_seconds, self.heartbeat),
         )
 

@@ -1,6 +1,7 @@
 """Persistence: SQLAlchemy 2 models, Alembic migrations and the stores the domain uses."""
 
 from licensing_common.phases import Phase
+from licensing_server.storage._backends import BackendDirectory, BackendRecord
 from licensing_server.storage._buckets import SharedBuckets, rate_buckets
 from licensing_server.storage._database import Database, DatabaseUnavailable, run_migrations
 from licensing_server.storage._enclaves import (
@@ -29,6 +30,8 @@ __all__ = [
     "ENCLAVE_EVENTS",
     "MAX_SEQUENCE",
     "SESSIONS_REVOKED",
+    "BackendDirectory",
+    "BackendRecord",
     "Database",
     "DatabaseUnavailable",
     "EnclaveRecord",

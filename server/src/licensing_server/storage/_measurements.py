@@ -2,7 +2,9 @@
 
 Each rewrite of PCR 23 (the set of live enclaves changed, or the TPM was reset)
 starts a new epoch holding the one root it extended; older epochs are dropped in
-the same transaction, so the table holds the current epoch only.
+the same transaction, so the table holds the current epoch only. With several
+backends on one database each has its own TPM and so its own log: a store is one
+backend's, and drops only that backend's older epochs.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 
 from licensing_server.storage._database import Database
 from licensing_server.storage._models import Measurement, MeasurementEpoch
@@ -33,8 +35,10 @@ class EpochRecord:
 
 
 class MeasurementStore:
-    def __init__(self, database: Database):
+    def __init__(self, database: Database, backend_id: str | None = None):
+        """``backend_id``: whose TPM's log this is (None: SQLite's single backend)."""
         self._db = database
+        self._backend_id = backend_id
 
     async def start_epoch(
         self,
@@ -47,7 +51,9 @@ class MeasurementStore:
         Epoch ids keep rising across restarts (they are ``Attestation.log_epoch``).
         """
         async with self._db.session() as session:
-            epoch = MeasurementEpoch(reset_count=reset_count, started_at=now)
+            epoch = MeasurementEpoch(
+                reset_count=reset_count, started_at=now, backend_id=self._backend_id
+            )
             session.add(epoch)
             await session.flush()
             records = []
@@ -64,6 +70,13 @@ class MeasurementStore:
                     )
                 )
                 records.append(MeasurementRecord(epoch.id, sequence, pcr, digest, kind, enclave_id))
-            await session.execute(delete(Measurement).where(Measurement.epoch_id < epoch.id))
-            await session.execute(delete(MeasurementEpoch).where(MeasurementEpoch.id < epoch.id))
+            # Only this backend's older epochs: the others' belong to other TPMs.
+            older = select(MeasurementEpoch.id).where(
+                MeasurementEpoch.backend_id.is_not_distinct_from(self._backend_id),
+                MeasurementEpoch.id < epoch.id,
+            )
+            await session.execute(delete(Measurement).where(Measurement.epoch_id.in_(older)))
+            await session.execute(
+                delete(MeasurementEpoch).where(MeasurementEpoch.id.in_(older.scalar_subquery()))
+            )
             return EpochRecord(epoch.id, epoch.reset_count), records

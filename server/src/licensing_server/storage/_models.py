@@ -135,6 +135,10 @@ class Backend(Base):
 
     id: Mapped[str] = mapped_column(String(255), primary_key=True)
     heartbeat_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    # host:port where frontends of other pods reach this backend's QuoteService ("": none).
+    quote_address: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    # This backend's AK certificate chain (PEM, leaf first), for every frontend's trust bundle.
+    ak_certificate_chain_pem: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class EnclaveEvent(Base):
@@ -155,8 +159,11 @@ class MeasurementEpoch(Base):
     """One life of PCR 23: from a reset by the backend (live set changed, or TPM reset)."""
 
     __tablename__ = "measurement_epochs"
+    __table_args__ = (Index("ix_measurement_epochs_backend_id", "backend_id", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # Whose TPM's PCR 23 this is (None: SQLite's single backend).
+    backend_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     reset_count: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
 

@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -161,6 +161,24 @@ class UserStore:
                 .values(revoked_at=now, revoked_reason=reason)
             )
             await notify(session, SESSIONS_REVOKED, session_id)
+
+    async def prune_expired_sessions(self, now: dt.datetime, limit: int = 1000) -> int:
+        """Delete up to ``limit`` sessions that expired before ``now``, with their refresh
+        tokens: every login adds a session and every refresh a token, so without this the
+        tables would grow with every login ever made. An expired session's tokens are
+        refused whether or not its rows remain. Returns how many sessions went."""
+        async with self._db.session() as session:
+            expired = list(
+                await session.scalars(
+                    select(Session.id).where(Session.expires_at < now).limit(limit)
+                )
+            )
+            if expired:
+                await session.execute(
+                    delete(RefreshToken).where(RefreshToken.session_id.in_(expired))
+                )
+                await session.execute(delete(Session).where(Session.id.in_(expired)))
+            return len(expired)
 
     async def session_is_active(self, session_id: str, now: dt.datetime) -> bool:
         async with self._db.read() as session:

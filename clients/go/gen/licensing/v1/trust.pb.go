@@ -65,7 +65,8 @@ type GetTrustBundleResponse struct {
 	CaCertificatesPem []string `protobuf:"bytes,1,rep,name=ca_certificates_pem,json=caCertificatesPem,proto3" json:"ca_certificates_pem,omitempty"`
 	// The public keys that verify access tokens, as an RFC 7517 JWK Set.
 	JwksJson string `protobuf:"bytes,2,opt,name=jwks_json,json=jwksJson,proto3" json:"jwks_json,omitempty"`
-	// The attestation key certificate chain (PEM, leaf first); empty until the
+	// The attestation key certificates (PEM): every live backend's AK
+	// certificate first, then the CA chain they share, each once; empty until a
 	// backend has certified its attestation key.
 	AkCertificateChainPem []string `protobuf:"bytes,3,rep,name=ak_certificate_chain_pem,json=akCertificateChainPem,proto3" json:"ak_certificate_chain_pem,omitempty"`
 	// The "iss" of access tokens.

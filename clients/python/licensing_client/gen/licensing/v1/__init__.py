@@ -593,7 +593,8 @@ class GetTrustBundleResponse(betterproto.Message):
 
     ak_certificate_chain_pem: List[str] = betterproto.string_field(3)
     """
-    The attestation key certificate chain (PEM, leaf first); empty until the
+    The attestation key certificates (PEM): every live backend's AK
+     certificate first, then the CA chain they share, each once; empty until a
      backend has certified its attestation key.
     """
 

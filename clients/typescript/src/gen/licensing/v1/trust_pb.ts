@@ -48,7 +48,8 @@ export type GetTrustBundleResponse = Message<"licensing.v1.GetTrustBundleRespons
   jwksJson: string;
 
   /**
-   * The attestation key certificate chain (PEM, leaf first); empty until the
+   * The attestation key certificates (PEM): every live backend's AK
+   * certificate first, then the CA chain they share, each once; empty until a
    * backend has certified its attestation key.
    *
    * @generated from field: repeated string ak_certificate_chain_pem = 3;
