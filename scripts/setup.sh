@@ -66,6 +66,12 @@ if [ "$mode" != "--run" ]; then
     echo "setup: installing grpc-health-probe $HEALTH_PROBE_VERSION from the Go module proxy"
     GOBIN="$PWD/.tools/bin" go install "github.com/grpc-ecosystem/grpc-health-probe@$HEALTH_PROBE_VERSION"
   fi
+  # ghz: the gRPC load generator bench/cheap_calls_bench.py drives the frontend with (issue 12).
+  GHZ_VERSION=v0.93.0
+  if [ ! -x .tools/bin/ghz ]; then
+    echo "setup: installing ghz $GHZ_VERSION from the Go module proxy"
+    GOBIN="$PWD/.tools/bin" go install "github.com/bojand/ghz/cmd/ghz@$GHZ_VERSION"
+  fi
   # The Kubernetes test control plane (tests/kube): built once into LICENSING_KUBE_CACHE.
   scripts/tools/go-plugins.sh >/dev/null # Go client: protoc-gen-go, protoc-gen-go-grpc for buf
   kube_bin=$(scripts/kube/build.sh)

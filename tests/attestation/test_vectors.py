@@ -111,3 +111,56 @@ def test_the_generator_still_writes_vectors_that_parse_and_agree(tmp_path: Path)
     ]
     for vector in fresh["vectors"]:
         assert verdict(vector, fresh) == vector["expected"], vector["name"]
+
+
+def _self_signed_ca_pem(name: str) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    start = dt.datetime.fromisoformat(COMMITTED["verify_at"]) - dt.timedelta(days=1)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_a_cached_chain_answers_only_for_its_ca_set_and_only_while_valid() -> None:
+    """The chain cache skips the signature walk, never the CA set or the clock."""
+    from licensing_client.attestation import _verify
+
+    good = next(v for v in COMMITTED["vectors"] if v["name"] == "good")
+    _verify._chains.clear()
+    assert verdict(good, COMMITTED) == {"valid": True}
+    assert verdict(good, COMMITTED) == {"valid": True}  # now from the cache
+    assert len(_verify._chains._items) == 1
+
+    another_ca = dict(COMMITTED, trusted_ca_pem=[_self_signed_ca_pem("not the licensing CA")])
+    assert verdict(good, another_ca) == {"valid": False, "failed_check": "ak_certificate_chain"}
+
+    for days in (3650, -3650):
+        moved = dict(COMMITTED)
+        moved["verify_at"] = (
+            dt.datetime.fromisoformat(COMMITTED["verify_at"]) + dt.timedelta(days=days)
+        ).isoformat()
+        assert verdict(good, moved) == {"valid": False, "failed_check": "ak_certificate_chain"}
+
+    # A refused chain is not cached: only the good one is there.
+    assert len(_verify._chains._items) == 1
+    tampered = next(
+        v for v in COMMITTED["vectors"] if v["name"] == "ak_certificate_from_another_ca"
+    )
+    assert verdict(tampered, COMMITTED) == tampered["expected"]
+    assert verdict(tampered, COMMITTED) == tampered["expected"]
+    assert len(_verify._chains._items) == 1

@@ -135,6 +135,9 @@ _PARSED: list[tuple[str, str, str, object]] = [
         "backend_quote_advertise_addr",
         "10.0.0.7:8445",
     ),
+    # Continuous attestation (issue 13).
+    ("REATTEST_INTERVAL_SECONDS", "2", "reattest_interval_seconds", 2),
+    ("REATTEST_GRACE_SECONDS", "0", "reattest_grace_seconds", 0),
 ]
 
 
@@ -261,6 +264,7 @@ _BAD: list[tuple[str, str, str]] = [
     ("BCRYPT_COST", "twelve", "LICENSING_BCRYPT_COST='twelve' is not an integer"),
     ("ACCESS_TOKEN_TTL_SECONDS", "3601", "LICENSING_ACCESS_TOKEN_TTL_SECONDS=3601 is outside"),
     ("SWTPM_PORT", "65535", "LICENSING_SWTPM_PORT=65535 is outside 1..65534"),
+    ("REATTEST_INTERVAL_SECONDS", "0", "LICENSING_REATTEST_INTERVAL_SECONDS=0 is outside 1..3600"),
     ("MAX_ENCLAVES", "-1", "LICENSING_MAX_ENCLAVES=-1 is outside"),
     ("BACKEND_ADDR", "localhost", "LICENSING_BACKEND_ADDR='localhost' is not host:port"),
     ("FRONTEND_API_ADDR", ":9443", "LICENSING_FRONTEND_API_ADDR=':9443' is not host:port"),

@@ -30,6 +30,7 @@ from enclave.v1 import enrollment_pb2, enrollment_pb2_grpc, workload_pb2
 
 from licensing_common.errors import DomainError, PermissionDenied, Unavailable
 from licensing_common.rpc.errors import abort
+from tests.support import error_info
 from tests.workload.test_workload import (
     AUDIENCE,
     ENCLAVE_HOST,
@@ -68,6 +69,22 @@ class EnrolmentEndpoint(enrollment_pb2_grpc.EnrollmentServiceServicer):
     on_refusal: Callable[[], None] = lambda: None
     wrong_key: bool = False
     issued: list[x509.Certificate] = field(default_factory=list)
+    #: The authorization of each WatchRevocations stream opened, and what to send down it.
+    watches: list[str] = field(default_factory=list)
+    revoked: list[list[str]] = field(default_factory=list)
+
+    async def WatchRevocations(
+        self, request: enrollment_pb2.WatchRevocationsRequest, context: Context
+    ) -> AsyncIterator[enrollment_pb2.WatchRevocationsResponse]:
+        """As the backend's desk: every revocation so far, then each new one."""
+        metadata = dict(context.invocation_metadata() or ())
+        self.watches.append(str(metadata.get("authorization", "")))
+        sent = 0
+        while True:
+            while sent < len(self.revoked):
+                yield enrollment_pb2.WatchRevocationsResponse(session_ids=self.revoked[sent])
+                sent += 1
+            await asyncio.sleep(0.01)
 
     async def Enroll(
         self, request: enrollment_pb2.EnrollRequest, context: Context
@@ -418,3 +435,68 @@ def test_enroll_needs_a_token_file(backend: Backend, owner: User, tmp_path: Path
     )
     assert done.returncode == 2
     assert "--enroll and --token-file go together" in done.stderr
+
+
+def bearer(token: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+async def _refused_within(stub: Any, bearer: tuple[tuple[str, str]], seconds: float) -> float:
+    """Seconds until the enclave refuses ``bearer`` as SESSION_REVOKED (at most ``seconds``)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while loop.time() - started < seconds:
+        try:
+            await asyncio.to_thread(
+                stub.GetIdentity, workload_pb2.GetIdentityRequest(), metadata=bearer, timeout=5
+            )
+        except grpc.RpcError as exc:
+            info = error_info(exc)
+            reason = info.reason if info is not None else str(exc)
+            if reason != "SESSION_REVOKED":
+                raise
+            return loop.time() - started
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the session was still accepted after {seconds}s")
+
+
+async def test_a_logout_reaches_the_pod_over_its_revocation_stream_even_after_a_break(
+    backend: Backend, owner: User, tmp_path: Path
+) -> None:
+    import jwt
+
+    endpoint = EnrolmentEndpoint(backend)
+    server = await serve_endpoint(endpoint)
+    port = int(endpoint.address.rsplit(":", 1)[1])
+    pod = Pod.create(backend, owner, tmp_path)
+    enclave = pod.start(owner, endpoint.address)
+    try:
+        await serving(enclave)
+        stub = enclave.workload(backend, owner)
+        first, second = backend.token(owner), backend.token(owner)  # two logins
+        for token in (first, second):
+            await asyncio.to_thread(
+                stub.GetIdentity, workload_pb2.GetIdentityRequest(), metadata=bearer(token)
+            )
+        for _ in range(200):  # the enclave opens its stream right after it serves
+            if endpoint.watches:
+                break
+            await asyncio.sleep(0.02)
+        assert endpoint.watches == ["Bearer sa-token-1"]
+
+        sid = jwt.decode(first, options={"verify_signature": False})["sid"]
+        endpoint.revoked.append([sid])  # the backend heard a logout
+        assert await _refused_within(stub, bearer(first), 1.0) < 1.0
+
+        # The backend goes away and comes back: the stream is opened again, with the token.
+        await server.stop(None)
+        server = await serve_endpoint(endpoint, port)
+        pod.rotate_token()
+        sid = jwt.decode(second, options={"verify_signature": False})["sid"]
+        endpoint.revoked.append([sid])
+        await _refused_within(stub, bearer(second), 20.0)
+        assert endpoint.watches[-1] == "Bearer sa-token-2"
+        assert "revocation stream from" in enclave.stderr()
+    finally:
+        enclave.close()
+        await server.stop(None)

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -721,3 +722,34 @@ def test_the_enclave_process_is_not_dumpable() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.split() == ["1", "0"]
+
+
+def test_a_session_revoked_over_stdin_is_refused_at_once(
+    backend: Backend, owner: User, fresh: Enclave
+) -> None:
+    """The backend's push after a logout: the session's unexpired token stops working."""
+    import jwt
+
+    stub = fresh.workload(backend, owner)
+    stub.ListSecrets(workload_pb2.ListSecretsRequest(), metadata=owner.bearer, timeout=TIMEOUT)
+    other_session = backend.token(owner)  # the same user and certificate, another login
+    session_id = jwt.decode(owner.token, options={"verify_signature": False})["sid"]
+
+    send_line(fresh.proc, {"type": "something-else"})  # unknown control lines are ignored
+    send_line(fresh.proc, {"type": "revoke_sessions", "session_ids": [session_id]})
+    deadline = time.monotonic() + 1.0
+    while True:
+        try:
+            stub.ListSecrets(
+                workload_pb2.ListSecretsRequest(), metadata=owner.bearer, timeout=TIMEOUT
+            )
+        except grpc.RpcError as exc:
+            assert_error(exc, grpc.StatusCode.UNAUTHENTICATED, "SESSION_REVOKED")
+            break
+        assert time.monotonic() < deadline, "the revoked session was still accepted after 1 s"
+        time.sleep(0.01)
+    stub.ListSecrets(
+        workload_pb2.ListSecretsRequest(),
+        metadata=(("authorization", f"Bearer {other_session}"),),
+        timeout=TIMEOUT,
+    )

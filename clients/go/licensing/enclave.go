@@ -43,6 +43,8 @@ type Progress struct {
 	Time        time.Time
 	Enclave     *licensingv1.Enclave     // set on READY and final events
 	Attestation *licensingv1.Attestation // set on the ATTESTED event
+	// AttestationRound is 0 on the provisioning attestation, N on re-attestation round N.
+	AttestationRound uint64
 }
 
 // Reconnecting: the stream dropped (Err); it is reopened from FromSequence after Delay.
@@ -112,6 +114,8 @@ type follow struct {
 	enclave      *licensingv1.Enclave
 	attestation  *licensingv1.Attestation
 	attempts     int
+	// continuous: ATTESTED is not the end (FollowAttestations), so a break after it resumes.
+	continuous bool
 }
 
 func (f *follow) see(e phaseEvent) *Progress {
@@ -129,6 +133,9 @@ func (f *follow) see(e phaseEvent) *Progress {
 	if len(e.GetAttestation().GetQuote()) != 0 {
 		p.Attestation = e.GetAttestation()
 		f.attestation = p.Attestation
+	}
+	if r, ok := e.(interface{ GetAttestationRound() uint64 }); ok {
+		p.AttestationRound = r.GetAttestationRound()
 	}
 	f.lastSequence = max(f.lastSequence, e.GetSequence())
 	if p.EnclaveID != "" {
@@ -198,7 +205,7 @@ func (c *Client) followStream(ctx context.Context, state *follow, reopen func() 
 			return true, nil
 		case errors.Is(err, errRetryNow):
 			continue
-		case settled(state.last):
+		case settled(state.last) && !(state.continuous && state.last.Phase == licensingv1.Phase_PHASE_ATTESTED):
 			// The stream broke after its final event, before it closed: nothing is missing.
 			return false, nil
 		case !transient(err) || state.attempts >= StreamRetries:

@@ -23,6 +23,7 @@ from licensing_client._attested import (
 )
 from licensing_client._client import (
     Account,
+    AttestationEvent,
     Created,
     CreateEvent,
     EnclaveSession,
@@ -30,6 +31,7 @@ from licensing_client._client import (
     Identity,
     LicensingClient,
     Progress,
+    Reattested,
     Reconnecting,
     Signature,
     WatchEvent,
@@ -58,6 +60,7 @@ from licensing_client._session import MemorySessionStore, Session, SessionStore
 __all__ = [
     "NONCE_BYTES",
     "Account",
+    "AttestationEvent",
     "AttestationFailedError",
     "AttestedEnclave",
     "CreateEvent",
@@ -73,6 +76,7 @@ __all__ = [
     "MemorySessionStore",
     "NotLoggedInError",
     "Progress",
+    "Reattested",
     "Reconnecting",
     "RefreshFailedError",
     "Session",

@@ -168,8 +168,23 @@ class Created:
     source: str
 
 
+@dataclass(frozen=True, slots=True)
+class Reattested:
+    """One re-attestation round's evidence, verified here against the pinned certificate.
+
+    ``requested`` is True when it binds the nonce this client asked for (so it is fresh
+    by our own clock, not only the server's).
+    """
+
+    progress: Progress
+    round: int
+    attestation: EnclaveAttestation
+    requested: bool
+
+
 CreateEvent = Progress | Reconnecting | FetchingAttestation | Created
 WatchEvent = Progress | Reconnecting
+AttestationEvent = Progress | Reconnecting | Reattested
 
 
 #: Phases after which a create or watch stream has said all it will.
@@ -565,7 +580,10 @@ class LicensingClient:
         return self._api_channel() if enclave is None else self._enclave_channel(enclave)
 
     async def _follow(
-        self, state: _Follow, reopen: Callable[[], AsyncIterator[Event]]
+        self,
+        state: _Follow,
+        reopen: Callable[[], AsyncIterator[Event]],
+        settled: frozenset[int] = _SETTLED_PHASES,
     ) -> AsyncIterator[WatchEvent]:
         """Phase events, the stream reopened (``reopen``) where it left off when it drops.
 
@@ -580,7 +598,7 @@ class LicensingClient:
                         yield progress
                 return
             except Exception as exc:
-                if state.last is not None and state.last.phase in _SETTLED_PHASES:
+                if state.last is not None and state.last.phase in settled:
                     # The stream broke after its final event, before it closed: nothing
                     # is missing. Resuming would wait for a later change (a loss, a
                     # deletion) that may take the enclave's whole lifetime.
@@ -684,6 +702,87 @@ class LicensingClient:
         with translated(self.api_addr):
             async for event in self._follow(state, lambda: self._watch_stream(state)):
                 yield event
+
+    async def follow_attestations(
+        self, enclave_id: str, *, nonce: bytes | None = None, from_sequence: int = 0
+    ) -> AsyncIterator[AttestationEvent]:
+        """Every re-attestation of the enclave as it is made, each verified (``Reattested``).
+
+        The certificate is pinned from ``GetEnclave`` when the call starts; every round's
+        attestation must bind that very certificate and its own nonce, or this raises
+        ``AttestationFailedError``. With ``nonce`` the next round also quotes over it
+        (``requested``). Other events (the provisioning ones, old rounds whose evidence
+        was pruned) come as ``Progress``. Ends with ``EnclaveFailedError`` when the
+        licence is revoked (FAILED) or the enclave is deleted; resumes dropped streams.
+        """
+        pinned = await self.get_enclave(enclave_id)
+        if nonce is not None:
+            await self.request_attestation(enclave_id, nonce)
+        state = _Follow(last_sequence=from_sequence, enclave_id=enclave_id)
+        request = v1.WatchEnclaveRequest(enclave_id=enclave_id, follow_attestations=True)
+
+        def reopen() -> AsyncIterator[Event]:
+            request.from_sequence = state.last_sequence
+            return self.stream(
+                lambda ch, md: v1.EnclaveServiceStub(ch).watch_enclave(request, metadata=md)
+            )
+
+        ends = frozenset({v1.Phase.FAILED, v1.Phase.DELETED})
+        with translated(self.api_addr):
+            async for event in self._follow(state, reopen, ends):
+                if isinstance(event, Progress) and event.event.attestation_round:
+                    attestation = event.attestation
+                    if attestation is not None:
+                        yield self._verified_round(pinned, event, attestation, nonce)
+                        continue
+                yield event
+        failure = provisioning_failure(state.last, state.enclave, enclave_id)
+        if failure is not None:
+            raise failure
+        raise EnclaveFailedError(
+            f"enclave {enclave_id} was deleted",
+            enclave_id=enclave_id,
+            phase=v1.Phase(v1.Phase.DELETED),
+        )
+
+    def _verified_round(
+        self,
+        pinned: v1.Enclave,
+        progress: Progress,
+        attestation: v1.Attestation,
+        asked: bytes | None,
+    ) -> Reattested:
+        round_nonce = bytes(attestation.nonce)
+        try:
+            report = verify_attestation(
+                attestation,
+                nonce=round_nonce,
+                expected_certificate_pem=pinned.certificate_pem,
+                trusted_ca_pem=self.ca_anchors,
+            )
+        except AttestationError as exc:
+            raise AttestationFailedError(
+                exc,
+                enclave_id=pinned.id,
+                nonce=round_nonce,
+                source=f"re-attestation round {progress.event.attestation_round}",
+            ) from exc
+        return Reattested(
+            progress,
+            progress.event.attestation_round,
+            EnclaveAttestation(pinned, round_nonce, attestation, report),
+            asked is not None and round_nonce == asked,
+        )
+
+    async def request_attestation(self, enclave_id: str, nonce: bytes) -> None:
+        """Ask for the enclave's next re-attestation round to quote over ``nonce`` too."""
+        await self._unary(
+            lambda ch, md: v1.EnclaveServiceStub(ch).request_attestation(
+                v1.RequestAttestationRequest(enclave_id=enclave_id, nonce=nonce),
+                metadata=md,
+                timeout=self.rpc_timeout,
+            )
+        )
 
     async def _get_attestation(self, enclave_id: str, nonce: bytes) -> v1.Attestation:
         reply = await self._unary(

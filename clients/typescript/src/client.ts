@@ -139,8 +139,21 @@ export interface Created {
   source: string;
 }
 
+/**
+ * One re-attestation round's evidence, verified against the certificate pinned when
+ * followAttestations began; `requested` when it binds the nonce this client asked for.
+ */
+export interface Reattested {
+  kind: "reattested";
+  progress: Progress;
+  round: bigint;
+  attestation: EnclaveAttestation;
+  requested: boolean;
+}
+
 export type CreateEvent = Progress | Reconnecting | FetchingAttestation | Created;
 export type WatchEvent = Progress | Reconnecting;
+export type AttestationEvent = Progress | Reconnecting | Reattested;
 
 /** What a phase stream showed so far; replays (an event seen twice) are dropped. */
 class Follow {
@@ -479,7 +492,11 @@ export class LicensingClient {
   }
 
   /** Phase events, the stream reopened where it left off when it drops (Unavailable). */
-  private async *follow(state: Follow, reopen: () => AsyncIterable<PhaseEvent>): AsyncGenerator<WatchEvent> {
+  private async *follow(
+    state: Follow,
+    reopen: () => AsyncIterable<PhaseEvent>,
+    settled: ReadonlySet<Phase> = SETTLED_PHASES,
+  ): AsyncGenerator<WatchEvent> {
     for (;;) {
       try {
         for await (const event of reopen()) {
@@ -489,7 +506,7 @@ export class LicensingClient {
         return;
       } catch (error) {
         // The stream broke after its final event: nothing is missing.
-        if (state.last !== undefined && SETTLED_PHASES.has(state.last.phase)) return;
+        if (state.last !== undefined && settled.has(state.last.phase)) return;
         if (!isTransient(error) || state.attempts >= STREAM_RETRIES) throw error;
         state.attempts += 1;
         const delayMs =
@@ -605,6 +622,73 @@ export class LicensingClient {
     } catch (error) {
       throw translate(error, this.apiAddr);
     }
+  }
+
+  /**
+   * Every re-attestation of the enclave as it is made, each verified (Reattested) against
+   * the certificate pinned from GetEnclave when the call began; a round that does not
+   * verify throws AttestationFailedError. With `nonce` the next round also quotes over it.
+   * Other events come as Progress. Ends by throwing EnclaveFailedError once the licence is
+   * revoked (FAILED) or the enclave is deleted; dropped streams are resumed.
+   */
+  async *followAttestations(
+    enclaveId: string,
+    options: { nonce?: Uint8Array; fromSequence?: bigint } = {},
+  ): AsyncGenerator<AttestationEvent> {
+    const pinned = await this.getEnclave(enclaveId);
+    if (options.nonce !== undefined) await this.requestAttestation(enclaveId, options.nonce);
+    const state = new Follow(enclaveId);
+    state.lastSequence = options.fromSequence ?? 0n;
+    const reopen = (): AsyncIterable<PhaseEvent> =>
+      this.stream((headers) =>
+        createClient(EnclaveService, this.apiChannel().transport).watchEnclave(
+          { enclaveId, fromSequence: state.lastSequence, followAttestations: true },
+          { headers },
+        ),
+      );
+    const ends: ReadonlySet<Phase> = new Set([Phase.FAILED, Phase.DELETED]);
+    try {
+      for await (const event of this.follow(state, reopen, ends)) {
+        const round = event.kind === "progress" ? event.event.attestationRound : 0n;
+        const attestation = event.kind === "progress" ? event.attestation : undefined;
+        if (event.kind !== "progress" || round === 0n || attestation === undefined) {
+          yield event;
+          continue;
+        }
+        const nonce = attestation.nonce;
+        const report = this.verify(attestation, pinned, nonce, `re-attestation round ${round}`);
+        const requested = options.nonce !== undefined && Buffer.from(nonce).equals(Buffer.from(options.nonce));
+        yield {
+          kind: "reattested",
+          progress: event,
+          round,
+          attestation: { enclave: pinned, nonce, attestation, report },
+          requested,
+        };
+      }
+    } catch (error) {
+      throw translate(error, this.apiAddr);
+    }
+    const last = state.last;
+    if (last?.phase === Phase.FAILED) {
+      const reason = state.enclave?.failureReason || last.message || "no reason was given";
+      throw new EnclaveFailedError(
+        `enclave ${enclaveId} failed: ${reason.replace(/\.$/, "")} (FAILED)`,
+        enclaveId,
+        Phase.FAILED,
+      );
+    }
+    throw new EnclaveFailedError(`enclave ${enclaveId} was deleted`, enclaveId, Phase.DELETED);
+  }
+
+  /** Ask for the enclave's next re-attestation round to quote over `nonce` too. */
+  async requestAttestation(enclaveId: string, nonce: Uint8Array): Promise<void> {
+    await this.unary((headers) =>
+      createClient(EnclaveService, this.apiChannel().transport).requestAttestation(
+        { enclaveId, nonce },
+        this.options(headers),
+      ),
+    );
   }
 
   private async getAttestation(enclaveId: string, nonce: Uint8Array): Promise<Attestation> {

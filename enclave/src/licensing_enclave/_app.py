@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import grpc
 from enclave.v1 import workload_pb2_grpc
@@ -48,14 +48,30 @@ async def _unless(stop: asyncio.Event, work: Awaitable[_T]) -> _T | None:
     return None
 
 
-def _server(config: EnclaveConfig, servicer: WorkloadServicer) -> grpc.aio.Server:
+def _server(
+    config: EnclaveConfig, servicer: WorkloadServicer
+) -> tuple[grpc.aio.Server, OwnerAuthenticator]:
     verifier = AccessTokenVerifier(
         config.token_keys, issuer=config.issuer, audience=config.audience
     )
-    guard = AccessGuard(ENCLAVE_POLICY, OwnerAuthenticator(verifier, config.owner))
+    authenticator = OwnerAuthenticator(verifier, config.owner)
+    guard = AccessGuard(ENCLAVE_POLICY, authenticator)
     server = grpc.aio.server(interceptors=[guard], options=SERVER_OPTIONS)
     workload_pb2_grpc.add_WorkloadServiceServicer_to_server(servicer, server)
-    return server
+    return server, authenticator
+
+
+@runtime_checkable
+class RevocationFeed(Protocol):
+    """An enrolment whose channel to the backend also brings session revocations."""
+
+    def revoked_sessions(self) -> AsyncIterator[list[str]]: ...
+
+
+async def _apply_revocations(feed: RevocationFeed, authenticator: OwnerAuthenticator) -> None:
+    async for session_ids in feed.revoked_sessions():
+        authenticator.revoke(session_ids)
+        _log.info("refusing %d revoked session(s) from now on", len(session_ids))
 
 
 async def run(config: EnclaveConfig, enrolment: Enrolment) -> int:
@@ -84,7 +100,7 @@ async def run(config: EnclaveConfig, enrolment: Enrolment) -> int:
             certificate=certificate,
             secrets=SecretStore(),
         )
-        server = _server(config, servicer)
+        server, authenticator = _server(config, servicer)
         stack.push_async_callback(server.stop, SHUTDOWN_GRACE)
         health = await add_health_and_reflection(server, [WORKLOAD_SERVICE])
         stack.push_async_callback(health.enter_graceful_shutdown)
@@ -97,6 +113,9 @@ async def run(config: EnclaveConfig, enrolment: Enrolment) -> int:
         address = f"{config.listen_host}:{port}"
         enrolment.serving(address, certificate)
         _log.info("enclave %s serving on %s", config.enclave_id, address)
+        if isinstance(enrolment, RevocationFeed):
+            revocations = asyncio.ensure_future(_apply_revocations(enrolment, authenticator))
+            stack.callback(revocations.cancel)
 
         why = await _unless(stop, enrolment.ended())
         if why is None:

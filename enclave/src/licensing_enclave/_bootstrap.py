@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
 from cryptography import x509
@@ -140,3 +140,25 @@ class StdioEnrolment:
     async def ended(self) -> str:
         await self._started_stdin().wait_closed()
         return "stdin closed (parent gone)"
+
+    async def revoked_sessions(self) -> AsyncIterator[list[str]]:
+        """Session ids the backend says were revoked, as its control lines bring them."""
+        stdin = self._started_stdin()
+        while (line := await stdin.readline()) is not None:
+            ids = _revoked_ids(line)
+            if ids:
+                yield ids
+
+
+def _revoked_ids(line: bytes) -> list[str]:
+    """``{"type":"revoke_sessions","session_ids":[...]}``; anything else is ignored."""
+    try:
+        message: Any = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return []
+    if not isinstance(message, dict) or message.get("type") != "revoke_sessions":
+        return []
+    ids = message.get("session_ids")
+    if not isinstance(ids, list):
+        return []
+    return [i for i in ids if isinstance(i, str) and 0 < len(i) <= 64]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -63,6 +64,7 @@ class NetworkEnrolment:
         self._ca_pem = ca_pem
         self._within = within
         self._jitter = random.Random()
+        self._enclave_id = ""
 
     def _bearer(self) -> tuple[tuple[str, str]]:
         """Read now, not at start: the kubelet replaces the token before it expires."""
@@ -94,6 +96,7 @@ class NetworkEnrolment:
 
     async def obtain(self, key: EnclaveKey, enclave_id: str) -> EnclaveCertificate:
         target = self._enrollment.target
+        self._enclave_id = enclave_id
         request = enrollment_pb2.EnrollRequest(
             enclave_id=enclave_id,
             csr_pem=key.csr_pem(
@@ -143,6 +146,41 @@ class NetworkEnrolment:
 
     def serving(self, address: str, certificate: EnclaveCertificate) -> None:
         """Nobody reads stdout here: the readiness probe and the log say the enclave serves."""
+
+    async def revoked_sessions(self) -> AsyncIterator[list[str]]:
+        """Revoked sessions from the backend's WatchRevocations stream, kept open for good.
+
+        A stream that breaks (the backend restarts, the network drops) is opened again
+        with the same capped backoff as enrolment, forever: until it is back, logouts
+        do not reach this enclave and their tokens work here until they expire.
+        """
+        request = enrollment_pb2.WatchRevocationsRequest(enclave_id=self._enclave_id)
+        credentials = grpc.ssl_channel_credentials(root_certificates=self._ca_pem)
+        backoff = INITIAL_BACKOFF
+        while True:
+            try:
+                metadata = self._bearer()
+                async with grpc.aio.secure_channel(self._enrollment.target, credentials) as channel:
+                    stub = enrollment_pb2_grpc.EnrollmentServiceStub(channel)
+                    stream = stub.WatchRevocations(request, metadata=metadata)
+                    async for response in stream:
+                        backoff = INITIAL_BACKOFF  # it answered: the next break starts over
+                        yield list(response.session_ids)
+                why = "the stream ended"
+            except grpc.aio.AioRpcError as exc:
+                why = f"{exc.code().name} {error_reason(exc)}"
+            except StartupError as exc:  # the token file went away
+                why = str(exc)
+            pause = backoff / 2 + self._jitter.uniform(0, backoff / 2)
+            _log.warning(
+                "revocation stream from %s lost (%s); logouts wait until it is back, "
+                "reconnecting in %.2fs",
+                self._enrollment.target,
+                why,
+                pause,
+            )
+            await asyncio.sleep(pause)
+            backoff = min(backoff * 2, MAX_BACKOFF)
 
     async def ended(self) -> str:
         """Never: without a parent to lose, only a signal (the kubelet's SIGTERM) stops it."""

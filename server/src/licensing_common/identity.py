@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 
@@ -30,20 +30,24 @@ class PeerIdentity:
 
     uri: str | None
     sha256: bytes
+    #: Read on every authenticated call; worked out once per certificate.
+    user_id: str | None = field(init=False, repr=False, compare=False)
 
-    @property
-    def user_id(self) -> str | None:
-        if self.uri is None or not self.uri.startswith(_USER_PREFIX):
-            return None
-        candidate = self.uri[len(_USER_PREFIX) :]
-        try:
-            return str(uuid.UUID(candidate))
-        except ValueError:
-            return None
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "user_id", _user_id(self.uri))
 
     @property
     def is_frontend(self) -> bool:
         return self.uri == FRONTEND_IDENTITY
+
+
+def _user_id(uri: str | None) -> str | None:
+    if uri is None or not uri.startswith(_USER_PREFIX):
+        return None
+    try:
+        return str(uuid.UUID(uri[len(_USER_PREFIX) :]))
+    except ValueError:
+        return None
 
 
 def peer_identity(pem: bytes) -> PeerIdentity:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import json
@@ -36,8 +37,12 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+@functools.lru_cache(maxsize=4096)
 def x5t_s256(certificate_sha256: bytes) -> str:
-    """RFC 8705 thumbprint of a certificate from the SHA-256 of its DER."""
+    """RFC 8705 thumbprint of a certificate from the SHA-256 of its DER.
+
+    Memoized: the binding is checked on every call, with one thumbprint per connection.
+    """
     return _b64url(certificate_sha256)
 
 

@@ -188,6 +188,14 @@ class Settings:
     tpm_command_timeout_seconds: int = 10
     # Benchmarks only: delay added before each quote to mimic a hardware TPM.
     tpm_simulated_latency_ms: int = 0
+    # --- Continuous attestation (issue 13) ---
+    # Every this many seconds the backend re-attests each ATTESTED enclave it runs, with
+    # one TPM quote per round over all of them (attestation.ReattestationRounds).
+    reattest_interval_seconds: int = 30
+    # How long a TPM may fail to quote before its enclaves are revoked
+    # (ATTESTATION_TPM_UNREACHABLE); a TPM that answers with a quote that does not
+    # cover an enclave revokes it at once, whatever this says.
+    reattest_grace_seconds: int = 90
     # Which backend runs the cluster-wide reconciler passes (catalog.LEADER_ELECTIONS);
     # empty: "sole" with SQLite (one backend), "advisory-lock" with PostgreSQL.
     leader_election: str = ""
@@ -410,6 +418,12 @@ class Settings:
             ),
             tpm_simulated_latency_ms=integer(
                 "TPM_SIMULATED_LATENCY_MS", defaults.tpm_simulated_latency_ms, 0, 10_000
+            ),
+            reattest_interval_seconds=integer(
+                "REATTEST_INTERVAL_SECONDS", defaults.reattest_interval_seconds, 1, 3600
+            ),
+            reattest_grace_seconds=integer(
+                "REATTEST_GRACE_SECONDS", defaults.reattest_grace_seconds, 0, 86400
             ),
             leader_election=_leader_election(text("LEADER_ELECTION", ""), problems),
             leader_lease_seconds=integer(

@@ -20,7 +20,7 @@ import pytest
 from enclave.v1 import enrollment_pb2, enrollment_pb2_grpc
 from kubernetes import client
 
-from licensing_common.errors import PermissionDenied, Unauthenticated
+from licensing_common.errors import AlreadyExists, PermissionDenied, Unauthenticated
 from licensing_server.kube import KubeApi, KubeConfig, PodTokenReviewer
 from licensing_server.runtimes import EnrollmentDesk
 from tests.kube.cluster import KubeControlPlane
@@ -116,6 +116,48 @@ async def test_only_the_enclaves_own_pod_gets_the_certificate(
     assert await asyncio.wait_for(enrollment.csr, 10) == "THE CSR"
     desk.deliver(enclave_id, "CERTIFICATE", ["CA"])
     assert await answer == ("CERTIFICATE", ["CA"])
+
+
+async def test_only_the_enclaves_own_pod_hears_its_revocations(
+    kube_control_plane: KubeControlPlane, desk: EnrollmentDesk, namespace: str
+) -> None:
+    """The pods' counterpart of the local pipe: logouts down a stream the pod keeps open."""
+    plane = kube_control_plane
+    ours, other = _pod(plane, namespace), _pod(plane, namespace)
+    enclave_id = str(uuid.uuid4())
+    desk.expect(
+        enclave_id,
+        namespace=namespace,
+        service_account=SERVICE_ACCOUNT,
+        pod_name=ours.metadata.name,
+        pod_uid=ours.metadata.uid,
+    )
+    with pytest.raises(PermissionDenied):
+        await anext(desk.revocations(enclave_id, _token(plane, namespace, other)))
+
+    assert desk.revoke_sessions(["before"]) == 0  # nobody listens yet: kept for later
+    stream = desk.revocations(enclave_id, _token(plane, namespace, ours))
+    assert await asyncio.wait_for(anext(stream), 10) == ["before"]  # the recent ones first
+    assert desk.revoke_sessions(["s-1", "s-2"]) == 1
+    assert await asyncio.wait_for(anext(stream), 10) == ["s-1", "s-2"]
+    desk.forget(enclave_id)  # the enclave was stopped: its stream ends
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(anext(stream), 10)
+
+    # After a backend restart the runtime readmits the pods that outlived it: the pod may
+    # reopen its stream, but not enrol a second time.
+    desk.readmit(
+        enclave_id,
+        namespace=namespace,
+        service_account=SERVICE_ACCOUNT,
+        pod_name=ours.metadata.name,
+        pod_uid=ours.metadata.uid,
+    )
+    again = desk.revocations(enclave_id, _token(plane, namespace, ours))
+    assert await asyncio.wait_for(anext(again), 10) == ["before", "s-1", "s-2"]
+    with pytest.raises(AlreadyExists):
+        await desk.enroll(enclave_id, _token(plane, namespace, ours), "ANOTHER CSR")
+    desk.forget(enclave_id)
 
 
 def test_strangers_get_clear_statuses_from_the_enrolment_listener(

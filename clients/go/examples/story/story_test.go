@@ -116,3 +116,68 @@ func TestPinnedToTheAttestedEnclaveOnly(t *testing.T) {
 		t.Fatalf("identity %+v", identity)
 	}
 }
+
+// On a live server that re-attests every few seconds (LICENSING_GO_TEST_REATTEST=1, set
+// by tests/clients/test_go_reattest.py), FollowAttestations yields verified rounds, one
+// over our own nonce, and ends with the revocation once the enclave is deleted.
+func TestFollowAttestations(t *testing.T) {
+	enroll, api, caPEM := liveServer(t)
+	if os.Getenv("LICENSING_GO_TEST_REATTEST") == "" {
+		t.Skip("the live server does not re-attest quickly: set LICENSING_GO_TEST_REATTEST=1")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	client, err := licensing.New(licensing.Config{EnrollAddr: enroll, APIAddr: api, CAPEM: caPEM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	name := "rounds-" + hex.EncodeToString(b)
+	if _, err := client.SignUp(ctx, name, "correct horse battery"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.LogIn(ctx, name, "correct horse battery"); err != nil {
+		t.Fatal(err)
+	}
+	var enclave *licensingv1.Enclave
+	var sequence uint64
+	for event, err := range client.CreateEnclave(ctx, licensing.CreateOptions{}) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch e := event.(type) {
+		case *licensing.Progress:
+			sequence = e.Sequence
+		case *licensing.Created:
+			enclave = e.Enclave
+		}
+	}
+	mine := make([]byte, 32)
+	_, _ = rand.Read(mine)
+	rounds, requested := 0, false
+	for event, err := range client.FollowAttestations(ctx, enclave.GetId(), mine, sequence) {
+		if err != nil {
+			var failed *licensing.EnclaveFailedError
+			if rounds >= 2 && errors.As(err, &failed) {
+				t.Logf("ended: %v", err)
+				break
+			}
+			t.Fatal(err)
+		}
+		if r, ok := event.(*licensing.Reattested); ok {
+			rounds++
+			requested = requested || r.Requested
+			t.Logf("round %d verified (requested=%v, log epoch %d)", r.Round, r.Requested, r.Attestation.Attestation.GetLogEpoch())
+			if rounds == 2 {
+				if err := client.DeleteEnclave(ctx, enclave.GetId()); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	if rounds < 2 || !requested {
+		t.Fatalf("%d verified rounds, our nonce quoted: %v", rounds, requested)
+	}
+}

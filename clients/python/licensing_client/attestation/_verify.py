@@ -6,10 +6,13 @@ Every check is run in a fixed order and named; the first failure raises
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import enum
 import hashlib
 import hmac
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -120,20 +123,131 @@ def _pem_der(pem: str) -> bytes:
     return x509.load_pem_x509_certificate(pem.encode()).public_bytes(serialization.Encoding.DER)
 
 
+@dataclass(frozen=True, slots=True)
+class _VerifiedChain:
+    """What the chain's checks that need no clock proved, so a repeat skips the parse and walk.
+
+    ``not_before``/``not_after`` intersect every certificate's validity: checking ``now``
+    against them is checking each certificate at ``now``, which runs on every call.
+    """
+
+    detail: str
+    leaf_key: ec.EllipticCurvePublicNumbers | None
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+
+class _ChainCache:
+    """A small LRU of verified chains, keyed by SHA-256 over the chain's and the CA set's DERs.
+
+    The key covers the trusted CAs, so a chain verified against one CA set never
+    answers for another. Only chains that passed are stored.
+    """
+
+    def __init__(self, size: int = 256):
+        self._size = size
+        self._items: OrderedDict[bytes, _VerifiedChain] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> _VerifiedChain | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key: bytes, verified: _VerifiedChain) -> None:
+        with self._lock:
+            self._items[key] = verified
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+_chains = _ChainCache()
+
+_PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
+_PEM_END = "-----END CERTIFICATE-----"
+
+
+def _strict_pem_der(pem: str) -> bytes | None:
+    """The DER of a PEM holding exactly one certificate and nothing else; None otherwise.
+
+    None sends the chain down the uncached path, where cryptography's PEM reader decides,
+    so what is accepted never depends on the cache.
+    """
+    text = pem.strip()
+    if not (text.startswith(_PEM_BEGIN) and text.endswith(_PEM_END)):
+        return None
+    body = text[len(_PEM_BEGIN) : -len(_PEM_END)]
+    if "-" in body:
+        return None
+    try:
+        return base64.b64decode("".join(body.split()), validate=True)
+    except ValueError:
+        return None
+
+
+def _chain_key(chain_der: Sequence[bytes], anchors_der: Sequence[bytes]) -> bytes:
+    """SHA-256 over the chain's DERs, then the CA set's, each length-prefixed (no ambiguity)."""
+    digest = hashlib.sha256()
+    for part, ders in ((b"chain", chain_der), (b"trusted", anchors_der)):
+        digest.update(part + len(ders).to_bytes(4, "big"))
+        for der in ders:
+            digest.update(len(der).to_bytes(4, "big") + der)
+    return digest.digest()
+
+
 def _check_chain(
     chain_pem: Sequence[str],
     trusted_pem: Sequence[str],
-    ak_key: ec.EllipticCurvePublicKey,
+    ak_numbers: ec.EllipticCurvePublicNumbers,
     now: dt.datetime,
 ) -> str:
-    try:
-        chain = [x509.load_pem_x509_certificate(p.encode()) for p in chain_pem]
-        anchors = [x509.load_pem_x509_certificate(p.encode()) for p in trusted_pem]
-    except ValueError as exc:
-        raise _fail(Check.AK_CERTIFICATE_CHAIN, "a certificate does not parse") from exc
-    if not chain:
-        raise _fail(Check.AK_CERTIFICATE_CHAIN, "no AK certificate")
-    leaf = chain[0]
+    decoded = [_strict_pem_der(p) for p in [*chain_pem, *trusted_pem]]
+    ders = [d for d in decoded if d is not None]
+    key = None
+    cached = None
+    if len(ders) == len(decoded):
+        chain_der, anchors_der = ders[: len(chain_pem)], ders[len(chain_pem) :]
+        key = _chain_key(chain_der, anchors_der)
+        cached = _chains.get(key)
+    if cached is None:
+        try:
+            if key is not None:  # parse exactly the DERs the key was made of
+                chain = [x509.load_der_x509_certificate(d) for d in chain_der]
+                anchors = [x509.load_der_x509_certificate(d) for d in anchors_der]
+            else:
+                chain = [x509.load_pem_x509_certificate(p.encode()) for p in chain_pem]
+                anchors = [x509.load_pem_x509_certificate(p.encode()) for p in trusted_pem]
+        except ValueError as exc:
+            raise _fail(Check.AK_CERTIFICATE_CHAIN, "a certificate does not parse") from exc
+        if not chain:
+            raise _fail(Check.AK_CERTIFICATE_CHAIN, "no AK certificate")
+        leaf_key = _ak_leaf_key(chain[0])
+        not_before = max(cert.not_valid_before_utc for cert in chain)
+        not_after = min(cert.not_valid_after_utc for cert in chain)
+    else:
+        leaf_key, not_before, not_after = cached.leaf_key, cached.not_before, cached.not_after
+    # Never cached: the AK is this attestation's and the time is this call's.
+    if leaf_key != ak_numbers:
+        raise _fail(Check.AK_CERTIFICATE_CHAIN, "the AK certificate is for another key")
+    if not not_before <= now <= not_after:
+        raise _fail(Check.AK_CERTIFICATE_CHAIN, "a certificate is outside its validity")
+    if cached is not None:
+        return cached.detail
+    detail = _walk_chain(chain, anchors)
+    if key is not None:
+        _chains.put(key, _VerifiedChain(detail, leaf_key, not_before, not_after))
+    return detail
+
+
+def _ak_leaf_key(leaf: x509.Certificate) -> ec.EllipticCurvePublicNumbers | None:
+    """The leaf's EC key, once it is known to be an attestation key certificate."""
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         uris = san.get_values_for_type(x509.UniformResourceIdentifier)
@@ -144,14 +258,12 @@ def _check_chain(
     if uris != [AK_CERTIFICATE_IDENTITY]:
         raise _fail(Check.AK_CERTIFICATE_CHAIN, "the leaf is not an attestation key certificate")
     leaf_key = leaf.public_key()
-    if not isinstance(leaf_key, ec.EllipticCurvePublicKey) or leaf_key.public_numbers() != (
-        ak_key.public_numbers()
-    ):
-        raise _fail(Check.AK_CERTIFICATE_CHAIN, "the AK certificate is for another key")
-    for cert in chain:
-        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            raise _fail(Check.AK_CERTIFICATE_CHAIN, "a certificate is outside its validity")
-    current = leaf
+    return leaf_key.public_numbers() if isinstance(leaf_key, ec.EllipticCurvePublicKey) else None
+
+
+def _walk_chain(chain: Sequence[x509.Certificate], anchors: Sequence[x509.Certificate]) -> str:
+    """The signatures from the leaf up lead to a trusted CA (the expensive part)."""
+    current = chain[0]
     for issuer in [*chain[1:], None]:
         for anchor in anchors:
             try:
@@ -206,16 +318,17 @@ def verify_attestation(
         raise _fail(Check.AK_ATTRIBUTES, f"attributes 0x{ak.attributes:08x} are not an AK's")
     if ak.curve != TPM_ECC_NIST_P256 or ak.scheme != TPM_ALG_ECDSA:
         raise _fail(Check.AK_ATTRIBUTES, "the AK is not an ECDSA P-256 key")
+    ak_numbers = ec.EllipticCurvePublicNumbers(
+        int.from_bytes(ak.x, "big"), int.from_bytes(ak.y, "big"), ec.SECP256R1()
+    )
     try:
-        ak_key = ec.EllipticCurvePublicNumbers(
-            int.from_bytes(ak.x, "big"), int.from_bytes(ak.y, "big"), ec.SECP256R1()
-        ).public_key()
+        ak_key = ak_numbers.public_key()
     except ValueError as exc:
         raise _fail(Check.AK_ATTRIBUTES, "the AK point is not on P-256") from exc
     results.append(CheckResult(Check.AK_ATTRIBUTES, "restricted, sign, fixedTPM, fixedParent"))
 
     detail = _check_chain(
-        list(attestation.ak_certificate_chain_pem), trusted_ca_pem, ak_key, moment
+        list(attestation.ak_certificate_chain_pem), trusted_ca_pem, ak_numbers, moment
     )
     results.append(CheckResult(Check.AK_CERTIFICATE_CHAIN, detail))
 

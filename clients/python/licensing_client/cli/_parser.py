@@ -140,6 +140,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="resume after event N (default 0: all)",
     )
+    # Continuous attestation (issue 13).
+    watch.add_argument(
+        "--attestations",
+        action="store_true",
+        help="go on after ATTESTED: verify and show each re-attestation round until the "
+        "licence is revoked (Ctrl-C stops watching)",
+    )
+    watch.add_argument(
+        "--nonce-hex",
+        help="with --attestations: 16 to 64 bytes in hex the next round must quote over too",
+    )
+    watch.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --attestations: stop after N verified rounds (default 0: never)",
+    )
     watch.set_defaults(handler=_progress_commands.watch)
 
     listing = _command(actions, "list", "list your enclaves (every page)")

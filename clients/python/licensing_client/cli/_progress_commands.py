@@ -20,6 +20,7 @@ from licensing_client import (
     EnclaveFailedError,
     FetchingAttestation,
     Progress,
+    Reattested,
     Reconnecting,
 )
 from licensing_client._client import provisioning_failure
@@ -27,7 +28,7 @@ from licensing_client.cli._attest_commands import failure_document, show_created
 from licensing_client.cli._context import Context
 from licensing_client.cli._enclave_commands import show_final
 from licensing_client.cli._errors import CliError, UsageError, describe_transport, is_transient
-from licensing_client.cli._output import EventView, phase_name
+from licensing_client.cli._output import EventView, Json, event_json, phase_name
 from licensing_client.cli._session import Connection
 from licensing_client.gen.licensing import v1
 
@@ -163,6 +164,10 @@ async def create(ctx: Context, args: argparse.Namespace) -> int:
 async def watch(ctx: Context, args: argparse.Namespace) -> int:
     if args.from_sequence < 0:
         raise UsageError("--from-sequence must not be negative")
+    if args.attestations:
+        return await watch_attestations(ctx, args)
+    if args.nonce_hex is not None or args.rounds:
+        raise UsageError("--nonce-hex and --rounds need --attestations")
     shown = Shown(enclave_id=args.enclave_id)
     async with ctx.session() as connection:
         events = connection.client.watch_enclave(args.enclave_id, args.from_sequence)
@@ -184,4 +189,64 @@ async def watch(ctx: Context, args: argparse.Namespace) -> int:
         show_final(
             ctx, shown.enclave, f"enclave {args.enclave_id} is {phase_name(shown.last.phase)}"
         )
+    return 0
+
+
+def _round_document(event: Reattested) -> Json:
+    report = event.attestation.report
+    return {
+        "reattestation": {
+            "enclave_id": event.progress.enclave_id,
+            "sequence": event.progress.sequence,
+            "round": event.round,
+            "verified": True,
+            "nonce_hex": event.attestation.nonce.hex(),
+            "requested": event.requested,
+            "log_epoch": event.attestation.attestation.log_epoch,
+            "reset_count": report.reset_count,
+            "certificate_sha256": report.enclave_certificate_sha256.hex(),
+        }
+    }
+
+
+async def watch_attestations(ctx: Context, args: argparse.Namespace) -> int:
+    """Each re-attestation, verified against the certificate pinned when the watch began."""
+    if args.rounds < 0:
+        raise UsageError("--rounds must not be negative")
+    nonce = _nonce(args.nonce_hex) if args.nonce_hex is not None else None
+    seen = 0
+    async with ctx.session() as connection:
+        events = connection.client.follow_attestations(
+            args.enclave_id, nonce=nonce, from_sequence=args.from_sequence
+        )
+        try:
+            with connection.explain(f"watching enclave {args.enclave_id}'s attestations"):
+                async for event in events:
+                    if isinstance(event, Reattested):
+                        seen += 1
+                        origin = "your nonce" if event.requested else "a fresh server nonce"
+                        ctx.output.result(
+                            f"{event.progress.sequence:>3}  round {event.round}: verified "
+                            f"(TPM quote over {origin}, log epoch "
+                            f"{event.attestation.attestation.log_epoch}, certificate "
+                            f"{event.attestation.report.enclave_certificate_sha256.hex()[:16]}...)",
+                            _round_document(event),
+                        )
+                        if args.rounds and seen >= args.rounds:
+                            return 0
+                    elif isinstance(event, Progress):
+                        ctx.output.result(
+                            f"{event.sequence:>3}  {phase_name(event.phase):<18} {event.message}",
+                            {"event": event_json(event.event)},
+                        )
+                    elif isinstance(event, Reconnecting):
+                        ctx.output.notice(
+                            f"stream interrupted; reconnecting from sequence "
+                            f"{event.from_sequence} in {event.delay:.1f}s"
+                        )
+        except EnclaveFailedError as exc:
+            raise CliError(f"{exc.message}: its licence is revoked") from exc
+        except AttestationFailedError as exc:
+            ctx.output.document({"verification": failure_document(exc)})
+            raise CliError(f"{exc.message}; do not trust the enclave any more") from exc
     return 0

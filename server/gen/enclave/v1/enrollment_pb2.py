@@ -24,17 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65nclave/v1/enrollment.proto\x12\nenclave.v1\"4\n\rEnrollRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\t\"F\n\x0e\x45nrollResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x1b\n\x13\x63\x61_certificates_pem\x18\x02 \x03(\t2T\n\x11\x45nrollmentService\x12?\n\x06\x45nroll\x12\x19.enclave.v1.EnrollRequest\x1a\x1a.enclave.v1.EnrollResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65nclave/v1/enrollment.proto\x12\nenclave.v1\"-\n\x17WatchRevocationsRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\"/\n\x18WatchRevocationsResponse\x12\x13\n\x0bsession_ids\x18\x01 \x03(\t\"4\n\rEnrollRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\t\"F\n\x0e\x45nrollResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x1b\n\x13\x63\x61_certificates_pem\x18\x02 \x03(\t2\xb5\x01\n\x11\x45nrollmentService\x12?\n\x06\x45nroll\x12\x19.enclave.v1.EnrollRequest\x1a\x1a.enclave.v1.EnrollResponse\x12_\n\x10WatchRevocations\x12#.enclave.v1.WatchRevocationsRequest\x1a$.enclave.v1.WatchRevocationsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'enclave.v1.enrollment_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENROLLREQUEST']._serialized_start=43
-  _globals['_ENROLLREQUEST']._serialized_end=95
-  _globals['_ENROLLRESPONSE']._serialized_start=97
-  _globals['_ENROLLRESPONSE']._serialized_end=167
-  _globals['_ENROLLMENTSERVICE']._serialized_start=169
-  _globals['_ENROLLMENTSERVICE']._serialized_end=253
+  _globals['_WATCHREVOCATIONSREQUEST']._serialized_start=43
+  _globals['_WATCHREVOCATIONSREQUEST']._serialized_end=88
+  _globals['_WATCHREVOCATIONSRESPONSE']._serialized_start=90
+  _globals['_WATCHREVOCATIONSRESPONSE']._serialized_end=137
+  _globals['_ENROLLREQUEST']._serialized_start=139
+  _globals['_ENROLLREQUEST']._serialized_end=191
+  _globals['_ENROLLRESPONSE']._serialized_start=193
+  _globals['_ENROLLRESPONSE']._serialized_end=263
+  _globals['_ENROLLMENTSERVICE']._serialized_start=266
+  _globals['_ENROLLMENTSERVICE']._serialized_end=447
 # @@protoc_insertion_point(module_scope)

@@ -48,6 +48,11 @@ class EnrollmentServiceStub:
                 request_serializer=enclave_dot_v1_dot_enrollment__pb2.EnrollRequest.SerializeToString,
                 response_deserializer=enclave_dot_v1_dot_enrollment__pb2.EnrollResponse.FromString,
                 _registered_method=True)
+        self.WatchRevocations = channel.unary_stream(
+                '/enclave.v1.EnrollmentService/WatchRevocations',
+                request_serializer=enclave_dot_v1_dot_enrollment__pb2.WatchRevocationsRequest.SerializeToString,
+                response_deserializer=enclave_dot_v1_dot_enrollment__pb2.WatchRevocationsResponse.FromString,
+                _registered_method=True)
 
 
 class EnrollmentServiceServicer:
@@ -80,6 +85,18 @@ class EnrollmentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchRevocations(self, request, context):
+        """WatchRevocations is the stream an enrolled enclave keeps open to the
+        backend (the pipe's counterpart for pods): each response names sessions
+        that were revoked (a logout), whose access tokens the enclave must refuse
+        from then on. The first response repeats the recent revocations, so a
+        stream opened again after a break misses none. Authenticated as Enroll is
+        (the pod's projected token, for this very enclave's pod); the same errors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EnrollmentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -87,6 +104,11 @@ def add_EnrollmentServiceServicer_to_server(servicer, server):
                     servicer.Enroll,
                     request_deserializer=enclave_dot_v1_dot_enrollment__pb2.EnrollRequest.FromString,
                     response_serializer=enclave_dot_v1_dot_enrollment__pb2.EnrollResponse.SerializeToString,
+            ),
+            'WatchRevocations': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRevocations,
+                    request_deserializer=enclave_dot_v1_dot_enrollment__pb2.WatchRevocationsRequest.FromString,
+                    response_serializer=enclave_dot_v1_dot_enrollment__pb2.WatchRevocationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -125,6 +147,33 @@ class EnrollmentService:
             '/enclave.v1.EnrollmentService/Enroll',
             enclave_dot_v1_dot_enrollment__pb2.EnrollRequest.SerializeToString,
             enclave_dot_v1_dot_enrollment__pb2.EnrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/enclave.v1.EnrollmentService/WatchRevocations',
+            enclave_dot_v1_dot_enrollment__pb2.WatchRevocationsRequest.SerializeToString,
+            enclave_dot_v1_dot_enrollment__pb2.WatchRevocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,14 @@ class EnrollmentServiceStub:
     no longer waits; ENROLLMENT_TIMEOUT: the certificate was not issued in
     time; or the certificate issuer's reason, see control.proto).
     """
+    WatchRevocations: _grpc.UnaryStreamMultiCallable[_enrollment_pb2.WatchRevocationsRequest, _enrollment_pb2.WatchRevocationsResponse]
+    """WatchRevocations is the stream an enrolled enclave keeps open to the
+    backend (the pipe's counterpart for pods): each response names sessions
+    that were revoked (a logout), whose access tokens the enclave must refuse
+    from then on. The first response repeats the recent revocations, so a
+    stream opened again after a break misses none. Authenticated as Enroll is
+    (the pod's projected token, for this very enclave's pod); the same errors.
+    """
 
 @_typing.type_check_only
 class EnrollmentServiceAsyncStub(EnrollmentServiceStub):
@@ -84,6 +92,14 @@ class EnrollmentServiceAsyncStub(EnrollmentServiceStub):
     (ENROLLMENT_ABANDONED: provisioning of this enclave stopped, or its pod
     no longer waits; ENROLLMENT_TIMEOUT: the certificate was not issued in
     time; or the certificate issuer's reason, see control.proto).
+    """
+    WatchRevocations: _aio.UnaryStreamMultiCallable[_enrollment_pb2.WatchRevocationsRequest, _enrollment_pb2.WatchRevocationsResponse]  # type: ignore[assignment]
+    """WatchRevocations is the stream an enrolled enclave keeps open to the
+    backend (the pipe's counterpart for pods): each response names sessions
+    that were revoked (a logout), whose access tokens the enclave must refuse
+    from then on. The first response repeats the recent revocations, so a
+    stream opened again after a break misses none. Authenticated as Enroll is
+    (the pod's projected token, for this very enclave's pod); the same errors.
     """
 
 class EnrollmentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -116,6 +132,20 @@ class EnrollmentServiceServicer(metaclass=_abc_1.ABCMeta):
         (ENROLLMENT_ABANDONED: provisioning of this enclave stopped, or its pod
         no longer waits; ENROLLMENT_TIMEOUT: the certificate was not issued in
         time; or the certificate issuer's reason, see control.proto).
+        """
+
+    @_abc_1.abstractmethod
+    def WatchRevocations(
+        self,
+        request: _enrollment_pb2.WatchRevocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_enrollment_pb2.WatchRevocationsResponse], _abc.AsyncIterator[_enrollment_pb2.WatchRevocationsResponse]]:
+        """WatchRevocations is the stream an enrolled enclave keeps open to the
+        backend (the pipe's counterpart for pods): each response names sessions
+        that were revoked (a logout), whose access tokens the enclave must refuse
+        from then on. The first response repeats the recent revocations, so a
+        stream opened again after a break misses none. Authenticated as Enroll is
+        (the pod's projected token, for this very enclave's pod); the same errors.
         """
 
 def add_EnrollmentServiceServicer_to_server(servicer: EnrollmentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

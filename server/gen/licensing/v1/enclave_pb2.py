@@ -26,37 +26,41 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from licensing.v1 import attestation_pb2 as licensing_dot_v1_dot_attestation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alicensing/v1/enclave.proto\x12\x0clicensing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1elicensing/v1/attestation.proto\"\x9a\x02\n\x07\x45nclave\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\"\n\x05phase\x18\x03 \x01(\x0e\x32\x13.licensing.v1.Phase\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\x17\n\x0ftls_server_name\x18\x05 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\n \x01(\t\"9\n\x14\x43reateEnclaveRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\"\xf4\x01\n\x15\x43reateEnclaveResponse\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\"\n\x05phase\x18\x02 \x01(\x0e\x32\x13.licensing.v1.Phase\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x07\x65nclave\x18\x06 \x01(\x0b\x32\x15.licensing.v1.Enclave\x12.\n\x0b\x61ttestation\x18\x07 \x01(\x0b\x32\x19.licensing.v1.Attestation\"@\n\x13WatchEnclaveRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\x15\n\rfrom_sequence\x18\x02 \x01(\x04\"\xf3\x01\n\x14WatchEnclaveResponse\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\"\n\x05phase\x18\x02 \x01(\x0e\x32\x13.licensing.v1.Phase\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x07\x65nclave\x18\x06 \x01(\x0b\x32\x15.licensing.v1.Enclave\x12.\n\x0b\x61ttestation\x18\x07 \x01(\x0b\x32\x19.licensing.v1.Attestation\"\'\n\x11GetEnclaveRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\"<\n\x12GetEnclaveResponse\x12&\n\x07\x65nclave\x18\x01 \x01(\x0b\x32\x15.licensing.v1.Enclave\"<\n\x13ListEnclavesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x14ListEnclavesResponse\x12\'\n\x08\x65nclaves\x18\x01 \x03(\x0b\x32\x15.licensing.v1.Enclave\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x14\x44\x65leteEnclaveRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteEnclaveResponse*\xd7\x01\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x12\n\x0ePHASE_ACCEPTED\x10\x01\x12\x13\n\x0fPHASE_SCHEDULED\x10\x02\x12\x11\n\rPHASE_RUNNING\x10\x03\x12\x1c\n\x18PHASE_CERTIFICATE_ISSUED\x10\x04\x12\x0f\n\x0bPHASE_READY\x10\x05\x12\x13\n\x0fPHASE_ATTESTING\x10\x06\x12\x12\n\x0ePHASE_ATTESTED\x10\x07\x12\x10\n\x0cPHASE_FAILED\x10\x08\x12\x11\n\rPHASE_DELETED\x10\t2\xc7\x03\n\x0e\x45nclaveService\x12Z\n\rCreateEnclave\x12\".licensing.v1.CreateEnclaveRequest\x1a#.licensing.v1.CreateEnclaveResponse0\x01\x12W\n\x0cWatchEnclave\x12!.licensing.v1.WatchEnclaveRequest\x1a\".licensing.v1.WatchEnclaveResponse0\x01\x12O\n\nGetEnclave\x12\x1f.licensing.v1.GetEnclaveRequest\x1a .licensing.v1.GetEnclaveResponse\x12U\n\x0cListEnclaves\x12!.licensing.v1.ListEnclavesRequest\x1a\".licensing.v1.ListEnclavesResponse\x12X\n\rDeleteEnclave\x12\".licensing.v1.DeleteEnclaveRequest\x1a#.licensing.v1.DeleteEnclaveResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alicensing/v1/enclave.proto\x12\x0clicensing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1elicensing/v1/attestation.proto\"\x9a\x02\n\x07\x45nclave\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\"\n\x05phase\x18\x03 \x01(\x0e\x32\x13.licensing.v1.Phase\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\x17\n\x0ftls_server_name\x18\x05 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\n \x01(\t\"V\n\x14\x43reateEnclaveRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x1b\n\x13\x66ollow_attestations\x18\x03 \x01(\x08\"\x8f\x02\n\x15\x43reateEnclaveResponse\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\"\n\x05phase\x18\x02 \x01(\x0e\x32\x13.licensing.v1.Phase\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x07\x65nclave\x18\x06 \x01(\x0b\x32\x15.licensing.v1.Enclave\x12.\n\x0b\x61ttestation\x18\x07 \x01(\x0b\x32\x19.licensing.v1.Attestation\x12\x19\n\x11\x61ttestation_round\x18\x08 \x01(\x04\"x\n\x13WatchEnclaveRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\x15\n\rfrom_sequence\x18\x02 \x01(\x04\x12\x1b\n\x13\x66ollow_attestations\x18\x03 \x01(\x08\x12\x19\n\x11\x61ttestation_nonce\x18\x04 \x01(\x0c\"\x8e\x02\n\x14WatchEnclaveResponse\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\"\n\x05phase\x18\x02 \x01(\x0e\x32\x13.licensing.v1.Phase\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x07\x65nclave\x18\x06 \x01(\x0b\x32\x15.licensing.v1.Enclave\x12.\n\x0b\x61ttestation\x18\x07 \x01(\x0b\x32\x19.licensing.v1.Attestation\x12\x19\n\x11\x61ttestation_round\x18\x08 \x01(\x04\"\'\n\x11GetEnclaveRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\"<\n\x12GetEnclaveResponse\x12&\n\x07\x65nclave\x18\x01 \x01(\x0b\x32\x15.licensing.v1.Enclave\"<\n\x13ListEnclavesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x14ListEnclavesResponse\x12\'\n\x08\x65nclaves\x18\x01 \x03(\x0b\x32\x15.licensing.v1.Enclave\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x14\x44\x65leteEnclaveRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteEnclaveResponse\">\n\x19RequestAttestationRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\"\x1c\n\x1aRequestAttestationResponse*\xd7\x01\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x12\n\x0ePHASE_ACCEPTED\x10\x01\x12\x13\n\x0fPHASE_SCHEDULED\x10\x02\x12\x11\n\rPHASE_RUNNING\x10\x03\x12\x1c\n\x18PHASE_CERTIFICATE_ISSUED\x10\x04\x12\x0f\n\x0bPHASE_READY\x10\x05\x12\x13\n\x0fPHASE_ATTESTING\x10\x06\x12\x12\n\x0ePHASE_ATTESTED\x10\x07\x12\x10\n\x0cPHASE_FAILED\x10\x08\x12\x11\n\rPHASE_DELETED\x10\t2\xb0\x04\n\x0e\x45nclaveService\x12Z\n\rCreateEnclave\x12\".licensing.v1.CreateEnclaveRequest\x1a#.licensing.v1.CreateEnclaveResponse0\x01\x12W\n\x0cWatchEnclave\x12!.licensing.v1.WatchEnclaveRequest\x1a\".licensing.v1.WatchEnclaveResponse0\x01\x12O\n\nGetEnclave\x12\x1f.licensing.v1.GetEnclaveRequest\x1a .licensing.v1.GetEnclaveResponse\x12U\n\x0cListEnclaves\x12!.licensing.v1.ListEnclavesRequest\x1a\".licensing.v1.ListEnclavesResponse\x12X\n\rDeleteEnclave\x12\".licensing.v1.DeleteEnclaveRequest\x1a#.licensing.v1.DeleteEnclaveResponse\x12g\n\x12RequestAttestation\x12\'.licensing.v1.RequestAttestationRequest\x1a(.licensing.v1.RequestAttestationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'licensing.v1.enclave_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PHASE']._serialized_start=1337
-  _globals['_PHASE']._serialized_end=1552
+  _globals['_PHASE']._serialized_start=1570
+  _globals['_PHASE']._serialized_end=1785
   _globals['_ENCLAVE']._serialized_start=110
   _globals['_ENCLAVE']._serialized_end=392
   _globals['_CREATEENCLAVEREQUEST']._serialized_start=394
-  _globals['_CREATEENCLAVEREQUEST']._serialized_end=451
-  _globals['_CREATEENCLAVERESPONSE']._serialized_start=454
-  _globals['_CREATEENCLAVERESPONSE']._serialized_end=698
-  _globals['_WATCHENCLAVEREQUEST']._serialized_start=700
-  _globals['_WATCHENCLAVEREQUEST']._serialized_end=764
-  _globals['_WATCHENCLAVERESPONSE']._serialized_start=767
-  _globals['_WATCHENCLAVERESPONSE']._serialized_end=1010
-  _globals['_GETENCLAVEREQUEST']._serialized_start=1012
-  _globals['_GETENCLAVEREQUEST']._serialized_end=1051
-  _globals['_GETENCLAVERESPONSE']._serialized_start=1053
-  _globals['_GETENCLAVERESPONSE']._serialized_end=1113
-  _globals['_LISTENCLAVESREQUEST']._serialized_start=1115
-  _globals['_LISTENCLAVESREQUEST']._serialized_end=1175
-  _globals['_LISTENCLAVESRESPONSE']._serialized_start=1177
-  _globals['_LISTENCLAVESRESPONSE']._serialized_end=1265
-  _globals['_DELETEENCLAVEREQUEST']._serialized_start=1267
-  _globals['_DELETEENCLAVEREQUEST']._serialized_end=1309
-  _globals['_DELETEENCLAVERESPONSE']._serialized_start=1311
-  _globals['_DELETEENCLAVERESPONSE']._serialized_end=1334
-  _globals['_ENCLAVESERVICE']._serialized_start=1555
-  _globals['_ENCLAVESERVICE']._serialized_end=2010
+  _globals['_CREATEENCLAVEREQUEST']._serialized_end=480
+  _globals['_CREATEENCLAVERESPONSE']._serialized_start=483
+  _globals['_CREATEENCLAVERESPONSE']._serialized_end=754
+  _globals['_WATCHENCLAVEREQUEST']._serialized_start=756
+  _globals['_WATCHENCLAVEREQUEST']._serialized_end=876
+  _globals['_WATCHENCLAVERESPONSE']._serialized_start=879
+  _globals['_WATCHENCLAVERESPONSE']._serialized_end=1149
+  _globals['_GETENCLAVEREQUEST']._serialized_start=1151
+  _globals['_GETENCLAVEREQUEST']._serialized_end=1190
+  _globals['_GETENCLAVERESPONSE']._serialized_start=1192
+  _globals['_GETENCLAVERESPONSE']._serialized_end=1252
+  _globals['_LISTENCLAVESREQUEST']._serialized_start=1254
+  _globals['_LISTENCLAVESREQUEST']._serialized_end=1314
+  _globals['_LISTENCLAVESRESPONSE']._serialized_start=1316
+  _globals['_LISTENCLAVESRESPONSE']._serialized_end=1404
+  _globals['_DELETEENCLAVEREQUEST']._serialized_start=1406
+  _globals['_DELETEENCLAVEREQUEST']._serialized_end=1448
+  _globals['_DELETEENCLAVERESPONSE']._serialized_start=1450
+  _globals['_DELETEENCLAVERESPONSE']._serialized_end=1473
+  _globals['_REQUESTATTESTATIONREQUEST']._serialized_start=1475
+  _globals['_REQUESTATTESTATIONREQUEST']._serialized_end=1537
+  _globals['_REQUESTATTESTATIONRESPONSE']._serialized_start=1539
+  _globals['_REQUESTATTESTATIONRESPONSE']._serialized_end=1567
+  _globals['_ENCLAVESERVICE']._serialized_start=1788
+  _globals['_ENCLAVESERVICE']._serialized_end=2348
 # @@protoc_insertion_point(module_scope)

@@ -194,19 +194,25 @@ class CreateEnclaveRequest(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     NONCE_FIELD_NUMBER: _builtins.int
+    FOLLOW_ATTESTATIONS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client-chosen idempotency key (1 to 64 characters of [A-Za-z0-9._-])."""
     nonce: _builtins.bytes
     """16 to 64 bytes; the ATTESTED event carries a quote over it."""
+    follow_attestations: _builtins.bool
+    """Keep the stream open after ATTESTED: one ATTESTED event per
+    re-attestation round (attestation_round > 0), until FAILED or DELETED.
+    """
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         nonce: _builtins.bytes = ...,
+        follow_attestations: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["nonce", b"nonce", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow_attestations", b"follow_attestations", "nonce", b"nonce", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -225,6 +231,7 @@ class CreateEnclaveResponse(_message.Message):
     TIME_FIELD_NUMBER: _builtins.int
     ENCLAVE_FIELD_NUMBER: _builtins.int
     ATTESTATION_FIELD_NUMBER: _builtins.int
+    ATTESTATION_ROUND_FIELD_NUMBER: _builtins.int
     enclave_id: _builtins.str
     """The enclave the event is about."""
     phase: Global___Phase.ValueType
@@ -233,6 +240,10 @@ class CreateEnclaveResponse(_message.Message):
     """A human-readable account of the phase change."""
     sequence: _builtins.int
     """Increases by one per event of this enclave, from 1."""
+    attestation_round: _builtins.int
+    """0 on the provisioning attestation; on a re-attestation event, the
+    backend's round that produced it (rounds count up from 1 per backend run).
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the phase was entered."""
@@ -255,10 +266,11 @@ class CreateEnclaveResponse(_message.Message):
         time: _timestamp_pb2.Timestamp | None = ...,
         enclave: Global___Enclave | None = ...,
         attestation: _attestation_pb2.Attestation | None = ...,
+        attestation_round: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation", "enclave", b"enclave", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation", "enclave", b"enclave", "enclave_id", b"enclave_id", "message", b"message", "phase", b"phase", "sequence", b"sequence", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation", "attestation_round", b"attestation_round", "enclave", b"enclave", "enclave_id", b"enclave_id", "message", b"message", "phase", b"phase", "sequence", b"sequence", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -272,19 +284,31 @@ class WatchEnclaveRequest(_message.Message):
 
     ENCLAVE_ID_FIELD_NUMBER: _builtins.int
     FROM_SEQUENCE_FIELD_NUMBER: _builtins.int
+    FOLLOW_ATTESTATIONS_FIELD_NUMBER: _builtins.int
+    ATTESTATION_NONCE_FIELD_NUMBER: _builtins.int
     enclave_id: _builtins.str
     """The enclave to watch."""
     from_sequence: _builtins.int
     """Resume after this sequence number (0 replays every event)."""
+    follow_attestations: _builtins.bool
+    """Keep the stream open after ATTESTED and receive every re-attestation
+    (an ATTESTED event with attestation_round > 0) until FAILED or DELETED.
+    """
+    attestation_nonce: _builtins.bytes
+    """Optional, 16 to 64 bytes: the next round also quotes over this nonce,
+    and the stream carries that attestation (as RequestAttestation does).
+    """
     def __init__(
         self,
         *,
         enclave_id: _builtins.str = ...,
         from_sequence: _builtins.int = ...,
+        follow_attestations: _builtins.bool = ...,
+        attestation_nonce: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["enclave_id", b"enclave_id", "from_sequence", b"from_sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestation_nonce", b"attestation_nonce", "enclave_id", b"enclave_id", "follow_attestations", b"follow_attestations", "from_sequence", b"from_sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -303,6 +327,7 @@ class WatchEnclaveResponse(_message.Message):
     TIME_FIELD_NUMBER: _builtins.int
     ENCLAVE_FIELD_NUMBER: _builtins.int
     ATTESTATION_FIELD_NUMBER: _builtins.int
+    ATTESTATION_ROUND_FIELD_NUMBER: _builtins.int
     enclave_id: _builtins.str
     """The enclave the event is about."""
     phase: Global___Phase.ValueType
@@ -311,6 +336,10 @@ class WatchEnclaveResponse(_message.Message):
     """A human-readable account of the phase change."""
     sequence: _builtins.int
     """Increases by one per event of this enclave, from 1."""
+    attestation_round: _builtins.int
+    """0 on the provisioning attestation; on a re-attestation event, the
+    backend's round that produced it (rounds count up from 1 per backend run).
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the phase was entered."""
@@ -333,10 +362,11 @@ class WatchEnclaveResponse(_message.Message):
         time: _timestamp_pb2.Timestamp | None = ...,
         enclave: Global___Enclave | None = ...,
         attestation: _attestation_pb2.Attestation | None = ...,
+        attestation_round: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation", "enclave", b"enclave", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation", "enclave", b"enclave", "enclave_id", b"enclave_id", "message", b"message", "phase", b"phase", "sequence", b"sequence", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation", "attestation_round", b"attestation_round", "enclave", b"enclave", "enclave_id", b"enclave_id", "message", b"message", "phase", b"phase", "sequence", b"sequence", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -482,3 +512,48 @@ class DeleteEnclaveResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteEnclaveResponse: _TypeAlias = DeleteEnclaveResponse  # noqa: Y015
+
+@_typing.final
+class RequestAttestationRequest(_message.Message):
+    """RequestAttestationRequest asks for a re-attestation over the client's own
+    nonce; it arrives within one round as an event on the enclave's watch.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENCLAVE_ID_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
+    enclave_id: _builtins.str
+    """The caller's enclave."""
+    nonce: _builtins.bytes
+    """16 to 64 bytes chosen by the client; the re-attestation binds it."""
+    def __init__(
+        self,
+        *,
+        enclave_id: _builtins.str = ...,
+        nonce: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enclave_id", b"enclave_id", "nonce", b"nonce"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestAttestationRequest: _TypeAlias = RequestAttestationRequest  # noqa: Y015
+
+@_typing.final
+class RequestAttestationResponse(_message.Message):
+    """RequestAttestationResponse is empty: the event comes on the watch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestAttestationResponse: _TypeAlias = RequestAttestationResponse  # noqa: Y015

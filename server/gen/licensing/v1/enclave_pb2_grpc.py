@@ -61,6 +61,11 @@ class EnclaveServiceStub:
                 request_serializer=licensing_dot_v1_dot_enclave__pb2.DeleteEnclaveRequest.SerializeToString,
                 response_deserializer=licensing_dot_v1_dot_enclave__pb2.DeleteEnclaveResponse.FromString,
                 _registered_method=True)
+        self.RequestAttestation = channel.unary_unary(
+                '/licensing.v1.EnclaveService/RequestAttestation',
+                request_serializer=licensing_dot_v1_dot_enclave__pb2.RequestAttestationRequest.SerializeToString,
+                response_deserializer=licensing_dot_v1_dot_enclave__pb2.RequestAttestationResponse.FromString,
+                _registered_method=True)
 
 
 class EnclaveServiceServicer:
@@ -108,6 +113,15 @@ class EnclaveServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestAttestation(self, request, context):
+        """RequestAttestation asks for the enclave's next re-attestation round to
+        cover the caller's own nonce: within one round every watcher that follows
+        attestations receives an ATTESTED event whose attestation binds it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EnclaveServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -135,6 +149,11 @@ def add_EnclaveServiceServicer_to_server(servicer, server):
                     servicer.DeleteEnclave,
                     request_deserializer=licensing_dot_v1_dot_enclave__pb2.DeleteEnclaveRequest.FromString,
                     response_serializer=licensing_dot_v1_dot_enclave__pb2.DeleteEnclaveResponse.SerializeToString,
+            ),
+            'RequestAttestation': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestAttestation,
+                    request_deserializer=licensing_dot_v1_dot_enclave__pb2.RequestAttestationRequest.FromString,
+                    response_serializer=licensing_dot_v1_dot_enclave__pb2.RequestAttestationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -274,6 +293,33 @@ class EnclaveService:
             '/licensing.v1.EnclaveService/DeleteEnclave',
             licensing_dot_v1_dot_enclave__pb2.DeleteEnclaveRequest.SerializeToString,
             licensing_dot_v1_dot_enclave__pb2.DeleteEnclaveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestAttestation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/licensing.v1.EnclaveService/RequestAttestation',
+            licensing_dot_v1_dot_enclave__pb2.RequestAttestationRequest.SerializeToString,
+            licensing_dot_v1_dot_enclave__pb2.RequestAttestationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -77,6 +77,11 @@ class EnclaveServiceStub:
     """DeleteEnclave stops the workload, removes its work directory and every
     record of it, and frees its licence.
     """
+    RequestAttestation: _grpc.UnaryUnaryMultiCallable[_enclave_pb2.RequestAttestationRequest, _enclave_pb2.RequestAttestationResponse]
+    """RequestAttestation asks for the enclave's next re-attestation round to
+    cover the caller's own nonce: within one round every watcher that follows
+    attestations receives an ATTESTED event whose attestation binds it.
+    """
 
 @_typing.type_check_only
 class EnclaveServiceAsyncStub(EnclaveServiceStub):
@@ -103,6 +108,11 @@ class EnclaveServiceAsyncStub(EnclaveServiceStub):
     DeleteEnclave: _aio.UnaryUnaryMultiCallable[_enclave_pb2.DeleteEnclaveRequest, _enclave_pb2.DeleteEnclaveResponse]  # type: ignore[assignment]
     """DeleteEnclave stops the workload, removes its work directory and every
     record of it, and frees its licence.
+    """
+    RequestAttestation: _aio.UnaryUnaryMultiCallable[_enclave_pb2.RequestAttestationRequest, _enclave_pb2.RequestAttestationResponse]  # type: ignore[assignment]
+    """RequestAttestation asks for the enclave's next re-attestation round to
+    cover the caller's own nonce: within one round every watcher that follows
+    attestations receives an ATTESTED event whose attestation binds it.
     """
 
 class EnclaveServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -157,6 +167,17 @@ class EnclaveServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_enclave_pb2.DeleteEnclaveResponse, _abc.Awaitable[_enclave_pb2.DeleteEnclaveResponse]]:
         """DeleteEnclave stops the workload, removes its work directory and every
         record of it, and frees its licence.
+        """
+
+    @_abc_1.abstractmethod
+    def RequestAttestation(
+        self,
+        request: _enclave_pb2.RequestAttestationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_enclave_pb2.RequestAttestationResponse, _abc.Awaitable[_enclave_pb2.RequestAttestationResponse]]:
+        """RequestAttestation asks for the enclave's next re-attestation round to
+        cover the caller's own nonce: within one round every watcher that follows
+        attestations receives an ATTESTED event whose attestation binds it.
         """
 
 def add_EnclaveServiceServicer_to_server(servicer: EnclaveServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

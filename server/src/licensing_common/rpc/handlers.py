@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-__all__ = ["Behavior", "wrap_handler"]
+__all__ = ["Behavior", "WrappedHandlers", "wrap_handler"]
 
 #: A method's behaviour: ``(request or request iterator, context)`` to a response
 #: (awaitable) or responses (async iterator).
@@ -49,3 +49,30 @@ def wrap_handler(
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
+
+
+class WrappedHandlers:
+    """An interceptor's wrapped handler per method, made once instead of on every call.
+
+    grpc looks up the same handler object for a method each time; the wrapped one is
+    reused only while that object is the one we wrapped, so a handler registered anew
+    is wrapped anew. Wrapping holds no per-call state.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[
+            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
+        ] = {}
+
+    def get(
+        self,
+        method: str,
+        handler: grpc.RpcMethodHandler[Any, Any],
+        wrap: Callable[[], grpc.RpcMethodHandler[Any, Any]],
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        found = self._items.get(method)
+        if found is not None and found[0] is handler:
+            return found[1]
+        wrapped = wrap()
+        self._items[method] = (handler, wrapped)
+        return wrapped

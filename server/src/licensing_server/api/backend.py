@@ -6,21 +6,26 @@ import asyncio
 import datetime as dt
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from licensing.control.v1 import control_pb2, control_pb2_grpc
 
-from licensing_common.errors import FailedPrecondition, InvalidArgument, NotFound
+from licensing_common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from licensing_server.api.convert import phase_number, timestamp, wrapped
 from licensing_server.attestation import AttestationEncoder, Attestor
 from licensing_server.auth import normalise_username
 from licensing_server.enclaves.nonces import ATTESTABLE, check_nonce
 from licensing_server.pki import CertificateAuthority, parse_csr
-from licensing_server.provisioning import EnclaveProvisioner
-from licensing_server.storage import EnclaveStore
+from licensing_server.provisioning import EnclaveProvisioner, ReattestationRounds
+from licensing_server.storage import EnclaveStore, Phase
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -74,8 +79,22 @@ class CertificateServicer(control_pb2_grpc.CertificateServiceServicer):
 
 
 class ProvisioningServicer(control_pb2_grpc.ProvisioningServiceServicer):
-    def __init__(self, provisioner: EnclaveProvisioner):
+    def __init__(
+        self,
+        provisioner: EnclaveProvisioner,
+        revoke_sessions: Callable[[list[str]], Awaitable[int]] | None = None,
+    ):
         self._provisioner = provisioner
+        self._revoke_sessions = revoke_sessions
+
+    async def RevokeSessions(
+        self, request: control_pb2.RevokeSessionsRequest, context: Context
+    ) -> control_pb2.RevokeSessionsResponse:
+        """Logout on the frontend: this backend's enclaves refuse the sessions from now on."""
+        ids = [_session_id(raw) for raw in request.session_ids[:100]]
+        if self._revoke_sessions is not None and ids:
+            await self._revoke_sessions(ids)
+        return control_pb2.RevokeSessionsResponse()
 
     async def Provision(
         self, request: control_pb2.ProvisionRequest, context: Context
@@ -97,6 +116,13 @@ class ProvisioningServicer(control_pb2_grpc.ProvisioningServiceServicer):
     ) -> control_pb2.DeprovisionResponse:
         await self._provisioner.deprovision(_enclave_id(request.enclave_id))
         return control_pb2.DeprovisionResponse()
+
+
+def _session_id(raw: str) -> str:
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError as exc:
+        raise InvalidArgument("SESSION_ID_INVALID", "session_ids must be UUIDs") from exc
 
 
 def _enclave_id(raw: str) -> str:
@@ -121,13 +147,40 @@ class _Attestable:
 
 
 class QuoteServicer(control_pb2_grpc.QuoteServiceServicer):
-    def __init__(self, attestor: Attestor, store: EnclaveStore):
+    def __init__(
+        self,
+        attestor: Attestor,
+        store: EnclaveStore,
+        rounds: ReattestationRounds | None = None,
+    ):
         self._attestor = attestor
         self._store = store
         # Attestable rows by enclave id: saves a database read on every quote.
         self._rows: dict[str, _Attestable] = {}
         self._reading: dict[str, asyncio.Future[_Attestable]] = {}
         self._encoder = AttestationEncoder()
+        self._rounds = rounds
+
+    async def RequestReattestation(
+        self, request: control_pb2.RequestReattestationRequest, context: Context
+    ) -> control_pb2.RequestReattestationResponse:
+        """Queue the client's nonce for the enclave's next re-attestation round."""
+        nonce = check_nonce(request.nonce)
+        record = await self._store.get(_enclave_id(request.enclave_id))
+        if record is None:
+            raise NotFound("ENCLAVE_NOT_FOUND", "no such enclave")
+        if record.phase is not Phase.ATTESTED or self._rounds is None:
+            raise FailedPrecondition(
+                "ENCLAVE_NOT_ATTESTED",
+                f"the enclave is {record.phase.value}; only an ATTESTED enclave is re-attested",
+                {"phase": record.phase.value},
+            )
+        if not self._rounds.request(record.id, nonce):
+            raise ResourceExhausted(
+                "ATTESTATION_REQUESTS_QUEUED",
+                "too many nonces already wait for this enclave's next round; try after it",
+            )
+        return control_pb2.RequestReattestationResponse()
 
     async def Quote(
         self, request: control_pb2.QuoteRequest, context: Context

@@ -7,6 +7,7 @@ projected ServiceAccount token, checked by the ``EnrollmentDesk``.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -25,6 +26,8 @@ ENROLLMENT_POLICY: dict[str, Access] = {
     "/grpc.health.v1.Health/Check": Access.PUBLIC,
     "/grpc.health.v1.Health/Watch": Access.PUBLIC,
     f"/{ENROLLMENT_SERVICE}/Enroll": Access.PUBLIC,
+    # The pod's token is checked by the desk, as for Enroll (issue 13).
+    f"/{ENROLLMENT_SERVICE}/WatchRevocations": Access.PUBLIC,
 }
 
 
@@ -42,3 +45,11 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServiceServicer):
         return enrollment_pb2.EnrollResponse(
             certificate_pem=certificate_pem, ca_certificates_pem=ca_pems
         )
+
+    async def WatchRevocations(
+        self, request: enrollment_pb2.WatchRevocationsRequest, context: Context
+    ) -> AsyncIterator[enrollment_pb2.WatchRevocationsResponse]:
+        """The pod's channel for logouts: its enclave refuses those sessions' tokens."""
+        token = bearer_token(context.invocation_metadata())
+        async for session_ids in self._desk.revocations(request.enclave_id, token):
+            yield enrollment_pb2.WatchRevocationsResponse(session_ids=session_ids)

@@ -46,4 +46,6 @@ FRONTEND_RATE_LIMITS: dict[str, RateLimit] = {
     "/licensing.v1.EnclaveService/DeleteEnclave": _per_user(10, 50),
     # The TPM is shared by everyone; batching makes a quote cheap, not free.
     "/licensing.v1.AttestationService/GetAttestation": _per_user(20, 100),
+    # Queues a nonce for the next round's one quote (at most 8 wait per enclave).
+    "/licensing.v1.EnclaveService/RequestAttestation": _per_user(10, 50),
 }

@@ -29,6 +29,8 @@ FRONTEND_POLICY: dict[str, Access] = {
     "/licensing.v1.EnclaveService/ListEnclaves": Access.USER,
     "/licensing.v1.EnclaveService/DeleteEnclave": Access.USER,
     "/licensing.v1.AttestationService/GetAttestation": Access.USER,
+    # Continuous attestation (issue 13).
+    "/licensing.v1.EnclaveService/RequestAttestation": Access.USER,
 }
 
 BACKEND_POLICY: dict[str, Access] = {
@@ -38,6 +40,9 @@ BACKEND_POLICY: dict[str, Access] = {
     "/licensing.control.v1.ProvisioningService/Provision": Access.FRONTEND,
     "/licensing.control.v1.ProvisioningService/Deprovision": Access.FRONTEND,
     "/licensing.control.v1.QuoteService/Quote": Access.FRONTEND,
+    # Continuous attestation (issue 13).
+    "/licensing.control.v1.QuoteService/RequestReattestation": Access.FRONTEND,
+    "/licensing.control.v1.ProvisioningService/RevokeSessions": Access.FRONTEND,
 }
 
 #: The backend's listener for the frontends of other pods (attestation with replicas):
@@ -45,4 +50,6 @@ BACKEND_POLICY: dict[str, Access] = {
 BACKEND_QUOTE_POLICY: dict[str, Access] = {
     **dict.fromkeys(_OPS, Access.FRONTEND),
     "/licensing.control.v1.QuoteService/Quote": Access.FRONTEND,
+    # A client's own nonce goes to the backend whose rounds re-attest the enclave.
+    "/licensing.control.v1.QuoteService/RequestReattestation": Access.FRONTEND,
 }

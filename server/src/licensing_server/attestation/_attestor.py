@@ -436,6 +436,29 @@ class Attestor:
             )
         return await future
 
+    async def attest_round(
+        self, requests: list[tuple[str, bytes, bytes]]
+    ) -> list[AttestationEvidence | DomainError]:
+        """One quote over every ``(certificate_pem, certificate_sha256, nonce)``, however many.
+
+        For re-attestation rounds: unlike ``attest`` there is no ``MAX_BATCH``, so a
+        round costs one TPM quote whatever the number of live enclaves (the Merkle
+        tree of qualifying values grows by a level per doubling). Each result is the
+        evidence or that request's own error (``ENCLAVE_NOT_MEASURED``); a TPM that
+        cannot quote raises for the whole round.
+        """
+        self._require_ak()
+        if not requests:
+            return []
+        loop = asyncio.get_running_loop()
+        batch = [
+            _Request(pem, digest, nonce, qualifying_value(nonce, digest), loop.create_future())
+            for pem, digest, nonce in requests
+        ]
+        async with self._lock:
+            self._metrics.batch_size.observe(len(batch))
+            return await self._quote_batch(batch)
+
     def _fail_pending(self, exc: BaseException) -> None:
         """The quote worker died of a bug (logged): nobody waiting on it may hang."""
         pending, self._pending = self._pending, []

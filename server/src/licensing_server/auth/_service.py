@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -293,11 +293,20 @@ class AuthService:
                 _log.info("pruned %d expired sessions", pruned)
             await asyncio.sleep(self.SESSION_PRUNE_SECONDS)
 
+    #: Told each logged-out session id after it is revoked (the frontend tells the
+    #: backend, which pushes it to the enclaves); its failure never fails the logout.
+    on_session_revoked: Callable[[str], Awaitable[None]] | None = None
+
     async def logout(self, claims: AccessClaims) -> None:
         await self._users.revoke_session(claims.session_id, self._clock(), "logout")
         self._active_sessions.pop(claims.session_id, None)
         self._verifier.forget(claims.session_id)
         _log.info("user logged out: %s session %s", claims.user_id, claims.session_id)
+        if self.on_session_revoked is not None:
+            try:
+                await self.on_session_revoked(claims.session_id)
+            except Exception as exc:  # the session is revoked all the same
+                _log.warning("could not tell the enclaves of a logout: %r", exc)
 
     async def current_user(self, claims: AccessClaims) -> UserProfile:
         profile = self._profiles.get(claims.user_id)

@@ -7,7 +7,7 @@ import contextlib
 import datetime as dt
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -72,16 +72,21 @@ from licensing_server.provisioning import (
     EnclaveProvisioner,
     HealthProbe,
     ProvisioningSettings,
+    ReattestationRounds,
     Reconciler,
     measured_certificates,
 )
-from licensing_server.runtimes import EnrollmentDesk
+from licensing_server.runtimes import EnrollmentDesk, SessionRevoker
 from licensing_server.storage import (
+    SESSIONS_REVOKED,
     BackendDirectory,
     Database,
     DatabaseUnavailable,
     EnclaveStore,
     MeasurementStore,
+    Notifications,
+    ReattestationStore,
+    notifications,
     run_migrations,
 )
 from licensing_server.tasks import TaskSet, spawn
@@ -277,6 +282,23 @@ async def _serve(
     )
     after_shutdown.reconciler = reconciler
     await reconciler.reconcile_after_start()
+    # Continuous attestation (issue 13): on every backend, for the enclaves it runs.
+    rounds = ReattestationRounds(
+        store=store,
+        results=ReattestationStore(database),
+        runtime=runtime,
+        provisioner=provisioner,
+        attestor=attestor,
+        interval_seconds=settings.reattest_interval_seconds,
+        grace_seconds=settings.reattest_grace_seconds,
+        backend_id=backend_id,
+    )
+    revoke_sessions = _session_revoker(runtime)
+    if revoke_sessions is not None:
+        # PostgreSQL replicas: every backend hears every frontend's logouts.
+        await stack.enter_async_context(
+            notifications(database, lambda listener: _hear_revocations(listener, revoke_sessions))
+        )
 
     dns, ips = _split_names(
         [
@@ -308,9 +330,9 @@ async def _serve(
         server,
     )
     control_pb2_grpc.add_ProvisioningServiceServicer_to_server(
-        ProvisioningServicer(provisioner), server
+        ProvisioningServicer(provisioner, revoke_sessions), server
     )
-    quotes = QuoteServicer(attestor, store)
+    quotes = QuoteServicer(attestor, store, rounds)
     control_pb2_grpc.add_QuoteServiceServicer_to_server(quotes, server)
     health = await add_health_and_reflection(server, SERVICE_NAMES)
     stack.push_async_callback(health.enter_graceful_shutdown)
@@ -355,6 +377,8 @@ async def _serve(
     stack.push_async_callback(_cancelled, electing)
     reconciling = background.spawn(reconciler.run(election), name="reconciler")
     stack.push_async_callback(_cancelled, reconciling)
+    reattesting = background.spawn(rounds.run(), name="reattestation-rounds")
+    stack.push_async_callback(_cancelled, reattesting)
 
     await asyncio.wait({stopping, reconciling, electing}, return_when=asyncio.FIRST_COMPLETED)
     _log.info("backend shutting down")
@@ -477,6 +501,25 @@ async def _serve_enrollment(
         ) from exc
     await server.start()
     _log.info("backend taking enclave CSRs over TLS on %s", k.enrollment_addr)
+
+
+def _session_revoker(runtime: object) -> Callable[[list[str]], Awaitable[int]] | None:
+    """The runtime's channel to its enclaves for logouts, if it has one (local runtime)."""
+    if isinstance(runtime, SessionRevoker):
+        return runtime.revoke_sessions
+    return None
+
+
+def _hear_revocations(
+    listener: Notifications, revoke: Callable[[list[str]], Awaitable[int]]
+) -> None:
+    async def push(session_id: str) -> None:
+        await revoke([session_id])
+
+    def revoked(session_id: str) -> None:
+        spawn(push(session_id), name="push-session-revocation")
+
+    listener.subscribe(SESSIONS_REVOKED, revoked)
 
 
 def main() -> None:

@@ -31,12 +31,14 @@ from licensing_server.enclaves.nonces import check_nonce
 from licensing_server.events import EventTail
 from licensing_server.storage import (
     MAX_SEQUENCE,
+    REATTESTED_PREFIX,
     DatabaseUnavailable,
     EnclaveRecord,
     EnclaveStore,
     EventRecord,
     Limits,
     Phase,
+    ReattestationStore,
 )
 
 _log = logging.getLogger(__name__)
@@ -64,6 +66,10 @@ class QuoteBackend(Protocol):
         """A fresh serialized ``licensing.v1.Attestation`` of the enclave over ``nonce``."""
         ...
 
+    async def request_reattestation(self, record: EnclaveRecord, nonce: bytes) -> None:
+        """Queue ``nonce`` for the enclave's next re-attestation round (on its measurer)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class EnclaveUpdate:
@@ -72,6 +78,8 @@ class EnclaveUpdate:
     enclave: EnclaveRecord | None
     #: The serialized ``licensing.v1.Attestation``, on the ATTESTED event.
     attestation: bytes | None = None
+    #: 0: the provisioning attestation; N: made by re-attestation round N.
+    attestation_round: int = 0
 
 
 def _utcnow() -> dt.datetime:
@@ -89,6 +97,11 @@ def _is_terminal(phase: Phase) -> bool:
     return phase in TERMINAL
 
 
+def _is_final(phase: Phase) -> bool:
+    """Where a stream that follows attestations ends: ATTESTED goes on being re-proven."""
+    return phase in TERMINAL and phase is not Phase.ATTESTED
+
+
 class EnclaveCatalog:
     def __init__(
         self,
@@ -100,8 +113,10 @@ class EnclaveCatalog:
         default_limits: Limits,
         tail: EventTail,
         clock: Callable[[], dt.datetime] = _utcnow,
+        reattestations: ReattestationStore | None = None,
     ):
         self._store = store
+        self._reattestations = reattestations
         self._tail = tail
         self._backend = backend
         self._quotes = quotes
@@ -117,7 +132,7 @@ class EnclaveCatalog:
 
     # Create -----------------------------------------------------------------------
     async def create(
-        self, owner_id: str, request_id: str, nonce: bytes
+        self, owner_id: str, request_id: str, nonce: bytes, *, follow_attestations: bool = False
     ) -> AsyncIterator[EnclaveUpdate]:
         if not _REQUEST_ID.fullmatch(request_id):
             raise InvalidArgument(
@@ -133,7 +148,22 @@ class EnclaveCatalog:
                 limits=limits,
                 now=self._clock(),
             )
-        return self._progress(record, created)
+        progress = self._progress(record, created)
+        return self._then_attestations(progress) if follow_attestations else progress
+
+    async def _then_attestations(
+        self, updates: AsyncIterator[EnclaveUpdate]
+    ) -> AsyncIterator[EnclaveUpdate]:
+        """The create's events, then every re-attestation until FAILED or DELETED."""
+        last: EnclaveUpdate | None = None
+        async for update in updates:
+            last = update
+            yield update
+        if last is None or last.event.phase is not Phase.ATTESTED:
+            return
+        event = last.event
+        async for more in self._tail.follow(event.enclave_id, event.sequence, _is_final):
+            yield await self._update(more)
 
     async def _progress(self, record: EnclaveRecord, created: bool) -> AsyncIterator[EnclaveUpdate]:
         last = 0
@@ -189,6 +219,13 @@ class EnclaveCatalog:
         if event.phase is Phase.READY or _is_terminal(event.phase):
             record = await self._store.get(event.enclave_id)
             attestation = record.attestation if record and event.phase is Phase.ATTESTED else None
+            if record and event.phase is Phase.ATTESTED and self._reattestations is not None:
+                # A round's event carries that round's evidence, not the creator's.
+                found = await self._reattestations.get(event.enclave_id, event.sequence)
+                if found is not None:
+                    return EnclaveUpdate(event, record, found[1], found[0])
+                if _is_reattestation(event):
+                    return EnclaveUpdate(event, record, None)  # pruned: too old to keep
             return EnclaveUpdate(event, record, attestation)
         return EnclaveUpdate(event, None)
 
@@ -201,19 +238,37 @@ class EnclaveCatalog:
         return record
 
     async def watch(
-        self, owner_id: str, enclave_id: str, from_sequence: int
+        self,
+        owner_id: str,
+        enclave_id: str,
+        from_sequence: int,
+        *,
+        follow_attestations: bool = False,
+        attestation_nonce: bytes = b"",
     ) -> AsyncIterator[EnclaveUpdate]:
         if not 0 <= from_sequence <= MAX_SEQUENCE:
             # Checked before any query: SQLite cannot even bind an integer past 2**63 - 1.
             raise InvalidArgument(
                 "FROM_SEQUENCE_INVALID", f"from_sequence must be between 0 and {MAX_SEQUENCE}"
             )
+        if attestation_nonce:
+            check_nonce(attestation_nonce)
         record = await self.owned(owner_id, enclave_id)
-        return self._watch(record.id, from_sequence)
+        if attestation_nonce:
+            await self._quotes.request_reattestation(record, attestation_nonce)
+        return self._watch(record.id, from_sequence, _is_final if follow_attestations else None)
 
-    async def _watch(self, enclave_id: str, after: int) -> AsyncIterator[EnclaveUpdate]:
-        async for event in self._tail.follow(enclave_id, after, _is_terminal):
+    async def _watch(
+        self, enclave_id: str, after: int, until: Callable[[Phase], bool] | None = None
+    ) -> AsyncIterator[EnclaveUpdate]:
+        async for event in self._tail.follow(enclave_id, after, until or _is_terminal):
             yield await self._update(event)
+
+    async def request_attestation(self, owner_id: str, enclave_id: str, nonce: bytes) -> None:
+        """The owner's nonce in the enclave's next re-attestation round."""
+        check_nonce(nonce)
+        record = await self.owned(owner_id, enclave_id)
+        await self._quotes.request_reattestation(record, nonce)
 
     async def list(
         self, owner_id: str, page_size: int, page_token: str
@@ -248,6 +303,10 @@ class EnclaveCatalog:
         self._quoted.pop(enclave_id, None)
         self._quoted.pop(record.id, None)
         await self._backend.deprovision(record.id)
+
+
+def _is_reattestation(event: EventRecord) -> bool:
+    return event.message.startswith(REATTESTED_PREFIX)
 
 
 #: Page token: version, creation time (microseconds since the epoch), enclave id.

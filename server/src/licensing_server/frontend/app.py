@@ -66,6 +66,7 @@ from licensing_server.storage import (
     EnclaveStore,
     Limits,
     Notifications,
+    ReattestationStore,
     UserStore,
     notifications,
     rate_buckets,
@@ -222,6 +223,11 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
 
     await stack.enter_async_context(notifications(database, hear))
     background.spawn(auth.prune_sessions_forever(), name="session-pruner")
+
+    async def tell_backend(session_id: str) -> None:
+        await provisioning.revoke_sessions([session_id])
+
+    auth.on_session_revoked = tell_backend  # enclaves refuse the session's tokens at once
     catalog = EnclaveCatalog(
         store=enclaves,
         backend=provisioning,
@@ -232,6 +238,7 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
             enclave_ttl=dt.timedelta(seconds=settings.enclave_ttl_seconds),
         ),
         tail=tail,
+        reattestations=ReattestationStore(database),
     )
 
     server = grpc.aio.server(

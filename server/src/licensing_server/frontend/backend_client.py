@@ -148,6 +148,14 @@ class BackendProvisioningClient:
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from exc
 
+    async def revoke_sessions(self, session_ids: list[str]) -> None:
+        try:
+            await self._stub.RevokeSessions(
+                control_pb2.RevokeSessionsRequest(session_ids=session_ids), timeout=_CALL_TIMEOUT
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from exc
+
 
 class BackendQuoteClient:
     """One backend's ``QuoteService``: the pod-mate's, or another pod's (quote_routing)."""
@@ -165,3 +173,12 @@ class BackendQuoteClient:
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from exc
         return bytes(reply.attestation.SerializeToString())
+
+    async def request_reattestation(self, enclave_id: str, nonce: bytes) -> None:
+        try:
+            await self._quotes.RequestReattestation(
+                control_pb2.RequestReattestationRequest(enclave_id=enclave_id, nonce=nonce),
+                timeout=_CALL_TIMEOUT,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from exc

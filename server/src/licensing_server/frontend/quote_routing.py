@@ -48,7 +48,7 @@ def _unavailable(why: str) -> Unavailable:
 
 
 class QuoteRouter:
-    """``quote(record, nonce)`` for ``EnclaveCatalog``: the measuring backend answers."""
+    """``QuoteBackend`` for ``EnclaveCatalog``: the measuring backend answers."""
 
     def __init__(
         self,
@@ -68,9 +68,25 @@ class QuoteRouter:
         self._remote: OrderedDict[str, tuple[grpc.aio.Channel, BackendQuoteClient]] = OrderedDict()
 
     async def quote(self, record: EnclaveRecord, nonce: bytes) -> bytes:
+        client, where = await self._measuring(record)
+        try:
+            return await client.quote(record.id, nonce)
+        except Unavailable as exc:
+            raise self._not_answering(exc, record, where) from exc
+
+    async def request_reattestation(self, record: EnclaveRecord, nonce: bytes) -> None:
+        """The nonce goes to the backend whose rounds re-attest the enclave: its measurer."""
+        client, where = await self._measuring(record)
+        try:
+            await client.request_reattestation(record.id, nonce)
+        except Unavailable as exc:
+            raise self._not_answering(exc, record, where) from exc
+
+    async def _measuring(self, record: EnclaveRecord) -> tuple[BackendQuoteClient, str]:
+        """The client of the backend that measured the enclave, and its address ("" local)."""
         measured_by = record.backend_id
         if self._directory is None or measured_by is None or measured_by == self._own:
-            return await self._local.quote(record.id, nonce)
+            return self._local, ""
         backend = await self._directory.find(measured_by, self._stale_after)
         if backend is None or not backend.live:
             _log.warning("enclave %s: its backend %s is not alive", record.id, measured_by)
@@ -83,19 +99,18 @@ class QuoteRouter:
                 measured_by,
             )
             raise _unavailable("cannot be reached from here")
-        try:
-            client = await self._client(backend.quote_address)
-            return await client.quote(record.id, nonce)
-        except Unavailable as exc:
-            if exc.reason != "BACKEND_UNAVAILABLE":
-                raise  # that backend answered: its TPM's verdict (TPM_LOCKED_OUT, ...)
-            _log.warning(
-                "enclave %s: backend %s at %s did not answer",
-                record.id,
-                measured_by,
-                backend.quote_address,
-            )
-            raise _unavailable("did not answer") from exc
+        return await self._client(backend.quote_address), backend.quote_address
+
+    @staticmethod
+    def _not_answering(exc: Unavailable, record: EnclaveRecord, where: str) -> Unavailable:
+        """A remote backend that did not answer is MEASURING_BACKEND_UNAVAILABLE; anything
+        it answered (its TPM's verdict: TPM_LOCKED_OUT, ...) and the pod-mate's errors stay."""
+        if not where or exc.reason != "BACKEND_UNAVAILABLE":
+            return exc
+        _log.warning(
+            "enclave %s: backend %s at %s did not answer", record.id, record.backend_id, where
+        )
+        return _unavailable("did not answer")
 
     async def _client(self, address: str) -> BackendQuoteClient:
         kept = self._remote.get(address)

@@ -17,7 +17,7 @@ from prometheus_client import Counter, Histogram
 
 from licensing_common.logs import set_correlation_id
 from licensing_common.rpc.errors import CORRELATION_ID_HEADER
-from licensing_common.rpc.handlers import wrap_handler
+from licensing_common.rpc.handlers import WrappedHandlers, wrap_handler
 from licensing_server.observability._families import RpcMetrics
 
 __all__ = ["CORRELATION_HEADERS", "RpcObserver", "correlation_id_from"]
@@ -73,6 +73,7 @@ class RpcObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, metrics: RpcMetrics):
         self._metrics = metrics
         self._methods: dict[str, _Method] = {}
+        self._wrapped = WrappedHandlers()
 
     def _method(self, name: str) -> _Method:
         found = self._methods.get(name)
@@ -92,7 +93,13 @@ class RpcObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(handler_call_details)
         if handler is None:  # not served: grpc answers UNIMPLEMENTED, no label for it
             return None
-        method = self._method(handler_call_details.method)
+        name = handler_call_details.method
+        return self._wrapped.get(name, handler, lambda: self._wrap(name, handler))
+
+    def _wrap(
+        self, name: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        method = self._method(name)
         return wrap_handler(
             handler,
             unary=lambda behavior: _unary(behavior, method),
@@ -108,7 +115,7 @@ def _outcome(exc: BaseException, context: _Context) -> str:
     return "CANCELLED"  # asyncio.CancelledError: the client went away or timed out
 
 
-async def _begin(context: _Context) -> None:
+def _begin(context: _Context) -> None:
     """Each call runs in a task of its own: the id set here is this call's alone.
 
     The id goes back in the trailing metadata, which travels with the status anyway
@@ -125,7 +132,7 @@ def _unary(behavior: Any, method: _Method) -> Any:
         started = time.perf_counter()
         code = "OK"
         try:
-            await _begin(context)
+            _begin(context)
             response = await behavior(request, context)
             code = _code_name(context)
             return response
@@ -143,7 +150,7 @@ def _streaming(behavior: Any, method: _Method) -> Any:
         started = time.perf_counter()
         code = "OK"
         try:
-            await _begin(context)
+            _begin(context)
             result = behavior(request, context)
             if hasattr(result, "__aiter__"):
                 async for item in result:

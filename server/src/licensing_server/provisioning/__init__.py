@@ -7,13 +7,16 @@ from licensing_server.provisioning._provisioner import (
     measured_certificates,
     terminal_phases,
 )
+from licensing_server.provisioning._reattestation import ReattestationRounds, RoundReport
 from licensing_server.provisioning._reconciler import Reconciler
 
 __all__ = [
     "EnclaveProvisioner",
     "HealthProbe",
     "ProvisioningSettings",
+    "ReattestationRounds",
     "Reconciler",
+    "RoundReport",
     "measured_certificates",
     "terminal_phases",
 ]

@@ -22,6 +22,7 @@ from licensing_server.runtimes._local import LocalHandle, LocalProcessRuntime, L
 from licensing_server.runtimes._protocol import (
     EnclaveRuntime,
     RuntimeFailure,
+    SessionRevoker,
     Workload,
     WorkloadNames,
     WorkloadSpec,
@@ -43,6 +44,7 @@ __all__ = [
     "PodIdentity",
     "PodTokenReview",
     "RuntimeFailure",
+    "SessionRevoker",
     "Workload",
     "WorkloadNames",
     "WorkloadSpec",

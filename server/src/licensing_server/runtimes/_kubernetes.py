@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -495,6 +496,10 @@ class KubernetesRuntime:
             accept=frozenset({404, 409}),
         )
 
+    async def revoke_sessions(self, session_ids: Sequence[str]) -> int:
+        """``SessionRevoker``: down each enclave pod's WatchRevocations stream."""
+        return self.enrollment_desk.revoke_sessions(list(session_ids))
+
     async def stop(self, enclave_id: str, handle: str) -> None:
         self.enrollment_desk.forget(enclave_id)
         parsed = KubernetesHandle.load(handle) if handle else None
@@ -524,7 +529,16 @@ class KubernetesRuntime:
             # Not (or no longer) in the watch's view: ask the apiserver, which alone may
             # say a pod is gone (a lagging relist must not fail a live enclave).
             pod = await self.read_pod(parsed.pod)
-        return _terminated(pod, parsed.uid) is None
+        alive = _terminated(pod, parsed.uid) is None
+        if alive:  # kept after a backend restart: its revocation stream may reopen
+            self.enrollment_desk.readmit(
+                enclave_id,
+                namespace=self.template.namespace,
+                service_account=self.template.service_account,
+                pod_name=parsed.pod,
+                pod_uid=parsed.uid,
+            )
+        return alive
 
     async def read_pod(self, name: str) -> Obj | None:
         found = await self._api.call(

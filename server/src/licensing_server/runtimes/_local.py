@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ from licensing_server.tasks import spawn
 __all__ = ["LocalHandle", "LocalProcessRuntime", "LocalWorkload"]
 
 _log = logging.getLogger(__name__)
+#: Revoked sessions remembered for enclaves that start later (their tokens are short-lived,
+#: so the newest ones are what matters).
+_REVOKED_KEPT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +66,21 @@ class LocalHandle:
 
 class LocalWorkload:
     def __init__(
-        self, process: EnclaveProcess, handle: LocalHandle, host: str, enclave_id: str = ""
+        self,
+        process: EnclaveProcess,
+        handle: LocalHandle,
+        host: str,
+        enclave_id: str = "",
+        revoked_sessions: Callable[[], list[str]] | None = None,
     ):
         self._enclave_id = enclave_id
+        self._revoked_sessions = revoked_sessions
         self._process = process
         self._handle = handle
         self._host = host
         self._stderr_tail: list[str] = []
+        #: Past the handshake: stdin now carries control lines (session revocations).
+        self.serving = False
         assert process.stderr is not None
         self._stderr_task = spawn(
             self._drain_stderr(process.stderr), name=f"enclave-stderr-{handle.pid}"
@@ -147,7 +159,23 @@ class LocalWorkload:
         if not isinstance(address, str) or ":" not in address:
             raise RuntimeFailure("ENCLAVE_PROTOCOL", "the enclave sent no address")
         port = address.rpartition(":")[2]
+        self.serving = True
+        revoked = self._revoked_sessions() if self._revoked_sessions else []
+        if revoked:  # logouts from before it started: their tokens may not have expired
+            await self.send_revoked_sessions(revoked)
         return f"{self._host}:{port}"
+
+    async def send_revoked_sessions(self, session_ids: list[str]) -> bool:
+        """One control line on the enclave's stdin; False if its pipe is gone."""
+        if self._process.stdin is None or self._process.returncode is not None:
+            return False
+        line = json.dumps({"type": "revoke_sessions", "session_ids": session_ids})
+        try:
+            self._process.stdin.write(line.encode() + b"\n")
+            await self._process.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            return False
+        return True
 
 
 class LocalProcessRuntime:
@@ -169,6 +197,20 @@ class LocalProcessRuntime:
         self._ports = ports
         self._workloads: dict[str, LocalWorkload] = {}
         self._port_of: dict[str, int] = {}
+        #: Revoked session ids, newest last, told to enclaves started later too.
+        self._revoked: dict[str, None] = {}
+
+    async def revoke_sessions(self, session_ids: Sequence[str]) -> int:
+        """Push the revocations down every serving enclave's stdin (``SessionRevoker``)."""
+        for session_id in session_ids:
+            self._revoked[session_id] = None
+        while len(self._revoked) > _REVOKED_KEPT:
+            del self._revoked[next(iter(self._revoked))]
+        told = 0
+        for workload in list(self._workloads.values()):
+            if workload.serving and await workload.send_revoked_sessions(list(session_ids)):
+                told += 1
+        return told
 
     @property
     def enrollment_desk(self) -> None:
@@ -248,7 +290,9 @@ class LocalProcessRuntime:
             shutil.rmtree(work_dir, ignore_errors=True)
             raise
         handle = LocalHandle(process.pid, start_time(process.pid) or "", str(work_dir))
-        workload = LocalWorkload(process, handle, self._host, spec.enclave_id)
+        workload = LocalWorkload(
+            process, handle, self._host, spec.enclave_id, lambda: list(self._revoked)
+        )
         self._workloads[spec.enclave_id] = workload
         return workload
 

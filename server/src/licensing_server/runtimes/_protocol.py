@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from licensing_server.pki import TRUST_DOMAIN
 
@@ -163,3 +164,16 @@ class EnclaveRuntime(Protocol):
         """Stop every workload this runtime started and what ``start`` started (the
         process is shutting down); idempotent."""
         ...
+
+
+@runtime_checkable
+class SessionRevoker(Protocol):
+    """A runtime with a channel to each of its enclaves (the local runtime's stdin pipe).
+
+    ``revoke_sessions`` tells every enclave it runs, and every one it starts later
+    (while such tokens can still be unexpired), to refuse the sessions' access
+    tokens; it returns how many running enclaves were told. Enclaves never ask the
+    database: this push is the only way a logout reaches them before ``exp``.
+    """
+
+    async def revoke_sessions(self, session_ids: Sequence[str]) -> int: ...

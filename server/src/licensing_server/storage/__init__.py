@@ -24,11 +24,17 @@ from licensing_server.storage._notifications import (
     Notifications,
     notifications,
 )
+from licensing_server.storage._reattestations import (
+    REATTESTED_PREFIX,
+    ReattestationResult,
+    ReattestationStore,
+)
 from licensing_server.storage._users import SessionRecord, UserRecord, UserStore
 
 __all__ = [
     "ENCLAVE_EVENTS",
     "MAX_SEQUENCE",
+    "REATTESTED_PREFIX",
     "SESSIONS_REVOKED",
     "BackendDirectory",
     "BackendRecord",
@@ -43,6 +49,8 @@ __all__ = [
     "MeasurementStore",
     "Notifications",
     "Phase",
+    "ReattestationResult",
+    "ReattestationStore",
     "SessionRecord",
     "SharedBuckets",
     "UserRecord",

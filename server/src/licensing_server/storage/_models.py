@@ -182,3 +182,21 @@ class Measurement(Base):
     kind: Mapped[str] = mapped_column(String(32))
     enclave_id: Mapped[str] = mapped_column(String(36))
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class Reattestation(Base):
+    """The attestation a re-attestation round made, for the ATTESTED event it came with.
+
+    Kept apart from ``enclaves.attestation`` (the provisioning one, over the creator's
+    nonce), so replaying history gives every ATTESTED event its own evidence.
+    """
+
+    __tablename__ = "reattestations"
+
+    enclave_id: Mapped[str] = mapped_column(
+        ForeignKey("enclaves.id", ondelete="CASCADE"), primary_key=True
+    )
+    sequence: Mapped[int] = mapped_column(Integer, primary_key=True)
+    round: Mapped[int] = mapped_column(Integer)
+    attestation: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())

@@ -21,6 +21,98 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// WatchRevocationsRequest opens an enclave's revocation stream.
+type WatchRevocationsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The enclave's id, as in its ConfigMap.
+	EnclaveId     string `protobuf:"bytes,1,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRevocationsRequest) Reset() {
+	*x = WatchRevocationsRequest{}
+	mi := &file_enclave_v1_enrollment_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRevocationsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRevocationsRequest) ProtoMessage() {}
+
+func (x *WatchRevocationsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_enclave_v1_enrollment_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRevocationsRequest.ProtoReflect.Descriptor instead.
+func (*WatchRevocationsRequest) Descriptor() ([]byte, []int) {
+	return file_enclave_v1_enrollment_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *WatchRevocationsRequest) GetEnclaveId() string {
+	if x != nil {
+		return x.EnclaveId
+	}
+	return ""
+}
+
+// WatchRevocationsResponse is one batch of revoked sessions.
+type WatchRevocationsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Session ids (the access token's sid claim) to refuse from now on.
+	SessionIds    []string `protobuf:"bytes,1,rep,name=session_ids,json=sessionIds,proto3" json:"session_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRevocationsResponse) Reset() {
+	*x = WatchRevocationsResponse{}
+	mi := &file_enclave_v1_enrollment_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRevocationsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRevocationsResponse) ProtoMessage() {}
+
+func (x *WatchRevocationsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_enclave_v1_enrollment_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRevocationsResponse.ProtoReflect.Descriptor instead.
+func (*WatchRevocationsResponse) Descriptor() ([]byte, []int) {
+	return file_enclave_v1_enrollment_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *WatchRevocationsResponse) GetSessionIds() []string {
+	if x != nil {
+		return x.SessionIds
+	}
+	return nil
+}
+
 // EnrollRequest is the enclave's one message to the backend.
 type EnrollRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -35,7 +127,7 @@ type EnrollRequest struct {
 
 func (x *EnrollRequest) Reset() {
 	*x = EnrollRequest{}
-	mi := &file_enclave_v1_enrollment_proto_msgTypes[0]
+	mi := &file_enclave_v1_enrollment_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -47,7 +139,7 @@ func (x *EnrollRequest) String() string {
 func (*EnrollRequest) ProtoMessage() {}
 
 func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_enclave_v1_enrollment_proto_msgTypes[0]
+	mi := &file_enclave_v1_enrollment_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -60,7 +152,7 @@ func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollRequest.ProtoReflect.Descriptor instead.
 func (*EnrollRequest) Descriptor() ([]byte, []int) {
-	return file_enclave_v1_enrollment_proto_rawDescGZIP(), []int{0}
+	return file_enclave_v1_enrollment_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *EnrollRequest) GetEnclaveId() string {
@@ -90,7 +182,7 @@ type EnrollResponse struct {
 
 func (x *EnrollResponse) Reset() {
 	*x = EnrollResponse{}
-	mi := &file_enclave_v1_enrollment_proto_msgTypes[1]
+	mi := &file_enclave_v1_enrollment_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -102,7 +194,7 @@ func (x *EnrollResponse) String() string {
 func (*EnrollResponse) ProtoMessage() {}
 
 func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_enclave_v1_enrollment_proto_msgTypes[1]
+	mi := &file_enclave_v1_enrollment_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -115,7 +207,7 @@ func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollResponse.ProtoReflect.Descriptor instead.
 func (*EnrollResponse) Descriptor() ([]byte, []int) {
-	return file_enclave_v1_enrollment_proto_rawDescGZIP(), []int{1}
+	return file_enclave_v1_enrollment_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *EnrollResponse) GetCertificatePem() string {
@@ -137,16 +229,23 @@ var File_enclave_v1_enrollment_proto protoreflect.FileDescriptor
 const file_enclave_v1_enrollment_proto_rawDesc = "" +
 	"\n" +
 	"\x1benclave/v1/enrollment.proto\x12\n" +
-	"enclave.v1\"G\n" +
+	"enclave.v1\"8\n" +
+	"\x17WatchRevocationsRequest\x12\x1d\n" +
+	"\n" +
+	"enclave_id\x18\x01 \x01(\tR\tenclaveId\";\n" +
+	"\x18WatchRevocationsResponse\x12\x1f\n" +
+	"\vsession_ids\x18\x01 \x03(\tR\n" +
+	"sessionIds\"G\n" +
 	"\rEnrollRequest\x12\x1d\n" +
 	"\n" +
 	"enclave_id\x18\x01 \x01(\tR\tenclaveId\x12\x17\n" +
 	"\acsr_pem\x18\x02 \x01(\tR\x06csrPem\"i\n" +
 	"\x0eEnrollResponse\x12'\n" +
 	"\x0fcertificate_pem\x18\x01 \x01(\tR\x0ecertificatePem\x12.\n" +
-	"\x13ca_certificates_pem\x18\x02 \x03(\tR\x11caCertificatesPem2T\n" +
+	"\x13ca_certificates_pem\x18\x02 \x03(\tR\x11caCertificatesPem2\xb5\x01\n" +
 	"\x11EnrollmentService\x12?\n" +
-	"\x06Enroll\x12\x19.enclave.v1.EnrollRequest\x1a\x1a.enclave.v1.EnrollResponseB8Z6licensing.internal/clients/go/gen/enclave/v1;enclavev1b\x06proto3"
+	"\x06Enroll\x12\x19.enclave.v1.EnrollRequest\x1a\x1a.enclave.v1.EnrollResponse\x12_\n" +
+	"\x10WatchRevocations\x12#.enclave.v1.WatchRevocationsRequest\x1a$.enclave.v1.WatchRevocationsResponse0\x01B8Z6licensing.internal/clients/go/gen/enclave/v1;enclavev1b\x06proto3"
 
 var (
 	file_enclave_v1_enrollment_proto_rawDescOnce sync.Once
@@ -160,16 +259,20 @@ func file_enclave_v1_enrollment_proto_rawDescGZIP() []byte {
 	return file_enclave_v1_enrollment_proto_rawDescData
 }
 
-var file_enclave_v1_enrollment_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_enclave_v1_enrollment_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_enclave_v1_enrollment_proto_goTypes = []any{
-	(*EnrollRequest)(nil),  // 0: enclave.v1.EnrollRequest
-	(*EnrollResponse)(nil), // 1: enclave.v1.EnrollResponse
+	(*WatchRevocationsRequest)(nil),  // 0: enclave.v1.WatchRevocationsRequest
+	(*WatchRevocationsResponse)(nil), // 1: enclave.v1.WatchRevocationsResponse
+	(*EnrollRequest)(nil),            // 2: enclave.v1.EnrollRequest
+	(*EnrollResponse)(nil),           // 3: enclave.v1.EnrollResponse
 }
 var file_enclave_v1_enrollment_proto_depIdxs = []int32{
-	0, // 0: enclave.v1.EnrollmentService.Enroll:input_type -> enclave.v1.EnrollRequest
-	1, // 1: enclave.v1.EnrollmentService.Enroll:output_type -> enclave.v1.EnrollResponse
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
+	2, // 0: enclave.v1.EnrollmentService.Enroll:input_type -> enclave.v1.EnrollRequest
+	0, // 1: enclave.v1.EnrollmentService.WatchRevocations:input_type -> enclave.v1.WatchRevocationsRequest
+	3, // 2: enclave.v1.EnrollmentService.Enroll:output_type -> enclave.v1.EnrollResponse
+	1, // 3: enclave.v1.EnrollmentService.WatchRevocations:output_type -> enclave.v1.WatchRevocationsResponse
+	2, // [2:4] is the sub-list for method output_type
+	0, // [0:2] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name
@@ -186,7 +289,7 @@ func file_enclave_v1_enrollment_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_enclave_v1_enrollment_proto_rawDesc), len(file_enclave_v1_enrollment_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,7 +19,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	EnrollmentService_Enroll_FullMethodName = "/enclave.v1.EnrollmentService/Enroll"
+	EnrollmentService_Enroll_FullMethodName           = "/enclave.v1.EnrollmentService/Enroll"
+	EnrollmentService_WatchRevocations_FullMethodName = "/enclave.v1.EnrollmentService/WatchRevocations"
 )
 
 // EnrollmentServiceClient is the client API for EnrollmentService service.
@@ -49,6 +50,13 @@ type EnrollmentServiceClient interface {
 	// no longer waits; ENROLLMENT_TIMEOUT: the certificate was not issued in
 	// time; or the certificate issuer's reason, see control.proto).
 	Enroll(ctx context.Context, in *EnrollRequest, opts ...grpc.CallOption) (*EnrollResponse, error)
+	// WatchRevocations is the stream an enrolled enclave keeps open to the
+	// backend (the pipe's counterpart for pods): each response names sessions
+	// that were revoked (a logout), whose access tokens the enclave must refuse
+	// from then on. The first response repeats the recent revocations, so a
+	// stream opened again after a break misses none. Authenticated as Enroll is
+	// (the pod's projected token, for this very enclave's pod); the same errors.
+	WatchRevocations(ctx context.Context, in *WatchRevocationsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRevocationsResponse], error)
 }
 
 type enrollmentServiceClient struct {
@@ -68,6 +76,25 @@ func (c *enrollmentServiceClient) Enroll(ctx context.Context, in *EnrollRequest,
 	}
 	return out, nil
 }
+
+func (c *enrollmentServiceClient) WatchRevocations(ctx context.Context, in *WatchRevocationsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRevocationsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &EnrollmentService_ServiceDesc.Streams[0], EnrollmentService_WatchRevocations_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchRevocationsRequest, WatchRevocationsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type EnrollmentService_WatchRevocationsClient = grpc.ServerStreamingClient[WatchRevocationsResponse]
 
 // EnrollmentServiceServer is the server API for EnrollmentService service.
 // All implementations must embed UnimplementedEnrollmentServiceServer
@@ -96,6 +123,13 @@ type EnrollmentServiceServer interface {
 	// no longer waits; ENROLLMENT_TIMEOUT: the certificate was not issued in
 	// time; or the certificate issuer's reason, see control.proto).
 	Enroll(context.Context, *EnrollRequest) (*EnrollResponse, error)
+	// WatchRevocations is the stream an enrolled enclave keeps open to the
+	// backend (the pipe's counterpart for pods): each response names sessions
+	// that were revoked (a logout), whose access tokens the enclave must refuse
+	// from then on. The first response repeats the recent revocations, so a
+	// stream opened again after a break misses none. Authenticated as Enroll is
+	// (the pod's projected token, for this very enclave's pod); the same errors.
+	WatchRevocations(*WatchRevocationsRequest, grpc.ServerStreamingServer[WatchRevocationsResponse]) error
 	mustEmbedUnimplementedEnrollmentServiceServer()
 }
 
@@ -108,6 +142,9 @@ type UnimplementedEnrollmentServiceServer struct{}
 
 func (UnimplementedEnrollmentServiceServer) Enroll(context.Context, *EnrollRequest) (*EnrollResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Enroll not implemented")
+}
+func (UnimplementedEnrollmentServiceServer) WatchRevocations(*WatchRevocationsRequest, grpc.ServerStreamingServer[WatchRevocationsResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchRevocations not implemented")
 }
 func (UnimplementedEnrollmentServiceServer) mustEmbedUnimplementedEnrollmentServiceServer() {}
 func (UnimplementedEnrollmentServiceServer) testEmbeddedByValue()                           {}
@@ -148,6 +185,17 @@ func _EnrollmentService_Enroll_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _EnrollmentService_WatchRevocations_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchRevocationsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(EnrollmentServiceServer).WatchRevocations(m, &grpc.GenericServerStream[WatchRevocationsRequest, WatchRevocationsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type EnrollmentService_WatchRevocationsServer = grpc.ServerStreamingServer[WatchRevocationsResponse]
+
 // EnrollmentService_ServiceDesc is the grpc.ServiceDesc for EnrollmentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -160,6 +208,12 @@ var EnrollmentService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _EnrollmentService_Enroll_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchRevocations",
+			Handler:       _EnrollmentService_WatchRevocations_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "enclave/v1/enrollment.proto",
 }

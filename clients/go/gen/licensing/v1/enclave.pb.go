@@ -278,9 +278,12 @@ type CreateEnclaveRequest struct {
 	// Client-chosen idempotency key (1 to 64 characters of [A-Za-z0-9._-]).
 	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// 16 to 64 bytes; the ATTESTED event carries a quote over it.
-	Nonce         []byte `protobuf:"bytes,2,opt,name=nonce,proto3" json:"nonce,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Nonce []byte `protobuf:"bytes,2,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	// Keep the stream open after ATTESTED: one ATTESTED event per
+	// re-attestation round (attestation_round > 0), until FAILED or DELETED.
+	FollowAttestations bool `protobuf:"varint,3,opt,name=follow_attestations,json=followAttestations,proto3" json:"follow_attestations,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *CreateEnclaveRequest) Reset() {
@@ -327,6 +330,13 @@ func (x *CreateEnclaveRequest) GetNonce() []byte {
 	return nil
 }
 
+func (x *CreateEnclaveRequest) GetFollowAttestations() bool {
+	if x != nil {
+		return x.FollowAttestations
+	}
+	return false
+}
+
 // CreateEnclaveResponse is one provisioning event.
 type CreateEnclaveResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -343,9 +353,12 @@ type CreateEnclaveResponse struct {
 	// Set on READY and final events.
 	Enclave *Enclave `protobuf:"bytes,6,opt,name=enclave,proto3" json:"enclave,omitempty"`
 	// Set on the ATTESTED event.
-	Attestation   *Attestation `protobuf:"bytes,7,opt,name=attestation,proto3" json:"attestation,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Attestation *Attestation `protobuf:"bytes,7,opt,name=attestation,proto3" json:"attestation,omitempty"`
+	// 0 on the provisioning attestation; on a re-attestation event, the
+	// backend's round that produced it (rounds count up from 1 per backend run).
+	AttestationRound uint64 `protobuf:"varint,8,opt,name=attestation_round,json=attestationRound,proto3" json:"attestation_round,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *CreateEnclaveResponse) Reset() {
@@ -427,15 +440,28 @@ func (x *CreateEnclaveResponse) GetAttestation() *Attestation {
 	return nil
 }
 
+func (x *CreateEnclaveResponse) GetAttestationRound() uint64 {
+	if x != nil {
+		return x.AttestationRound
+	}
+	return 0
+}
+
 // WatchEnclaveRequest names the enclave and where to resume.
 type WatchEnclaveRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The enclave to watch.
 	EnclaveId string `protobuf:"bytes,1,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
 	// Resume after this sequence number (0 replays every event).
-	FromSequence  uint64 `protobuf:"varint,2,opt,name=from_sequence,json=fromSequence,proto3" json:"from_sequence,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	FromSequence uint64 `protobuf:"varint,2,opt,name=from_sequence,json=fromSequence,proto3" json:"from_sequence,omitempty"`
+	// Keep the stream open after ATTESTED and receive every re-attestation
+	// (an ATTESTED event with attestation_round > 0) until FAILED or DELETED.
+	FollowAttestations bool `protobuf:"varint,3,opt,name=follow_attestations,json=followAttestations,proto3" json:"follow_attestations,omitempty"`
+	// Optional, 16 to 64 bytes: the next round also quotes over this nonce,
+	// and the stream carries that attestation (as RequestAttestation does).
+	AttestationNonce []byte `protobuf:"bytes,4,opt,name=attestation_nonce,json=attestationNonce,proto3" json:"attestation_nonce,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *WatchEnclaveRequest) Reset() {
@@ -482,6 +508,20 @@ func (x *WatchEnclaveRequest) GetFromSequence() uint64 {
 	return 0
 }
 
+func (x *WatchEnclaveRequest) GetFollowAttestations() bool {
+	if x != nil {
+		return x.FollowAttestations
+	}
+	return false
+}
+
+func (x *WatchEnclaveRequest) GetAttestationNonce() []byte {
+	if x != nil {
+		return x.AttestationNonce
+	}
+	return nil
+}
+
 // WatchEnclaveResponse is one provisioning event, as in CreateEnclave.
 type WatchEnclaveResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -498,9 +538,12 @@ type WatchEnclaveResponse struct {
 	// Set on READY and final events.
 	Enclave *Enclave `protobuf:"bytes,6,opt,name=enclave,proto3" json:"enclave,omitempty"`
 	// Set on the ATTESTED event.
-	Attestation   *Attestation `protobuf:"bytes,7,opt,name=attestation,proto3" json:"attestation,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Attestation *Attestation `protobuf:"bytes,7,opt,name=attestation,proto3" json:"attestation,omitempty"`
+	// 0 on the provisioning attestation; on a re-attestation event, the
+	// backend's round that produced it (rounds count up from 1 per backend run).
+	AttestationRound uint64 `protobuf:"varint,8,opt,name=attestation_round,json=attestationRound,proto3" json:"attestation_round,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *WatchEnclaveResponse) Reset() {
@@ -580,6 +623,13 @@ func (x *WatchEnclaveResponse) GetAttestation() *Attestation {
 		return x.Attestation
 	}
 	return nil
+}
+
+func (x *WatchEnclaveResponse) GetAttestationRound() uint64 {
+	if x != nil {
+		return x.AttestationRound
+	}
+	return 0
 }
 
 // GetEnclaveRequest names one enclave.
@@ -868,6 +918,99 @@ func (*DeleteEnclaveResponse) Descriptor() ([]byte, []int) {
 	return file_licensing_v1_enclave_proto_rawDescGZIP(), []int{10}
 }
 
+// RequestAttestationRequest asks for a re-attestation over the client's own
+// nonce; it arrives within one round as an event on the enclave's watch.
+type RequestAttestationRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's enclave.
+	EnclaveId string `protobuf:"bytes,1,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
+	// 16 to 64 bytes chosen by the client; the re-attestation binds it.
+	Nonce         []byte `protobuf:"bytes,2,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestAttestationRequest) Reset() {
+	*x = RequestAttestationRequest{}
+	mi := &file_licensing_v1_enclave_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestAttestationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestAttestationRequest) ProtoMessage() {}
+
+func (x *RequestAttestationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_licensing_v1_enclave_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestAttestationRequest.ProtoReflect.Descriptor instead.
+func (*RequestAttestationRequest) Descriptor() ([]byte, []int) {
+	return file_licensing_v1_enclave_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RequestAttestationRequest) GetEnclaveId() string {
+	if x != nil {
+		return x.EnclaveId
+	}
+	return ""
+}
+
+func (x *RequestAttestationRequest) GetNonce() []byte {
+	if x != nil {
+		return x.Nonce
+	}
+	return nil
+}
+
+// RequestAttestationResponse is empty: the event comes on the watch.
+type RequestAttestationResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestAttestationResponse) Reset() {
+	*x = RequestAttestationResponse{}
+	mi := &file_licensing_v1_enclave_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestAttestationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestAttestationResponse) ProtoMessage() {}
+
+func (x *RequestAttestationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_licensing_v1_enclave_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestAttestationResponse.ProtoReflect.Descriptor instead.
+func (*RequestAttestationResponse) Descriptor() ([]byte, []int) {
+	return file_licensing_v1_enclave_proto_rawDescGZIP(), []int{12}
+}
+
 var File_licensing_v1_enclave_proto protoreflect.FileDescriptor
 
 const file_licensing_v1_enclave_proto_rawDesc = "" +
@@ -887,11 +1030,12 @@ const file_licensing_v1_enclave_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\t \x01(\tR\trequestId\x12%\n" +
 	"\x0efailure_reason\x18\n" +
-	" \x01(\tR\rfailureReason\"K\n" +
+	" \x01(\tR\rfailureReason\"|\n" +
 	"\x14CreateEnclaveRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
-	"\x05nonce\x18\x02 \x01(\fR\x05nonce\"\xb5\x02\n" +
+	"\x05nonce\x18\x02 \x01(\fR\x05nonce\x12/\n" +
+	"\x13follow_attestations\x18\x03 \x01(\bR\x12followAttestations\"\xe2\x02\n" +
 	"\x15CreateEnclaveResponse\x12\x1d\n" +
 	"\n" +
 	"enclave_id\x18\x01 \x01(\tR\tenclaveId\x12)\n" +
@@ -900,11 +1044,14 @@ const file_licensing_v1_enclave_proto_rawDesc = "" +
 	"\bsequence\x18\x04 \x01(\x04R\bsequence\x12.\n" +
 	"\x04time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12/\n" +
 	"\aenclave\x18\x06 \x01(\v2\x15.licensing.v1.EnclaveR\aenclave\x12;\n" +
-	"\vattestation\x18\a \x01(\v2\x19.licensing.v1.AttestationR\vattestation\"Y\n" +
+	"\vattestation\x18\a \x01(\v2\x19.licensing.v1.AttestationR\vattestation\x12+\n" +
+	"\x11attestation_round\x18\b \x01(\x04R\x10attestationRound\"\xb7\x01\n" +
 	"\x13WatchEnclaveRequest\x12\x1d\n" +
 	"\n" +
 	"enclave_id\x18\x01 \x01(\tR\tenclaveId\x12#\n" +
-	"\rfrom_sequence\x18\x02 \x01(\x04R\ffromSequence\"\xb4\x02\n" +
+	"\rfrom_sequence\x18\x02 \x01(\x04R\ffromSequence\x12/\n" +
+	"\x13follow_attestations\x18\x03 \x01(\bR\x12followAttestations\x12+\n" +
+	"\x11attestation_nonce\x18\x04 \x01(\fR\x10attestationNonce\"\xe1\x02\n" +
 	"\x14WatchEnclaveResponse\x12\x1d\n" +
 	"\n" +
 	"enclave_id\x18\x01 \x01(\tR\tenclaveId\x12)\n" +
@@ -913,7 +1060,8 @@ const file_licensing_v1_enclave_proto_rawDesc = "" +
 	"\bsequence\x18\x04 \x01(\x04R\bsequence\x12.\n" +
 	"\x04time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12/\n" +
 	"\aenclave\x18\x06 \x01(\v2\x15.licensing.v1.EnclaveR\aenclave\x12;\n" +
-	"\vattestation\x18\a \x01(\v2\x19.licensing.v1.AttestationR\vattestation\"2\n" +
+	"\vattestation\x18\a \x01(\v2\x19.licensing.v1.AttestationR\vattestation\x12+\n" +
+	"\x11attestation_round\x18\b \x01(\x04R\x10attestationRound\"2\n" +
 	"\x11GetEnclaveRequest\x12\x1d\n" +
 	"\n" +
 	"enclave_id\x18\x01 \x01(\tR\tenclaveId\"E\n" +
@@ -929,7 +1077,12 @@ const file_licensing_v1_enclave_proto_rawDesc = "" +
 	"\x14DeleteEnclaveRequest\x12\x1d\n" +
 	"\n" +
 	"enclave_id\x18\x01 \x01(\tR\tenclaveId\"\x17\n" +
-	"\x15DeleteEnclaveResponse*\xd7\x01\n" +
+	"\x15DeleteEnclaveResponse\"P\n" +
+	"\x19RequestAttestationRequest\x12\x1d\n" +
+	"\n" +
+	"enclave_id\x18\x01 \x01(\tR\tenclaveId\x12\x14\n" +
+	"\x05nonce\x18\x02 \x01(\fR\x05nonce\"\x1c\n" +
+	"\x1aRequestAttestationResponse*\xd7\x01\n" +
 	"\x05Phase\x12\x15\n" +
 	"\x11PHASE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0ePHASE_ACCEPTED\x10\x01\x12\x13\n" +
@@ -940,14 +1093,15 @@ const file_licensing_v1_enclave_proto_rawDesc = "" +
 	"\x0fPHASE_ATTESTING\x10\x06\x12\x12\n" +
 	"\x0ePHASE_ATTESTED\x10\a\x12\x10\n" +
 	"\fPHASE_FAILED\x10\b\x12\x11\n" +
-	"\rPHASE_DELETED\x10\t2\xc7\x03\n" +
+	"\rPHASE_DELETED\x10\t2\xb0\x04\n" +
 	"\x0eEnclaveService\x12Z\n" +
 	"\rCreateEnclave\x12\".licensing.v1.CreateEnclaveRequest\x1a#.licensing.v1.CreateEnclaveResponse0\x01\x12W\n" +
 	"\fWatchEnclave\x12!.licensing.v1.WatchEnclaveRequest\x1a\".licensing.v1.WatchEnclaveResponse0\x01\x12O\n" +
 	"\n" +
 	"GetEnclave\x12\x1f.licensing.v1.GetEnclaveRequest\x1a .licensing.v1.GetEnclaveResponse\x12U\n" +
 	"\fListEnclaves\x12!.licensing.v1.ListEnclavesRequest\x1a\".licensing.v1.ListEnclavesResponse\x12X\n" +
-	"\rDeleteEnclave\x12\".licensing.v1.DeleteEnclaveRequest\x1a#.licensing.v1.DeleteEnclaveResponseB<Z:licensing.internal/clients/go/gen/licensing/v1;licensingv1b\x06proto3"
+	"\rDeleteEnclave\x12\".licensing.v1.DeleteEnclaveRequest\x1a#.licensing.v1.DeleteEnclaveResponse\x12g\n" +
+	"\x12RequestAttestation\x12'.licensing.v1.RequestAttestationRequest\x1a(.licensing.v1.RequestAttestationResponseB<Z:licensing.internal/clients/go/gen/licensing/v1;licensingv1b\x06proto3"
 
 var (
 	file_licensing_v1_enclave_proto_rawDescOnce sync.Once
@@ -962,35 +1116,37 @@ func file_licensing_v1_enclave_proto_rawDescGZIP() []byte {
 }
 
 var file_licensing_v1_enclave_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_licensing_v1_enclave_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_licensing_v1_enclave_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_licensing_v1_enclave_proto_goTypes = []any{
-	(Phase)(0),                    // 0: licensing.v1.Phase
-	(*Enclave)(nil),               // 1: licensing.v1.Enclave
-	(*CreateEnclaveRequest)(nil),  // 2: licensing.v1.CreateEnclaveRequest
-	(*CreateEnclaveResponse)(nil), // 3: licensing.v1.CreateEnclaveResponse
-	(*WatchEnclaveRequest)(nil),   // 4: licensing.v1.WatchEnclaveRequest
-	(*WatchEnclaveResponse)(nil),  // 5: licensing.v1.WatchEnclaveResponse
-	(*GetEnclaveRequest)(nil),     // 6: licensing.v1.GetEnclaveRequest
-	(*GetEnclaveResponse)(nil),    // 7: licensing.v1.GetEnclaveResponse
-	(*ListEnclavesRequest)(nil),   // 8: licensing.v1.ListEnclavesRequest
-	(*ListEnclavesResponse)(nil),  // 9: licensing.v1.ListEnclavesResponse
-	(*DeleteEnclaveRequest)(nil),  // 10: licensing.v1.DeleteEnclaveRequest
-	(*DeleteEnclaveResponse)(nil), // 11: licensing.v1.DeleteEnclaveResponse
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
-	(*Attestation)(nil),           // 13: licensing.v1.Attestation
+	(Phase)(0),                         // 0: licensing.v1.Phase
+	(*Enclave)(nil),                    // 1: licensing.v1.Enclave
+	(*CreateEnclaveRequest)(nil),       // 2: licensing.v1.CreateEnclaveRequest
+	(*CreateEnclaveResponse)(nil),      // 3: licensing.v1.CreateEnclaveResponse
+	(*WatchEnclaveRequest)(nil),        // 4: licensing.v1.WatchEnclaveRequest
+	(*WatchEnclaveResponse)(nil),       // 5: licensing.v1.WatchEnclaveResponse
+	(*GetEnclaveRequest)(nil),          // 6: licensing.v1.GetEnclaveRequest
+	(*GetEnclaveResponse)(nil),         // 7: licensing.v1.GetEnclaveResponse
+	(*ListEnclavesRequest)(nil),        // 8: licensing.v1.ListEnclavesRequest
+	(*ListEnclavesResponse)(nil),       // 9: licensing.v1.ListEnclavesResponse
+	(*DeleteEnclaveRequest)(nil),       // 10: licensing.v1.DeleteEnclaveRequest
+	(*DeleteEnclaveResponse)(nil),      // 11: licensing.v1.DeleteEnclaveResponse
+	(*RequestAttestationRequest)(nil),  // 12: licensing.v1.RequestAttestationRequest
+	(*RequestAttestationResponse)(nil), // 13: licensing.v1.RequestAttestationResponse
+	(*timestamppb.Timestamp)(nil),      // 14: google.protobuf.Timestamp
+	(*Attestation)(nil),                // 15: licensing.v1.Attestation
 }
 var file_licensing_v1_enclave_proto_depIdxs = []int32{
 	0,  // 0: licensing.v1.Enclave.phase:type_name -> licensing.v1.Phase
-	12, // 1: licensing.v1.Enclave.create_time:type_name -> google.protobuf.Timestamp
-	12, // 2: licensing.v1.Enclave.expire_time:type_name -> google.protobuf.Timestamp
+	14, // 1: licensing.v1.Enclave.create_time:type_name -> google.protobuf.Timestamp
+	14, // 2: licensing.v1.Enclave.expire_time:type_name -> google.protobuf.Timestamp
 	0,  // 3: licensing.v1.CreateEnclaveResponse.phase:type_name -> licensing.v1.Phase
-	12, // 4: licensing.v1.CreateEnclaveResponse.time:type_name -> google.protobuf.Timestamp
+	14, // 4: licensing.v1.CreateEnclaveResponse.time:type_name -> google.protobuf.Timestamp
 	1,  // 5: licensing.v1.CreateEnclaveResponse.enclave:type_name -> licensing.v1.Enclave
-	13, // 6: licensing.v1.CreateEnclaveResponse.attestation:type_name -> licensing.v1.Attestation
+	15, // 6: licensing.v1.CreateEnclaveResponse.attestation:type_name -> licensing.v1.Attestation
 	0,  // 7: licensing.v1.WatchEnclaveResponse.phase:type_name -> licensing.v1.Phase
-	12, // 8: licensing.v1.WatchEnclaveResponse.time:type_name -> google.protobuf.Timestamp
+	14, // 8: licensing.v1.WatchEnclaveResponse.time:type_name -> google.protobuf.Timestamp
 	1,  // 9: licensing.v1.WatchEnclaveResponse.enclave:type_name -> licensing.v1.Enclave
-	13, // 10: licensing.v1.WatchEnclaveResponse.attestation:type_name -> licensing.v1.Attestation
+	15, // 10: licensing.v1.WatchEnclaveResponse.attestation:type_name -> licensing.v1.Attestation
 	1,  // 11: licensing.v1.GetEnclaveResponse.enclave:type_name -> licensing.v1.Enclave
 	1,  // 12: licensing.v1.ListEnclavesResponse.enclaves:type_name -> licensing.v1.Enclave
 	2,  // 13: licensing.v1.EnclaveService.CreateEnclave:input_type -> licensing.v1.CreateEnclaveRequest
@@ -998,13 +1154,15 @@ var file_licensing_v1_enclave_proto_depIdxs = []int32{
 	6,  // 15: licensing.v1.EnclaveService.GetEnclave:input_type -> licensing.v1.GetEnclaveRequest
 	8,  // 16: licensing.v1.EnclaveService.ListEnclaves:input_type -> licensing.v1.ListEnclavesRequest
 	10, // 17: licensing.v1.EnclaveService.DeleteEnclave:input_type -> licensing.v1.DeleteEnclaveRequest
-	3,  // 18: licensing.v1.EnclaveService.CreateEnclave:output_type -> licensing.v1.CreateEnclaveResponse
-	5,  // 19: licensing.v1.EnclaveService.WatchEnclave:output_type -> licensing.v1.WatchEnclaveResponse
-	7,  // 20: licensing.v1.EnclaveService.GetEnclave:output_type -> licensing.v1.GetEnclaveResponse
-	9,  // 21: licensing.v1.EnclaveService.ListEnclaves:output_type -> licensing.v1.ListEnclavesResponse
-	11, // 22: licensing.v1.EnclaveService.DeleteEnclave:output_type -> licensing.v1.DeleteEnclaveResponse
-	18, // [18:23] is the sub-list for method output_type
-	13, // [13:18] is the sub-list for method input_type
+	12, // 18: licensing.v1.EnclaveService.RequestAttestation:input_type -> licensing.v1.RequestAttestationRequest
+	3,  // 19: licensing.v1.EnclaveService.CreateEnclave:output_type -> licensing.v1.CreateEnclaveResponse
+	5,  // 20: licensing.v1.EnclaveService.WatchEnclave:output_type -> licensing.v1.WatchEnclaveResponse
+	7,  // 21: licensing.v1.EnclaveService.GetEnclave:output_type -> licensing.v1.GetEnclaveResponse
+	9,  // 22: licensing.v1.EnclaveService.ListEnclaves:output_type -> licensing.v1.ListEnclavesResponse
+	11, // 23: licensing.v1.EnclaveService.DeleteEnclave:output_type -> licensing.v1.DeleteEnclaveResponse
+	13, // 24: licensing.v1.EnclaveService.RequestAttestation:output_type -> licensing.v1.RequestAttestationResponse
+	19, // [19:25] is the sub-list for method output_type
+	13, // [13:19] is the sub-list for method input_type
 	13, // [13:13] is the sub-list for extension type_name
 	13, // [13:13] is the sub-list for extension extendee
 	0,  // [0:13] is the sub-list for field type_name
@@ -1022,7 +1180,7 @@ func file_licensing_v1_enclave_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_licensing_v1_enclave_proto_rawDesc), len(file_licensing_v1_enclave_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

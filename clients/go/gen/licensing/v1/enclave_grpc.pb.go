@@ -43,11 +43,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	EnclaveService_CreateEnclave_FullMethodName = "/licensing.v1.EnclaveService/CreateEnclave"
-	EnclaveService_WatchEnclave_FullMethodName  = "/licensing.v1.EnclaveService/WatchEnclave"
-	EnclaveService_GetEnclave_FullMethodName    = "/licensing.v1.EnclaveService/GetEnclave"
-	EnclaveService_ListEnclaves_FullMethodName  = "/licensing.v1.EnclaveService/ListEnclaves"
-	EnclaveService_DeleteEnclave_FullMethodName = "/licensing.v1.EnclaveService/DeleteEnclave"
+	EnclaveService_CreateEnclave_FullMethodName      = "/licensing.v1.EnclaveService/CreateEnclave"
+	EnclaveService_WatchEnclave_FullMethodName       = "/licensing.v1.EnclaveService/WatchEnclave"
+	EnclaveService_GetEnclave_FullMethodName         = "/licensing.v1.EnclaveService/GetEnclave"
+	EnclaveService_ListEnclaves_FullMethodName       = "/licensing.v1.EnclaveService/ListEnclaves"
+	EnclaveService_DeleteEnclave_FullMethodName      = "/licensing.v1.EnclaveService/DeleteEnclave"
+	EnclaveService_RequestAttestation_FullMethodName = "/licensing.v1.EnclaveService/RequestAttestation"
 )
 
 // EnclaveServiceClient is the client API for EnclaveService service.
@@ -72,6 +73,10 @@ type EnclaveServiceClient interface {
 	// DeleteEnclave stops the workload, removes its work directory and every
 	// record of it, and frees its licence.
 	DeleteEnclave(ctx context.Context, in *DeleteEnclaveRequest, opts ...grpc.CallOption) (*DeleteEnclaveResponse, error)
+	// RequestAttestation asks for the enclave's next re-attestation round to
+	// cover the caller's own nonce: within one round every watcher that follows
+	// attestations receives an ATTESTED event whose attestation binds it.
+	RequestAttestation(ctx context.Context, in *RequestAttestationRequest, opts ...grpc.CallOption) (*RequestAttestationResponse, error)
 }
 
 type enclaveServiceClient struct {
@@ -150,6 +155,16 @@ func (c *enclaveServiceClient) DeleteEnclave(ctx context.Context, in *DeleteEncl
 	return out, nil
 }
 
+func (c *enclaveServiceClient) RequestAttestation(ctx context.Context, in *RequestAttestationRequest, opts ...grpc.CallOption) (*RequestAttestationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RequestAttestationResponse)
+	err := c.cc.Invoke(ctx, EnclaveService_RequestAttestation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // EnclaveServiceServer is the server API for EnclaveService service.
 // All implementations must embed UnimplementedEnclaveServiceServer
 // for forward compatibility.
@@ -172,6 +187,10 @@ type EnclaveServiceServer interface {
 	// DeleteEnclave stops the workload, removes its work directory and every
 	// record of it, and frees its licence.
 	DeleteEnclave(context.Context, *DeleteEnclaveRequest) (*DeleteEnclaveResponse, error)
+	// RequestAttestation asks for the enclave's next re-attestation round to
+	// cover the caller's own nonce: within one round every watcher that follows
+	// attestations receives an ATTESTED event whose attestation binds it.
+	RequestAttestation(context.Context, *RequestAttestationRequest) (*RequestAttestationResponse, error)
 	mustEmbedUnimplementedEnclaveServiceServer()
 }
 
@@ -196,6 +215,9 @@ func (UnimplementedEnclaveServiceServer) ListEnclaves(context.Context, *ListEncl
 }
 func (UnimplementedEnclaveServiceServer) DeleteEnclave(context.Context, *DeleteEnclaveRequest) (*DeleteEnclaveResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteEnclave not implemented")
+}
+func (UnimplementedEnclaveServiceServer) RequestAttestation(context.Context, *RequestAttestationRequest) (*RequestAttestationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RequestAttestation not implemented")
 }
 func (UnimplementedEnclaveServiceServer) mustEmbedUnimplementedEnclaveServiceServer() {}
 func (UnimplementedEnclaveServiceServer) testEmbeddedByValue()                        {}
@@ -294,6 +316,24 @@ func _EnclaveService_DeleteEnclave_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _EnclaveService_RequestAttestation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RequestAttestationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EnclaveServiceServer).RequestAttestation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EnclaveService_RequestAttestation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EnclaveServiceServer).RequestAttestation(ctx, req.(*RequestAttestationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // EnclaveService_ServiceDesc is the grpc.ServiceDesc for EnclaveService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -312,6 +352,10 @@ var EnclaveService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteEnclave",
 			Handler:    _EnclaveService_DeleteEnclave_Handler,
+		},
+		{
+			MethodName: "RequestAttestation",
+			Handler:    _EnclaveService_RequestAttestation_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

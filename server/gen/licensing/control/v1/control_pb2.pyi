@@ -183,6 +183,47 @@ class GetCaCertificatesResponse(_message.Message):
 Global___GetCaCertificatesResponse: _TypeAlias = GetCaCertificatesResponse  # noqa: Y015
 
 @_typing.final
+class RevokeSessionsRequest(_message.Message):
+    """RevokeSessionsRequest names the sessions the frontend revoked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Session ids (the access token's sid claim)."""
+
+    def __init__(
+        self,
+        *,
+        session_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_ids", b"session_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeSessionsRequest: _TypeAlias = RevokeSessionsRequest  # noqa: Y015
+
+@_typing.final
+class RevokeSessionsResponse(_message.Message):
+    """RevokeSessionsResponse is empty: the backend took the revocations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeSessionsResponse: _TypeAlias = RevokeSessionsResponse  # noqa: Y015
+
+@_typing.final
 class ProvisionRequest(_message.Message):
     """ProvisionRequest names a reserved enclave to bring up."""
 
@@ -294,6 +335,49 @@ class DeprovisionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeprovisionResponse: _TypeAlias = DeprovisionResponse  # noqa: Y015
+
+@_typing.final
+class RequestReattestationRequest(_message.Message):
+    """RequestReattestationRequest names the enclave and the client's nonce."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENCLAVE_ID_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
+    enclave_id: _builtins.str
+    """The enclave to re-attest in the next round."""
+    nonce: _builtins.bytes
+    """16 to 64 bytes chosen by the client; the round's event quotes over it."""
+    def __init__(
+        self,
+        *,
+        enclave_id: _builtins.str = ...,
+        nonce: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enclave_id", b"enclave_id", "nonce", b"nonce"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestReattestationRequest: _TypeAlias = RequestReattestationRequest  # noqa: Y015
+
+@_typing.final
+class RequestReattestationResponse(_message.Message):
+    """RequestReattestationResponse is empty: the nonce waits for the next round."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestReattestationResponse: _TypeAlias = RequestReattestationResponse  # noqa: Y015
 
 @_typing.final
 class QuoteRequest(_message.Message):

@@ -175,6 +175,11 @@ class ProvisioningServiceStub:
                 request_serializer=licensing_dot_control_dot_v1_dot_control__pb2.DeprovisionRequest.SerializeToString,
                 response_deserializer=licensing_dot_control_dot_v1_dot_control__pb2.DeprovisionResponse.FromString,
                 _registered_method=True)
+        self.RevokeSessions = channel.unary_unary(
+                '/licensing.control.v1.ProvisioningService/RevokeSessions',
+                request_serializer=licensing_dot_control_dot_v1_dot_control__pb2.RevokeSessionsRequest.SerializeToString,
+                response_deserializer=licensing_dot_control_dot_v1_dot_control__pb2.RevokeSessionsResponse.FromString,
+                _registered_method=True)
 
 
 class ProvisioningServiceServicer:
@@ -195,6 +200,15 @@ class ProvisioningServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeSessions(self, request, context):
+        """RevokeSessions tells the backend sessions were revoked (Logout): it
+        pushes them to each enclave it runs, which refuses their tokens from then
+        on. The SQLite path; on PostgreSQL backends also hear SESSIONS_REVOKED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProvisioningServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -207,6 +221,11 @@ def add_ProvisioningServiceServicer_to_server(servicer, server):
                     servicer.Deprovision,
                     request_deserializer=licensing_dot_control_dot_v1_dot_control__pb2.DeprovisionRequest.FromString,
                     response_serializer=licensing_dot_control_dot_v1_dot_control__pb2.DeprovisionResponse.SerializeToString,
+            ),
+            'RevokeSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeSessions,
+                    request_deserializer=licensing_dot_control_dot_v1_dot_control__pb2.RevokeSessionsRequest.FromString,
+                    response_serializer=licensing_dot_control_dot_v1_dot_control__pb2.RevokeSessionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -274,6 +293,33 @@ class ProvisioningService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def RevokeSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/licensing.control.v1.ProvisioningService/RevokeSessions',
+            licensing_dot_control_dot_v1_dot_control__pb2.RevokeSessionsRequest.SerializeToString,
+            licensing_dot_control_dot_v1_dot_control__pb2.RevokeSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class QuoteServiceStub:
     """QuoteService asks the TPM for quotes over enclave certificates.
@@ -290,6 +336,11 @@ class QuoteServiceStub:
                 request_serializer=licensing_dot_control_dot_v1_dot_control__pb2.QuoteRequest.SerializeToString,
                 response_deserializer=licensing_dot_control_dot_v1_dot_control__pb2.QuoteResponse.FromString,
                 _registered_method=True)
+        self.RequestReattestation = channel.unary_unary(
+                '/licensing.control.v1.QuoteService/RequestReattestation',
+                request_serializer=licensing_dot_control_dot_v1_dot_control__pb2.RequestReattestationRequest.SerializeToString,
+                response_deserializer=licensing_dot_control_dot_v1_dot_control__pb2.RequestReattestationResponse.FromString,
+                _registered_method=True)
 
 
 class QuoteServiceServicer:
@@ -303,6 +354,14 @@ class QuoteServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestReattestation(self, request, context):
+        """RequestReattestation queues a nonce for the enclave's next
+        re-attestation round (one quote per round covers every live enclave).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QuoteServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -310,6 +369,11 @@ def add_QuoteServiceServicer_to_server(servicer, server):
                     servicer.Quote,
                     request_deserializer=licensing_dot_control_dot_v1_dot_control__pb2.QuoteRequest.FromString,
                     response_serializer=licensing_dot_control_dot_v1_dot_control__pb2.QuoteResponse.SerializeToString,
+            ),
+            'RequestReattestation': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestReattestation,
+                    request_deserializer=licensing_dot_control_dot_v1_dot_control__pb2.RequestReattestationRequest.FromString,
+                    response_serializer=licensing_dot_control_dot_v1_dot_control__pb2.RequestReattestationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -340,6 +404,33 @@ class QuoteService:
             '/licensing.control.v1.QuoteService/Quote',
             licensing_dot_control_dot_v1_dot_control__pb2.QuoteRequest.SerializeToString,
             licensing_dot_control_dot_v1_dot_control__pb2.QuoteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestReattestation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/licensing.control.v1.QuoteService/RequestReattestation',
+            licensing_dot_control_dot_v1_dot_control__pb2.RequestReattestationRequest.SerializeToString,
+            licensing_dot_control_dot_v1_dot_control__pb2.RequestReattestationResponse.FromString,
             options,
             channel_credentials,
             insecure,

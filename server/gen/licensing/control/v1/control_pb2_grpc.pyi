@@ -138,6 +138,11 @@ class ProvisioningServiceStub:
     """Provision drives an enclave through its phases and streams them."""
     Deprovision: _grpc.UnaryUnaryMultiCallable[_control_pb2.DeprovisionRequest, _control_pb2.DeprovisionResponse]
     """Deprovision stops an enclave and removes everything made for it."""
+    RevokeSessions: _grpc.UnaryUnaryMultiCallable[_control_pb2.RevokeSessionsRequest, _control_pb2.RevokeSessionsResponse]
+    """RevokeSessions tells the backend sessions were revoked (Logout): it
+    pushes them to each enclave it runs, which refuses their tokens from then
+    on. The SQLite path; on PostgreSQL backends also hear SESSIONS_REVOKED.
+    """
 
 @_typing.type_check_only
 class ProvisioningServiceAsyncStub(ProvisioningServiceStub):
@@ -148,6 +153,11 @@ class ProvisioningServiceAsyncStub(ProvisioningServiceStub):
     """Provision drives an enclave through its phases and streams them."""
     Deprovision: _aio.UnaryUnaryMultiCallable[_control_pb2.DeprovisionRequest, _control_pb2.DeprovisionResponse]  # type: ignore[assignment]
     """Deprovision stops an enclave and removes everything made for it."""
+    RevokeSessions: _aio.UnaryUnaryMultiCallable[_control_pb2.RevokeSessionsRequest, _control_pb2.RevokeSessionsResponse]  # type: ignore[assignment]
+    """RevokeSessions tells the backend sessions were revoked (Logout): it
+    pushes them to each enclave it runs, which refuses their tokens from then
+    on. The SQLite path; on PostgreSQL backends also hear SESSIONS_REVOKED.
+    """
 
 class ProvisioningServiceServicer(metaclass=_abc_1.ABCMeta):
     """ProvisioningService runs enclave workloads."""
@@ -168,6 +178,17 @@ class ProvisioningServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_control_pb2.DeprovisionResponse, _abc.Awaitable[_control_pb2.DeprovisionResponse]]:
         """Deprovision stops an enclave and removes everything made for it."""
 
+    @_abc_1.abstractmethod
+    def RevokeSessions(
+        self,
+        request: _control_pb2.RevokeSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.RevokeSessionsResponse, _abc.Awaitable[_control_pb2.RevokeSessionsResponse]]:
+        """RevokeSessions tells the backend sessions were revoked (Logout): it
+        pushes them to each enclave it runs, which refuses their tokens from then
+        on. The SQLite path; on PostgreSQL backends also hear SESSIONS_REVOKED.
+        """
+
 def add_ProvisioningServiceServicer_to_server(servicer: ProvisioningServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class QuoteServiceStub:
@@ -179,6 +200,10 @@ class QuoteServiceStub:
     def __new__(cls, channel: _aio.Channel) -> QuoteServiceAsyncStub: ...
     Quote: _grpc.UnaryUnaryMultiCallable[_control_pb2.QuoteRequest, _control_pb2.QuoteResponse]
     """Quote takes a TPM quote over the nonce and the enclave's certificate."""
+    RequestReattestation: _grpc.UnaryUnaryMultiCallable[_control_pb2.RequestReattestationRequest, _control_pb2.RequestReattestationResponse]
+    """RequestReattestation queues a nonce for the enclave's next
+    re-attestation round (one quote per round covers every live enclave).
+    """
 
 @_typing.type_check_only
 class QuoteServiceAsyncStub(QuoteServiceStub):
@@ -187,6 +212,10 @@ class QuoteServiceAsyncStub(QuoteServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Quote: _aio.UnaryUnaryMultiCallable[_control_pb2.QuoteRequest, _control_pb2.QuoteResponse]  # type: ignore[assignment]
     """Quote takes a TPM quote over the nonce and the enclave's certificate."""
+    RequestReattestation: _aio.UnaryUnaryMultiCallable[_control_pb2.RequestReattestationRequest, _control_pb2.RequestReattestationResponse]  # type: ignore[assignment]
+    """RequestReattestation queues a nonce for the enclave's next
+    re-attestation round (one quote per round covers every live enclave).
+    """
 
 class QuoteServiceServicer(metaclass=_abc_1.ABCMeta):
     """QuoteService asks the TPM for quotes over enclave certificates."""
@@ -198,5 +227,15 @@ class QuoteServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.QuoteResponse, _abc.Awaitable[_control_pb2.QuoteResponse]]:
         """Quote takes a TPM quote over the nonce and the enclave's certificate."""
+
+    @_abc_1.abstractmethod
+    def RequestReattestation(
+        self,
+        request: _control_pb2.RequestReattestationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.RequestReattestationResponse, _abc.Awaitable[_control_pb2.RequestReattestationResponse]]:
+        """RequestReattestation queues a nonce for the enclave's next
+        re-attestation round (one quote per round covers every live enclave).
+        """
 
 def add_QuoteServiceServicer_to_server(servicer: QuoteServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

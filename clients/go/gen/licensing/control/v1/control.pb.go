@@ -303,6 +303,89 @@ func (x *GetCaCertificatesResponse) GetAkCertificateChainPem() []string {
 	return nil
 }
 
+// RevokeSessionsRequest names the sessions the frontend revoked.
+type RevokeSessionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Session ids (the access token's sid claim).
+	SessionIds    []string `protobuf:"bytes,1,rep,name=session_ids,json=sessionIds,proto3" json:"session_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeSessionsRequest) Reset() {
+	*x = RevokeSessionsRequest{}
+	mi := &file_licensing_control_v1_control_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeSessionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeSessionsRequest) ProtoMessage() {}
+
+func (x *RevokeSessionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_licensing_control_v1_control_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeSessionsRequest.ProtoReflect.Descriptor instead.
+func (*RevokeSessionsRequest) Descriptor() ([]byte, []int) {
+	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RevokeSessionsRequest) GetSessionIds() []string {
+	if x != nil {
+		return x.SessionIds
+	}
+	return nil
+}
+
+// RevokeSessionsResponse is empty: the backend took the revocations.
+type RevokeSessionsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeSessionsResponse) Reset() {
+	*x = RevokeSessionsResponse{}
+	mi := &file_licensing_control_v1_control_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeSessionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeSessionsResponse) ProtoMessage() {}
+
+func (x *RevokeSessionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_licensing_control_v1_control_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeSessionsResponse.ProtoReflect.Descriptor instead.
+func (*RevokeSessionsResponse) Descriptor() ([]byte, []int) {
+	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{5}
+}
+
 // ProvisionRequest names a reserved enclave to bring up.
 type ProvisionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -319,7 +402,7 @@ type ProvisionRequest struct {
 
 func (x *ProvisionRequest) Reset() {
 	*x = ProvisionRequest{}
-	mi := &file_licensing_control_v1_control_proto_msgTypes[4]
+	mi := &file_licensing_control_v1_control_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -331,7 +414,7 @@ func (x *ProvisionRequest) String() string {
 func (*ProvisionRequest) ProtoMessage() {}
 
 func (x *ProvisionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_licensing_control_v1_control_proto_msgTypes[4]
+	mi := &file_licensing_control_v1_control_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -344,7 +427,7 @@ func (x *ProvisionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProvisionRequest.ProtoReflect.Descriptor instead.
 func (*ProvisionRequest) Descriptor() ([]byte, []int) {
-	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{4}
+	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ProvisionRequest) GetEnclaveId() string {
@@ -388,7 +471,7 @@ type ProvisionResponse struct {
 
 func (x *ProvisionResponse) Reset() {
 	*x = ProvisionResponse{}
-	mi := &file_licensing_control_v1_control_proto_msgTypes[5]
+	mi := &file_licensing_control_v1_control_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -400,7 +483,7 @@ func (x *ProvisionResponse) String() string {
 func (*ProvisionResponse) ProtoMessage() {}
 
 func (x *ProvisionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_licensing_control_v1_control_proto_msgTypes[5]
+	mi := &file_licensing_control_v1_control_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -413,7 +496,7 @@ func (x *ProvisionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProvisionResponse.ProtoReflect.Descriptor instead.
 func (*ProvisionResponse) Descriptor() ([]byte, []int) {
-	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{5}
+	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ProvisionResponse) GetEnclaveId() string {
@@ -462,7 +545,7 @@ type DeprovisionRequest struct {
 
 func (x *DeprovisionRequest) Reset() {
 	*x = DeprovisionRequest{}
-	mi := &file_licensing_control_v1_control_proto_msgTypes[6]
+	mi := &file_licensing_control_v1_control_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -474,7 +557,7 @@ func (x *DeprovisionRequest) String() string {
 func (*DeprovisionRequest) ProtoMessage() {}
 
 func (x *DeprovisionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_licensing_control_v1_control_proto_msgTypes[6]
+	mi := &file_licensing_control_v1_control_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -487,7 +570,7 @@ func (x *DeprovisionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeprovisionRequest.ProtoReflect.Descriptor instead.
 func (*DeprovisionRequest) Descriptor() ([]byte, []int) {
-	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{6}
+	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DeprovisionRequest) GetEnclaveId() string {
@@ -506,7 +589,7 @@ type DeprovisionResponse struct {
 
 func (x *DeprovisionResponse) Reset() {
 	*x = DeprovisionResponse{}
-	mi := &file_licensing_control_v1_control_proto_msgTypes[7]
+	mi := &file_licensing_control_v1_control_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -518,7 +601,7 @@ func (x *DeprovisionResponse) String() string {
 func (*DeprovisionResponse) ProtoMessage() {}
 
 func (x *DeprovisionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_licensing_control_v1_control_proto_msgTypes[7]
+	mi := &file_licensing_control_v1_control_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -531,7 +614,99 @@ func (x *DeprovisionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeprovisionResponse.ProtoReflect.Descriptor instead.
 func (*DeprovisionResponse) Descriptor() ([]byte, []int) {
-	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{7}
+	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{9}
+}
+
+// RequestReattestationRequest names the enclave and the client's nonce.
+type RequestReattestationRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The enclave to re-attest in the next round.
+	EnclaveId string `protobuf:"bytes,1,opt,name=enclave_id,json=enclaveId,proto3" json:"enclave_id,omitempty"`
+	// 16 to 64 bytes chosen by the client; the round's event quotes over it.
+	Nonce         []byte `protobuf:"bytes,2,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestReattestationRequest) Reset() {
+	*x = RequestReattestationRequest{}
+	mi := &file_licensing_control_v1_control_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestReattestationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestReattestationRequest) ProtoMessage() {}
+
+func (x *RequestReattestationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_licensing_control_v1_control_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestReattestationRequest.ProtoReflect.Descriptor instead.
+func (*RequestReattestationRequest) Descriptor() ([]byte, []int) {
+	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RequestReattestationRequest) GetEnclaveId() string {
+	if x != nil {
+		return x.EnclaveId
+	}
+	return ""
+}
+
+func (x *RequestReattestationRequest) GetNonce() []byte {
+	if x != nil {
+		return x.Nonce
+	}
+	return nil
+}
+
+// RequestReattestationResponse is empty: the nonce waits for the next round.
+type RequestReattestationResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestReattestationResponse) Reset() {
+	*x = RequestReattestationResponse{}
+	mi := &file_licensing_control_v1_control_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestReattestationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestReattestationResponse) ProtoMessage() {}
+
+func (x *RequestReattestationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_licensing_control_v1_control_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestReattestationResponse.ProtoReflect.Descriptor instead.
+func (*RequestReattestationResponse) Descriptor() ([]byte, []int) {
+	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{11}
 }
 
 // QuoteRequest names the enclave and the client's nonce.
@@ -547,7 +722,7 @@ type QuoteRequest struct {
 
 func (x *QuoteRequest) Reset() {
 	*x = QuoteRequest{}
-	mi := &file_licensing_control_v1_control_proto_msgTypes[8]
+	mi := &file_licensing_control_v1_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -559,7 +734,7 @@ func (x *QuoteRequest) String() string {
 func (*QuoteRequest) ProtoMessage() {}
 
 func (x *QuoteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_licensing_control_v1_control_proto_msgTypes[8]
+	mi := &file_licensing_control_v1_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -572,7 +747,7 @@ func (x *QuoteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuoteRequest.ProtoReflect.Descriptor instead.
 func (*QuoteRequest) Descriptor() ([]byte, []int) {
-	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{8}
+	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *QuoteRequest) GetEnclaveId() string {
@@ -600,7 +775,7 @@ type QuoteResponse struct {
 
 func (x *QuoteResponse) Reset() {
 	*x = QuoteResponse{}
-	mi := &file_licensing_control_v1_control_proto_msgTypes[9]
+	mi := &file_licensing_control_v1_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -612,7 +787,7 @@ func (x *QuoteResponse) String() string {
 func (*QuoteResponse) ProtoMessage() {}
 
 func (x *QuoteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_licensing_control_v1_control_proto_msgTypes[9]
+	mi := &file_licensing_control_v1_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -625,7 +800,7 @@ func (x *QuoteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuoteResponse.ProtoReflect.Descriptor instead.
 func (*QuoteResponse) Descriptor() ([]byte, []int) {
-	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{9}
+	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *QuoteResponse) GetAttestation() *v1.Attestation {
@@ -654,7 +829,11 @@ const file_licensing_control_v1_control_proto_rawDesc = "" +
 	"\x18GetCaCertificatesRequest\"\x84\x01\n" +
 	"\x19GetCaCertificatesResponse\x12.\n" +
 	"\x13ca_certificates_pem\x18\x01 \x03(\tR\x11caCertificatesPem\x127\n" +
-	"\x18ak_certificate_chain_pem\x18\x02 \x03(\tR\x15akCertificateChainPem\"\x84\x01\n" +
+	"\x18ak_certificate_chain_pem\x18\x02 \x03(\tR\x15akCertificateChainPem\"8\n" +
+	"\x15RevokeSessionsRequest\x12\x1f\n" +
+	"\vsession_ids\x18\x01 \x03(\tR\n" +
+	"sessionIds\"\x18\n" +
+	"\x16RevokeSessionsResponse\"\x84\x01\n" +
 	"\x10ProvisionRequest\x12\x1d\n" +
 	"\n" +
 	"enclave_id\x18\x01 \x01(\tR\tenclaveId\x12\x14\n" +
@@ -670,7 +849,12 @@ const file_licensing_control_v1_control_proto_rawDesc = "" +
 	"\x12DeprovisionRequest\x12\x1d\n" +
 	"\n" +
 	"enclave_id\x18\x01 \x01(\tR\tenclaveId\"\x15\n" +
-	"\x13DeprovisionResponse\"C\n" +
+	"\x13DeprovisionResponse\"R\n" +
+	"\x1bRequestReattestationRequest\x12\x1d\n" +
+	"\n" +
+	"enclave_id\x18\x01 \x01(\tR\tenclaveId\x12\x14\n" +
+	"\x05nonce\x18\x02 \x01(\fR\x05nonce\"\x1e\n" +
+	"\x1cRequestReattestationResponse\"C\n" +
 	"\fQuoteRequest\x12\x1d\n" +
 	"\n" +
 	"enclave_id\x18\x01 \x01(\tR\tenclaveId\x12\x14\n" +
@@ -679,12 +863,14 @@ const file_licensing_control_v1_control_proto_rawDesc = "" +
 	"\vattestation\x18\x01 \x01(\v2\x19.licensing.v1.AttestationR\vattestation2\x86\x02\n" +
 	"\x12CertificateService\x12z\n" +
 	"\x13SignUserCertificate\x120.licensing.control.v1.SignUserCertificateRequest\x1a1.licensing.control.v1.SignUserCertificateResponse\x12t\n" +
-	"\x11GetCaCertificates\x12..licensing.control.v1.GetCaCertificatesRequest\x1a/.licensing.control.v1.GetCaCertificatesResponse2\xd9\x01\n" +
+	"\x11GetCaCertificates\x12..licensing.control.v1.GetCaCertificatesRequest\x1a/.licensing.control.v1.GetCaCertificatesResponse2\xc6\x02\n" +
 	"\x13ProvisioningService\x12^\n" +
 	"\tProvision\x12&.licensing.control.v1.ProvisionRequest\x1a'.licensing.control.v1.ProvisionResponse0\x01\x12b\n" +
-	"\vDeprovision\x12(.licensing.control.v1.DeprovisionRequest\x1a).licensing.control.v1.DeprovisionResponse2`\n" +
+	"\vDeprovision\x12(.licensing.control.v1.DeprovisionRequest\x1a).licensing.control.v1.DeprovisionResponse\x12k\n" +
+	"\x0eRevokeSessions\x12+.licensing.control.v1.RevokeSessionsRequest\x1a,.licensing.control.v1.RevokeSessionsResponse2\xdf\x01\n" +
 	"\fQuoteService\x12P\n" +
-	"\x05Quote\x12\".licensing.control.v1.QuoteRequest\x1a#.licensing.control.v1.QuoteResponseBBZ@licensing.internal/clients/go/gen/licensing/control/v1;controlv1b\x06proto3"
+	"\x05Quote\x12\".licensing.control.v1.QuoteRequest\x1a#.licensing.control.v1.QuoteResponse\x12}\n" +
+	"\x14RequestReattestation\x121.licensing.control.v1.RequestReattestationRequest\x1a2.licensing.control.v1.RequestReattestationResponseBBZ@licensing.internal/clients/go/gen/licensing/control/v1;controlv1b\x06proto3"
 
 var (
 	file_licensing_control_v1_control_proto_rawDescOnce sync.Once
@@ -698,39 +884,47 @@ func file_licensing_control_v1_control_proto_rawDescGZIP() []byte {
 	return file_licensing_control_v1_control_proto_rawDescData
 }
 
-var file_licensing_control_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_licensing_control_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_licensing_control_v1_control_proto_goTypes = []any{
-	(*SignUserCertificateRequest)(nil),  // 0: licensing.control.v1.SignUserCertificateRequest
-	(*SignUserCertificateResponse)(nil), // 1: licensing.control.v1.SignUserCertificateResponse
-	(*GetCaCertificatesRequest)(nil),    // 2: licensing.control.v1.GetCaCertificatesRequest
-	(*GetCaCertificatesResponse)(nil),   // 3: licensing.control.v1.GetCaCertificatesResponse
-	(*ProvisionRequest)(nil),            // 4: licensing.control.v1.ProvisionRequest
-	(*ProvisionResponse)(nil),           // 5: licensing.control.v1.ProvisionResponse
-	(*DeprovisionRequest)(nil),          // 6: licensing.control.v1.DeprovisionRequest
-	(*DeprovisionResponse)(nil),         // 7: licensing.control.v1.DeprovisionResponse
-	(*QuoteRequest)(nil),                // 8: licensing.control.v1.QuoteRequest
-	(*QuoteResponse)(nil),               // 9: licensing.control.v1.QuoteResponse
-	(*timestamppb.Timestamp)(nil),       // 10: google.protobuf.Timestamp
-	(v1.Phase)(0),                       // 11: licensing.v1.Phase
-	(*v1.Attestation)(nil),              // 12: licensing.v1.Attestation
+	(*SignUserCertificateRequest)(nil),   // 0: licensing.control.v1.SignUserCertificateRequest
+	(*SignUserCertificateResponse)(nil),  // 1: licensing.control.v1.SignUserCertificateResponse
+	(*GetCaCertificatesRequest)(nil),     // 2: licensing.control.v1.GetCaCertificatesRequest
+	(*GetCaCertificatesResponse)(nil),    // 3: licensing.control.v1.GetCaCertificatesResponse
+	(*RevokeSessionsRequest)(nil),        // 4: licensing.control.v1.RevokeSessionsRequest
+	(*RevokeSessionsResponse)(nil),       // 5: licensing.control.v1.RevokeSessionsResponse
+	(*ProvisionRequest)(nil),             // 6: licensing.control.v1.ProvisionRequest
+	(*ProvisionResponse)(nil),            // 7: licensing.control.v1.ProvisionResponse
+	(*DeprovisionRequest)(nil),           // 8: licensing.control.v1.DeprovisionRequest
+	(*DeprovisionResponse)(nil),          // 9: licensing.control.v1.DeprovisionResponse
+	(*RequestReattestationRequest)(nil),  // 10: licensing.control.v1.RequestReattestationRequest
+	(*RequestReattestationResponse)(nil), // 11: licensing.control.v1.RequestReattestationResponse
+	(*QuoteRequest)(nil),                 // 12: licensing.control.v1.QuoteRequest
+	(*QuoteResponse)(nil),                // 13: licensing.control.v1.QuoteResponse
+	(*timestamppb.Timestamp)(nil),        // 14: google.protobuf.Timestamp
+	(v1.Phase)(0),                        // 15: licensing.v1.Phase
+	(*v1.Attestation)(nil),               // 16: licensing.v1.Attestation
 }
 var file_licensing_control_v1_control_proto_depIdxs = []int32{
-	10, // 0: licensing.control.v1.SignUserCertificateResponse.expire_time:type_name -> google.protobuf.Timestamp
-	11, // 1: licensing.control.v1.ProvisionResponse.phase:type_name -> licensing.v1.Phase
-	10, // 2: licensing.control.v1.ProvisionResponse.time:type_name -> google.protobuf.Timestamp
-	12, // 3: licensing.control.v1.QuoteResponse.attestation:type_name -> licensing.v1.Attestation
+	14, // 0: licensing.control.v1.SignUserCertificateResponse.expire_time:type_name -> google.protobuf.Timestamp
+	15, // 1: licensing.control.v1.ProvisionResponse.phase:type_name -> licensing.v1.Phase
+	14, // 2: licensing.control.v1.ProvisionResponse.time:type_name -> google.protobuf.Timestamp
+	16, // 3: licensing.control.v1.QuoteResponse.attestation:type_name -> licensing.v1.Attestation
 	0,  // 4: licensing.control.v1.CertificateService.SignUserCertificate:input_type -> licensing.control.v1.SignUserCertificateRequest
 	2,  // 5: licensing.control.v1.CertificateService.GetCaCertificates:input_type -> licensing.control.v1.GetCaCertificatesRequest
-	4,  // 6: licensing.control.v1.ProvisioningService.Provision:input_type -> licensing.control.v1.ProvisionRequest
-	6,  // 7: licensing.control.v1.ProvisioningService.Deprovision:input_type -> licensing.control.v1.DeprovisionRequest
-	8,  // 8: licensing.control.v1.QuoteService.Quote:input_type -> licensing.control.v1.QuoteRequest
-	1,  // 9: licensing.control.v1.CertificateService.SignUserCertificate:output_type -> licensing.control.v1.SignUserCertificateResponse
-	3,  // 10: licensing.control.v1.CertificateService.GetCaCertificates:output_type -> licensing.control.v1.GetCaCertificatesResponse
-	5,  // 11: licensing.control.v1.ProvisioningService.Provision:output_type -> licensing.control.v1.ProvisionResponse
-	7,  // 12: licensing.control.v1.ProvisioningService.Deprovision:output_type -> licensing.control.v1.DeprovisionResponse
-	9,  // 13: licensing.control.v1.QuoteService.Quote:output_type -> licensing.control.v1.QuoteResponse
-	9,  // [9:14] is the sub-list for method output_type
-	4,  // [4:9] is the sub-list for method input_type
+	6,  // 6: licensing.control.v1.ProvisioningService.Provision:input_type -> licensing.control.v1.ProvisionRequest
+	8,  // 7: licensing.control.v1.ProvisioningService.Deprovision:input_type -> licensing.control.v1.DeprovisionRequest
+	4,  // 8: licensing.control.v1.ProvisioningService.RevokeSessions:input_type -> licensing.control.v1.RevokeSessionsRequest
+	12, // 9: licensing.control.v1.QuoteService.Quote:input_type -> licensing.control.v1.QuoteRequest
+	10, // 10: licensing.control.v1.QuoteService.RequestReattestation:input_type -> licensing.control.v1.RequestReattestationRequest
+	1,  // 11: licensing.control.v1.CertificateService.SignUserCertificate:output_type -> licensing.control.v1.SignUserCertificateResponse
+	3,  // 12: licensing.control.v1.CertificateService.GetCaCertificates:output_type -> licensing.control.v1.GetCaCertificatesResponse
+	7,  // 13: licensing.control.v1.ProvisioningService.Provision:output_type -> licensing.control.v1.ProvisionResponse
+	9,  // 14: licensing.control.v1.ProvisioningService.Deprovision:output_type -> licensing.control.v1.DeprovisionResponse
+	5,  // 15: licensing.control.v1.ProvisioningService.RevokeSessions:output_type -> licensing.control.v1.RevokeSessionsResponse
+	13, // 16: licensing.control.v1.QuoteService.Quote:output_type -> licensing.control.v1.QuoteResponse
+	11, // 17: licensing.control.v1.QuoteService.RequestReattestation:output_type -> licensing.control.v1.RequestReattestationResponse
+	11, // [11:18] is the sub-list for method output_type
+	4,  // [4:11] is the sub-list for method input_type
 	4,  // [4:4] is the sub-list for extension type_name
 	4,  // [4:4] is the sub-list for extension extendee
 	0,  // [0:4] is the sub-list for field type_name
@@ -747,7 +941,7 @@ func file_licensing_control_v1_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_licensing_control_v1_control_proto_rawDesc), len(file_licensing_control_v1_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

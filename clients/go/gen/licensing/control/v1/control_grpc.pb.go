@@ -210,8 +210,9 @@ var CertificateService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	ProvisioningService_Provision_FullMethodName   = "/licensing.control.v1.ProvisioningService/Provision"
-	ProvisioningService_Deprovision_FullMethodName = "/licensing.control.v1.ProvisioningService/Deprovision"
+	ProvisioningService_Provision_FullMethodName      = "/licensing.control.v1.ProvisioningService/Provision"
+	ProvisioningService_Deprovision_FullMethodName    = "/licensing.control.v1.ProvisioningService/Deprovision"
+	ProvisioningService_RevokeSessions_FullMethodName = "/licensing.control.v1.ProvisioningService/RevokeSessions"
 )
 
 // ProvisioningServiceClient is the client API for ProvisioningService service.
@@ -224,6 +225,10 @@ type ProvisioningServiceClient interface {
 	Provision(ctx context.Context, in *ProvisionRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ProvisionResponse], error)
 	// Deprovision stops an enclave and removes everything made for it.
 	Deprovision(ctx context.Context, in *DeprovisionRequest, opts ...grpc.CallOption) (*DeprovisionResponse, error)
+	// RevokeSessions tells the backend sessions were revoked (Logout): it
+	// pushes them to each enclave it runs, which refuses their tokens from then
+	// on. The SQLite path; on PostgreSQL backends also hear SESSIONS_REVOKED.
+	RevokeSessions(ctx context.Context, in *RevokeSessionsRequest, opts ...grpc.CallOption) (*RevokeSessionsResponse, error)
 }
 
 type provisioningServiceClient struct {
@@ -263,6 +268,16 @@ func (c *provisioningServiceClient) Deprovision(ctx context.Context, in *Deprovi
 	return out, nil
 }
 
+func (c *provisioningServiceClient) RevokeSessions(ctx context.Context, in *RevokeSessionsRequest, opts ...grpc.CallOption) (*RevokeSessionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeSessionsResponse)
+	err := c.cc.Invoke(ctx, ProvisioningService_RevokeSessions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ProvisioningServiceServer is the server API for ProvisioningService service.
 // All implementations must embed UnimplementedProvisioningServiceServer
 // for forward compatibility.
@@ -273,6 +288,10 @@ type ProvisioningServiceServer interface {
 	Provision(*ProvisionRequest, grpc.ServerStreamingServer[ProvisionResponse]) error
 	// Deprovision stops an enclave and removes everything made for it.
 	Deprovision(context.Context, *DeprovisionRequest) (*DeprovisionResponse, error)
+	// RevokeSessions tells the backend sessions were revoked (Logout): it
+	// pushes them to each enclave it runs, which refuses their tokens from then
+	// on. The SQLite path; on PostgreSQL backends also hear SESSIONS_REVOKED.
+	RevokeSessions(context.Context, *RevokeSessionsRequest) (*RevokeSessionsResponse, error)
 	mustEmbedUnimplementedProvisioningServiceServer()
 }
 
@@ -288,6 +307,9 @@ func (UnimplementedProvisioningServiceServer) Provision(*ProvisionRequest, grpc.
 }
 func (UnimplementedProvisioningServiceServer) Deprovision(context.Context, *DeprovisionRequest) (*DeprovisionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Deprovision not implemented")
+}
+func (UnimplementedProvisioningServiceServer) RevokeSessions(context.Context, *RevokeSessionsRequest) (*RevokeSessionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeSessions not implemented")
 }
 func (UnimplementedProvisioningServiceServer) mustEmbedUnimplementedProvisioningServiceServer() {}
 func (UnimplementedProvisioningServiceServer) testEmbeddedByValue()                             {}
@@ -339,6 +361,24 @@ func _ProvisioningService_Deprovision_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ProvisioningService_RevokeSessions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeSessionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProvisioningServiceServer).RevokeSessions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProvisioningService_RevokeSessions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProvisioningServiceServer).RevokeSessions(ctx, req.(*RevokeSessionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ProvisioningService_ServiceDesc is the grpc.ServiceDesc for ProvisioningService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -349,6 +389,10 @@ var ProvisioningService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Deprovision",
 			Handler:    _ProvisioningService_Deprovision_Handler,
+		},
+		{
+			MethodName: "RevokeSessions",
+			Handler:    _ProvisioningService_RevokeSessions_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
@@ -362,7 +406,8 @@ var ProvisioningService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	QuoteService_Quote_FullMethodName = "/licensing.control.v1.QuoteService/Quote"
+	QuoteService_Quote_FullMethodName                = "/licensing.control.v1.QuoteService/Quote"
+	QuoteService_RequestReattestation_FullMethodName = "/licensing.control.v1.QuoteService/RequestReattestation"
 )
 
 // QuoteServiceClient is the client API for QuoteService service.
@@ -373,6 +418,9 @@ const (
 type QuoteServiceClient interface {
 	// Quote takes a TPM quote over the nonce and the enclave's certificate.
 	Quote(ctx context.Context, in *QuoteRequest, opts ...grpc.CallOption) (*QuoteResponse, error)
+	// RequestReattestation queues a nonce for the enclave's next
+	// re-attestation round (one quote per round covers every live enclave).
+	RequestReattestation(ctx context.Context, in *RequestReattestationRequest, opts ...grpc.CallOption) (*RequestReattestationResponse, error)
 }
 
 type quoteServiceClient struct {
@@ -393,6 +441,16 @@ func (c *quoteServiceClient) Quote(ctx context.Context, in *QuoteRequest, opts .
 	return out, nil
 }
 
+func (c *quoteServiceClient) RequestReattestation(ctx context.Context, in *RequestReattestationRequest, opts ...grpc.CallOption) (*RequestReattestationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RequestReattestationResponse)
+	err := c.cc.Invoke(ctx, QuoteService_RequestReattestation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // QuoteServiceServer is the server API for QuoteService service.
 // All implementations must embed UnimplementedQuoteServiceServer
 // for forward compatibility.
@@ -401,6 +459,9 @@ func (c *quoteServiceClient) Quote(ctx context.Context, in *QuoteRequest, opts .
 type QuoteServiceServer interface {
 	// Quote takes a TPM quote over the nonce and the enclave's certificate.
 	Quote(context.Context, *QuoteRequest) (*QuoteResponse, error)
+	// RequestReattestation queues a nonce for the enclave's next
+	// re-attestation round (one quote per round covers every live enclave).
+	RequestReattestation(context.Context, *RequestReattestationRequest) (*RequestReattestationResponse, error)
 	mustEmbedUnimplementedQuoteServiceServer()
 }
 
@@ -413,6 +474,9 @@ type UnimplementedQuoteServiceServer struct{}
 
 func (UnimplementedQuoteServiceServer) Quote(context.Context, *QuoteRequest) (*QuoteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Quote not implemented")
+}
+func (UnimplementedQuoteServiceServer) RequestReattestation(context.Context, *RequestReattestationRequest) (*RequestReattestationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RequestReattestation not implemented")
 }
 func (UnimplementedQuoteServiceServer) mustEmbedUnimplementedQuoteServiceServer() {}
 func (UnimplementedQuoteServiceServer) testEmbeddedByValue()                      {}
@@ -453,6 +517,24 @@ func _QuoteService_Quote_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _QuoteService_RequestReattestation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RequestReattestationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QuoteServiceServer).RequestReattestation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QuoteService_RequestReattestation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QuoteServiceServer).RequestReattestation(ctx, req.(*RequestReattestationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // QuoteService_ServiceDesc is the grpc.ServiceDesc for QuoteService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -463,6 +545,10 @@ var QuoteService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Quote",
 			Handler:    _QuoteService_Quote_Handler,
+		},
+		{
+			MethodName: "RequestReattestation",
+			Handler:    _QuoteService_RequestReattestation_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -6,6 +6,7 @@
 from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
+    AsyncIterator,
     Dict,
     List,
     Optional,
@@ -19,6 +20,22 @@ if TYPE_CHECKING:
     import grpclib.server
     from betterproto.grpc.grpclib_client import MetadataLike
     from grpclib.metadata import Deadline
+
+
+@dataclass(eq=False, repr=False)
+class WatchRevocationsRequest(betterproto.Message):
+    """WatchRevocationsRequest opens an enclave's revocation stream."""
+
+    enclave_id: str = betterproto.string_field(1)
+    """The enclave's id, as in its ConfigMap."""
+
+
+@dataclass(eq=False, repr=False)
+class WatchRevocationsResponse(betterproto.Message):
+    """WatchRevocationsResponse is one batch of revoked sessions."""
+
+    session_ids: List[str] = betterproto.string_field(1)
+    """Session ids (the access token's sid claim) to refuse from now on."""
 
 
 @dataclass(eq=False, repr=False)
@@ -173,6 +190,24 @@ class EnrollmentServiceStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def watch_revocations(
+        self,
+        watch_revocations_request: "WatchRevocationsRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> AsyncIterator[WatchRevocationsResponse]:
+        async for response in self._unary_stream(
+            "/enclave.v1.EnrollmentService/WatchRevocations",
+            watch_revocations_request,
+            WatchRevocationsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
 
 class WorkloadServiceStub(betterproto.ServiceStub):
     async def get_identity(
@@ -283,12 +318,29 @@ class EnrollmentServiceBase(ServiceBase):
     async def enroll(self, enroll_request: "EnrollRequest") -> "EnrollResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def watch_revocations(
+        self, watch_revocations_request: "WatchRevocationsRequest"
+    ) -> AsyncIterator[WatchRevocationsResponse]:
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield WatchRevocationsResponse()
+
     async def __rpc_enroll(
         self, stream: "grpclib.server.Stream[EnrollRequest, EnrollResponse]"
     ) -> None:
         request = await stream.recv_message()
         response = await self.enroll(request)
         await stream.send_message(response)
+
+    async def __rpc_watch_revocations(
+        self,
+        stream: "grpclib.server.Stream[WatchRevocationsRequest, WatchRevocationsResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        await self._call_rpc_handler_server_stream(
+            self.watch_revocations,
+            stream,
+            request,
+        )
 
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
@@ -297,6 +349,12 @@ class EnrollmentServiceBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 EnrollRequest,
                 EnrollResponse,
+            ),
+            "/enclave.v1.EnrollmentService/WatchRevocations": grpclib.const.Handler(
+                self.__rpc_watch_revocations,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                WatchRevocationsRequest,
+                WatchRevocationsResponse,
             ),
         }
 

@@ -291,6 +291,12 @@ class CreateEnclaveRequest(betterproto.Message):
     nonce: bytes = betterproto.bytes_field(2)
     """16 to 64 bytes; the ATTESTED event carries a quote over it."""
 
+    follow_attestations: bool = betterproto.bool_field(3)
+    """
+    Keep the stream open after ATTESTED: one ATTESTED event per
+     re-attestation round (attestation_round > 0), until FAILED or DELETED.
+    """
+
 
 @dataclass(eq=False, repr=False)
 class CreateEnclaveResponse(betterproto.Message):
@@ -317,6 +323,12 @@ class CreateEnclaveResponse(betterproto.Message):
     attestation: "Attestation" = betterproto.message_field(7)
     """Set on the ATTESTED event."""
 
+    attestation_round: int = betterproto.uint64_field(8)
+    """
+    0 on the provisioning attestation; on a re-attestation event, the
+     backend's round that produced it (rounds count up from 1 per backend run).
+    """
+
 
 @dataclass(eq=False, repr=False)
 class WatchEnclaveRequest(betterproto.Message):
@@ -327,6 +339,18 @@ class WatchEnclaveRequest(betterproto.Message):
 
     from_sequence: int = betterproto.uint64_field(2)
     """Resume after this sequence number (0 replays every event)."""
+
+    follow_attestations: bool = betterproto.bool_field(3)
+    """
+    Keep the stream open after ATTESTED and receive every re-attestation
+     (an ATTESTED event with attestation_round > 0) until FAILED or DELETED.
+    """
+
+    attestation_nonce: bytes = betterproto.bytes_field(4)
+    """
+    Optional, 16 to 64 bytes: the next round also quotes over this nonce,
+     and the stream carries that attestation (as RequestAttestation does).
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -353,6 +377,12 @@ class WatchEnclaveResponse(betterproto.Message):
 
     attestation: "Attestation" = betterproto.message_field(7)
     """Set on the ATTESTED event."""
+
+    attestation_round: int = betterproto.uint64_field(8)
+    """
+    0 on the provisioning attestation; on a re-attestation event, the
+     backend's round that produced it (rounds count up from 1 per backend run).
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -407,6 +437,27 @@ class DeleteEnclaveRequest(betterproto.Message):
 @dataclass(eq=False, repr=False)
 class DeleteEnclaveResponse(betterproto.Message):
     """DeleteEnclaveResponse is empty."""
+
+    pass
+
+
+@dataclass(eq=False, repr=False)
+class RequestAttestationRequest(betterproto.Message):
+    """
+    RequestAttestationRequest asks for a re-attestation over the client's own
+     nonce; it arrives within one round as an event on the enclave's watch.
+    """
+
+    enclave_id: str = betterproto.string_field(1)
+    """The caller's enclave."""
+
+    nonce: bytes = betterproto.bytes_field(2)
+    """16 to 64 bytes chosen by the client; the re-attestation binds it."""
+
+
+@dataclass(eq=False, repr=False)
+class RequestAttestationResponse(betterproto.Message):
+    """RequestAttestationResponse is empty: the event comes on the watch."""
 
     pass
 
@@ -712,6 +763,23 @@ class EnclaveServiceStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def request_attestation(
+        self,
+        request_attestation_request: "RequestAttestationRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "RequestAttestationResponse":
+        return await self._unary_unary(
+            "/licensing.v1.EnclaveService/RequestAttestation",
+            request_attestation_request,
+            RequestAttestationResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class AuthServiceStub(betterproto.ServiceStub):
     async def sign_up(
@@ -874,6 +942,11 @@ class EnclaveServiceBase(ServiceBase):
     ) -> "DeleteEnclaveResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def request_attestation(
+        self, request_attestation_request: "RequestAttestationRequest"
+    ) -> "RequestAttestationResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_create_enclave(
         self,
         stream: "grpclib.server.Stream[CreateEnclaveRequest, CreateEnclaveResponse]",
@@ -917,6 +990,14 @@ class EnclaveServiceBase(ServiceBase):
         response = await self.delete_enclave(request)
         await stream.send_message(response)
 
+    async def __rpc_request_attestation(
+        self,
+        stream: "grpclib.server.Stream[RequestAttestationRequest, RequestAttestationResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.request_attestation(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/licensing.v1.EnclaveService/CreateEnclave": grpclib.const.Handler(
@@ -948,6 +1029,12 @@ class EnclaveServiceBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 DeleteEnclaveRequest,
                 DeleteEnclaveResponse,
+            ),
+            "/licensing.v1.EnclaveService/RequestAttestation": grpclib.const.Handler(
+                self.__rpc_request_attestation,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                RequestAttestationRequest,
+                RequestAttestationResponse,
             ),
         }
 

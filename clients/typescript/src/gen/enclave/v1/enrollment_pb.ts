@@ -10,7 +10,49 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file enclave/v1/enrollment.proto.
  */
 export const file_enclave_v1_enrollment: GenFile = /*@__PURE__*/
-  fileDesc("ChtlbmNsYXZlL3YxL2Vucm9sbG1lbnQucHJvdG8SCmVuY2xhdmUudjEiNAoNRW5yb2xsUmVxdWVzdBISCgplbmNsYXZlX2lkGAEgASgJEg8KB2Nzcl9wZW0YAiABKAkiRgoORW5yb2xsUmVzcG9uc2USFwoPY2VydGlmaWNhdGVfcGVtGAEgASgJEhsKE2NhX2NlcnRpZmljYXRlc19wZW0YAiADKAkyVAoRRW5yb2xsbWVudFNlcnZpY2USPwoGRW5yb2xsEhkuZW5jbGF2ZS52MS5FbnJvbGxSZXF1ZXN0GhouZW5jbGF2ZS52MS5FbnJvbGxSZXNwb25zZUI4WjZsaWNlbnNpbmcuaW50ZXJuYWwvY2xpZW50cy9nby9nZW4vZW5jbGF2ZS92MTtlbmNsYXZldjFiBnByb3RvMw");
+  fileDesc("ChtlbmNsYXZlL3YxL2Vucm9sbG1lbnQucHJvdG8SCmVuY2xhdmUudjEiLQoXV2F0Y2hSZXZvY2F0aW9uc1JlcXVlc3QSEgoKZW5jbGF2ZV9pZBgBIAEoCSIvChhXYXRjaFJldm9jYXRpb25zUmVzcG9uc2USEwoLc2Vzc2lvbl9pZHMYASADKAkiNAoNRW5yb2xsUmVxdWVzdBISCgplbmNsYXZlX2lkGAEgASgJEg8KB2Nzcl9wZW0YAiABKAkiRgoORW5yb2xsUmVzcG9uc2USFwoPY2VydGlmaWNhdGVfcGVtGAEgASgJEhsKE2NhX2NlcnRpZmljYXRlc19wZW0YAiADKAkytQEKEUVucm9sbG1lbnRTZXJ2aWNlEj8KBkVucm9sbBIZLmVuY2xhdmUudjEuRW5yb2xsUmVxdWVzdBoaLmVuY2xhdmUudjEuRW5yb2xsUmVzcG9uc2USXwoQV2F0Y2hSZXZvY2F0aW9ucxIjLmVuY2xhdmUudjEuV2F0Y2hSZXZvY2F0aW9uc1JlcXVlc3QaJC5lbmNsYXZlLnYxLldhdGNoUmV2b2NhdGlvbnNSZXNwb25zZTABQjhaNmxpY2Vuc2luZy5pbnRlcm5hbC9jbGllbnRzL2dvL2dlbi9lbmNsYXZlL3YxO2VuY2xhdmV2MWIGcHJvdG8z");
+
+/**
+ * WatchRevocationsRequest opens an enclave's revocation stream.
+ *
+ * @generated from message enclave.v1.WatchRevocationsRequest
+ */
+export type WatchRevocationsRequest = Message<"enclave.v1.WatchRevocationsRequest"> & {
+  /**
+   * The enclave's id, as in its ConfigMap.
+   *
+   * @generated from field: string enclave_id = 1;
+   */
+  enclaveId: string;
+};
+
+/**
+ * Describes the message enclave.v1.WatchRevocationsRequest.
+ * Use `create(WatchRevocationsRequestSchema)` to create a new message.
+ */
+export const WatchRevocationsRequestSchema: GenMessage<WatchRevocationsRequest> = /*@__PURE__*/
+  messageDesc(file_enclave_v1_enrollment, 0);
+
+/**
+ * WatchRevocationsResponse is one batch of revoked sessions.
+ *
+ * @generated from message enclave.v1.WatchRevocationsResponse
+ */
+export type WatchRevocationsResponse = Message<"enclave.v1.WatchRevocationsResponse"> & {
+  /**
+   * Session ids (the access token's sid claim) to refuse from now on.
+   *
+   * @generated from field: repeated string session_ids = 1;
+   */
+  sessionIds: string[];
+};
+
+/**
+ * Describes the message enclave.v1.WatchRevocationsResponse.
+ * Use `create(WatchRevocationsResponseSchema)` to create a new message.
+ */
+export const WatchRevocationsResponseSchema: GenMessage<WatchRevocationsResponse> = /*@__PURE__*/
+  messageDesc(file_enclave_v1_enrollment, 1);
 
 /**
  * EnrollRequest is the enclave's one message to the backend.
@@ -39,7 +81,7 @@ export type EnrollRequest = Message<"enclave.v1.EnrollRequest"> & {
  * Use `create(EnrollRequestSchema)` to create a new message.
  */
 export const EnrollRequestSchema: GenMessage<EnrollRequest> = /*@__PURE__*/
-  messageDesc(file_enclave_v1_enrollment, 0);
+  messageDesc(file_enclave_v1_enrollment, 2);
 
 /**
  * EnrollResponse carries what the enclave serves with.
@@ -67,7 +109,7 @@ export type EnrollResponse = Message<"enclave.v1.EnrollResponse"> & {
  * Use `create(EnrollResponseSchema)` to create a new message.
  */
 export const EnrollResponseSchema: GenMessage<EnrollResponse> = /*@__PURE__*/
-  messageDesc(file_enclave_v1_enrollment, 1);
+  messageDesc(file_enclave_v1_enrollment, 3);
 
 /**
  * EnrollmentService is served by the backend to enclave workloads that run
@@ -103,6 +145,21 @@ export const EnrollmentService: GenService<{
     methodKind: "unary";
     input: typeof EnrollRequestSchema;
     output: typeof EnrollResponseSchema;
+  },
+  /**
+   * WatchRevocations is the stream an enrolled enclave keeps open to the
+   * backend (the pipe's counterpart for pods): each response names sessions
+   * that were revoked (a logout), whose access tokens the enclave must refuse
+   * from then on. The first response repeats the recent revocations, so a
+   * stream opened again after a break misses none. Authenticated as Enroll is
+   * (the pod's projected token, for this very enclave's pod); the same errors.
+   *
+   * @generated from rpc enclave.v1.EnrollmentService.WatchRevocations
+   */
+  watchRevocations: {
+    methodKind: "server_streaming";
+    input: typeof WatchRevocationsRequestSchema;
+    output: typeof WatchRevocationsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_enclave_v1_enrollment, 0);

@@ -38,7 +38,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file licensing/v1/enclave.proto.
  */
 export const file_licensing_v1_enclave: GenFile = /*@__PURE__*/
-  fileDesc("ChpsaWNlbnNpbmcvdjEvZW5jbGF2ZS5wcm90bxIMbGljZW5zaW5nLnYxIpoCCgdFbmNsYXZlEgoKAmlkGAEgASgJEg0KBW93bmVyGAIgASgJEiIKBXBoYXNlGAMgASgOMhMubGljZW5zaW5nLnYxLlBoYXNlEhAKCGVuZHBvaW50GAQgASgJEhcKD3Rsc19zZXJ2ZXJfbmFtZRgFIAEoCRIXCg9jZXJ0aWZpY2F0ZV9wZW0YBiABKAkSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpyZXF1ZXN0X2lkGAkgASgJEhYKDmZhaWx1cmVfcmVhc29uGAogASgJIjkKFENyZWF0ZUVuY2xhdmVSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSDQoFbm9uY2UYAiABKAwi9AEKFUNyZWF0ZUVuY2xhdmVSZXNwb25zZRISCgplbmNsYXZlX2lkGAEgASgJEiIKBXBoYXNlGAIgASgOMhMubGljZW5zaW5nLnYxLlBoYXNlEg8KB21lc3NhZ2UYAyABKAkSEAoIc2VxdWVuY2UYBCABKAQSKAoEdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJgoHZW5jbGF2ZRgGIAEoCzIVLmxpY2Vuc2luZy52MS5FbmNsYXZlEi4KC2F0dGVzdGF0aW9uGAcgASgLMhkubGljZW5zaW5nLnYxLkF0dGVzdGF0aW9uIkAKE1dhdGNoRW5jbGF2ZVJlcXVlc3QSEgoKZW5jbGF2ZV9pZBgBIAEoCRIVCg1mcm9tX3NlcXVlbmNlGAIgASgEIvMBChRXYXRjaEVuY2xhdmVSZXNwb25zZRISCgplbmNsYXZlX2lkGAEgASgJEiIKBXBoYXNlGAIgASgOMhMubGljZW5zaW5nLnYxLlBoYXNlEg8KB21lc3NhZ2UYAyABKAkSEAoIc2VxdWVuY2UYBCABKAQSKAoEdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJgoHZW5jbGF2ZRgGIAEoCzIVLmxpY2Vuc2luZy52MS5FbmNsYXZlEi4KC2F0dGVzdGF0aW9uGAcgASgLMhkubGljZW5zaW5nLnYxLkF0dGVzdGF0aW9uIicKEUdldEVuY2xhdmVSZXF1ZXN0EhIKCmVuY2xhdmVfaWQYASABKAkiPAoSR2V0RW5jbGF2ZVJlc3BvbnNlEiYKB2VuY2xhdmUYASABKAsyFS5saWNlbnNpbmcudjEuRW5jbGF2ZSI8ChNMaXN0RW5jbGF2ZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIlgKFExpc3RFbmNsYXZlc1Jlc3BvbnNlEicKCGVuY2xhdmVzGAEgAygLMhUubGljZW5zaW5nLnYxLkVuY2xhdmUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIioKFERlbGV0ZUVuY2xhdmVSZXF1ZXN0EhIKCmVuY2xhdmVfaWQYASABKAkiFwoVRGVsZXRlRW5jbGF2ZVJlc3BvbnNlKtcBCgVQaGFzZRIVChFQSEFTRV9VTlNQRUNJRklFRBAAEhIKDlBIQVNFX0FDQ0VQVEVEEAESEwoPUEhBU0VfU0NIRURVTEVEEAISEQoNUEhBU0VfUlVOTklORxADEhwKGFBIQVNFX0NFUlRJRklDQVRFX0lTU1VFRBAEEg8KC1BIQVNFX1JFQURZEAUSEwoPUEhBU0VfQVRURVNUSU5HEAYSEgoOUEhBU0VfQVRURVNURUQQBxIQCgxQSEFTRV9GQUlMRUQQCBIRCg1QSEFTRV9ERUxFVEVEEAkyxwMKDkVuY2xhdmVTZXJ2aWNlEloKDUNyZWF0ZUVuY2xhdmUSIi5saWNlbnNpbmcudjEuQ3JlYXRlRW5jbGF2ZVJlcXVlc3QaIy5saWNlbnNpbmcudjEuQ3JlYXRlRW5jbGF2ZVJlc3BvbnNlMAESVwoMV2F0Y2hFbmNsYXZlEiEubGljZW5zaW5nLnYxLldhdGNoRW5jbGF2ZVJlcXVlc3QaIi5saWNlbnNpbmcudjEuV2F0Y2hFbmNsYXZlUmVzcG9uc2UwARJPCgpHZXRFbmNsYXZlEh8ubGljZW5zaW5nLnYxLkdldEVuY2xhdmVSZXF1ZXN0GiAubGljZW5zaW5nLnYxLkdldEVuY2xhdmVSZXNwb25zZRJVCgxMaXN0RW5jbGF2ZXMSIS5saWNlbnNpbmcudjEuTGlzdEVuY2xhdmVzUmVxdWVzdBoiLmxpY2Vuc2luZy52MS5MaXN0RW5jbGF2ZXNSZXNwb25zZRJYCg1EZWxldGVFbmNsYXZlEiIubGljZW5zaW5nLnYxLkRlbGV0ZUVuY2xhdmVSZXF1ZXN0GiMubGljZW5zaW5nLnYxLkRlbGV0ZUVuY2xhdmVSZXNwb25zZUI8WjpsaWNlbnNpbmcuaW50ZXJuYWwvY2xpZW50cy9nby9nZW4vbGljZW5zaW5nL3YxO2xpY2Vuc2luZ3YxYgZwcm90bzM", [file_google_protobuf_timestamp, file_licensing_v1_attestation]);
+  fileDesc("ChpsaWNlbnNpbmcvdjEvZW5jbGF2ZS5wcm90bxIMbGljZW5zaW5nLnYxIpoCCgdFbmNsYXZlEgoKAmlkGAEgASgJEg0KBW93bmVyGAIgASgJEiIKBXBoYXNlGAMgASgOMhMubGljZW5zaW5nLnYxLlBoYXNlEhAKCGVuZHBvaW50GAQgASgJEhcKD3Rsc19zZXJ2ZXJfbmFtZRgFIAEoCRIXCg9jZXJ0aWZpY2F0ZV9wZW0YBiABKAkSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpyZXF1ZXN0X2lkGAkgASgJEhYKDmZhaWx1cmVfcmVhc29uGAogASgJIlYKFENyZWF0ZUVuY2xhdmVSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSDQoFbm9uY2UYAiABKAwSGwoTZm9sbG93X2F0dGVzdGF0aW9ucxgDIAEoCCKPAgoVQ3JlYXRlRW5jbGF2ZVJlc3BvbnNlEhIKCmVuY2xhdmVfaWQYASABKAkSIgoFcGhhc2UYAiABKA4yEy5saWNlbnNpbmcudjEuUGhhc2USDwoHbWVzc2FnZRgDIAEoCRIQCghzZXF1ZW5jZRgEIAEoBBIoCgR0aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBImCgdlbmNsYXZlGAYgASgLMhUubGljZW5zaW5nLnYxLkVuY2xhdmUSLgoLYXR0ZXN0YXRpb24YByABKAsyGS5saWNlbnNpbmcudjEuQXR0ZXN0YXRpb24SGQoRYXR0ZXN0YXRpb25fcm91bmQYCCABKAQieAoTV2F0Y2hFbmNsYXZlUmVxdWVzdBISCgplbmNsYXZlX2lkGAEgASgJEhUKDWZyb21fc2VxdWVuY2UYAiABKAQSGwoTZm9sbG93X2F0dGVzdGF0aW9ucxgDIAEoCBIZChFhdHRlc3RhdGlvbl9ub25jZRgEIAEoDCKOAgoUV2F0Y2hFbmNsYXZlUmVzcG9uc2USEgoKZW5jbGF2ZV9pZBgBIAEoCRIiCgVwaGFzZRgCIAEoDjITLmxpY2Vuc2luZy52MS5QaGFzZRIPCgdtZXNzYWdlGAMgASgJEhAKCHNlcXVlbmNlGAQgASgEEigKBHRpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiYKB2VuY2xhdmUYBiABKAsyFS5saWNlbnNpbmcudjEuRW5jbGF2ZRIuCgthdHRlc3RhdGlvbhgHIAEoCzIZLmxpY2Vuc2luZy52MS5BdHRlc3RhdGlvbhIZChFhdHRlc3RhdGlvbl9yb3VuZBgIIAEoBCInChFHZXRFbmNsYXZlUmVxdWVzdBISCgplbmNsYXZlX2lkGAEgASgJIjwKEkdldEVuY2xhdmVSZXNwb25zZRImCgdlbmNsYXZlGAEgASgLMhUubGljZW5zaW5nLnYxLkVuY2xhdmUiPAoTTGlzdEVuY2xhdmVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJYChRMaXN0RW5jbGF2ZXNSZXNwb25zZRInCghlbmNsYXZlcxgBIAMoCzIVLmxpY2Vuc2luZy52MS5FbmNsYXZlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIqChREZWxldGVFbmNsYXZlUmVxdWVzdBISCgplbmNsYXZlX2lkGAEgASgJIhcKFURlbGV0ZUVuY2xhdmVSZXNwb25zZSI+ChlSZXF1ZXN0QXR0ZXN0YXRpb25SZXF1ZXN0EhIKCmVuY2xhdmVfaWQYASABKAkSDQoFbm9uY2UYAiABKAwiHAoaUmVxdWVzdEF0dGVzdGF0aW9uUmVzcG9uc2Uq1wEKBVBoYXNlEhUKEVBIQVNFX1VOU1BFQ0lGSUVEEAASEgoOUEhBU0VfQUNDRVBURUQQARITCg9QSEFTRV9TQ0hFRFVMRUQQAhIRCg1QSEFTRV9SVU5OSU5HEAMSHAoYUEhBU0VfQ0VSVElGSUNBVEVfSVNTVUVEEAQSDwoLUEhBU0VfUkVBRFkQBRITCg9QSEFTRV9BVFRFU1RJTkcQBhISCg5QSEFTRV9BVFRFU1RFRBAHEhAKDFBIQVNFX0ZBSUxFRBAIEhEKDVBIQVNFX0RFTEVURUQQCTKwBAoORW5jbGF2ZVNlcnZpY2USWgoNQ3JlYXRlRW5jbGF2ZRIiLmxpY2Vuc2luZy52MS5DcmVhdGVFbmNsYXZlUmVxdWVzdBojLmxpY2Vuc2luZy52MS5DcmVhdGVFbmNsYXZlUmVzcG9uc2UwARJXCgxXYXRjaEVuY2xhdmUSIS5saWNlbnNpbmcudjEuV2F0Y2hFbmNsYXZlUmVxdWVzdBoiLmxpY2Vuc2luZy52MS5XYXRjaEVuY2xhdmVSZXNwb25zZTABEk8KCkdldEVuY2xhdmUSHy5saWNlbnNpbmcudjEuR2V0RW5jbGF2ZVJlcXVlc3QaIC5saWNlbnNpbmcudjEuR2V0RW5jbGF2ZVJlc3BvbnNlElUKDExpc3RFbmNsYXZlcxIhLmxpY2Vuc2luZy52MS5MaXN0RW5jbGF2ZXNSZXF1ZXN0GiIubGljZW5zaW5nLnYxLkxpc3RFbmNsYXZlc1Jlc3BvbnNlElgKDURlbGV0ZUVuY2xhdmUSIi5saWNlbnNpbmcudjEuRGVsZXRlRW5jbGF2ZVJlcXVlc3QaIy5saWNlbnNpbmcudjEuRGVsZXRlRW5jbGF2ZVJlc3BvbnNlEmcKElJlcXVlc3RBdHRlc3RhdGlvbhInLmxpY2Vuc2luZy52MS5SZXF1ZXN0QXR0ZXN0YXRpb25SZXF1ZXN0GigubGljZW5zaW5nLnYxLlJlcXVlc3RBdHRlc3RhdGlvblJlc3BvbnNlQjxaOmxpY2Vuc2luZy5pbnRlcm5hbC9jbGllbnRzL2dvL2dlbi9saWNlbnNpbmcvdjE7bGljZW5zaW5ndjFiBnByb3RvMw", [file_google_protobuf_timestamp, file_licensing_v1_attestation]);
 
 /**
  * Enclave is one enclave as its owner sees it.
@@ -158,6 +158,14 @@ export type CreateEnclaveRequest = Message<"licensing.v1.CreateEnclaveRequest"> 
    * @generated from field: bytes nonce = 2;
    */
   nonce: Uint8Array;
+
+  /**
+   * Keep the stream open after ATTESTED: one ATTESTED event per
+   * re-attestation round (attestation_round > 0), until FAILED or DELETED.
+   *
+   * @generated from field: bool follow_attestations = 3;
+   */
+  followAttestations: boolean;
 };
 
 /**
@@ -221,6 +229,14 @@ export type CreateEnclaveResponse = Message<"licensing.v1.CreateEnclaveResponse"
    * @generated from field: licensing.v1.Attestation attestation = 7;
    */
   attestation?: Attestation | undefined;
+
+  /**
+   * 0 on the provisioning attestation; on a re-attestation event, the
+   * backend's round that produced it (rounds count up from 1 per backend run).
+   *
+   * @generated from field: uint64 attestation_round = 8;
+   */
+  attestationRound: bigint;
 };
 
 /**
@@ -249,6 +265,22 @@ export type WatchEnclaveRequest = Message<"licensing.v1.WatchEnclaveRequest"> & 
    * @generated from field: uint64 from_sequence = 2;
    */
   fromSequence: bigint;
+
+  /**
+   * Keep the stream open after ATTESTED and receive every re-attestation
+   * (an ATTESTED event with attestation_round > 0) until FAILED or DELETED.
+   *
+   * @generated from field: bool follow_attestations = 3;
+   */
+  followAttestations: boolean;
+
+  /**
+   * Optional, 16 to 64 bytes: the next round also quotes over this nonce,
+   * and the stream carries that attestation (as RequestAttestation does).
+   *
+   * @generated from field: bytes attestation_nonce = 4;
+   */
+  attestationNonce: Uint8Array;
 };
 
 /**
@@ -312,6 +344,14 @@ export type WatchEnclaveResponse = Message<"licensing.v1.WatchEnclaveResponse"> 
    * @generated from field: licensing.v1.Attestation attestation = 7;
    */
   attestation?: Attestation | undefined;
+
+  /**
+   * 0 on the provisioning attestation; on a re-attestation event, the
+   * backend's round that produced it (rounds count up from 1 per backend run).
+   *
+   * @generated from field: uint64 attestation_round = 8;
+   */
+  attestationRound: bigint;
 };
 
 /**
@@ -455,6 +495,50 @@ export type DeleteEnclaveResponse = Message<"licensing.v1.DeleteEnclaveResponse"
  */
 export const DeleteEnclaveResponseSchema: GenMessage<DeleteEnclaveResponse> = /*@__PURE__*/
   messageDesc(file_licensing_v1_enclave, 10);
+
+/**
+ * RequestAttestationRequest asks for a re-attestation over the client's own
+ * nonce; it arrives within one round as an event on the enclave's watch.
+ *
+ * @generated from message licensing.v1.RequestAttestationRequest
+ */
+export type RequestAttestationRequest = Message<"licensing.v1.RequestAttestationRequest"> & {
+  /**
+   * The caller's enclave.
+   *
+   * @generated from field: string enclave_id = 1;
+   */
+  enclaveId: string;
+
+  /**
+   * 16 to 64 bytes chosen by the client; the re-attestation binds it.
+   *
+   * @generated from field: bytes nonce = 2;
+   */
+  nonce: Uint8Array;
+};
+
+/**
+ * Describes the message licensing.v1.RequestAttestationRequest.
+ * Use `create(RequestAttestationRequestSchema)` to create a new message.
+ */
+export const RequestAttestationRequestSchema: GenMessage<RequestAttestationRequest> = /*@__PURE__*/
+  messageDesc(file_licensing_v1_enclave, 11);
+
+/**
+ * RequestAttestationResponse is empty: the event comes on the watch.
+ *
+ * @generated from message licensing.v1.RequestAttestationResponse
+ */
+export type RequestAttestationResponse = Message<"licensing.v1.RequestAttestationResponse"> & {
+};
+
+/**
+ * Describes the message licensing.v1.RequestAttestationResponse.
+ * Use `create(RequestAttestationResponseSchema)` to create a new message.
+ */
+export const RequestAttestationResponseSchema: GenMessage<RequestAttestationResponse> = /*@__PURE__*/
+  messageDesc(file_licensing_v1_enclave, 12);
 
 /**
  * Phase is where an enclave is in its life.
@@ -603,6 +687,18 @@ export const EnclaveService: GenService<{
     methodKind: "unary";
     input: typeof DeleteEnclaveRequestSchema;
     output: typeof DeleteEnclaveResponseSchema;
+  },
+  /**
+   * RequestAttestation asks for the enclave's next re-attestation round to
+   * cover the caller's own nonce: within one round every watcher that follows
+   * attestations receives an ATTESTED event whose attestation binds it.
+   *
+   * @generated from rpc licensing.v1.EnclaveService.RequestAttestation
+   */
+  requestAttestation: {
+    methodKind: "unary";
+    input: typeof RequestAttestationRequestSchema;
+    output: typeof RequestAttestationResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_licensing_v1_enclave, 0);

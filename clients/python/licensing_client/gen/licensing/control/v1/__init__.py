@@ -85,6 +85,21 @@ class GetCaCertificatesResponse(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class RevokeSessionsRequest(betterproto.Message):
+    """RevokeSessionsRequest names the sessions the frontend revoked."""
+
+    session_ids: List[str] = betterproto.string_field(1)
+    """Session ids (the access token's sid claim)."""
+
+
+@dataclass(eq=False, repr=False)
+class RevokeSessionsResponse(betterproto.Message):
+    """RevokeSessionsResponse is empty: the backend took the revocations."""
+
+    pass
+
+
+@dataclass(eq=False, repr=False)
 class ProvisionRequest(betterproto.Message):
     """ProvisionRequest names a reserved enclave to bring up."""
 
@@ -135,6 +150,30 @@ class DeprovisionRequest(betterproto.Message):
 @dataclass(eq=False, repr=False)
 class DeprovisionResponse(betterproto.Message):
     """DeprovisionResponse is empty."""
+
+    pass
+
+
+@dataclass(eq=False, repr=False)
+class RequestReattestationRequest(betterproto.Message):
+    """
+    RequestReattestationRequest names the enclave and the client's nonce.
+    """
+
+    enclave_id: str = betterproto.string_field(1)
+    """The enclave to re-attest in the next round."""
+
+    nonce: bytes = betterproto.bytes_field(2)
+    """
+    16 to 64 bytes chosen by the client; the round's event quotes over it.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class RequestReattestationResponse(betterproto.Message):
+    """
+    RequestReattestationResponse is empty: the nonce waits for the next round.
+    """
 
     pass
 
@@ -230,6 +269,23 @@ class ProvisioningServiceStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def revoke_sessions(
+        self,
+        revoke_sessions_request: "RevokeSessionsRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "RevokeSessionsResponse":
+        return await self._unary_unary(
+            "/licensing.control.v1.ProvisioningService/RevokeSessions",
+            revoke_sessions_request,
+            RevokeSessionsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class QuoteServiceStub(betterproto.ServiceStub):
     async def quote(
@@ -244,6 +300,23 @@ class QuoteServiceStub(betterproto.ServiceStub):
             "/licensing.control.v1.QuoteService/Quote",
             quote_request,
             QuoteResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def request_reattestation(
+        self,
+        request_reattestation_request: "RequestReattestationRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "RequestReattestationResponse":
+        return await self._unary_unary(
+            "/licensing.control.v1.QuoteService/RequestReattestation",
+            request_reattestation_request,
+            RequestReattestationResponse,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -308,6 +381,11 @@ class ProvisioningServiceBase(ServiceBase):
     ) -> "DeprovisionResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def revoke_sessions(
+        self, revoke_sessions_request: "RevokeSessionsRequest"
+    ) -> "RevokeSessionsResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_provision(
         self, stream: "grpclib.server.Stream[ProvisionRequest, ProvisionResponse]"
     ) -> None:
@@ -325,6 +403,14 @@ class ProvisioningServiceBase(ServiceBase):
         response = await self.deprovision(request)
         await stream.send_message(response)
 
+    async def __rpc_revoke_sessions(
+        self,
+        stream: "grpclib.server.Stream[RevokeSessionsRequest, RevokeSessionsResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.revoke_sessions(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/licensing.control.v1.ProvisioningService/Provision": grpclib.const.Handler(
@@ -339,12 +425,23 @@ class ProvisioningServiceBase(ServiceBase):
                 DeprovisionRequest,
                 DeprovisionResponse,
             ),
+            "/licensing.control.v1.ProvisioningService/RevokeSessions": grpclib.const.Handler(
+                self.__rpc_revoke_sessions,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                RevokeSessionsRequest,
+                RevokeSessionsResponse,
+            ),
         }
 
 
 class QuoteServiceBase(ServiceBase):
 
     async def quote(self, quote_request: "QuoteRequest") -> "QuoteResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def request_reattestation(
+        self, request_reattestation_request: "RequestReattestationRequest"
+    ) -> "RequestReattestationResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_quote(
@@ -354,6 +451,14 @@ class QuoteServiceBase(ServiceBase):
         response = await self.quote(request)
         await stream.send_message(response)
 
+    async def __rpc_request_reattestation(
+        self,
+        stream: "grpclib.server.Stream[RequestReattestationRequest, RequestReattestationResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.request_reattestation(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/licensing.control.v1.QuoteService/Quote": grpclib.const.Handler(
@@ -361,5 +466,11 @@ class QuoteServiceBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 QuoteRequest,
                 QuoteResponse,
+            ),
+            "/licensing.control.v1.QuoteService/RequestReattestation": grpclib.const.Handler(
+                self.__rpc_request_reattestation,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                RequestReattestationRequest,
+                RequestReattestationResponse,
             ),
         }

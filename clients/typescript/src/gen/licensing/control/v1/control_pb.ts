@@ -57,7 +57,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file licensing/control/v1/control.proto.
  */
 export const file_licensing_control_v1_control: GenFile = /*@__PURE__*/
-  fileDesc("CiJsaWNlbnNpbmcvY29udHJvbC92MS9jb250cm9sLnByb3RvEhRsaWNlbnNpbmcuY29udHJvbC52MSJqChpTaWduVXNlckNlcnRpZmljYXRlUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEg8KB2Nzcl9wZW0YAyABKAkSGAoQbGlmZXRpbWVfc2Vjb25kcxgEIAEoDSKgAQobU2lnblVzZXJDZXJ0aWZpY2F0ZVJlc3BvbnNlEhcKD2NlcnRpZmljYXRlX3BlbRgBIAEoCRIaChJjZXJ0aWZpY2F0ZV9zaGEyNTYYAiABKAwSLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhsKE2NhX2NlcnRpZmljYXRlc19wZW0YBCADKAkiGgoYR2V0Q2FDZXJ0aWZpY2F0ZXNSZXF1ZXN0IloKGUdldENhQ2VydGlmaWNhdGVzUmVzcG9uc2USGwoTY2FfY2VydGlmaWNhdGVzX3BlbRgBIAMoCRIgChhha19jZXJ0aWZpY2F0ZV9jaGFpbl9wZW0YAiADKAkiaAoQUHJvdmlzaW9uUmVxdWVzdBISCgplbmNsYXZlX2lkGAEgASgJEg0KBW93bmVyGAIgASgJEhEKCWp3a3NfanNvbhgFIAEoCUoECAMQBEoECAQQBVIFbm9uY2VSC2V4cGlyZV90aW1lIroBChFQcm92aXNpb25SZXNwb25zZRISCgplbmNsYXZlX2lkGAEgASgJEiIKBXBoYXNlGAIgASgOMhMubGljZW5zaW5nLnYxLlBoYXNlEg8KB21lc3NhZ2UYAyABKAkSEAoIc2VxdWVuY2UYBCABKAQSKAoEdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBKBAgGEAdKBAgHEAhSB2VuY2xhdmVSC2F0dGVzdGF0aW9uIigKEkRlcHJvdmlzaW9uUmVxdWVzdBISCgplbmNsYXZlX2lkGAEgASgJIhUKE0RlcHJvdmlzaW9uUmVzcG9uc2UiMQoMUXVvdGVSZXF1ZXN0EhIKCmVuY2xhdmVfaWQYASABKAkSDQoFbm9uY2UYAiABKAwiPwoNUXVvdGVSZXNwb25zZRIuCgthdHRlc3RhdGlvbhgBIAEoCzIZLmxpY2Vuc2luZy52MS5BdHRlc3RhdGlvbjKGAgoSQ2VydGlmaWNhdGVTZXJ2aWNlEnoKE1NpZ25Vc2VyQ2VydGlmaWNhdGUSMC5saWNlbnNpbmcuY29udHJvbC52MS5TaWduVXNlckNlcnRpZmljYXRlUmVxdWVzdBoxLmxpY2Vuc2luZy5jb250cm9sLnYxLlNpZ25Vc2VyQ2VydGlmaWNhdGVSZXNwb25zZRJ0ChFHZXRDYUNlcnRpZmljYXRlcxIuLmxpY2Vuc2luZy5jb250cm9sLnYxLkdldENhQ2VydGlmaWNhdGVzUmVxdWVzdBovLmxpY2Vuc2luZy5jb250cm9sLnYxLkdldENhQ2VydGlmaWNhdGVzUmVzcG9uc2Uy2QEKE1Byb3Zpc2lvbmluZ1NlcnZpY2USXgoJUHJvdmlzaW9uEiYubGljZW5zaW5nLmNvbnRyb2wudjEuUHJvdmlzaW9uUmVxdWVzdBonLmxpY2Vuc2luZy5jb250cm9sLnYxLlByb3Zpc2lvblJlc3BvbnNlMAESYgoLRGVwcm92aXNpb24SKC5saWNlbnNpbmcuY29udHJvbC52MS5EZXByb3Zpc2lvblJlcXVlc3QaKS5saWNlbnNpbmcuY29udHJvbC52MS5EZXByb3Zpc2lvblJlc3BvbnNlMmAKDFF1b3RlU2VydmljZRJQCgVRdW90ZRIiLmxpY2Vuc2luZy5jb250cm9sLnYxLlF1b3RlUmVxdWVzdBojLmxpY2Vuc2luZy5jb250cm9sLnYxLlF1b3RlUmVzcG9uc2VCQlpAbGljZW5zaW5nLmludGVybmFsL2NsaWVudHMvZ28vZ2VuL2xpY2Vuc2luZy9jb250cm9sL3YxO2NvbnRyb2x2MWIGcHJvdG8z", [file_google_protobuf_timestamp, file_licensing_v1_attestation, file_licensing_v1_enclave]);
+  fileDesc("CiJsaWNlbnNpbmcvY29udHJvbC92MS9jb250cm9sLnByb3RvEhRsaWNlbnNpbmcuY29udHJvbC52MSJqChpTaWduVXNlckNlcnRpZmljYXRlUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEg8KB2Nzcl9wZW0YAyABKAkSGAoQbGlmZXRpbWVfc2Vjb25kcxgEIAEoDSKgAQobU2lnblVzZXJDZXJ0aWZpY2F0ZVJlc3BvbnNlEhcKD2NlcnRpZmljYXRlX3BlbRgBIAEoCRIaChJjZXJ0aWZpY2F0ZV9zaGEyNTYYAiABKAwSLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhsKE2NhX2NlcnRpZmljYXRlc19wZW0YBCADKAkiGgoYR2V0Q2FDZXJ0aWZpY2F0ZXNSZXF1ZXN0IloKGUdldENhQ2VydGlmaWNhdGVzUmVzcG9uc2USGwoTY2FfY2VydGlmaWNhdGVzX3BlbRgBIAMoCRIgChhha19jZXJ0aWZpY2F0ZV9jaGFpbl9wZW0YAiADKAkiLAoVUmV2b2tlU2Vzc2lvbnNSZXF1ZXN0EhMKC3Nlc3Npb25faWRzGAEgAygJIhgKFlJldm9rZVNlc3Npb25zUmVzcG9uc2UiaAoQUHJvdmlzaW9uUmVxdWVzdBISCgplbmNsYXZlX2lkGAEgASgJEg0KBW93bmVyGAIgASgJEhEKCWp3a3NfanNvbhgFIAEoCUoECAMQBEoECAQQBVIFbm9uY2VSC2V4cGlyZV90aW1lIroBChFQcm92aXNpb25SZXNwb25zZRISCgplbmNsYXZlX2lkGAEgASgJEiIKBXBoYXNlGAIgASgOMhMubGljZW5zaW5nLnYxLlBoYXNlEg8KB21lc3NhZ2UYAyABKAkSEAoIc2VxdWVuY2UYBCABKAQSKAoEdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBKBAgGEAdKBAgHEAhSB2VuY2xhdmVSC2F0dGVzdGF0aW9uIigKEkRlcHJvdmlzaW9uUmVxdWVzdBISCgplbmNsYXZlX2lkGAEgASgJIhUKE0RlcHJvdmlzaW9uUmVzcG9uc2UiQAobUmVxdWVzdFJlYXR0ZXN0YXRpb25SZXF1ZXN0EhIKCmVuY2xhdmVfaWQYASABKAkSDQoFbm9uY2UYAiABKAwiHgocUmVxdWVzdFJlYXR0ZXN0YXRpb25SZXNwb25zZSIxCgxRdW90ZVJlcXVlc3QSEgoKZW5jbGF2ZV9pZBgBIAEoCRINCgVub25jZRgCIAEoDCI/Cg1RdW90ZVJlc3BvbnNlEi4KC2F0dGVzdGF0aW9uGAEgASgLMhkubGljZW5zaW5nLnYxLkF0dGVzdGF0aW9uMoYCChJDZXJ0aWZpY2F0ZVNlcnZpY2USegoTU2lnblVzZXJDZXJ0aWZpY2F0ZRIwLmxpY2Vuc2luZy5jb250cm9sLnYxLlNpZ25Vc2VyQ2VydGlmaWNhdGVSZXF1ZXN0GjEubGljZW5zaW5nLmNvbnRyb2wudjEuU2lnblVzZXJDZXJ0aWZpY2F0ZVJlc3BvbnNlEnQKEUdldENhQ2VydGlmaWNhdGVzEi4ubGljZW5zaW5nLmNvbnRyb2wudjEuR2V0Q2FDZXJ0aWZpY2F0ZXNSZXF1ZXN0Gi8ubGljZW5zaW5nLmNvbnRyb2wudjEuR2V0Q2FDZXJ0aWZpY2F0ZXNSZXNwb25zZTLGAgoTUHJvdmlzaW9uaW5nU2VydmljZRJeCglQcm92aXNpb24SJi5saWNlbnNpbmcuY29udHJvbC52MS5Qcm92aXNpb25SZXF1ZXN0GicubGljZW5zaW5nLmNvbnRyb2wudjEuUHJvdmlzaW9uUmVzcG9uc2UwARJiCgtEZXByb3Zpc2lvbhIoLmxpY2Vuc2luZy5jb250cm9sLnYxLkRlcHJvdmlzaW9uUmVxdWVzdBopLmxpY2Vuc2luZy5jb250cm9sLnYxLkRlcHJvdmlzaW9uUmVzcG9uc2USawoOUmV2b2tlU2Vzc2lvbnMSKy5saWNlbnNpbmcuY29udHJvbC52MS5SZXZva2VTZXNzaW9uc1JlcXVlc3QaLC5saWNlbnNpbmcuY29udHJvbC52MS5SZXZva2VTZXNzaW9uc1Jlc3BvbnNlMt8BCgxRdW90ZVNlcnZpY2USUAoFUXVvdGUSIi5saWNlbnNpbmcuY29udHJvbC52MS5RdW90ZVJlcXVlc3QaIy5saWNlbnNpbmcuY29udHJvbC52MS5RdW90ZVJlc3BvbnNlEn0KFFJlcXVlc3RSZWF0dGVzdGF0aW9uEjEubGljZW5zaW5nLmNvbnRyb2wudjEuUmVxdWVzdFJlYXR0ZXN0YXRpb25SZXF1ZXN0GjIubGljZW5zaW5nLmNvbnRyb2wudjEuUmVxdWVzdFJlYXR0ZXN0YXRpb25SZXNwb25zZUJCWkBsaWNlbnNpbmcuaW50ZXJuYWwvY2xpZW50cy9nby9nZW4vbGljZW5zaW5nL2NvbnRyb2wvdjE7Y29udHJvbHYxYgZwcm90bzM", [file_google_protobuf_timestamp, file_licensing_v1_attestation, file_licensing_v1_enclave]);
 
 /**
  * SignUserCertificateRequest is a user's CSR, checked by the frontend's
@@ -188,6 +188,42 @@ export const GetCaCertificatesResponseSchema: GenMessage<GetCaCertificatesRespon
   messageDesc(file_licensing_control_v1_control, 3);
 
 /**
+ * RevokeSessionsRequest names the sessions the frontend revoked.
+ *
+ * @generated from message licensing.control.v1.RevokeSessionsRequest
+ */
+export type RevokeSessionsRequest = Message<"licensing.control.v1.RevokeSessionsRequest"> & {
+  /**
+   * Session ids (the access token's sid claim).
+   *
+   * @generated from field: repeated string session_ids = 1;
+   */
+  sessionIds: string[];
+};
+
+/**
+ * Describes the message licensing.control.v1.RevokeSessionsRequest.
+ * Use `create(RevokeSessionsRequestSchema)` to create a new message.
+ */
+export const RevokeSessionsRequestSchema: GenMessage<RevokeSessionsRequest> = /*@__PURE__*/
+  messageDesc(file_licensing_control_v1_control, 4);
+
+/**
+ * RevokeSessionsResponse is empty: the backend took the revocations.
+ *
+ * @generated from message licensing.control.v1.RevokeSessionsResponse
+ */
+export type RevokeSessionsResponse = Message<"licensing.control.v1.RevokeSessionsResponse"> & {
+};
+
+/**
+ * Describes the message licensing.control.v1.RevokeSessionsResponse.
+ * Use `create(RevokeSessionsResponseSchema)` to create a new message.
+ */
+export const RevokeSessionsResponseSchema: GenMessage<RevokeSessionsResponse> = /*@__PURE__*/
+  messageDesc(file_licensing_control_v1_control, 5);
+
+/**
  * ProvisionRequest names a reserved enclave to bring up.
  *
  * @generated from message licensing.control.v1.ProvisionRequest
@@ -221,7 +257,7 @@ export type ProvisionRequest = Message<"licensing.control.v1.ProvisionRequest"> 
  * Use `create(ProvisionRequestSchema)` to create a new message.
  */
 export const ProvisionRequestSchema: GenMessage<ProvisionRequest> = /*@__PURE__*/
-  messageDesc(file_licensing_control_v1_control, 4);
+  messageDesc(file_licensing_control_v1_control, 6);
 
 /**
  * One event of the enclave's history. The frontend reads the enclave and its
@@ -271,7 +307,7 @@ export type ProvisionResponse = Message<"licensing.control.v1.ProvisionResponse"
  * Use `create(ProvisionResponseSchema)` to create a new message.
  */
 export const ProvisionResponseSchema: GenMessage<ProvisionResponse> = /*@__PURE__*/
-  messageDesc(file_licensing_control_v1_control, 5);
+  messageDesc(file_licensing_control_v1_control, 7);
 
 /**
  * DeprovisionRequest names the enclave to remove.
@@ -292,7 +328,7 @@ export type DeprovisionRequest = Message<"licensing.control.v1.DeprovisionReques
  * Use `create(DeprovisionRequestSchema)` to create a new message.
  */
 export const DeprovisionRequestSchema: GenMessage<DeprovisionRequest> = /*@__PURE__*/
-  messageDesc(file_licensing_control_v1_control, 6);
+  messageDesc(file_licensing_control_v1_control, 8);
 
 /**
  * DeprovisionResponse is empty.
@@ -307,7 +343,50 @@ export type DeprovisionResponse = Message<"licensing.control.v1.DeprovisionRespo
  * Use `create(DeprovisionResponseSchema)` to create a new message.
  */
 export const DeprovisionResponseSchema: GenMessage<DeprovisionResponse> = /*@__PURE__*/
-  messageDesc(file_licensing_control_v1_control, 7);
+  messageDesc(file_licensing_control_v1_control, 9);
+
+/**
+ * RequestReattestationRequest names the enclave and the client's nonce.
+ *
+ * @generated from message licensing.control.v1.RequestReattestationRequest
+ */
+export type RequestReattestationRequest = Message<"licensing.control.v1.RequestReattestationRequest"> & {
+  /**
+   * The enclave to re-attest in the next round.
+   *
+   * @generated from field: string enclave_id = 1;
+   */
+  enclaveId: string;
+
+  /**
+   * 16 to 64 bytes chosen by the client; the round's event quotes over it.
+   *
+   * @generated from field: bytes nonce = 2;
+   */
+  nonce: Uint8Array;
+};
+
+/**
+ * Describes the message licensing.control.v1.RequestReattestationRequest.
+ * Use `create(RequestReattestationRequestSchema)` to create a new message.
+ */
+export const RequestReattestationRequestSchema: GenMessage<RequestReattestationRequest> = /*@__PURE__*/
+  messageDesc(file_licensing_control_v1_control, 10);
+
+/**
+ * RequestReattestationResponse is empty: the nonce waits for the next round.
+ *
+ * @generated from message licensing.control.v1.RequestReattestationResponse
+ */
+export type RequestReattestationResponse = Message<"licensing.control.v1.RequestReattestationResponse"> & {
+};
+
+/**
+ * Describes the message licensing.control.v1.RequestReattestationResponse.
+ * Use `create(RequestReattestationResponseSchema)` to create a new message.
+ */
+export const RequestReattestationResponseSchema: GenMessage<RequestReattestationResponse> = /*@__PURE__*/
+  messageDesc(file_licensing_control_v1_control, 11);
 
 /**
  * QuoteRequest names the enclave and the client's nonce.
@@ -335,7 +414,7 @@ export type QuoteRequest = Message<"licensing.control.v1.QuoteRequest"> & {
  * Use `create(QuoteRequestSchema)` to create a new message.
  */
 export const QuoteRequestSchema: GenMessage<QuoteRequest> = /*@__PURE__*/
-  messageDesc(file_licensing_control_v1_control, 8);
+  messageDesc(file_licensing_control_v1_control, 12);
 
 /**
  * QuoteResponse is the attestation, as GetAttestation returns it.
@@ -356,7 +435,7 @@ export type QuoteResponse = Message<"licensing.control.v1.QuoteResponse"> & {
  * Use `create(QuoteResponseSchema)` to create a new message.
  */
 export const QuoteResponseSchema: GenMessage<QuoteResponse> = /*@__PURE__*/
-  messageDesc(file_licensing_control_v1_control, 9);
+  messageDesc(file_licensing_control_v1_control, 13);
 
 /**
  * CertificateService signs certificate requests with the licensing CA.
@@ -414,6 +493,18 @@ export const ProvisioningService: GenService<{
     input: typeof DeprovisionRequestSchema;
     output: typeof DeprovisionResponseSchema;
   },
+  /**
+   * RevokeSessions tells the backend sessions were revoked (Logout): it
+   * pushes them to each enclave it runs, which refuses their tokens from then
+   * on. The SQLite path; on PostgreSQL backends also hear SESSIONS_REVOKED.
+   *
+   * @generated from rpc licensing.control.v1.ProvisioningService.RevokeSessions
+   */
+  revokeSessions: {
+    methodKind: "unary";
+    input: typeof RevokeSessionsRequestSchema;
+    output: typeof RevokeSessionsResponseSchema;
+  },
 }> = /*@__PURE__*/
   serviceDesc(file_licensing_control_v1_control, 1);
 
@@ -432,6 +523,17 @@ export const QuoteService: GenService<{
     methodKind: "unary";
     input: typeof QuoteRequestSchema;
     output: typeof QuoteResponseSchema;
+  },
+  /**
+   * RequestReattestation queues a nonce for the enclave's next
+   * re-attestation round (one quote per round covers every live enclave).
+   *
+   * @generated from rpc licensing.control.v1.QuoteService.RequestReattestation
+   */
+  requestReattestation: {
+    methodKind: "unary";
+    input: typeof RequestReattestationRequestSchema;
+    output: typeof RequestReattestationResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_licensing_control_v1_control, 2);
