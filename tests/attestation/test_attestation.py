@@ -490,3 +490,27 @@ def _eventually_verifies(stack: Stack, attested: Attested) -> attestation_pb2.At
             trusted_ca_pem=[stack.ca_pem.decode()],
         )
         return fresh
+
+
+def test_cached_ownership_and_rows_never_outlive_the_enclave_or_widen_access(
+    tpm_stack: Stack,
+) -> None:
+    """Repeat attestations read no rows (frontend owner, backend certificate are cached),
+    yet another user is still refused, and a deleted enclave is not attested a moment later."""
+    mine = create(tpm_stack, tpm_stack.new_user())
+    for _ in range(3):  # warm both caches
+        nonce = os.urandom(32)
+        verify_attestation(
+            quote(tpm_stack, mine, nonce),
+            nonce=nonce,
+            expected_certificate_pem=mine.enclave.certificate_pem,
+            trusted_ca_pem=[tpm_stack.ca_pem.decode()],
+        )
+    stranger = Attested(tpm_stack.new_user(), mine.enclave, mine.nonce, mine.attestation)
+    with pytest.raises(grpc.RpcError) as refused:
+        quote(tpm_stack, stranger, os.urandom(32))
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    _delete(tpm_stack, mine)
+    with pytest.raises(grpc.RpcError) as gone:
+        quote(tpm_stack, mine, os.urandom(32))
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND

@@ -9,14 +9,19 @@ encode back, unchanged.
 from __future__ import annotations
 
 import ast
+import dataclasses
 from pathlib import Path
 
+from licensing.control.v1 import control_pb2
 from licensing.v1 import attestation_pb2
 
+from licensing_server.api.convert import wrapped
 from licensing_server.attestation import (
+    AttestationEncoder,
     AttestationEvidence,
     MerkleProof,
     attestation_evidence,
+    attestation_message,
     decode_attestation,
     encode_attestation,
 )
@@ -81,6 +86,25 @@ def test_evidence_keeps_which_proofs_are_present() -> None:
     message = attestation_pb2.Attestation.FromString(encode_attestation(single))
     assert not message.HasField("merkle_proof")
     assert attestation_evidence(message) == single
+
+
+def test_a_batch_encoded_with_its_shared_parts_once_parses_to_each_answer() -> None:
+    """The servicer's fast path: the same messages as the canonical encoding, per request."""
+    first = decode_attestation(_stored_row(batched=True))
+    second = dataclasses.replace(
+        first, nonce=b"m" * 32, merkle_proof=MerkleProof(1, 2, (b"t" * 32,))
+    )
+    alone = decode_attestation(_stored_row(batched=False))  # another quote: shared parts differ
+    alone = dataclasses.replace(alone, quote=b"another quote")
+    encoder = AttestationEncoder()
+    for evidence in (first, second, alone, first):
+        raw = encoder.encode(evidence)
+        assert attestation_pb2.Attestation.FromString(raw) == attestation_message(evidence)
+        reply = control_pb2.QuoteResponse.FromString(wrapped(raw))
+        assert reply.attestation == attestation_message(evidence)
+    big = dataclasses.replace(first, enclave_certificate_pem="x" * 300_000)  # a 3-byte length
+    answer = attestation_pb2.GetAttestationResponse.FromString(wrapped(encoder.encode(big)))
+    assert answer.attestation == attestation_message(big)
 
 
 def _imports_wire_messages(path: Path) -> bool:

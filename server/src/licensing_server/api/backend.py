@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -16,8 +19,8 @@ from licensing_common.errors import (
     NotFound,
     ResourceExhausted,
 )
-from licensing_server.api.convert import phase_number, timestamp
-from licensing_server.attestation import Attestor, attestation_message
+from licensing_server.api.convert import phase_number, timestamp, wrapped
+from licensing_server.attestation import AttestationEncoder, Attestor
 from licensing_server.auth import normalise_username
 from licensing_server.enclaves.nonces import ATTESTABLE, check_nonce
 from licensing_server.pki import CertificateAuthority, parse_csr
@@ -129,6 +132,20 @@ def _enclave_id(raw: str) -> str:
         raise InvalidArgument("ENCLAVE_ID_INVALID", "enclave_id must be a UUID") from exc
 
 
+#: How long a quoted enclave's row is trusted without reading it again. The attestor's
+#: live set is checked on every call (a delete or failure here drops the entry at once);
+#: this bounds staleness when another replica deletes it.
+ATTESTABLE_ROW_SECONDS = 1.0
+_MAX_CACHED_ROWS = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class _Attestable:
+    certificate_pem: str
+    certificate_sha256: bytes
+    read_at: float
+
+
 class QuoteServicer(control_pb2_grpc.QuoteServiceServicer):
     def __init__(
         self,
@@ -138,6 +155,10 @@ class QuoteServicer(control_pb2_grpc.QuoteServiceServicer):
     ):
         self._attestor = attestor
         self._store = store
+        # Attestable rows by enclave id: saves a database read on every quote.
+        self._rows: dict[str, _Attestable] = {}
+        self._reading: dict[str, asyncio.Future[_Attestable]] = {}
+        self._encoder = AttestationEncoder()
         self._rounds = rounds
 
     async def RequestReattestation(
@@ -165,7 +186,36 @@ class QuoteServicer(control_pb2_grpc.QuoteServiceServicer):
         self, request: control_pb2.QuoteRequest, context: Context
     ) -> control_pb2.QuoteResponse:
         nonce = check_nonce(request.nonce)
-        record = await self._store.get(_enclave_id(request.enclave_id))
+        row = await self._attestable(request.enclave_id)
+        evidence = await self._attestor.attest(row.certificate_pem, row.certificate_sha256, nonce)
+        # Parsed from bytes in C: cheaper than building the message field by field.
+        return control_pb2.QuoteResponse.FromString(wrapped(self._encoder.encode(evidence)))
+
+    async def _attestable(self, raw_id: str) -> _Attestable:
+        """The enclave's certificate, from the cache while the attestor still measures it."""
+        cached = self._rows.get(raw_id)
+        if (
+            cached is not None
+            and time.monotonic() - cached.read_at < ATTESTABLE_ROW_SECONDS
+            and self._attestor.is_measured(_enclave_id(raw_id), cached.certificate_sha256)
+        ):
+            return cached
+        # One read per enclave at a time: a batch of answers arrives, and asks again, at once.
+        reading = self._reading.get(raw_id)
+        if reading is None:
+            reading = asyncio.ensure_future(self._read(raw_id))
+            self._reading[raw_id] = reading
+            reading.add_done_callback(lambda done: self._read_done(raw_id, done))
+        return await asyncio.shield(reading)
+
+    def _read_done(self, raw_id: str, done: asyncio.Future[_Attestable]) -> None:
+        self._reading.pop(raw_id, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here too, in case every waiter went away
+
+    async def _read(self, raw_id: str) -> _Attestable:
+        self._rows.pop(raw_id, None)
+        record = await self._store.get(_enclave_id(raw_id))
         if record is None:
             raise NotFound("ENCLAVE_NOT_FOUND", "no such enclave")
         if record.phase not in ATTESTABLE or not record.certificate_sha256:
@@ -174,7 +224,8 @@ class QuoteServicer(control_pb2_grpc.QuoteServiceServicer):
                 f"the enclave is {record.phase.value}; only a running enclave can be attested",
                 {"phase": record.phase.value},
             )
-        evidence = await self._attestor.attest(
-            record.certificate_pem, record.certificate_sha256, nonce
-        )
-        return control_pb2.QuoteResponse(attestation=attestation_message(evidence))
+        row = _Attestable(record.certificate_pem, record.certificate_sha256, time.monotonic())
+        if len(self._rows) >= _MAX_CACHED_ROWS:
+            self._rows.clear()
+        self._rows[raw_id] = row
+        return row

@@ -33,3 +33,21 @@ def enclave_message(record: EnclaveRecord) -> enclave_pb2.Enclave:
         request_id=record.request_id,
         failure_reason=record.failure_reason,
     )
+
+
+def wrapped(field_one: bytes) -> bytes:
+    """``field_one`` as field 1 (length-delimited) of an enclosing message, serialized.
+
+    ``QuoteResponse`` and ``GetAttestationResponse`` hold just the attestation as
+    field 1: this makes either from an attestation's bytes without parsing them.
+    """
+    size = len(field_one)
+    varint = bytearray()
+    while True:
+        byte = size & 0x7F
+        size >>= 7
+        if size:
+            varint.append(byte | 0x80)
+        else:
+            varint.append(byte)
+            return b"\x0a" + bytes(varint) + field_one

@@ -19,7 +19,7 @@ from licensing.v1 import (
 
 from licensing_common.errors import Unavailable
 from licensing_common.rpc.guard import current_claims
-from licensing_server.api.convert import enclave_message, phase_number, timestamp
+from licensing_server.api.convert import enclave_message, phase_number, timestamp, wrapped
 from licensing_server.auth import AuthService, UserProfile
 from licensing_server.enclaves import EnclaveCatalog, EnclaveUpdate
 from licensing_server.storage import Phase
@@ -237,9 +237,8 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):
         raw = await self._catalog.attest(
             current_claims().user_id, request.enclave_id, request.nonce
         )
-        return attestation_pb2.GetAttestationResponse(
-            attestation=attestation_pb2.Attestation.FromString(raw)
-        )
+        # One parse of the backend's bytes as the reply, not a parse and a copy.
+        return attestation_pb2.GetAttestationResponse.FromString(wrapped(raw))
 
 
 __all__ = [

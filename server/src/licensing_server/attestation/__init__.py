@@ -2,6 +2,7 @@
 
 from licensing_server.attestation._attestor import Attestor, QuoteSource
 from licensing_server.attestation._codec import (
+    AttestationEncoder,
     attestation_evidence,
     attestation_message,
     decode_attestation,
@@ -15,6 +16,7 @@ from licensing_server.attestation._evidence import (
 )
 
 __all__ = [
+    "AttestationEncoder",
     "AttestationEvidence",
     "Attestor",
     "MeasurementEvent",

@@ -31,8 +31,9 @@ def _proof(message: attestation_pb2.MerkleProof) -> MerkleProof:
     )
 
 
-def attestation_message(evidence: AttestationEvidence) -> attestation_pb2.Attestation:
-    message = attestation_pb2.Attestation(
+def _shared_message(evidence: AttestationEvidence) -> attestation_pb2.Attestation:
+    """The fields every answer to one quote has in common."""
+    return attestation_pb2.Attestation(
         quote=evidence.quote,
         signature=evidence.signature,
         ak_public=evidence.ak_public,
@@ -54,17 +55,58 @@ def attestation_message(evidence: AttestationEvidence) -> attestation_pb2.Attest
             )
             for e in evidence.event_log
         ],
+        qualifying_data_derivation=evidence.qualifying_data_derivation,
+        log_epoch=evidence.log_epoch,
+    )
+
+
+def _own_message(evidence: AttestationEvidence) -> attestation_pb2.Attestation:
+    """The fields of this request's answer alone: its certificate, nonce and proofs."""
+    message = attestation_pb2.Attestation(
         enclave_certificate_pem=evidence.enclave_certificate_pem,
         enclave_certificate_sha256=evidence.enclave_certificate_sha256,
         nonce=evidence.nonce,
-        qualifying_data_derivation=evidence.qualifying_data_derivation,
-        log_epoch=evidence.log_epoch,
     )
     if evidence.measurement_proof is not None:
         message.measurement_proof.CopyFrom(_proof_message(evidence.measurement_proof))
     if evidence.merkle_proof is not None:
         message.merkle_proof.CopyFrom(_proof_message(evidence.merkle_proof))
     return message
+
+
+def attestation_message(evidence: AttestationEvidence) -> attestation_pb2.Attestation:
+    message = _shared_message(evidence)
+    message.MergeFrom(_own_message(evidence))
+    return message
+
+
+class AttestationEncoder:
+    """Serializes answers, the parts shared by one quote's batch once (not per request).
+
+    Protobuf parses concatenated serializations of disjoint fields as one message, so
+    the bytes parse to exactly ``attestation_message(evidence)``; only their field
+    order differs from ``encode_attestation`` (the stored form, which stays canonical).
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[object, ...] | None = None
+        self._shared = b""
+
+    def encode(self, evidence: AttestationEvidence) -> bytes:
+        # One batch's answers share these objects, so comparing them is mostly identity.
+        key = (
+            evidence.quote,
+            evidence.signature,
+            evidence.log_epoch,
+            evidence.ak_public,
+            evidence.ak_certificate_chain_pem,
+            evidence.pcr_values,
+            evidence.event_log,
+        )
+        if key != self._key:
+            self._shared = _shared_message(evidence).SerializeToString()
+            self._key = key
+        return self._shared + _own_message(evidence).SerializeToString()
 
 
 def attestation_evidence(message: attestation_pb2.Attestation) -> AttestationEvidence:

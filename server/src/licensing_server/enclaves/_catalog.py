@@ -44,6 +44,7 @@ from licensing_server.storage import (
 _log = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 100, 20
+MAX_CACHED_ROWS = 65_536
 
 
 class ProvisioningBackend(Protocol):
@@ -124,6 +125,10 @@ class EnclaveCatalog:
         self._clock = clock
         # One reservation at a time per user in this process (SQLite has no row locks).
         self._owner_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Rows attest has read, by the enclave id asked for: what it uses of them (id,
+        # owner, measuring backend) never changes past ACCEPTED, and the backend answers
+        # for existence and phase, so a repeat attestation reads no row here.
+        self._quoted: dict[str, EnclaveRecord] = {}
 
     # Create -----------------------------------------------------------------------
     async def create(
@@ -290,11 +295,23 @@ class EnclaveCatalog:
 
     async def attest(self, owner_id: str, enclave_id: str, nonce: bytes) -> bytes:
         check_nonce(nonce)
-        record = await self.owned(owner_id, enclave_id)
-        return await self._quotes.quote(record, nonce)
+        record = self._quoted.get(enclave_id)
+        if record is None or record.owner_id != owner_id:
+            record = await self.owned(owner_id, enclave_id)
+            if record.phase is not Phase.ACCEPTED:  # past ACCEPTED its backend is final
+                if len(self._quoted) >= MAX_CACHED_ROWS:
+                    self._quoted.clear()
+                self._quoted[enclave_id] = record
+        try:
+            return await self._quotes.quote(record, nonce)
+        except NotFound:
+            self._quoted.pop(enclave_id, None)  # gone: the next call reads the row again
+            raise
 
     async def delete(self, owner_id: str, enclave_id: str) -> None:
         record = await self.owned(owner_id, enclave_id)
+        self._quoted.pop(enclave_id, None)
+        self._quoted.pop(record.id, None)
         await self._backend.deprovision(record.id)
 
 

@@ -29,8 +29,8 @@ _TPM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 _PHASE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
 #: Waiting for a bcrypt thread: zero when idle, seconds in a login storm.
 _WAIT_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-#: Quote requests sharing one quote (at most attestation.MAX_BATCH, 64).
-_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+#: Quote requests sharing one quote (as many as arrived during the last quote).
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 def _registry(registry: CollectorRegistry | None) -> CollectorRegistry:
