@@ -28,6 +28,7 @@ if str(REPO) not in sys.path:
 
 from bench import go_client_bench, typescript_client_bench  # noqa: E402
 from bench.login_bench import percentile  # noqa: E402
+from bench.verifier_bench import verify_rate  # noqa: E402
 from licensing_client import Created, LicensingClient, Progress  # noqa: E402
 from tests.support import PASSWORD, Stack, start_stack  # noqa: E402
 
@@ -75,7 +76,7 @@ def main() -> None:
         stack = next(stacks)
         try:
             first, verified = asyncio.run(python_creates(stack, args.creates))
-            rate = go_client_bench.python_verify_rate(args.seconds)
+            rate = verify_rate(args.seconds)
             print(f"Python client, {len(verified)} creates one after another")
             for label, figures in (("first progress event", first), ("verified", verified)):
                 print(

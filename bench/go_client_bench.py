@@ -20,56 +20,23 @@ for as long, in this process.
 from __future__ import annotations
 
 import argparse
-import base64
-import datetime as dt
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from google.protobuf import json_format  # noqa: E402
-from licensing.v1 import attestation_pb2  # noqa: E402
 
-from licensing_client.attestation import verify_attestation  # noqa: E402
+from bench.verifier_bench import verify_rate  # noqa: E402
 from tests.support import Stack, start_stack  # noqa: E402
 
 GO_MODULE = REPO / "clients" / "go"
 VECTORS = REPO / "clients" / "testdata" / "attestation-vectors.json"
-
-
-def python_verify_rate(seconds: float) -> float:
-    """Verifications per second of the good shared vectors by the Python verifier, one core."""
-    doc = json.loads(VECTORS.read_text())
-    now = dt.datetime.fromisoformat(doc["verify_at"].replace("Z", "+00:00"))
-    good = [
-        (
-            json_format.ParseDict(v["attestation"], attestation_pb2.Attestation()),
-            base64.b64decode(v["nonce"]),
-            v["expected_certificate_pem"],
-        )
-        for v in doc["vectors"]
-        if v["expected"]["valid"]
-    ]
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        attestation, nonce, cert = good[count % len(good)]
-        verify_attestation(
-            attestation,
-            nonce=nonce,
-            expected_certificate_pem=cert,
-            trusted_ca_pem=doc["trusted_ca_pem"],
-            now=now,
-        )
-        count += 1
-    return count / (time.perf_counter() - start)
 
 
 def build(tmp: Path) -> Path:
@@ -117,7 +84,7 @@ def main() -> None:
     stack = next(stacks)
     try:
         run(binary, stack, args.creates, args.verify_seconds)
-        rate = python_verify_rate(args.verify_seconds)
+        rate = verify_rate(args.verify_seconds)
         print(f"python verify (same vectors, one core, for comparison): {rate:.0f} /s")
     finally:
         for _ in stacks:  # runs start_stack's clean-up

@@ -13,14 +13,11 @@ vectors in this process. Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import base64
-import datetime as dt
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,51 +25,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from licensing_client.attestation import verify_attestation  # noqa: E402
-from licensing_client.gen.licensing import v1  # noqa: E402
+from bench.verifier_bench import verify_rate  # noqa: E402
 from tests.support import PASSWORD, Stack, start_stack  # noqa: E402
 
 CLIENT = REPO / "clients" / "typescript"
 VECTORS = REPO / "clients" / "testdata" / "attestation-vectors.json"
-
-
-def python_verifications_per_cpu_second(path: Path, seconds: float) -> float:
-    """The Python verifier on the same valid vectors, back to back, per CPU-second."""
-    data = json.loads(path.read_text())
-    now = dt.datetime.fromisoformat(data["verify_at"].replace("Z", "+00:00"))
-    cases: list[tuple[v1.Attestation, dict[str, Any]]] = [
-        (
-            v1.Attestation().from_dict(_camel_json(vector["attestation"])),
-            {
-                "nonce": base64.b64decode(vector["nonce"]),
-                "expected_certificate_pem": vector["expected_certificate_pem"],
-                "trusted_ca_pem": data["trusted_ca_pem"],
-                "now": now,
-            },
-        )
-        for vector in data["vectors"]
-        if vector["expected"]["valid"]
-    ]
-    count, started, cpu = 0, time.monotonic(), time.process_time()
-    while time.monotonic() - started < seconds:
-        for attestation, options in cases:
-            verify_attestation(attestation, **options)
-            count += 1
-    return count / (time.process_time() - cpu)
-
-
-def _camel_json(value: Any) -> Any:
-    """Protobuf JSON with proto field names, as betterproto's from_dict reads it (camelCase)."""
-    if isinstance(value, dict):
-        return {_camel(k): _camel_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_camel_json(v) for v in value]
-    return value
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
 
 
 def build() -> None:
@@ -136,7 +93,7 @@ def main() -> None:
                 pass
     report(figures)
     if VECTORS.exists():
-        python = python_verifications_per_cpu_second(VECTORS, args.seconds)
+        python = verify_rate(args.seconds)
         print(f"  Python verify_attestation on the same vectors: {python:.0f}/s per core")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
 

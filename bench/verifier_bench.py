@@ -37,7 +37,7 @@ from licensing_client.attestation import _verify, verify_attestation  # noqa: E4
 VECTORS = REPO / "clients" / "testdata" / "attestation-vectors.json"
 
 
-def _good_vectors() -> tuple[list[tuple[Any, bytes, str]], list[str], dt.datetime]:
+def good_vectors() -> tuple[list[tuple[Any, bytes, str]], list[str], dt.datetime]:
     doc = json.loads(VECTORS.read_text())
     now = dt.datetime.fromisoformat(doc["verify_at"].replace("Z", "+00:00"))
     good = [
@@ -52,8 +52,9 @@ def _good_vectors() -> tuple[list[tuple[Any, bytes, str]], list[str], dt.datetim
     return good, doc["trusted_ca_pem"], now
 
 
-def _rate(seconds: float, cold: bool) -> float:
-    good, trusted, now = _good_vectors()
+def verify_rate(seconds: float, cold: bool = False) -> float:
+    """Python verifications per second of the good shared vectors, one after another."""
+    good, trusted, now = good_vectors()
     chains = getattr(_verify, "_chains", None)  # None: a verifier without the cache
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -73,13 +74,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    _rate(0.5, cold=False)  # imports, first parses
+    verify_rate(0.5)  # imports, first parses
     # Interleaved rounds, median of each: a shared machine's load moves within seconds.
     rounds = max(1, args.rounds)
     colds, warms = [], []
     for _ in range(rounds):
-        colds.append(_rate(args.seconds / rounds, cold=True))
-        warms.append(_rate(args.seconds / rounds, cold=False))
+        colds.append(verify_rate(args.seconds / rounds, cold=True))
+        warms.append(verify_rate(args.seconds / rounds, cold=False))
     cold, warm = statistics.median(colds), statistics.median(warms)
     print(f"  {rounds} interleaved rounds of {args.seconds / rounds:.2f} s each, medians:")
     print(

@@ -262,3 +262,23 @@ def test_a_watcher_that_does_not_follow_attestations_sees_what_it_always_saw(
     resumed = owner.watch(enclave.id, sequence, timeout=60)
     owner.delete(enclave.id)
     assert [e.phase for e in resumed] == [enclave_pb2.PHASE_DELETED]
+
+
+def test_nonces_beyond_what_one_round_takes_are_refused_with_a_reason(owner: Owner) -> None:
+    """At most 8 nonces wait per enclave; 20 asked at once cannot all wait, even if one
+    round takes its 8 meanwhile, and the rest are told why, not that the backend is down."""
+    enclave, _ = _attested(owner)
+    refusals = []
+    for _ in range(20):
+        try:
+            owner.stub.RequestAttestation(
+                enclave_pb2.RequestAttestationRequest(enclave_id=enclave.id, nonce=new_nonce()),
+                metadata=owner.bearer,
+                timeout=10,
+            )
+        except grpc.RpcError as exc:
+            refusals.append(exc)
+    assert refusals
+    for refusal in refusals:
+        assert refusal.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error_reason(refusal) == "ATTESTATION_REQUESTS_QUEUED"

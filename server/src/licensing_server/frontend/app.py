@@ -227,7 +227,11 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
     async def tell_backend(session_id: str) -> None:
         await provisioning.revoke_sessions([session_id])
 
-    auth.on_session_revoked = tell_backend  # enclaves refuse the session's tokens at once
+    # On SQLite this is the only way a logout reaches the enclaves. On PostgreSQL every
+    # backend also hears the revocation's notification; the pod-mate is told directly all
+    # the same, since a notification sent while its listening connection is down is lost
+    # (an enclave refusing a session twice is harmless).
+    auth.on_session_revoked = tell_backend
     catalog = EnclaveCatalog(
         store=enclaves,
         backend=provisioning,

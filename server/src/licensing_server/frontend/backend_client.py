@@ -16,6 +16,7 @@ from licensing_common.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     Unavailable,
 )
 from licensing_server.auth import SignedUserCertificate
@@ -47,6 +48,10 @@ def _translate(error: grpc.aio.AioRpcError) -> DomainError:
         grpc.StatusCode.NOT_FOUND: NotFound,
         grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     }
+    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _reason(error) != "BACKEND_ERROR":
+        # The backend's own queue for the caller's request is full (re-attestation
+        # nonces); grpc's own RESOURCE_EXHAUSTED (no ErrorInfo) is not the caller's.
+        return ResourceExhausted(_reason(error), error.details() or "try again later")
     if error.code() == grpc.StatusCode.UNAVAILABLE and _reason(error) != "BACKEND_ERROR":
         # The backend is up but a dependency of it (the TPM) is not: say which, and
         # pass its figures on (a TPM in lockout says when it recovers).

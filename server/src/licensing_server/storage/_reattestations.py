@@ -3,9 +3,9 @@
 A round's results for every enclave go in one transaction (a round over 1,000
 enclaves is one commit, not 1,000), each as the enclave's next event plus a
 ``reattestations`` row holding that event's attestation. Only the newest
-``KEPT_PER_ENCLAVE`` attestations of an enclave are kept: older re-attestation
-events stay in the history (a small row each) but replay without evidence, which
-is stale by then anyway.
+``KEPT_PER_ENCLAVE`` rounds of an enclave are kept, events and evidence both: an
+older round is stale anyway, and what is kept does not grow with the enclave's age
+(a resumed watch just sees the sequence jump to the rounds still kept).
 """
 
 from __future__ import annotations
@@ -99,11 +99,21 @@ class ReattestationStore:
                     written.append(record)
                     await notify(session, ENCLAVE_EVENTS, event_payload(record))
             await session.flush()
-            for record in written:
+            newest = {record.enclave_id: record.sequence for record in written}
+            for enclave_id, sequence in newest.items():
+                # The rounds' history is bounded too: an enclave that lives for months
+                # would otherwise add an event every interval, and every replay reads them.
                 await session.execute(
                     delete(Reattestation).where(
-                        Reattestation.enclave_id == record.enclave_id,
-                        Reattestation.sequence <= record.sequence - KEPT_PER_ENCLAVE,
+                        Reattestation.enclave_id == enclave_id,
+                        Reattestation.sequence <= sequence - KEPT_PER_ENCLAVE,
+                    )
+                )
+                await session.execute(
+                    delete(EnclaveEvent).where(
+                        EnclaveEvent.enclave_id == enclave_id,
+                        EnclaveEvent.sequence <= sequence - KEPT_PER_ENCLAVE,
+                        EnclaveEvent.message.startswith(REATTESTED_PREFIX),
                     )
                 )
         return written

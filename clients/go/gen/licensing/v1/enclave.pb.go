@@ -22,6 +22,10 @@
 //   RESOURCE_EXHAUSTED ENCLAVE_LIMIT_REACHED: the caller's licence holds its
 //     maximum of enclaves; metadata `limit` and `held`.
 //   FAILED_PRECONDITION ENCLAVE_FAILED: the enclave already failed.
+//   FAILED_PRECONDITION ENCLAVE_NOT_ATTESTED: RequestAttestation (or a watch's
+//     attestation_nonce) for an enclave that is not ATTESTED.
+//   RESOURCE_EXHAUSTED ATTESTATION_REQUESTS_QUEUED: 8 nonces already wait for
+//     the enclave's next re-attestation round; ask again after it.
 //   UNAVAILABLE ENCLAVE_FAILED: CreateEnclave streamed PHASE_FAILED; metadata
 //     `failure_reason` (see Enclave.failure_reason).
 //   UNAVAILABLE TPM_UNAVAILABLE, TPM_LOCKED_OUT, FAILED_PRECONDITION

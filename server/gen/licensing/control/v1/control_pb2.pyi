@@ -4,7 +4,8 @@ isort:skip_file
 The internal API between the frontend and the backend (package
 licensing.control.v1). Only the frontend's internal client certificate may
 call it. The frontend passes the backend's reason and code on for
-INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION and for a dependency's
+INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, RESOURCE_EXHAUSTED and for
+a dependency's
 UNAVAILABLE (the TPM's); anything else reaches users as UNAVAILABLE
 BACKEND_UNAVAILABLE.
 
