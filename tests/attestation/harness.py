@@ -74,6 +74,7 @@ def _attestor(
     database: Database,
     live: dict[str, bytes],
     directory: Path,
+    simulated_tpm_latency: float = 0.0,
 ) -> Attestor:
     async def live_certificates() -> list[tuple[str, bytes]]:
         return list(live.items())
@@ -85,11 +86,15 @@ def _attestor(
         manufacturer_ca_pem=swtpm.manufacturer_ca_pem().encode(),
         ak_certificate_path=directory / "ak.pem",
         live_certificates=live_certificates,
+        simulated_tpm_latency=simulated_tpm_latency,
     )
 
 
 @asynccontextmanager
-async def attestor_on_swtpm(directory: Path) -> AsyncIterator[Harness]:
+async def attestor_on_swtpm(
+    directory: Path, simulated_tpm_latency: float = 0.0
+) -> AsyncIterator[Harness]:
+    """``simulated_tpm_latency``: seconds slept before each quote, as a hardware TPM takes."""
     swtpm = SwtpmSimulator.prepare(directory / "swtpm")
     swtpm.start(free_port_pair())
     url = f"sqlite+aiosqlite:///{directory / 'licensing.db'}"
@@ -99,7 +104,9 @@ async def attestor_on_swtpm(directory: Path) -> AsyncIterator[Harness]:
         async with TpmDevice(swtpm.tcti, command_timeout=10.0) as tpm:
             ca = CertificateAuthority.load_or_create(directory / "ca.key", directory / "ca.pem")
             live: dict[str, bytes] = {}
-            attestor = _attestor(tpm, ca, swtpm, database, live, directory)
+            attestor = _attestor(
+                tpm, ca, swtpm, database, live, directory, simulated_tpm_latency
+            )
             harness = Harness(attestor, ca, tpm, swtpm, database, live)
             await attestor.prove_attestation_key()
             try:

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from licensing_common.binding import (
     qualifying_value,
 )
 from licensing_common.errors import DomainError, FailedPrecondition, Unavailable
+from licensing_server.attestation._batching import BatchWindow
 from licensing_server.attestation._evidence import (
     AttestationEvidence,
     MeasurementEvent,
@@ -196,6 +198,10 @@ class Attestor:
         self._written: _MeasuredSet | None = None
         self._pending: list[_Request] = []
         self._worker: asyncio.Task[None] | None = None
+        self._window = BatchWindow()
+        # Set once len(_pending) reaches _cohort while the worker waits for its cohort.
+        self._cohort_back = asyncio.Event()
+        self._cohort = 0
 
     @property
     def ak_certificate_chain_pem(self) -> list[str]:
@@ -430,6 +436,8 @@ class Attestor:
                 future,
             )
         )
+        if self._cohort and len(self._pending) >= self._cohort:
+            self._cohort_back.set()
         if self._worker is None or self._worker.done():
             self._worker = spawn(
                 self._drain(), name="attestation-quotes", on_failure=self._fail_pending
@@ -473,16 +481,19 @@ class Attestor:
 
         The batch size follows the arrival rate: everything that queued while the
         previous quote was taken goes into the next one, with no ceiling but
-        ``MAX_BATCH``'s memory bound.
+        ``MAX_BATCH``'s memory bound, and a quote waits (boundedly) for the clients it
+        just answered to come back (``BatchWindow``).
         """
         while self._pending:
             # A short window lets requests sent in the same instant share one quote (and
             # with a fast TPM, fewer quotes cost less CPU per answer).
             await asyncio.sleep(COALESCE_SECONDS)
+            await self._await_cohort()
             async with self._lock:
                 # Formed under the lock: whatever queued while measurements ran joins too.
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 self._metrics.batch_size.observe(len(batch))
+                started = time.monotonic()
                 try:
                     results = await self._quote_batch(batch)
                 except Exception as exc:
@@ -490,6 +501,7 @@ class Attestor:
                         if not request.future.done():
                             request.future.set_exception(exc)
                     continue
+                self._window.quoted(len(batch), len(self._pending), time.monotonic() - started)
             for request, result in zip(batch, results, strict=True):
                 if request.future.done():
                     continue
@@ -497,6 +509,19 @@ class Attestor:
                     request.future.set_exception(result)
                 else:
                     request.future.set_result(result)
+
+    async def _await_cohort(self) -> None:
+        """Wait, at most the window's bound, until the last quote's cohort is back."""
+        cohort, seconds = self._window.linger(len(self._pending))
+        if seconds <= 0:
+            return
+        self._cohort = cohort
+        self._cohort_back.clear()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._cohort_back.wait(), seconds)
+        finally:
+            self._cohort = 0
 
     async def _quote_batch(self, batch: list[_Request]) -> list[AttestationEvidence | DomainError]:
         """One quote for the batch, taken with PCR 23 as ``written`` says (checked after)."""
