@@ -107,9 +107,11 @@ def test_the_listener_for_other_pods_serves_quotes_to_frontends_and_nothing_else
     quote_methods = {
         m for m in BACKEND_METHODS if m.startswith("/licensing.control.v1.QuoteService/")
     }
-    # Quotes, and a client's nonce for the measuring backend's next re-attestation round.
+    # Quotes (one by one or batched), and a client's nonce for the measuring backend's
+    # next re-attestation round.
     assert quote_methods == {
         "/licensing.control.v1.QuoteService/Quote",
+        "/licensing.control.v1.QuoteService/QuoteBatch",
         "/licensing.control.v1.QuoteService/RequestReattestation",
     }
     assert set(BACKEND_QUOTE_POLICY) == quote_methods | OPS_METHODS

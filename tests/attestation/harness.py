@@ -104,9 +104,7 @@ async def attestor_on_swtpm(
         async with TpmDevice(swtpm.tcti, command_timeout=10.0) as tpm:
             ca = CertificateAuthority.load_or_create(directory / "ca.key", directory / "ca.pem")
             live: dict[str, bytes] = {}
-            attestor = _attestor(
-                tpm, ca, swtpm, database, live, directory, simulated_tpm_latency
-            )
+            attestor = _attestor(tpm, ca, swtpm, database, live, directory, simulated_tpm_latency)
             harness = Harness(attestor, ca, tpm, swtpm, database, live)
             await attestor.prove_attestation_key()
             try:

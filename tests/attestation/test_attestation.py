@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from google.protobuf import json_format
+from licensing.control.v1 import control_pb2, control_pb2_grpc
 from licensing.v1 import attestation_pb2, attestation_pb2_grpc, enclave_pb2, enclave_pb2_grpc
 
 from licensing_client.attestation import AttestationError, Check, MerkleTree, verify_attestation
@@ -514,3 +516,62 @@ def test_cached_ownership_and_rows_never_outlive_the_enclave_or_widen_access(
     with pytest.raises(grpc.RpcError) as gone:
         quote(tpm_stack, mine, os.urandom(32))
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _quote_service(stack: Stack) -> Any:
+    frontend = stack.data_dir / "frontend"
+    channel = stack.backend_channel(
+        (frontend / "internal-client-key.pem").read_bytes(),
+        (frontend / "internal-client.pem").read_bytes(),
+    )
+    return control_pb2_grpc.QuoteServiceStub(channel)
+
+
+def test_a_quote_batch_answers_each_request_on_its_own(
+    tpm_stack: Stack, attested: Attested
+) -> None:
+    """The frontend's batched call to the backend: one request's error spoils no other."""
+    stub = _quote_service(tpm_stack)
+    good = [os.urandom(32) for _ in range(3)]
+    requests = [control_pb2.QuoteRequest(enclave_id=attested.enclave.id, nonce=n) for n in good]
+    requests.insert(1, control_pb2.QuoteRequest(enclave_id=str(uuid.uuid4()), nonce=good[0]))
+    requests.insert(2, control_pb2.QuoteRequest(enclave_id=attested.enclave.id, nonce=b"short"))
+    requests.insert(3, control_pb2.QuoteRequest(enclave_id="not-a-uuid", nonce=good[0]))
+    reply = stub.QuoteBatch(control_pb2.QuoteBatchRequest(requests=requests), timeout=30)
+    assert len(reply.results) == len(requests)
+    errors = [
+        (_STATUS_CODES[r.error.code], r.error.reason)
+        for r in reply.results
+        if r.WhichOneof("result") == "error"
+    ]
+    assert errors == [
+        (grpc.StatusCode.NOT_FOUND, "ENCLAVE_NOT_FOUND"),
+        (grpc.StatusCode.INVALID_ARGUMENT, "NONCE_INVALID"),
+        (grpc.StatusCode.INVALID_ARGUMENT, "ENCLAVE_ID_INVALID"),
+    ]
+    answered = [r.attestation for r in reply.results if r.WhichOneof("result") == "attestation"]
+    quotes = set()
+    for nonce, raw in zip(good, answered, strict=True):
+        attestation = attestation_pb2.Attestation.FromString(raw)
+        verify_attestation(
+            attestation,
+            nonce=nonce,
+            expected_certificate_pem=attested.enclave.certificate_pem,
+            trusted_ca_pem=[tpm_stack.ca_pem.decode()],
+        )
+        quotes.add(attestation.quote)
+    assert len(quotes) == 1, "one batch call's requests share one quote"
+
+
+def test_a_quote_batch_past_its_limit_is_refused_whole(
+    tpm_stack: Stack, attested: Attested
+) -> None:
+    stub = _quote_service(tpm_stack)
+    request = control_pb2.QuoteRequest(enclave_id=attested.enclave.id, nonce=os.urandom(32))
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.QuoteBatch(control_pb2.QuoteBatchRequest(requests=[request] * 4097), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_reason(refused.value) == "QUOTE_BATCH_TOO_LARGE"

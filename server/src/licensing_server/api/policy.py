@@ -40,6 +40,7 @@ BACKEND_POLICY: dict[str, Access] = {
     "/licensing.control.v1.ProvisioningService/Provision": Access.FRONTEND,
     "/licensing.control.v1.ProvisioningService/Deprovision": Access.FRONTEND,
     "/licensing.control.v1.QuoteService/Quote": Access.FRONTEND,
+    "/licensing.control.v1.QuoteService/QuoteBatch": Access.FRONTEND,
     # Continuous attestation (issue 13).
     "/licensing.control.v1.QuoteService/RequestReattestation": Access.FRONTEND,
     "/licensing.control.v1.ProvisioningService/RevokeSessions": Access.FRONTEND,
@@ -50,6 +51,7 @@ BACKEND_POLICY: dict[str, Access] = {
 BACKEND_QUOTE_POLICY: dict[str, Access] = {
     **dict.fromkeys(_OPS, Access.FRONTEND),
     "/licensing.control.v1.QuoteService/Quote": Access.FRONTEND,
+    "/licensing.control.v1.QuoteService/QuoteBatch": Access.FRONTEND,
     # A client's own nonce goes to the backend whose rounds re-attest the enclave.
     "/licensing.control.v1.QuoteService/RequestReattestation": Access.FRONTEND,
 }

@@ -426,6 +426,29 @@ class Attestor:
         in the live set when the quote is taken (the enclave was deleted or failed).
         """
         self._require_ak()
+        return await self._enqueue(certificate_pem, certificate_sha256, nonce)
+
+    async def attest_many(
+        self, requests: list[tuple[str, bytes, bytes]]
+    ) -> list[AttestationEvidence | DomainError]:
+        """``attest`` for each ``(certificate_pem, certificate_sha256, nonce)`` at once.
+
+        Each result is that request's evidence or its own ``DomainError``; they join the
+        pending queue together, so they share quotes as concurrent ``attest`` calls do.
+        """
+        self._require_ak()
+        futures = [self._enqueue(pem, digest, nonce) for pem, digest, nonce in requests]
+        results: list[AttestationEvidence | DomainError] = []
+        for outcome in await asyncio.gather(*futures, return_exceptions=True):
+            if isinstance(outcome, AttestationEvidence | DomainError):
+                results.append(outcome)
+            else:
+                raise outcome  # a bug or cancellation: not one request's verdict
+        return results
+
+    def _enqueue(
+        self, certificate_pem: str, certificate_sha256: bytes, nonce: bytes
+    ) -> asyncio.Future[AttestationEvidence]:
         future: asyncio.Future[AttestationEvidence] = asyncio.get_running_loop().create_future()
         self._pending.append(
             _Request(
@@ -442,7 +465,7 @@ class Attestor:
             self._worker = spawn(
                 self._drain(), name="attestation-quotes", on_failure=self._fail_pending
             )
-        return await future
+        return future
 
     async def attest_round(
         self, requests: list[tuple[str, bytes, bytes]]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Sequence
+import logging
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any
 
 import grpc
@@ -21,6 +23,8 @@ from licensing_common.errors import (
 )
 from licensing_server.auth import SignedUserCertificate
 from licensing_server.storage import EnclaveRecord, EventRecord, Phase
+
+_log = logging.getLogger(__name__)
 
 _CALL_TIMEOUT = 10.0
 
@@ -43,24 +47,43 @@ def _reason(error: grpc.aio.AioRpcError) -> str:
 
 def _translate(error: grpc.aio.AioRpcError) -> DomainError:
     """Pass the backend's verdict on the caller's input through; anything else is ours."""
-    passed: dict[grpc.StatusCode, type[DomainError]] = {
-        grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-        grpc.StatusCode.NOT_FOUND: NotFound,
-        grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    }
-    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _reason(error) != "BACKEND_ERROR":
+    reason, metadata = _error_info(error)
+    return _verdict(error.code(), reason, error.details() or "", metadata)
+
+
+_PASSED: dict[grpc.StatusCode, type[DomainError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+}
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _verdict(
+    code: grpc.StatusCode, reason: str, message: str, metadata: dict[str, str]
+) -> DomainError:
+    """The domain error for a backend status (a unary call's, or one ``QuoteBatch`` result's)."""
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and reason != "BACKEND_ERROR":
         # The backend's own queue for the caller's request is full (re-attestation
         # nonces); grpc's own RESOURCE_EXHAUSTED (no ErrorInfo) is not the caller's.
-        return ResourceExhausted(_reason(error), error.details() or "try again later")
-    if error.code() == grpc.StatusCode.UNAVAILABLE and _reason(error) != "BACKEND_ERROR":
+        return ResourceExhausted(reason, message or "try again later", metadata)
+    if code == grpc.StatusCode.UNAVAILABLE and reason != "BACKEND_ERROR":
         # The backend is up but a dependency of it (the TPM) is not: say which, and
         # pass its figures on (a TPM in lockout says when it recovers).
-        reason, metadata = _error_info(error)
-        return Unavailable(reason, error.details() or "unavailable", metadata)
-    kind = passed.get(error.code())
+        return Unavailable(reason, message or "unavailable", metadata)
+    kind = _PASSED.get(code)
     if kind is not None:
-        return kind(_reason(error), error.details() or "rejected by the backend")
+        return kind(reason, message or "rejected by the backend", metadata)
     return Unavailable("BACKEND_UNAVAILABLE", "the licensing backend is unavailable")
+
+
+def _no_batches(error: grpc.aio.AioRpcError) -> bool:
+    """An older backend: grpc has no such method, or its guard does not serve it."""
+    if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+        return True
+    return error.code() == grpc.StatusCode.PERMISSION_DENIED and (
+        _reason(error) == "METHOD_NOT_ALLOWED"
+    )
 
 
 class BackendCertificateSigner:
@@ -162,14 +185,133 @@ class BackendProvisioningClient:
             raise _translate(exc) from exc
 
 
+#: Batch calls one client keeps out at once; requests that arrive meanwhile wait for the
+#: next. Two would do for one TPM (one being quoted, one waiting for the next quote); a
+#: few more keep a request that arrives as a quote ends from waiting for the next one.
+QUOTE_CALLS_IN_FLIGHT = 4
+#: Requests per batch call, at most (the backend's MAX_QUOTE_BATCH).
+QUOTE_BATCH_LIMIT = 4096
+
+_Waiting = tuple[str, bytes, "asyncio.Future[bytes]"]
+
+
 class BackendQuoteClient:
-    """One backend's ``QuoteService``: the pod-mate's, or another pod's (quote_routing)."""
+    """One backend's ``QuoteService``: the pod-mate's, or another pod's (quote_routing).
+
+    Quotes go out in ``QuoteBatch`` calls: a request is sent at the next turn of the
+    event loop if fewer than ``QUOTE_CALLS_IN_FLIGHT`` calls are out, and otherwise
+    joins the next call, so a busy frontend makes one call per batch of requests (an
+    idle one, one per request, as before). A backend without ``QuoteBatch`` (an older
+    one, mid-upgrade) gets unary ``Quote`` calls from then on.
+    """
 
     def __init__(self, channel: grpc.aio.Channel, *, timeout: float = 30.0):
         self._quotes = control_pb2_grpc.QuoteServiceStub(channel)
         self._timeout = timeout
+        self._waiting: list[_Waiting] = []
+        self._in_flight = 0
+        self._send_scheduled = False
+        self._batches = True
+        self._calls: set[asyncio.Task[None]] = set()
 
     async def quote(self, enclave_id: str, nonce: bytes) -> bytes:
+        if not self._batches:
+            return await self._quote_one(enclave_id, nonce)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiting.append((enclave_id, nonce, future))
+        self._schedule()
+        return await future
+
+    def _schedule(self) -> None:
+        if self._send_scheduled or self._in_flight >= QUOTE_CALLS_IN_FLIGHT:
+            return
+        self._send_scheduled = True
+        asyncio.get_running_loop().call_soon(self._send)
+
+    def _send(self) -> None:
+        self._send_scheduled = False
+        # A caller that went away (cancelled, deadline) is not asked for.
+        waiting = [w for w in self._waiting if not w[2].done()]
+        batch, self._waiting = waiting[:QUOTE_BATCH_LIMIT], waiting[QUOTE_BATCH_LIMIT:]
+        if not batch:
+            return
+        self._in_flight += 1
+        call = asyncio.ensure_future(self._call(batch))
+        self._calls.add(call)
+        call.add_done_callback(self._call_done)
+
+    def _call_done(self, call: asyncio.Task[None]) -> None:
+        self._calls.discard(call)
+        self._in_flight -= 1
+        if self._waiting:
+            self._schedule()
+
+    async def _call(self, batch: list[_Waiting]) -> None:
+        try:
+            reply = await self._quotes.QuoteBatch(
+                control_pb2.QuoteBatchRequest(
+                    requests=[
+                        control_pb2.QuoteRequest(enclave_id=enclave_id, nonce=nonce)
+                        for enclave_id, nonce, _ in batch
+                    ]
+                ),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if _no_batches(exc):
+                _log.info("the backend has no QuoteBatch (an older version): unary quotes")
+                self._batches = False
+                for enclave_id, nonce, future in batch:
+                    self._answer_later(future, self._quote_one(enclave_id, nonce))
+                return
+            error = _translate(exc)
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        except BaseException as exc:  # cancelled at shutdown, or a bug: nobody may hang
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(Unavailable("BACKEND_UNAVAILABLE", "quote call failed"))
+            if not isinstance(exc, Exception):
+                raise
+            _log.exception("QuoteBatch failed")
+            return
+        for (_, _, future), result in zip(batch, reply.results, strict=False):
+            if future.done():
+                continue
+            if result.WhichOneof("result") == "attestation":
+                future.set_result(result.attestation)
+            else:
+                failed = result.error
+                future.set_exception(
+                    _verdict(
+                        _CODES.get(failed.code, grpc.StatusCode.UNKNOWN),
+                        failed.reason,
+                        failed.message,
+                        dict(failed.metadata),
+                    )
+                )
+        for _, _, future in batch[len(reply.results) :]:
+            if not future.done():
+                future.set_exception(Unavailable("BACKEND_UNAVAILABLE", "no answer for a quote"))
+
+    def _answer_later(self, future: asyncio.Future[bytes], answer: Awaitable[bytes]) -> None:
+        async def settle() -> None:
+            try:
+                result = await answer
+            except DomainError as exc:
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                if not future.done():
+                    future.set_result(result)
+
+        task = asyncio.ensure_future(settle())
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+
+    async def _quote_one(self, enclave_id: str, nonce: bytes) -> bytes:
         try:
             reply = await self._quotes.Quote(
                 control_pb2.QuoteRequest(enclave_id=enclave_id, nonce=nonce),

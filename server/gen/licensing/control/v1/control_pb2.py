@@ -27,13 +27,15 @@ from licensing.v1 import attestation_pb2 as licensing_dot_v1_dot_attestation__pb
 from licensing.v1 import enclave_pb2 as licensing_dot_v1_dot_enclave__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"licensing/control/v1/control.proto\x12\x14licensing.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1elicensing/v1/attestation.proto\x1a\x1alicensing/v1/enclave.proto\"j\n\x1aSignUserCertificateRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\t\x12\x18\n\x10lifetime_seconds\x18\x04 \x01(\r\"\xa0\x01\n\x1bSignUserCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x1a\n\x12\x63\x65rtificate_sha256\x18\x02 \x01(\x0c\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13\x63\x61_certificates_pem\x18\x04 \x03(\t\"\x1a\n\x18GetCaCertificatesRequest\"Z\n\x19GetCaCertificatesResponse\x12\x1b\n\x13\x63\x61_certificates_pem\x18\x01 \x03(\t\x12 \n\x18\x61k_certificate_chain_pem\x18\x02 \x03(\t\",\n\x15RevokeSessionsRequest\x12\x13\n\x0bsession_ids\x18\x01 \x03(\t\"\x18\n\x16RevokeSessionsResponse\"h\n\x10ProvisionRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x11\n\tjwks_json\x18\x05 \x01(\tJ\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05R\x05nonceR\x0b\x65xpire_time\"\xba\x01\n\x11ProvisionResponse\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\"\n\x05phase\x18\x02 \x01(\x0e\x32\x13.licensing.v1.Phase\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampJ\x04\x08\x06\x10\x07J\x04\x08\x07\x10\x08R\x07\x65nclaveR\x0b\x61ttestation\"(\n\x12\x44\x65provisionRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65provisionResponse\"@\n\x1bRequestReattestationRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\"\x1e\n\x1cRequestReattestationResponse\"1\n\x0cQuoteRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\"?\n\rQuoteResponse\x12.\n\x0b\x61ttestation\x18\x01 \x01(\x0b\x32\x19.licensing.v1.Attestation2\x86\x02\n\x12\x43\x65rtificateService\x12z\n\x13SignUserCertificate\x12\x30.licensing.control.v1.SignUserCertificateRequest\x1a\x31.licensing.control.v1.SignUserCertificateResponse\x12t\n\x11GetCaCertificates\x12..licensing.control.v1.GetCaCertificatesRequest\x1a/.licensing.control.v1.GetCaCertificatesResponse2\xc6\x02\n\x13ProvisioningService\x12^\n\tProvision\x12&.licensing.control.v1.ProvisionRequest\x1a\'.licensing.control.v1.ProvisionResponse0\x01\x12\x62\n\x0b\x44\x65provision\x12(.licensing.control.v1.DeprovisionRequest\x1a).licensing.control.v1.DeprovisionResponse\x12k\n\x0eRevokeSessions\x12+.licensing.control.v1.RevokeSessionsRequest\x1a,.licensing.control.v1.RevokeSessionsResponse2\xdf\x01\n\x0cQuoteService\x12P\n\x05Quote\x12\".licensing.control.v1.QuoteRequest\x1a#.licensing.control.v1.QuoteResponse\x12}\n\x14RequestReattestation\x12\x31.licensing.control.v1.RequestReattestationRequest\x1a\x32.licensing.control.v1.RequestReattestationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"licensing/control/v1/control.proto\x12\x14licensing.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1elicensing/v1/attestation.proto\x1a\x1alicensing/v1/enclave.proto\"j\n\x1aSignUserCertificateRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\t\x12\x18\n\x10lifetime_seconds\x18\x04 \x01(\r\"\xa0\x01\n\x1bSignUserCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x1a\n\x12\x63\x65rtificate_sha256\x18\x02 \x01(\x0c\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13\x63\x61_certificates_pem\x18\x04 \x03(\t\"\x1a\n\x18GetCaCertificatesRequest\"Z\n\x19GetCaCertificatesResponse\x12\x1b\n\x13\x63\x61_certificates_pem\x18\x01 \x03(\t\x12 \n\x18\x61k_certificate_chain_pem\x18\x02 \x03(\t\",\n\x15RevokeSessionsRequest\x12\x13\n\x0bsession_ids\x18\x01 \x03(\t\"\x18\n\x16RevokeSessionsResponse\"h\n\x10ProvisionRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x11\n\tjwks_json\x18\x05 \x01(\tJ\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05R\x05nonceR\x0b\x65xpire_time\"\xba\x01\n\x11ProvisionResponse\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\"\n\x05phase\x18\x02 \x01(\x0e\x32\x13.licensing.v1.Phase\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampJ\x04\x08\x06\x10\x07J\x04\x08\x07\x10\x08R\x07\x65nclaveR\x0b\x61ttestation\"(\n\x12\x44\x65provisionRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65provisionResponse\"I\n\x11QuoteBatchRequest\x12\x34\n\x08requests\x18\x01 \x03(\x0b\x32\".licensing.control.v1.QuoteRequest\"H\n\x12QuoteBatchResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.licensing.control.v1.QuoteResult\"a\n\x0bQuoteResult\x12\x15\n\x0b\x61ttestation\x18\x01 \x01(\x0cH\x00\x12\x31\n\x05\x65rror\x18\x02 \x01(\x0b\x32 .licensing.control.v1.QuoteErrorH\x00\x42\x08\n\x06result\"\xae\x01\n\nQuoteError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12@\n\x08metadata\x18\x04 \x03(\x0b\x32..licensing.control.v1.QuoteError.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x1bRequestReattestationRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\"\x1e\n\x1cRequestReattestationResponse\"1\n\x0cQuoteRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\"?\n\rQuoteResponse\x12.\n\x0b\x61ttestation\x18\x01 \x01(\x0b\x32\x19.licensing.v1.Attestation2\x86\x02\n\x12\x43\x65rtificateService\x12z\n\x13SignUserCertificate\x12\x30.licensing.control.v1.SignUserCertificateRequest\x1a\x31.licensing.control.v1.SignUserCertificateResponse\x12t\n\x11GetCaCertificates\x12..licensing.control.v1.GetCaCertificatesRequest\x1a/.licensing.control.v1.GetCaCertificatesResponse2\xc6\x02\n\x13ProvisioningService\x12^\n\tProvision\x12&.licensing.control.v1.ProvisionRequest\x1a\'.licensing.control.v1.ProvisionResponse0\x01\x12\x62\n\x0b\x44\x65provision\x12(.licensing.control.v1.DeprovisionRequest\x1a).licensing.control.v1.DeprovisionResponse\x12k\n\x0eRevokeSessions\x12+.licensing.control.v1.RevokeSessionsRequest\x1a,.licensing.control.v1.RevokeSessionsResponse2\xc0\x02\n\x0cQuoteService\x12P\n\x05Quote\x12\".licensing.control.v1.QuoteRequest\x1a#.licensing.control.v1.QuoteResponse\x12}\n\x14RequestReattestation\x12\x31.licensing.control.v1.RequestReattestationRequest\x1a\x32.licensing.control.v1.RequestReattestationResponse\x12_\n\nQuoteBatch\x12\'.licensing.control.v1.QuoteBatchRequest\x1a(.licensing.control.v1.QuoteBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'licensing.control.v1.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_QUOTEERROR_METADATAENTRY']._loaded_options = None
+  _globals['_QUOTEERROR_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_SIGNUSERCERTIFICATEREQUEST']._serialized_start=153
   _globals['_SIGNUSERCERTIFICATEREQUEST']._serialized_end=259
   _globals['_SIGNUSERCERTIFICATERESPONSE']._serialized_start=262
@@ -54,18 +56,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEPROVISIONREQUEST']._serialized_end=951
   _globals['_DEPROVISIONRESPONSE']._serialized_start=953
   _globals['_DEPROVISIONRESPONSE']._serialized_end=974
-  _globals['_REQUESTREATTESTATIONREQUEST']._serialized_start=976
-  _globals['_REQUESTREATTESTATIONREQUEST']._serialized_end=1040
-  _globals['_REQUESTREATTESTATIONRESPONSE']._serialized_start=1042
-  _globals['_REQUESTREATTESTATIONRESPONSE']._serialized_end=1072
-  _globals['_QUOTEREQUEST']._serialized_start=1074
-  _globals['_QUOTEREQUEST']._serialized_end=1123
-  _globals['_QUOTERESPONSE']._serialized_start=1125
-  _globals['_QUOTERESPONSE']._serialized_end=1188
-  _globals['_CERTIFICATESERVICE']._serialized_start=1191
-  _globals['_CERTIFICATESERVICE']._serialized_end=1453
-  _globals['_PROVISIONINGSERVICE']._serialized_start=1456
-  _globals['_PROVISIONINGSERVICE']._serialized_end=1782
-  _globals['_QUOTESERVICE']._serialized_start=1785
-  _globals['_QUOTESERVICE']._serialized_end=2008
+  _globals['_QUOTEBATCHREQUEST']._serialized_start=976
+  _globals['_QUOTEBATCHREQUEST']._serialized_end=1049
+  _globals['_QUOTEBATCHRESPONSE']._serialized_start=1051
+  _globals['_QUOTEBATCHRESPONSE']._serialized_end=1123
+  _globals['_QUOTERESULT']._serialized_start=1125
+  _globals['_QUOTERESULT']._serialized_end=1222
+  _globals['_QUOTEERROR']._serialized_start=1225
+  _globals['_QUOTEERROR']._serialized_end=1399
+  _globals['_QUOTEERROR_METADATAENTRY']._serialized_start=1352
+  _globals['_QUOTEERROR_METADATAENTRY']._serialized_end=1399
+  _globals['_REQUESTREATTESTATIONREQUEST']._serialized_start=1401
+  _globals['_REQUESTREATTESTATIONREQUEST']._serialized_end=1465
+  _globals['_REQUESTREATTESTATIONRESPONSE']._serialized_start=1467
+  _globals['_REQUESTREATTESTATIONRESPONSE']._serialized_end=1497
+  _globals['_QUOTEREQUEST']._serialized_start=1499
+  _globals['_QUOTEREQUEST']._serialized_end=1548
+  _globals['_QUOTERESPONSE']._serialized_start=1550
+  _globals['_QUOTERESPONSE']._serialized_end=1613
+  _globals['_CERTIFICATESERVICE']._serialized_start=1616
+  _globals['_CERTIFICATESERVICE']._serialized_end=1878
+  _globals['_PROVISIONINGSERVICE']._serialized_start=1881
+  _globals['_PROVISIONINGSERVICE']._serialized_end=2207
+  _globals['_QUOTESERVICE']._serialized_start=2210
+  _globals['_QUOTESERVICE']._serialized_end=2530
 # @@protoc_insertion_point(module_scope)

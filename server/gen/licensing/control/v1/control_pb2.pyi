@@ -21,6 +21,8 @@ licensing/v1/auth.proto):
     enclave that is not ATTESTED (metadata: phase).
   RESOURCE_EXHAUSTED ATTESTATION_REQUESTS_QUEUED: RequestReattestation while
     8 nonces already wait for the enclave's next round.
+  INVALID_ARGUMENT QUOTE_BATCH_TOO_LARGE: QuoteBatch with over 4,096
+    requests.
   FAILED_PRECONDITION ENCLAVE_NOT_ATTESTABLE, ENCLAVE_NOT_MEASURED,
     TPM_COMMAND_FAILED, UNAVAILABLE TPM_UNAVAILABLE, TPM_LOCKED_OUT,
     MEASUREMENT_LOG_MISMATCH: see licensing/v1/attestation.proto.
@@ -342,6 +344,144 @@ class DeprovisionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeprovisionResponse: _TypeAlias = DeprovisionResponse  # noqa: Y015
+
+@_typing.final
+class QuoteBatchRequest(_message.Message):
+    """QuoteBatchRequest holds at most 4,096 requests (INVALID_ARGUMENT
+    QUOTE_BATCH_TOO_LARGE past that).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuoteRequest]:
+        """The requests, answered in this order."""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___QuoteRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuoteBatchRequest: _TypeAlias = QuoteBatchRequest  # noqa: Y015
+
+@_typing.final
+class QuoteBatchResponse(_message.Message):
+    """QuoteBatchResponse has one result per request, in the requests' order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuoteResult]:
+        """One per request."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___QuoteResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuoteBatchResponse: _TypeAlias = QuoteBatchResponse  # noqa: Y015
+
+@_typing.final
+class QuoteResult(_message.Message):
+    """QuoteResult is one request's attestation, or why it has none."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTESTATION_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    attestation: _builtins.bytes
+    """A serialized licensing.v1.Attestation, as GetAttestation returns it: bytes,
+    so that the frontend passes it on without parsing and re-serializing it.
+    """
+    @_builtins.property
+    def error(self) -> Global___QuoteError:
+        """This request's error; the batch's other requests are not affected by it."""
+
+    def __init__(
+        self,
+        *,
+        attestation: _builtins.bytes = ...,
+        error: Global___QuoteError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation", "error", b"error", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation", "error", b"error", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["attestation", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___QuoteResult: _TypeAlias = QuoteResult  # noqa: Y015
+
+@_typing.final
+class QuoteError(_message.Message):
+    """QuoteError is the status a unary Quote call would have ended with."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The gRPC status code's number (google.rpc.Code)."""
+    reason: _builtins.str
+    """The google.rpc.ErrorInfo reason."""
+    message: _builtins.str
+    """The status message, for people."""
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The ErrorInfo metadata."""
+
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "metadata", b"metadata", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuoteError: _TypeAlias = QuoteError  # noqa: Y015
 
 @_typing.final
 class RequestReattestationRequest(_message.Message):

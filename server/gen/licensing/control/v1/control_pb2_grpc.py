@@ -342,6 +342,11 @@ class QuoteServiceStub:
                 request_serializer=licensing_dot_control_dot_v1_dot_control__pb2.RequestReattestationRequest.SerializeToString,
                 response_deserializer=licensing_dot_control_dot_v1_dot_control__pb2.RequestReattestationResponse.FromString,
                 _registered_method=True)
+        self.QuoteBatch = channel.unary_unary(
+                '/licensing.control.v1.QuoteService/QuoteBatch',
+                request_serializer=licensing_dot_control_dot_v1_dot_control__pb2.QuoteBatchRequest.SerializeToString,
+                response_deserializer=licensing_dot_control_dot_v1_dot_control__pb2.QuoteBatchResponse.FromString,
+                _registered_method=True)
 
 
 class QuoteServiceServicer:
@@ -363,6 +368,16 @@ class QuoteServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QuoteBatch(self, request, context):
+        """QuoteBatch answers many quote requests in one call: the frontend sends
+        together the GetAttestation requests that arrived while its previous calls
+        were out, so a busy frontend makes one call per batch instead of one per
+        request. Each request gets its own result, as Quote would have answered it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QuoteServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -375,6 +390,11 @@ def add_QuoteServiceServicer_to_server(servicer, server):
                     servicer.RequestReattestation,
                     request_deserializer=licensing_dot_control_dot_v1_dot_control__pb2.RequestReattestationRequest.FromString,
                     response_serializer=licensing_dot_control_dot_v1_dot_control__pb2.RequestReattestationResponse.SerializeToString,
+            ),
+            'QuoteBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.QuoteBatch,
+                    request_deserializer=licensing_dot_control_dot_v1_dot_control__pb2.QuoteBatchRequest.FromString,
+                    response_serializer=licensing_dot_control_dot_v1_dot_control__pb2.QuoteBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -432,6 +452,33 @@ class QuoteService:
             '/licensing.control.v1.QuoteService/RequestReattestation',
             licensing_dot_control_dot_v1_dot_control__pb2.RequestReattestationRequest.SerializeToString,
             licensing_dot_control_dot_v1_dot_control__pb2.RequestReattestationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QuoteBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/licensing.control.v1.QuoteService/QuoteBatch',
+            licensing_dot_control_dot_v1_dot_control__pb2.QuoteBatchRequest.SerializeToString,
+            licensing_dot_control_dot_v1_dot_control__pb2.QuoteBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

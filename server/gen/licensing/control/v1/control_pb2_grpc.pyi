@@ -21,6 +21,8 @@ licensing/v1/auth.proto):
     enclave that is not ATTESTED (metadata: phase).
   RESOURCE_EXHAUSTED ATTESTATION_REQUESTS_QUEUED: RequestReattestation while
     8 nonces already wait for the enclave's next round.
+  INVALID_ARGUMENT QUOTE_BATCH_TOO_LARGE: QuoteBatch with over 4,096
+    requests.
   FAILED_PRECONDITION ENCLAVE_NOT_ATTESTABLE, ENCLAVE_NOT_MEASURED,
     TPM_COMMAND_FAILED, UNAVAILABLE TPM_UNAVAILABLE, TPM_LOCKED_OUT,
     MEASUREMENT_LOG_MISMATCH: see licensing/v1/attestation.proto.
@@ -214,6 +216,12 @@ class QuoteServiceStub:
     """RequestReattestation queues a nonce for the enclave's next
     re-attestation round (one quote per round covers every live enclave).
     """
+    QuoteBatch: _grpc.UnaryUnaryMultiCallable[_control_pb2.QuoteBatchRequest, _control_pb2.QuoteBatchResponse]
+    """QuoteBatch answers many quote requests in one call: the frontend sends
+    together the GetAttestation requests that arrived while its previous calls
+    were out, so a busy frontend makes one call per batch instead of one per
+    request. Each request gets its own result, as Quote would have answered it.
+    """
 
 @_typing.type_check_only
 class QuoteServiceAsyncStub(QuoteServiceStub):
@@ -225,6 +233,12 @@ class QuoteServiceAsyncStub(QuoteServiceStub):
     RequestReattestation: _aio.UnaryUnaryMultiCallable[_control_pb2.RequestReattestationRequest, _control_pb2.RequestReattestationResponse]  # type: ignore[assignment]
     """RequestReattestation queues a nonce for the enclave's next
     re-attestation round (one quote per round covers every live enclave).
+    """
+    QuoteBatch: _aio.UnaryUnaryMultiCallable[_control_pb2.QuoteBatchRequest, _control_pb2.QuoteBatchResponse]  # type: ignore[assignment]
+    """QuoteBatch answers many quote requests in one call: the frontend sends
+    together the GetAttestation requests that arrived while its previous calls
+    were out, so a busy frontend makes one call per batch instead of one per
+    request. Each request gets its own result, as Quote would have answered it.
     """
 
 class QuoteServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -246,6 +260,18 @@ class QuoteServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_control_pb2.RequestReattestationResponse, _abc.Awaitable[_control_pb2.RequestReattestationResponse]]:
         """RequestReattestation queues a nonce for the enclave's next
         re-attestation round (one quote per round covers every live enclave).
+        """
+
+    @_abc_1.abstractmethod
+    def QuoteBatch(
+        self,
+        request: _control_pb2.QuoteBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.QuoteBatchResponse, _abc.Awaitable[_control_pb2.QuoteBatchResponse]]:
+        """QuoteBatch answers many quote requests in one call: the frontend sends
+        together the GetAttestation requests that arrived while its previous calls
+        were out, so a busy frontend makes one call per batch instead of one per
+        request. Each request gets its own result, as Quote would have answered it.
         """
 
 def add_QuoteServiceServicer_to_server(servicer: QuoteServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,6 +24,8 @@
 //     enclave that is not ATTESTED (metadata: phase).
 //   RESOURCE_EXHAUSTED ATTESTATION_REQUESTS_QUEUED: RequestReattestation while
 //     8 nonces already wait for the enclave's next round.
+//   INVALID_ARGUMENT QUOTE_BATCH_TOO_LARGE: QuoteBatch with over 4,096
+//     requests.
 //   FAILED_PRECONDITION ENCLAVE_NOT_ATTESTABLE, ENCLAVE_NOT_MEASURED,
 //     TPM_COMMAND_FAILED, UNAVAILABLE TPM_UNAVAILABLE, TPM_LOCKED_OUT,
 //     MEASUREMENT_LOG_MISMATCH: see licensing/v1/attestation.proto.
@@ -624,6 +626,260 @@ func (*DeprovisionResponse) Descriptor() ([]byte, []int) {
 	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{9}
 }
 
+// QuoteBatchRequest holds at most 4,096 requests (INVALID_ARGUMENT
+// QUOTE_BATCH_TOO_LARGE past that).
+type QuoteBatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The requests, answered in this order.
+	Requests      []*QuoteRequest `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuoteBatchRequest) Reset() {
+	*x = QuoteBatchRequest{}
+	mi := &file_licensing_control_v1_control_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuoteBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuoteBatchRequest) ProtoMessage() {}
+
+func (x *QuoteBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_licensing_control_v1_control_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuoteBatchRequest.ProtoReflect.Descriptor instead.
+func (*QuoteBatchRequest) Descriptor() ([]byte, []int) {
+	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *QuoteBatchRequest) GetRequests() []*QuoteRequest {
+	if x != nil {
+		return x.Requests
+	}
+	return nil
+}
+
+// QuoteBatchResponse has one result per request, in the requests' order.
+type QuoteBatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per request.
+	Results       []*QuoteResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuoteBatchResponse) Reset() {
+	*x = QuoteBatchResponse{}
+	mi := &file_licensing_control_v1_control_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuoteBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuoteBatchResponse) ProtoMessage() {}
+
+func (x *QuoteBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_licensing_control_v1_control_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuoteBatchResponse.ProtoReflect.Descriptor instead.
+func (*QuoteBatchResponse) Descriptor() ([]byte, []int) {
+	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *QuoteBatchResponse) GetResults() []*QuoteResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// QuoteResult is one request's attestation, or why it has none.
+type QuoteResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Exactly one of the two.
+	//
+	// Types that are valid to be assigned to Result:
+	//
+	//	*QuoteResult_Attestation
+	//	*QuoteResult_Error
+	Result        isQuoteResult_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuoteResult) Reset() {
+	*x = QuoteResult{}
+	mi := &file_licensing_control_v1_control_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuoteResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuoteResult) ProtoMessage() {}
+
+func (x *QuoteResult) ProtoReflect() protoreflect.Message {
+	mi := &file_licensing_control_v1_control_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuoteResult.ProtoReflect.Descriptor instead.
+func (*QuoteResult) Descriptor() ([]byte, []int) {
+	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *QuoteResult) GetResult() isQuoteResult_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *QuoteResult) GetAttestation() []byte {
+	if x != nil {
+		if x, ok := x.Result.(*QuoteResult_Attestation); ok {
+			return x.Attestation
+		}
+	}
+	return nil
+}
+
+func (x *QuoteResult) GetError() *QuoteError {
+	if x != nil {
+		if x, ok := x.Result.(*QuoteResult_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isQuoteResult_Result interface {
+	isQuoteResult_Result()
+}
+
+type QuoteResult_Attestation struct {
+	// A serialized licensing.v1.Attestation, as GetAttestation returns it: bytes,
+	// so that the frontend passes it on without parsing and re-serializing it.
+	Attestation []byte `protobuf:"bytes,1,opt,name=attestation,proto3,oneof"`
+}
+
+type QuoteResult_Error struct {
+	// This request's error; the batch's other requests are not affected by it.
+	Error *QuoteError `protobuf:"bytes,2,opt,name=error,proto3,oneof"`
+}
+
+func (*QuoteResult_Attestation) isQuoteResult_Result() {}
+
+func (*QuoteResult_Error) isQuoteResult_Result() {}
+
+// QuoteError is the status a unary Quote call would have ended with.
+type QuoteError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The gRPC status code's number (google.rpc.Code).
+	Code int32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	// The google.rpc.ErrorInfo reason.
+	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The status message, for people.
+	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// The ErrorInfo metadata.
+	Metadata      map[string]string `protobuf:"bytes,4,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuoteError) Reset() {
+	*x = QuoteError{}
+	mi := &file_licensing_control_v1_control_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuoteError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuoteError) ProtoMessage() {}
+
+func (x *QuoteError) ProtoReflect() protoreflect.Message {
+	mi := &file_licensing_control_v1_control_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuoteError.ProtoReflect.Descriptor instead.
+func (*QuoteError) Descriptor() ([]byte, []int) {
+	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *QuoteError) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *QuoteError) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *QuoteError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *QuoteError) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
 // RequestReattestationRequest names the enclave and the client's nonce.
 type RequestReattestationRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -637,7 +893,7 @@ type RequestReattestationRequest struct {
 
 func (x *RequestReattestationRequest) Reset() {
 	*x = RequestReattestationRequest{}
-	mi := &file_licensing_control_v1_control_proto_msgTypes[10]
+	mi := &file_licensing_control_v1_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -649,7 +905,7 @@ func (x *RequestReattestationRequest) String() string {
 func (*RequestReattestationRequest) ProtoMessage() {}
 
 func (x *RequestReattestationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_licensing_control_v1_control_proto_msgTypes[10]
+	mi := &file_licensing_control_v1_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -662,7 +918,7 @@ func (x *RequestReattestationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestReattestationRequest.ProtoReflect.Descriptor instead.
 func (*RequestReattestationRequest) Descriptor() ([]byte, []int) {
-	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{10}
+	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RequestReattestationRequest) GetEnclaveId() string {
@@ -688,7 +944,7 @@ type RequestReattestationResponse struct {
 
 func (x *RequestReattestationResponse) Reset() {
 	*x = RequestReattestationResponse{}
-	mi := &file_licensing_control_v1_control_proto_msgTypes[11]
+	mi := &file_licensing_control_v1_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -700,7 +956,7 @@ func (x *RequestReattestationResponse) String() string {
 func (*RequestReattestationResponse) ProtoMessage() {}
 
 func (x *RequestReattestationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_licensing_control_v1_control_proto_msgTypes[11]
+	mi := &file_licensing_control_v1_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -713,7 +969,7 @@ func (x *RequestReattestationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestReattestationResponse.ProtoReflect.Descriptor instead.
 func (*RequestReattestationResponse) Descriptor() ([]byte, []int) {
-	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{11}
+	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{15}
 }
 
 // QuoteRequest names the enclave and the client's nonce.
@@ -729,7 +985,7 @@ type QuoteRequest struct {
 
 func (x *QuoteRequest) Reset() {
 	*x = QuoteRequest{}
-	mi := &file_licensing_control_v1_control_proto_msgTypes[12]
+	mi := &file_licensing_control_v1_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -741,7 +997,7 @@ func (x *QuoteRequest) String() string {
 func (*QuoteRequest) ProtoMessage() {}
 
 func (x *QuoteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_licensing_control_v1_control_proto_msgTypes[12]
+	mi := &file_licensing_control_v1_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -754,7 +1010,7 @@ func (x *QuoteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuoteRequest.ProtoReflect.Descriptor instead.
 func (*QuoteRequest) Descriptor() ([]byte, []int) {
-	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{12}
+	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *QuoteRequest) GetEnclaveId() string {
@@ -782,7 +1038,7 @@ type QuoteResponse struct {
 
 func (x *QuoteResponse) Reset() {
 	*x = QuoteResponse{}
-	mi := &file_licensing_control_v1_control_proto_msgTypes[13]
+	mi := &file_licensing_control_v1_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -794,7 +1050,7 @@ func (x *QuoteResponse) String() string {
 func (*QuoteResponse) ProtoMessage() {}
 
 func (x *QuoteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_licensing_control_v1_control_proto_msgTypes[13]
+	mi := &file_licensing_control_v1_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -807,7 +1063,7 @@ func (x *QuoteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuoteResponse.ProtoReflect.Descriptor instead.
 func (*QuoteResponse) Descriptor() ([]byte, []int) {
-	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{13}
+	return file_licensing_control_v1_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *QuoteResponse) GetAttestation() *v1.Attestation {
@@ -856,7 +1112,24 @@ const file_licensing_control_v1_control_proto_rawDesc = "" +
 	"\x12DeprovisionRequest\x12\x1d\n" +
 	"\n" +
 	"enclave_id\x18\x01 \x01(\tR\tenclaveId\"\x15\n" +
-	"\x13DeprovisionResponse\"R\n" +
+	"\x13DeprovisionResponse\"S\n" +
+	"\x11QuoteBatchRequest\x12>\n" +
+	"\brequests\x18\x01 \x03(\v2\".licensing.control.v1.QuoteRequestR\brequests\"Q\n" +
+	"\x12QuoteBatchResponse\x12;\n" +
+	"\aresults\x18\x01 \x03(\v2!.licensing.control.v1.QuoteResultR\aresults\"u\n" +
+	"\vQuoteResult\x12\"\n" +
+	"\vattestation\x18\x01 \x01(\fH\x00R\vattestation\x128\n" +
+	"\x05error\x18\x02 \x01(\v2 .licensing.control.v1.QuoteErrorH\x00R\x05errorB\b\n" +
+	"\x06result\"\xdb\x01\n" +
+	"\n" +
+	"QuoteError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12J\n" +
+	"\bmetadata\x18\x04 \x03(\v2..licensing.control.v1.QuoteError.MetadataEntryR\bmetadata\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"R\n" +
 	"\x1bRequestReattestationRequest\x12\x1d\n" +
 	"\n" +
 	"enclave_id\x18\x01 \x01(\tR\tenclaveId\x12\x14\n" +
@@ -874,10 +1147,12 @@ const file_licensing_control_v1_control_proto_rawDesc = "" +
 	"\x13ProvisioningService\x12^\n" +
 	"\tProvision\x12&.licensing.control.v1.ProvisionRequest\x1a'.licensing.control.v1.ProvisionResponse0\x01\x12b\n" +
 	"\vDeprovision\x12(.licensing.control.v1.DeprovisionRequest\x1a).licensing.control.v1.DeprovisionResponse\x12k\n" +
-	"\x0eRevokeSessions\x12+.licensing.control.v1.RevokeSessionsRequest\x1a,.licensing.control.v1.RevokeSessionsResponse2\xdf\x01\n" +
+	"\x0eRevokeSessions\x12+.licensing.control.v1.RevokeSessionsRequest\x1a,.licensing.control.v1.RevokeSessionsResponse2\xc0\x02\n" +
 	"\fQuoteService\x12P\n" +
 	"\x05Quote\x12\".licensing.control.v1.QuoteRequest\x1a#.licensing.control.v1.QuoteResponse\x12}\n" +
-	"\x14RequestReattestation\x121.licensing.control.v1.RequestReattestationRequest\x1a2.licensing.control.v1.RequestReattestationResponseBBZ@licensing.internal/clients/go/gen/licensing/control/v1;controlv1b\x06proto3"
+	"\x14RequestReattestation\x121.licensing.control.v1.RequestReattestationRequest\x1a2.licensing.control.v1.RequestReattestationResponse\x12_\n" +
+	"\n" +
+	"QuoteBatch\x12'.licensing.control.v1.QuoteBatchRequest\x1a(.licensing.control.v1.QuoteBatchResponseBBZ@licensing.internal/clients/go/gen/licensing/control/v1;controlv1b\x06proto3"
 
 var (
 	file_licensing_control_v1_control_proto_rawDescOnce sync.Once
@@ -891,7 +1166,7 @@ func file_licensing_control_v1_control_proto_rawDescGZIP() []byte {
 	return file_licensing_control_v1_control_proto_rawDescData
 }
 
-var file_licensing_control_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_licensing_control_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_licensing_control_v1_control_proto_goTypes = []any{
 	(*SignUserCertificateRequest)(nil),   // 0: licensing.control.v1.SignUserCertificateRequest
 	(*SignUserCertificateResponse)(nil),  // 1: licensing.control.v1.SignUserCertificateResponse
@@ -903,38 +1178,49 @@ var file_licensing_control_v1_control_proto_goTypes = []any{
 	(*ProvisionResponse)(nil),            // 7: licensing.control.v1.ProvisionResponse
 	(*DeprovisionRequest)(nil),           // 8: licensing.control.v1.DeprovisionRequest
 	(*DeprovisionResponse)(nil),          // 9: licensing.control.v1.DeprovisionResponse
-	(*RequestReattestationRequest)(nil),  // 10: licensing.control.v1.RequestReattestationRequest
-	(*RequestReattestationResponse)(nil), // 11: licensing.control.v1.RequestReattestationResponse
-	(*QuoteRequest)(nil),                 // 12: licensing.control.v1.QuoteRequest
-	(*QuoteResponse)(nil),                // 13: licensing.control.v1.QuoteResponse
-	(*timestamppb.Timestamp)(nil),        // 14: google.protobuf.Timestamp
-	(v1.Phase)(0),                        // 15: licensing.v1.Phase
-	(*v1.Attestation)(nil),               // 16: licensing.v1.Attestation
+	(*QuoteBatchRequest)(nil),            // 10: licensing.control.v1.QuoteBatchRequest
+	(*QuoteBatchResponse)(nil),           // 11: licensing.control.v1.QuoteBatchResponse
+	(*QuoteResult)(nil),                  // 12: licensing.control.v1.QuoteResult
+	(*QuoteError)(nil),                   // 13: licensing.control.v1.QuoteError
+	(*RequestReattestationRequest)(nil),  // 14: licensing.control.v1.RequestReattestationRequest
+	(*RequestReattestationResponse)(nil), // 15: licensing.control.v1.RequestReattestationResponse
+	(*QuoteRequest)(nil),                 // 16: licensing.control.v1.QuoteRequest
+	(*QuoteResponse)(nil),                // 17: licensing.control.v1.QuoteResponse
+	nil,                                  // 18: licensing.control.v1.QuoteError.MetadataEntry
+	(*timestamppb.Timestamp)(nil),        // 19: google.protobuf.Timestamp
+	(v1.Phase)(0),                        // 20: licensing.v1.Phase
+	(*v1.Attestation)(nil),               // 21: licensing.v1.Attestation
 }
 var file_licensing_control_v1_control_proto_depIdxs = []int32{
-	14, // 0: licensing.control.v1.SignUserCertificateResponse.expire_time:type_name -> google.protobuf.Timestamp
-	15, // 1: licensing.control.v1.ProvisionResponse.phase:type_name -> licensing.v1.Phase
-	14, // 2: licensing.control.v1.ProvisionResponse.time:type_name -> google.protobuf.Timestamp
-	16, // 3: licensing.control.v1.QuoteResponse.attestation:type_name -> licensing.v1.Attestation
-	0,  // 4: licensing.control.v1.CertificateService.SignUserCertificate:input_type -> licensing.control.v1.SignUserCertificateRequest
-	2,  // 5: licensing.control.v1.CertificateService.GetCaCertificates:input_type -> licensing.control.v1.GetCaCertificatesRequest
-	6,  // 6: licensing.control.v1.ProvisioningService.Provision:input_type -> licensing.control.v1.ProvisionRequest
-	8,  // 7: licensing.control.v1.ProvisioningService.Deprovision:input_type -> licensing.control.v1.DeprovisionRequest
-	4,  // 8: licensing.control.v1.ProvisioningService.RevokeSessions:input_type -> licensing.control.v1.RevokeSessionsRequest
-	12, // 9: licensing.control.v1.QuoteService.Quote:input_type -> licensing.control.v1.QuoteRequest
-	10, // 10: licensing.control.v1.QuoteService.RequestReattestation:input_type -> licensing.control.v1.RequestReattestationRequest
-	1,  // 11: licensing.control.v1.CertificateService.SignUserCertificate:output_type -> licensing.control.v1.SignUserCertificateResponse
-	3,  // 12: licensing.control.v1.CertificateService.GetCaCertificates:output_type -> licensing.control.v1.GetCaCertificatesResponse
-	7,  // 13: licensing.control.v1.ProvisioningService.Provision:output_type -> licensing.control.v1.ProvisionResponse
-	9,  // 14: licensing.control.v1.ProvisioningService.Deprovision:output_type -> licensing.control.v1.DeprovisionResponse
-	5,  // 15: licensing.control.v1.ProvisioningService.RevokeSessions:output_type -> licensing.control.v1.RevokeSessionsResponse
-	13, // 16: licensing.control.v1.QuoteService.Quote:output_type -> licensing.control.v1.QuoteResponse
-	11, // 17: licensing.control.v1.QuoteService.RequestReattestation:output_type -> licensing.control.v1.RequestReattestationResponse
-	11, // [11:18] is the sub-list for method output_type
-	4,  // [4:11] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	19, // 0: licensing.control.v1.SignUserCertificateResponse.expire_time:type_name -> google.protobuf.Timestamp
+	20, // 1: licensing.control.v1.ProvisionResponse.phase:type_name -> licensing.v1.Phase
+	19, // 2: licensing.control.v1.ProvisionResponse.time:type_name -> google.protobuf.Timestamp
+	16, // 3: licensing.control.v1.QuoteBatchRequest.requests:type_name -> licensing.control.v1.QuoteRequest
+	12, // 4: licensing.control.v1.QuoteBatchResponse.results:type_name -> licensing.control.v1.QuoteResult
+	13, // 5: licensing.control.v1.QuoteResult.error:type_name -> licensing.control.v1.QuoteError
+	18, // 6: licensing.control.v1.QuoteError.metadata:type_name -> licensing.control.v1.QuoteError.MetadataEntry
+	21, // 7: licensing.control.v1.QuoteResponse.attestation:type_name -> licensing.v1.Attestation
+	0,  // 8: licensing.control.v1.CertificateService.SignUserCertificate:input_type -> licensing.control.v1.SignUserCertificateRequest
+	2,  // 9: licensing.control.v1.CertificateService.GetCaCertificates:input_type -> licensing.control.v1.GetCaCertificatesRequest
+	6,  // 10: licensing.control.v1.ProvisioningService.Provision:input_type -> licensing.control.v1.ProvisionRequest
+	8,  // 11: licensing.control.v1.ProvisioningService.Deprovision:input_type -> licensing.control.v1.DeprovisionRequest
+	4,  // 12: licensing.control.v1.ProvisioningService.RevokeSessions:input_type -> licensing.control.v1.RevokeSessionsRequest
+	16, // 13: licensing.control.v1.QuoteService.Quote:input_type -> licensing.control.v1.QuoteRequest
+	14, // 14: licensing.control.v1.QuoteService.RequestReattestation:input_type -> licensing.control.v1.RequestReattestationRequest
+	10, // 15: licensing.control.v1.QuoteService.QuoteBatch:input_type -> licensing.control.v1.QuoteBatchRequest
+	1,  // 16: licensing.control.v1.CertificateService.SignUserCertificate:output_type -> licensing.control.v1.SignUserCertificateResponse
+	3,  // 17: licensing.control.v1.CertificateService.GetCaCertificates:output_type -> licensing.control.v1.GetCaCertificatesResponse
+	7,  // 18: licensing.control.v1.ProvisioningService.Provision:output_type -> licensing.control.v1.ProvisionResponse
+	9,  // 19: licensing.control.v1.ProvisioningService.Deprovision:output_type -> licensing.control.v1.DeprovisionResponse
+	5,  // 20: licensing.control.v1.ProvisioningService.RevokeSessions:output_type -> licensing.control.v1.RevokeSessionsResponse
+	17, // 21: licensing.control.v1.QuoteService.Quote:output_type -> licensing.control.v1.QuoteResponse
+	15, // 22: licensing.control.v1.QuoteService.RequestReattestation:output_type -> licensing.control.v1.RequestReattestationResponse
+	11, // 23: licensing.control.v1.QuoteService.QuoteBatch:output_type -> licensing.control.v1.QuoteBatchResponse
+	16, // [16:24] is the sub-list for method output_type
+	8,  // [8:16] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_licensing_control_v1_control_proto_init() }
@@ -942,13 +1228,17 @@ func file_licensing_control_v1_control_proto_init() {
 	if File_licensing_control_v1_control_proto != nil {
 		return
 	}
+	file_licensing_control_v1_control_proto_msgTypes[12].OneofWrappers = []any{
+		(*QuoteResult_Attestation)(nil),
+		(*QuoteResult_Error)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_licensing_control_v1_control_proto_rawDesc), len(file_licensing_control_v1_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

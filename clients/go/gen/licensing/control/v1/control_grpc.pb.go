@@ -24,6 +24,8 @@
 //     enclave that is not ATTESTED (metadata: phase).
 //   RESOURCE_EXHAUSTED ATTESTATION_REQUESTS_QUEUED: RequestReattestation while
 //     8 nonces already wait for the enclave's next round.
+//   INVALID_ARGUMENT QUOTE_BATCH_TOO_LARGE: QuoteBatch with over 4,096
+//     requests.
 //   FAILED_PRECONDITION ENCLAVE_NOT_ATTESTABLE, ENCLAVE_NOT_MEASURED,
 //     TPM_COMMAND_FAILED, UNAVAILABLE TPM_UNAVAILABLE, TPM_LOCKED_OUT,
 //     MEASUREMENT_LOG_MISMATCH: see licensing/v1/attestation.proto.
@@ -417,6 +419,7 @@ var ProvisioningService_ServiceDesc = grpc.ServiceDesc{
 const (
 	QuoteService_Quote_FullMethodName                = "/licensing.control.v1.QuoteService/Quote"
 	QuoteService_RequestReattestation_FullMethodName = "/licensing.control.v1.QuoteService/RequestReattestation"
+	QuoteService_QuoteBatch_FullMethodName           = "/licensing.control.v1.QuoteService/QuoteBatch"
 )
 
 // QuoteServiceClient is the client API for QuoteService service.
@@ -430,6 +433,11 @@ type QuoteServiceClient interface {
 	// RequestReattestation queues a nonce for the enclave's next
 	// re-attestation round (one quote per round covers every live enclave).
 	RequestReattestation(ctx context.Context, in *RequestReattestationRequest, opts ...grpc.CallOption) (*RequestReattestationResponse, error)
+	// QuoteBatch answers many quote requests in one call: the frontend sends
+	// together the GetAttestation requests that arrived while its previous calls
+	// were out, so a busy frontend makes one call per batch instead of one per
+	// request. Each request gets its own result, as Quote would have answered it.
+	QuoteBatch(ctx context.Context, in *QuoteBatchRequest, opts ...grpc.CallOption) (*QuoteBatchResponse, error)
 }
 
 type quoteServiceClient struct {
@@ -460,6 +468,16 @@ func (c *quoteServiceClient) RequestReattestation(ctx context.Context, in *Reque
 	return out, nil
 }
 
+func (c *quoteServiceClient) QuoteBatch(ctx context.Context, in *QuoteBatchRequest, opts ...grpc.CallOption) (*QuoteBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QuoteBatchResponse)
+	err := c.cc.Invoke(ctx, QuoteService_QuoteBatch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // QuoteServiceServer is the server API for QuoteService service.
 // All implementations must embed UnimplementedQuoteServiceServer
 // for forward compatibility.
@@ -471,6 +489,11 @@ type QuoteServiceServer interface {
 	// RequestReattestation queues a nonce for the enclave's next
 	// re-attestation round (one quote per round covers every live enclave).
 	RequestReattestation(context.Context, *RequestReattestationRequest) (*RequestReattestationResponse, error)
+	// QuoteBatch answers many quote requests in one call: the frontend sends
+	// together the GetAttestation requests that arrived while its previous calls
+	// were out, so a busy frontend makes one call per batch instead of one per
+	// request. Each request gets its own result, as Quote would have answered it.
+	QuoteBatch(context.Context, *QuoteBatchRequest) (*QuoteBatchResponse, error)
 	mustEmbedUnimplementedQuoteServiceServer()
 }
 
@@ -486,6 +509,9 @@ func (UnimplementedQuoteServiceServer) Quote(context.Context, *QuoteRequest) (*Q
 }
 func (UnimplementedQuoteServiceServer) RequestReattestation(context.Context, *RequestReattestationRequest) (*RequestReattestationResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RequestReattestation not implemented")
+}
+func (UnimplementedQuoteServiceServer) QuoteBatch(context.Context, *QuoteBatchRequest) (*QuoteBatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method QuoteBatch not implemented")
 }
 func (UnimplementedQuoteServiceServer) mustEmbedUnimplementedQuoteServiceServer() {}
 func (UnimplementedQuoteServiceServer) testEmbeddedByValue()                      {}
@@ -544,6 +570,24 @@ func _QuoteService_RequestReattestation_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _QuoteService_QuoteBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QuoteBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QuoteServiceServer).QuoteBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QuoteService_QuoteBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QuoteServiceServer).QuoteBatch(ctx, req.(*QuoteBatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // QuoteService_ServiceDesc is the grpc.ServiceDesc for QuoteService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -558,6 +602,10 @@ var QuoteService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RequestReattestation",
 			Handler:    _QuoteService_RequestReattestation_Handler,
+		},
+		{
+			MethodName: "QuoteBatch",
+			Handler:    _QuoteService_QuoteBatch_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

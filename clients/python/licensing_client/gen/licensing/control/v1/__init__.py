@@ -155,6 +155,62 @@ class DeprovisionResponse(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class QuoteBatchRequest(betterproto.Message):
+    """
+    QuoteBatchRequest holds at most 4,096 requests (INVALID_ARGUMENT
+     QUOTE_BATCH_TOO_LARGE past that).
+    """
+
+    requests: List["QuoteRequest"] = betterproto.message_field(1)
+    """The requests, answered in this order."""
+
+
+@dataclass(eq=False, repr=False)
+class QuoteBatchResponse(betterproto.Message):
+    """
+    QuoteBatchResponse has one result per request, in the requests' order.
+    """
+
+    results: List["QuoteResult"] = betterproto.message_field(1)
+    """One per request."""
+
+
+@dataclass(eq=False, repr=False)
+class QuoteResult(betterproto.Message):
+    """QuoteResult is one request's attestation, or why it has none."""
+
+    attestation: bytes = betterproto.bytes_field(1, group="result")
+    """
+    A serialized licensing.v1.Attestation, as GetAttestation returns it: bytes,
+     so that the frontend passes it on without parsing and re-serializing it.
+    """
+
+    error: "QuoteError" = betterproto.message_field(2, group="result")
+    """
+    This request's error; the batch's other requests are not affected by it.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class QuoteError(betterproto.Message):
+    """QuoteError is the status a unary Quote call would have ended with."""
+
+    code: int = betterproto.int32_field(1)
+    """The gRPC status code's number (google.rpc.Code)."""
+
+    reason: str = betterproto.string_field(2)
+    """The google.rpc.ErrorInfo reason."""
+
+    message: str = betterproto.string_field(3)
+    """The status message, for people."""
+
+    metadata: Dict[str, str] = betterproto.map_field(
+        4, betterproto.TYPE_STRING, betterproto.TYPE_STRING
+    )
+    """The ErrorInfo metadata."""
+
+
+@dataclass(eq=False, repr=False)
 class RequestReattestationRequest(betterproto.Message):
     """
     RequestReattestationRequest names the enclave and the client's nonce.
@@ -322,6 +378,23 @@ class QuoteServiceStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def quote_batch(
+        self,
+        quote_batch_request: "QuoteBatchRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "QuoteBatchResponse":
+        return await self._unary_unary(
+            "/licensing.control.v1.QuoteService/QuoteBatch",
+            quote_batch_request,
+            QuoteBatchResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class CertificateServiceBase(ServiceBase):
 
@@ -444,6 +517,11 @@ class QuoteServiceBase(ServiceBase):
     ) -> "RequestReattestationResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def quote_batch(
+        self, quote_batch_request: "QuoteBatchRequest"
+    ) -> "QuoteBatchResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_quote(
         self, stream: "grpclib.server.Stream[QuoteRequest, QuoteResponse]"
     ) -> None:
@@ -459,6 +537,13 @@ class QuoteServiceBase(ServiceBase):
         response = await self.request_reattestation(request)
         await stream.send_message(response)
 
+    async def __rpc_quote_batch(
+        self, stream: "grpclib.server.Stream[QuoteBatchRequest, QuoteBatchResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.quote_batch(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/licensing.control.v1.QuoteService/Quote": grpclib.const.Handler(
@@ -472,5 +557,11 @@ class QuoteServiceBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 RequestReattestationRequest,
                 RequestReattestationResponse,
+            ),
+            "/licensing.control.v1.QuoteService/QuoteBatch": grpclib.const.Handler(
+                self.__rpc_quote_batch,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                QuoteBatchRequest,
+                QuoteBatchResponse,
             ),
         }
