@@ -132,11 +132,12 @@ async def test_a_caller_that_gave_up_is_not_asked_for(
     batching: tuple[_BatchingBackend, BackendQuoteClient],
 ) -> None:
     backend, client = batching
+    backend.delay = 1.0
     # Fill every call slot (one call each), so the next callers wait in the client.
     held = []
     for _ in range(QUOTE_CALLS_IN_FLIGHT):
         held.append(asyncio.ensure_future(client.quote("1", os.urandom(32))))
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.002)
     held += [asyncio.ensure_future(client.quote("1", os.urandom(32))) for _ in range(4)]
     await asyncio.sleep(0)
     gave_up = asyncio.ensure_future(client.quote("1", os.urandom(32)))

@@ -185,10 +185,11 @@ class BackendProvisioningClient:
             raise _translate(exc) from exc
 
 
-#: Batch calls one client keeps out at once; requests that arrive meanwhile wait for the
-#: next. Two would do for one TPM (one being quoted, one waiting for the next quote); a
-#: few more keep a request that arrives as a quote ends from waiting for the next one.
-QUOTE_CALLS_IN_FLIGHT = 4
+#: Batch calls one client keeps out at once; past it, requests wait for one to return.
+#: Not a small number: a call is out for a whole TPM quote (17-190 ms on hardware), and a
+#: request held back that long would miss the next quote, which it could have joined.
+#: Batches form from what arrives within one turn of the event loop (many, when busy).
+QUOTE_CALLS_IN_FLIGHT = 64
 #: Requests per batch call, at most (the backend's MAX_QUOTE_BATCH).
 QUOTE_BATCH_LIMIT = 4096
 
@@ -198,10 +199,11 @@ _Waiting = tuple[str, bytes, "asyncio.Future[bytes]"]
 class BackendQuoteClient:
     """One backend's ``QuoteService``: the pod-mate's, or another pod's (quote_routing).
 
-    Quotes go out in ``QuoteBatch`` calls: a request is sent at the next turn of the
-    event loop if fewer than ``QUOTE_CALLS_IN_FLIGHT`` calls are out, and otherwise
-    joins the next call, so a busy frontend makes one call per batch of requests (an
-    idle one, one per request, as before). A backend without ``QuoteBatch`` (an older
+    Quotes go out in ``QuoteBatch`` calls: the requests made within one turn of the
+    event loop go in one call at the next turn (while fewer than
+    ``QUOTE_CALLS_IN_FLIGHT`` calls are out), so a busy frontend, whose turns each
+    handle many incoming calls, makes one backend call per batch of them, and an idle
+    one makes one per request, as before. A backend without ``QuoteBatch`` (an older
     one, mid-upgrade) gets unary ``Quote`` calls from then on.
     """
 
