@@ -213,6 +213,9 @@ class LoadResult:
     errors: Counter[str] = field(default_factory=Counter)
     nonces_short: int = 0
     cpu: PhaseCpu | None = None
+    #: Open loop only: requests sent per second, and the requests out at each send.
+    offered: float = 0.0
+    in_flight: list[int] = field(default_factory=list)
 
     @property
     def in_window(self) -> list[Done]:
@@ -246,46 +249,55 @@ class LoadResult:
         return {d.quote: d.leaf_count for d in self.in_window}
 
 
+async def attest_once(stub: Any, target: Target, nonce: bytes, result: LoadResult) -> None:
+    """One GetAttestation and its verification; a verified answer is recorded as ``Done``."""
+    request = attestation_pb2.GetAttestationRequest(enclave_id=target.enclave_id, nonce=nonce)
+    began = time.perf_counter()
+    try:
+        reply = await stub.GetAttestation(
+            request, metadata=target.user.bearer, timeout=CALL_TIMEOUT
+        )
+    except grpc.aio.AioRpcError as exc:
+        result.errors[f"{exc.code().name}: {(exc.details() or '')[:70]}"] += 1
+        await asyncio.sleep(0.05)
+        return
+    answered = time.perf_counter()
+    attestation = reply.attestation
+    try:
+        verify_attestation(
+            attestation,
+            nonce=nonce,
+            expected_certificate_pem=target.certificate_pem,
+            trusted_ca_pem=[target.ca_pem],
+        )
+    except AttestationError as exc:
+        result.errors[f"verify:{exc.check}"] += 1
+        return
+    verified = time.perf_counter()
+    result.done.append(
+        Done(
+            at=verified,
+            latency=verified - began,
+            verify=verified - answered,
+            leaf_count=max(1, attestation.merkle_proof.leaf_count),
+            quote=attestation.quote,
+        )
+    )
+
+
+def _next_nonce(nonces: Iterator[bytes], result: LoadResult) -> bytes:
+    nonce = next(nonces, None)
+    if nonce is None:
+        result.nonces_short += 1
+        nonce = os.urandom(32)
+    return nonce
+
+
 async def client(
     stub: Any, target: Target, nonces: Iterator[bytes], stop: asyncio.Event, result: LoadResult
 ) -> None:
-    metadata = target.user.bearer
-    trusted = [target.ca_pem]
     while not stop.is_set():
-        nonce = next(nonces, None)
-        if nonce is None:
-            result.nonces_short += 1
-            nonce = os.urandom(32)
-        request = attestation_pb2.GetAttestationRequest(enclave_id=target.enclave_id, nonce=nonce)
-        began = time.perf_counter()
-        try:
-            reply = await stub.GetAttestation(request, metadata=metadata, timeout=CALL_TIMEOUT)
-        except grpc.aio.AioRpcError as exc:
-            result.errors[f"{exc.code().name}: {(exc.details() or '')[:70]}"] += 1
-            await asyncio.sleep(0.05)
-            continue
-        answered = time.perf_counter()
-        attestation = reply.attestation
-        try:
-            verify_attestation(
-                attestation,
-                nonce=nonce,
-                expected_certificate_pem=target.certificate_pem,
-                trusted_ca_pem=trusted,
-            )
-        except AttestationError as exc:
-            result.errors[f"verify:{exc.check}"] += 1
-            continue
-        verified = time.perf_counter()
-        result.done.append(
-            Done(
-                at=verified,
-                latency=verified - began,
-                verify=verified - answered,
-                leaf_count=max(1, attestation.merkle_proof.leaf_count),
-                quote=attestation.quote,
-            )
-        )
+        await attest_once(stub, target, _next_nonce(nonces, result), result)
 
 
 async def load_phase(
@@ -307,6 +319,49 @@ async def load_phase(
     result.window = (before[0].wall, after[0].wall)
     result.cpu = Meter.between(before, after)
     await asyncio.gather(*tasks)  # in-flight requests finish; none start after the window
+    return result
+
+
+async def open_loop_phase(
+    stub: Any, target: Target, meter: Meter, rate: float, warmup: float, seconds: float
+) -> LoadResult:
+    """Requests sent at ``rate``/s whatever the answers (arrivals of many independent
+    clients), each verified as it comes back: what the server sustains when its clients
+    are not the limit, as closed-loop clients waiting on a serial TPM are."""
+    blob = os.urandom(32 * NONCES_PER_PHASE)
+    nonces = iter([blob[i : i + 32] for i in range(0, len(blob), 32)])
+    result = LoadResult(0, offered=rate)
+    tasks: set[asyncio.Task[None]] = set()
+    stop = asyncio.Event()
+
+    def finished(task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+
+    async def send() -> None:
+        start = time.perf_counter()
+        index = 0
+        while not stop.is_set():
+            delay = start + index / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(
+                attest_once(stub, target, _next_nonce(nonces, result), result)
+            )
+            tasks.add(task)
+            task.add_done_callback(finished)
+            result.in_flight.append(len(tasks))
+            index += 1
+
+    sender = asyncio.create_task(send())
+    await asyncio.sleep(warmup)
+    before = meter.take()
+    await asyncio.sleep(seconds)
+    after = meter.take()
+    stop.set()
+    result.window = (before[0].wall, after[0].wall)
+    result.cpu = Meter.between(before, after)
+    await sender
+    await asyncio.gather(*tasks)
     return result
 
 
@@ -375,6 +430,7 @@ class StackRun:
     quotes_after: QuoteRate | None = None
     loads: list[LoadResult] = field(default_factory=list)
     floor: Floor | None = None
+    open_loads: list[LoadResult] = field(default_factory=list)
 
 
 async def run_stack(
@@ -417,6 +473,16 @@ async def run_stack(
             measured.loads.append(
                 await load_phase(stub, target, meter, clients, args.warmup, args.seconds)
             )
+        if latency_ms:
+            for rate in args.open_rates:
+                print(
+                    f"  open loop at {rate:g}/s: {args.warmup:g} s warm-up, {args.seconds:g} s "
+                    "measured ...",
+                    flush=True,
+                )
+                measured.open_loads.append(
+                    await open_loop_phase(stub, target, meter, rate, args.warmup, args.seconds)
+                )
         if latency_ms == 0:
             clients = max(args.clients)
             print(f"  floor: {clients} clients on Health/Check, {args.seconds:g} s ...", flush=True)
@@ -482,6 +548,24 @@ def _load_table(run: StackRun, reference: float, reference_name: str, floor: Flo
         )
 
 
+def _open_table(run: StackRun, reference: float, reference_name: str) -> None:
+    print(
+        f"    offered/s  verified/s  / {reference_name:<12}   p50 ms   p99 ms  in flight mean/max  "
+        "req/quote  server cpu ms/req  errors"
+    )
+    for load in run.open_loads:
+        window = load.in_window
+        quotes = load.quote_batches
+        flight = load.in_flight or [0]
+        errors = dict(load.errors) or 0
+        print(
+            f"    {load.offered:9g}  {load.rate:10.1f}  {load.rate / reference:13.2f}  "
+            f"{load.latency(50) * 1e3:7.1f}  {load.latency(99) * 1e3:7.1f}  "
+            f"{sum(flight) / len(flight):9.0f} / {max(flight):<6d}  "
+            f"{len(window) / max(1, len(quotes)):9.2f}  {load.server_cpu_ms:17.2f}  {errors}"
+        )
+
+
 def _cpu_row(name: str, cpu: PhaseCpu) -> str:
     use = cpu.use
     return (
@@ -528,6 +612,13 @@ def report(args: argparse.Namespace, runs: list[StackRun], load_start: float) ->
         f"(one quote at a time -> at most 1000/{slow.latency_ms} = {bound:g} quotes/s)"
     )
     _load_table(slow, bound, f"(1000/{slow.latency_ms})", floor)
+    if slow.open_loads:
+        print()
+        print(
+            "  stack 2, open loop (requests sent at a fixed rate whatever the answers, "
+            "as from many independent clients):"
+        )
+        _open_table(slow, bound, f"(1000/{slow.latency_ms})")
     print()
     print("  CPU (core-seconds) per phase:")
     phases: list[tuple[str, PhaseCpu]] = [("stack 1 raw quotes before", before.cpu)]
@@ -536,6 +627,7 @@ def report(args: argparse.Namespace, runs: list[StackRun], load_start: float) ->
         phases.append(("stack 1 floor (Health/Check)", floor.cpu))
     phases.append(("stack 1 raw quotes after", after.cpu))
     phases += [(f"stack 2, {r.clients} clients", r.cpu) for r in slow.loads if r.cpu]
+    phases += [(f"stack 2, open {r.offered:g}/s", r.cpu) for r in slow.open_loads if r.cpu]
     for name, cpu in phases:
         print(_cpu_row(name, cpu))
     noisy = [name for name, cpu in phases if cpu.others > NOISE_WARNING * cpu.use.capacity]
@@ -558,6 +650,12 @@ def report(args: argparse.Namespace, runs: list[StackRun], load_start: float) ->
         f"{r.latency(50) * 1e3:.0f}/{r.latency(99) * 1e3:.0f} ms, server cpu "
         f"{r.server_cpu_ms:.2f} ms/req)"
         for r in slow.loads
+    )
+    summary["open"] = ", ".join(
+        f"{r.offered:g}/s offered: {r.rate:.1f}/s verified (x{r.rate / bound:.2f} of 1/latency, "
+        f"p50/p99 {r.latency(50) * 1e3:.0f}/{r.latency(99) * 1e3:.0f} ms, "
+        f"server cpu {r.server_cpu_ms:.2f} ms/req)"
+        for r in slow.open_loads
     )
     return summary
 
@@ -593,6 +691,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         default=100,
         help="LICENSING_TPM_SIMULATED_LATENCY_MS of the second stack (100)",
+    )
+    parser.add_argument(
+        "--open-rates",
+        type=_levels,
+        default=[1000, 1500],
+        help="open-loop request rates on the second stack, per second (1000,1500)",
     )
     parser.add_argument(
         "--pin",
@@ -637,7 +741,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         for index, latency_ms in enumerate((0, args.latency_ms), start=1):
             # 100 closed-loop clients on one channel open a stream as the last one closes:
             # the default 100-stream limit would refuse some (RST_STREAM REFUSED_STREAM).
-            extra = {"LICENSING_MAX_STREAMS_PER_CONNECTION": str(max(args.clients) * 2 + 10)}
+            # Open loop: about rate x (latency + a quote) requests out at once.
+            streams = max(max(args.clients) * 2, max(args.open_rates, default=0)) + 10
+            extra = {"LICENSING_MAX_STREAMS_PER_CONNECTION": str(streams)}
             if latency_ms:
                 extra["LICENSING_TPM_SIMULATED_LATENCY_MS"] = str(latency_ms)
             stack_dir = tmp_dir / f"stack-{index}"
@@ -666,7 +772,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print()
         print(
             f"SUMMARY {summary['raw']}; verified attestations/s by clients, swtpm: "
-            f"{summary['plain']}; with {args.latency_ms} ms quote latency: {summary['slow']}"
+            f"{summary['plain']}; with {args.latency_ms} ms quote latency: {summary['slow']}; "
+            f"open loop: {summary['open']}"
         )
         print(f"(total runtime {time.perf_counter() - started:.0f} s)")
     finally:
