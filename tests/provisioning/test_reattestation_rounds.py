@@ -275,3 +275,28 @@ async def _last_epoch(world: World, enclave_id: str) -> int:
     found = await ReattestationStore(world.harness.database).get(enclave_id, record.last_sequence)
     assert found is not None
     return _verify(world, enclave_id, found[1]).log_epoch
+
+
+async def test_a_pcr_23_someone_else_keeps_extending_revokes_the_round_s_enclaves(
+    world: World,
+) -> None:
+    """Another program on the host extends PCR 23 before every quote (a real extend on the
+    real swtpm): even after the attestor writes PCR 23 again, the quote does not show the
+    measured set, which is evidence against every enclave of the round, not an outage."""
+    ids = [await world.new_enclave() for _ in range(3)]
+    counted = world.harness.tpm.quote
+
+    async def tampered(qualifying_data: bytes, pcrs: list[int]) -> QuoteResult:
+        await world.harness.tpm.extend_pcr(23, os.urandom(32))
+        return await counted(qualifying_data, pcrs)
+
+    world.harness.tpm.quote = tampered  # type: ignore[method-assign,assignment]
+    report = await world.rounds.run_round()
+    assert report.revoked == dict.fromkeys(ids, "ATTESTATION_LOG_MISMATCH")
+    assert not report.tpm_unreachable
+    for enclave_id in ids:
+        record = await world.store.get(enclave_id)
+        assert record is not None
+        assert record.phase is Phase.FAILED
+        assert record.failure_reason == "ATTESTATION_LOG_MISMATCH"
+    assert set(ids) <= set(world.runtime.stopped)
