@@ -300,3 +300,46 @@ async def test_a_pcr_23_someone_else_keeps_extending_revokes_the_round_s_enclave
         assert record.phase is Phase.FAILED
         assert record.failure_reason == "ATTESTATION_LOG_MISMATCH"
     assert set(ids) <= set(world.runtime.stopped)
+
+
+async def test_a_backend_restarted_between_rounds_re_attests_on_from_the_same_data(
+    world: World, tmp_path: Path
+) -> None:
+    """The same TPM and database after a restart (a new attestor and rounds, as a new
+    backend process makes): the enclaves stay ATTESTED, the new evidence verifies, and
+    round numbers go on from the last one rather than starting again at 1."""
+    ids = [await world.new_enclave() for _ in range(3)]
+    for _ in range(2):
+        first = await world.rounds.run_round()
+        assert first.attested == 3
+    restarted = world.harness.restarted(tmp_path / "after-restart")
+    (tmp_path / "after-restart").mkdir()
+    await restarted.prove_attestation_key()
+    try:
+        rounds = ReattestationRounds(
+            store=world.store,
+            results=ReattestationStore(world.harness.database),
+            runtime=world.runtime,  # type: ignore[arg-type]
+            provisioner=world.rounds._provisioner,
+            attestor=restarted,
+            interval_seconds=2.0,
+            grace_seconds=3.0,
+        )
+        heads = {i: (await world.store.get(i)).last_sequence for i in ids}  # type: ignore[union-attr]
+        report = await rounds.run_round()
+        assert report.revoked == {}
+        assert report.attested == 3
+        assert report.round == first.round + 1
+        for enclave_id in ids:
+            record = await world.store.get(enclave_id)
+            assert record is not None
+            assert record.phase is Phase.ATTESTED
+            assert record.last_sequence == heads[enclave_id] + 1
+            found = await ReattestationStore(world.harness.database).get(
+                enclave_id, record.last_sequence
+            )
+            assert found is not None
+            assert found[0] == report.round
+            _verify(world, enclave_id, found[1])
+    finally:
+        await restarted.close()

@@ -115,6 +115,8 @@ class ReattestationRounds:
     async def run_round(self) -> RoundReport:
         """One round: liveness, one quote over all, results and revocations recorded."""
         started_cpu, started = time.process_time(), time.perf_counter()
+        if self._round == 0:
+            self._round = await self._results.last_round()
         self._round += 1
         report = RoundReport(self._round)
         try:

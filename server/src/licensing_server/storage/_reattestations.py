@@ -14,7 +14,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 
 from licensing_common.phases import Phase
 from licensing_server.storage._database import Database
@@ -117,6 +117,12 @@ class ReattestationStore:
                     )
                 )
         return written
+
+    async def last_round(self) -> int:
+        """The highest round number kept: a restarted backend numbers its rounds on from it,
+        so a watcher never sees ``attestation_round`` go back to 1."""
+        async with self._db.read() as session:
+            return int(await session.scalar(select(func.max(Reattestation.round))) or 0)
 
     async def get(self, enclave_id: str, sequence: int) -> tuple[int, bytes] | None:
         """(round, attestation) of the enclave's event ``sequence``, if it was a round's."""
