@@ -93,8 +93,6 @@ class _ThroughSqlAlchemy:
             "key": _row_key(key),
             "interval": interval,
             "allowance": (rate.burst - 1) * interval,
-            "want": 1,
-            "hold": 0.0,
         }
         async with self._engine.connect() as conn:
             row: Any = (await conn.exec_driver_sql(_TAKE, params)).one()

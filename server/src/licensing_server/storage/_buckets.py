@@ -5,7 +5,9 @@ Each bucket is one row holding the moment it is full again (``full_at``: the
 timestamp). A take is one statement, an upsert that computes the refill with
 the database's own ``clock_timestamp()``: replicas' clocks play no part, and
 the row lock serialises takes of one key, so N replicas grant exactly the
-burst and then the rate between them.
+burst and then the rate between them. A busy key takes several tokens in one
+statement and keeps the rest in this replica's memory for its next takes (a
+reserve: see ``SharedBuckets``), so it does not pay a round trip per take.
 
 A row whose ``full_at`` has passed says no more than a missing row does; the
 pruner deletes those, so the table holds only the keys still refilling (a
@@ -33,6 +35,24 @@ __all__ = ["SharedBuckets", "rate_buckets", "reserve_bound"]
 
 _log = logging.getLogger(__name__)
 
+# (burst - 1) * interval is how far ahead of now ``full_at`` may be for one more token.
+_TAKE = """
+    WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS now)
+    INSERT INTO rate_buckets AS b (key, full_at, last_take_granted)
+    SELECT %(key)s, clock.now + make_interval(secs => %(interval)s), true FROM clock
+    ON CONFLICT (key) DO UPDATE SET
+        full_at = CASE
+            WHEN b.full_at <= (SELECT now FROM clock) + make_interval(secs => %(allowance)s)
+            THEN greatest(b.full_at, (SELECT now FROM clock)) + make_interval(secs => %(interval)s)
+            ELSE b.full_at
+        END,
+        last_take_granted =
+            b.full_at <= (SELECT now FROM clock) + make_interval(secs => %(allowance)s)
+    RETURNING
+        b.last_take_granted,
+        extract(epoch FROM b.full_at - (SELECT now FROM clock))::float8 - %(allowance)s
+"""
+
 # How many tokens a take grants, from the bucket's ``full_at`` before it ({old}): the
 # tokens available now (``full_at`` may be up to (burst - 1) * interval ahead of now for
 # one more), at most %(want)s; when it grants two or more, a deposit (see SharedBuckets)
@@ -59,9 +79,9 @@ _GRANT = """
         END AS n) d
 """
 
-# One statement per take (or per reservation): the row lock of the upsert serialises
-# the takes of one key across replicas. (Built from constants only: no input in the text.)
-_TAKE = f"""
+# One statement per reservation: the row lock of the upsert serialises the takes of one
+# key across replicas. (Built from constants only: no input in the text.)
+_RESERVE = f"""
     WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS now)
     INSERT INTO rate_buckets AS b (key, full_at, last_take_granted, last_grant)
     SELECT %(key)s, grant_.* FROM ({_GRANT.format(old="(SELECT now FROM clock)")}) grant_
@@ -235,22 +255,23 @@ class SharedBuckets:
         """Up to ``want`` tokens from the database: (granted, seconds full_at is ahead of
         now), or None when the database failed (then the fallback answers)."""
         interval = 1.0 / rate.per_second
-        params = {
-            "key": row_key,
-            "interval": interval,
-            "allowance": (rate.burst - 1) * interval,
-            "want": want,
-            "hold": hold,
-        }
+        allowance = (rate.burst - 1) * interval
+        params: dict[str, object] = {"key": row_key, "interval": interval, "allowance": allowance}
+        if want > 1:
+            params |= {"want": want, "hold": hold}
         try:
             async with self._connections.connection() as conn:
-                row = await (await conn.execute(_TAKE, params)).fetchone()
+                # One token: the lighter statement (about 50 us less of the database's time).
+                statement = _RESERVE if want > 1 else _TAKE
+                row = await (await conn.execute(statement, params)).fetchone()
         except psycopg.Error as exc:
             self._unavailable(exc)
             return None
         self._available()
         assert row is not None  # an upsert with RETURNING returns its row
-        return int(row[0]), float(row[1])
+        if want > 1:
+            return int(row[0]), float(row[1])
+        return int(row[0]), float(row[1]) + allowance
 
     async def take(self, key: str, rate: Rate) -> float:
         interval = self._check(rate)
