@@ -7,8 +7,10 @@ Prints figures and asserts nothing. Needs PostgreSQL (LICENSING_TEST_POSTGRES_UR
 
 1. Store: ``take`` back to back from one coroutine (latency) and with ``--concurrency``
    in flight (takes/s), for the in-memory ``TokenBuckets`` (the baseline), for
-   ``SharedBuckets`` (its own psycopg connections), and for the same statement through
-   the frontend's SQLAlchemy engine (why the store does not use it). The CPU this
+   ``SharedBuckets`` (its own psycopg connections) at a rate too narrow for a reserve
+   (a statement per take) and at one that allows a reserve (a hot key takes many
+   tokens per statement), and for the same statement through the frontend's
+   SQLAlchemy engine (why the store does not use it). The CPU this
    process spent per take is printed too: on the frontend that is what a take costs
    every other call. Keys: one hot key (an update each time) and a new key each take
    (an insert).
@@ -44,8 +46,12 @@ from licensing_server.storage import Database, SharedBuckets  # noqa: E402
 from licensing_server.storage._buckets import _TAKE, _row_key  # noqa: E402
 from tests.support import migrated_database, start_stack  # noqa: E402
 
-#: Never refuses in a benchmark's time: every take is a grant (the common case).
+#: Never refuses in a benchmark's time: every take is a grant (the common case). A hot key
+#: at this rate keeps a reserve (up to 100,000 tokens, a tenth of the burst).
 WIDE = Rate(per_second=1e6, burst=1_000_000)
+#: As wide for a benchmark, but a burst under 20 allows no reserve: a statement per take,
+#: as every shared take cost before reserves.
+NO_RESERVE = Rate(per_second=1e6, burst=19)
 
 
 async def _latency_us(take: Callable[[], Awaitable[float]], calls: int) -> tuple[float, float]:
@@ -102,10 +108,11 @@ async def _store_phase(url: str, calls: int, concurrency: int, seconds: float) -
     )
     frontend_db = Database.connect(url)
     shared = SharedBuckets(frontend_db)
-    stores: list[tuple[str, BucketStore]] = [
-        ("in memory (baseline)", TokenBuckets()),
-        ("shared (SharedBuckets)", shared),
-        ("same SQL via SQLAlchemy", _ThroughSqlAlchemy(frontend_db)),
+    stores: list[tuple[str, BucketStore, Rate]] = [
+        ("in memory (baseline)", TokenBuckets(), WIDE),
+        ("shared, no reserve", shared, NO_RESERVE),
+        ("shared with reserve", shared, WIDE),
+        ("same SQL via SQLAlchemy", _ThroughSqlAlchemy(frontend_db), NO_RESERVE),
     ]
     baseline: dict[str, float] = {}
     print(
@@ -113,23 +120,25 @@ async def _store_phase(url: str, calls: int, concurrency: int, seconds: float) -
         f"{'takes/s':>9} {'x p50':>7} {'x CPU':>7}"
     )
     try:
-        for name, store in stores:
-            await store.take("warm-up", WIDE)
+        for name, store, rate in stores:
+            await store.take("warm-up", rate)
             for keys in ("hot", "new"):
                 hot = f"bench {uuid.uuid4().hex}"
 
-                def take(store: BucketStore = store, keys: str = keys, hot: str = hot) -> Any:
+                def take(
+                    store: BucketStore = store, keys: str = keys, hot: str = hot, rate: Rate = rate
+                ) -> Any:
                     key = hot if keys == "hot" else f"bench {uuid.uuid4().hex}"
-                    return store.take(key, WIDE)
+                    return store.take(key, rate)
 
                 cpu_start = time.process_time()
                 p50, p99 = await _latency_us(take, calls)
                 cpu = (time.process_time() - cpu_start) / calls * 1e6
-                rate = await _throughput(take, concurrency, seconds)
+                per_second = await _throughput(take, concurrency, seconds)
                 base_p50 = baseline.setdefault(f"{keys} p50", p50)
                 base_cpu = baseline.setdefault(f"{keys} cpu", cpu)
                 print(
-                    f"   {name:24} {keys:5} {p50:8.1f} {p99:8.1f} {cpu:8.1f} {rate:9.0f} "
+                    f"   {name:24} {keys:5} {p50:8.1f} {p99:8.1f} {cpu:8.1f} {per_second:9.0f} "
                     f"{p50 / base_p50:7.0f} {cpu / base_cpu:7.0f}",
                     flush=True,
                 )

@@ -5,7 +5,9 @@ Each bucket is one row holding the moment it is full again (``full_at``: the
 timestamp). A take is one statement, an upsert that computes the refill with
 the database's own ``clock_timestamp()``: replicas' clocks play no part, and
 the row lock serialises takes of one key, so N replicas grant exactly the
-burst and then the rate between them.
+burst and then the rate between them. A busy key takes several tokens in one
+statement and keeps the rest in this replica's memory for its next takes (a
+reserve: see ``SharedBuckets``), so it does not pay a round trip per take.
 
 A row whose ``full_at`` has passed says no more than a missing row does; the
 pruner deletes those, so the table holds only the keys still refilling (a
@@ -20,6 +22,7 @@ import contextlib
 import hashlib
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,7 +31,7 @@ import psycopg
 from licensing_common.throttle import BucketStore, Rate, TokenBuckets
 from licensing_server.storage._database import Database
 
-__all__ = ["SharedBuckets", "rate_buckets"]
+__all__ = ["SharedBuckets", "rate_buckets", "reserve_bound"]
 
 _log = logging.getLogger(__name__)
 
@@ -49,6 +52,45 @@ _TAKE = """
         b.last_take_granted,
         extract(epoch FROM b.full_at - (SELECT now FROM clock))::float8 - %(allowance)s
 """
+
+# How many tokens a take grants, from the bucket's ``full_at`` before it ({old}): the
+# tokens available now (``full_at`` may be up to (burst - 1) * interval ahead of now for
+# one more), at most %(want)s; when it grants two or more, a deposit (see SharedBuckets)
+# of up to %(hold)s seconds' worth of tokens, from those left. Yields the new full_at,
+# whether the take was granted, and the count granted.
+_GRANT = """
+    SELECT
+        CASE WHEN g.n > 0
+            THEN s.base + make_interval(secs => (g.n + d.n) * %(interval)s)
+            ELSE {old}
+        END,
+        g.n > 0,
+        g.n
+    FROM
+        (SELECT greatest({old}, (SELECT now FROM clock)) AS base) s,
+        LATERAL (SELECT extract(epoch FROM s.base - (SELECT now FROM clock))::float8 AS debt) t,
+        -- + 1e-9: a float's rounding must not refuse a token the timestamps grant.
+        LATERAL (SELECT floor((%(allowance)s - t.debt) / %(interval)s + 1e-9)::int8 + 1 AS n) a,
+        LATERAL (SELECT greatest(0, least(%(want)s::int8, a.n)) AS n) g,
+        LATERAL (SELECT CASE WHEN g.n >= 2
+            THEN greatest(0, least(a.n - g.n,
+                floor(greatest(0, %(hold)s - t.debt) / %(interval)s)::int8))
+            ELSE 0
+        END AS n) d
+"""
+
+# One statement per reservation: the row lock of the upsert serialises the takes of one
+# key across replicas. (Built from constants only: no input in the text.)
+_RESERVE = f"""
+    WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS now)
+    INSERT INTO rate_buckets AS b (key, full_at, last_take_granted, last_grant)
+    SELECT %(key)s, grant_.* FROM ({_GRANT.format(old="(SELECT now FROM clock)")}) grant_
+    ON CONFLICT (key) DO UPDATE SET
+        (full_at, last_take_granted, last_grant) = ({_GRANT.format(old="b.full_at")})
+    RETURNING
+        b.last_grant,
+        extract(epoch FROM b.full_at - (SELECT now FROM clock))::float8
+"""  # noqa: S608
 
 _WAIT = """
     SELECT extract(epoch FROM full_at - clock_timestamp())::float8 - %(allowance)s
@@ -110,11 +152,50 @@ CONNECT_TIMEOUT_SECONDS = 2
 RETRY_AFTER_SECONDS = 1.0
 
 
+#: At most this many reserves are remembered per replica (least recently used forgotten
+#: first; a forgotten reserve is dropped, which is only ever stricter).
+MAX_RESERVES = 10_000
+
+
+def reserve_bound(rate: Rate) -> int:
+    """The most tokens one statement may grant a replica for ``rate``: a tenth of the burst
+    and a tenth of a second of the rate, so a replica never sits on much of either."""
+    return max(1, min(rate.burst // 10, int(rate.per_second * 0.1)))
+
+
+class _Reserve:
+    """One key's tokens granted to this replica and not yet used."""
+
+    __slots__ = ("expires", "pending", "quick_until", "tokens", "want")
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.expires = 0.0  # loop time: unused tokens are dropped from then on
+        self.quick_until = 0.0  # a reserve spent before this ran out quickly
+        self.want = 1  # what the next statement asks for
+        self.pending: asyncio.Future[float | None] | None = None
+
+
 class SharedBuckets:
     """``BucketStore`` in the ``rate_buckets`` table (PostgreSQL only).
 
-    Statements run in autocommit on an UNLOGGED table: one round trip per take, no
-    BEGIN/COMMIT, no WAL flush.
+    Statements run in autocommit on an UNLOGGED table: one round trip, no BEGIN/COMMIT,
+    no WAL flush. A busy key does not pay one per take: when its reserve here is empty,
+    one statement takes up to ``want`` tokens (``want`` doubles while reserves run out
+    within ``hold``, halves when they do not, 1 to ``reserve_bound(rate)``), one for the
+    take and the rest kept in memory for the next takes of the key. Concurrent takes of
+    a key wait for the one statement in flight rather than each sending their own.
+
+    Never looser than one bucket: the database counts reserved tokens as taken when it
+    grants them, and a token used later than granted would let the bucket refill behind
+    it past its burst; so a reserve may only be used while the bucket's ``full_at``
+    stays at least the reserve ahead of now. The statement answers until when that
+    holds (the bucket's debt before the grant); when that is under ``hold`` (the bucket
+    is nearly full) it also takes a deposit of tokens worth the difference, never
+    used, which buys the reserve that long. Stricter by at most the deposit, at most
+    ``reserve_bound(rate)`` tokens per replica and key, and only while the bucket is
+    nearly full; a bucket being emptied has debt enough and pays none.
+
     When the database cannot be reached, buckets fall back to this process's
     memory: the limits then hold per replica (N times looser, as before this
     store existed) rather than not at all, and health checks and the trust
@@ -126,10 +207,13 @@ class SharedBuckets:
         url = database.engine.url.set(drivername="postgresql")
         self._connections = _Connections(url.render_as_string(hide_password=False), CONNECTIONS)
         self._fallback = fallback if fallback is not None else TokenBuckets()
+        self._reserves: OrderedDict[bytes, _Reserve] = OrderedDict()
         self._degraded = False
         # While degraded, the database is tried again only after this (loop time): a
         # database that times out would otherwise stall every call by the timeout.
         self._retry_at = 0.0
+        #: Takes answered from a reserve, without a statement (for benchmarks and tests).
+        self.reserved_takes = 0
 
     @staticmethod
     def _check(rate: Rate) -> float:
@@ -153,33 +237,108 @@ class SharedBuckets:
         if self._degraded:
             _log.info("rate limits shared through the database again")
         self._degraded = False
-        # While degraded, the database is tried again only after this (loop time): a
-        # database that times out would otherwise stall every call by the timeout.
         self._retry_at = 0.0
+
+    def _reserve(self, row_key: bytes) -> _Reserve:
+        reserve = self._reserves.get(row_key)
+        if reserve is None:
+            reserve = self._reserves[row_key] = _Reserve()
+            if len(self._reserves) > MAX_RESERVES:
+                self._reserves.popitem(last=False)
+        else:
+            self._reserves.move_to_end(row_key)
+        return reserve
+
+    async def _grant(
+        self, row_key: bytes, rate: Rate, want: int, hold: float
+    ) -> tuple[int, float] | None:
+        """Up to ``want`` tokens from the database: (granted, seconds full_at is ahead of
+        now), or None when the database failed (then the fallback answers)."""
+        interval = 1.0 / rate.per_second
+        allowance = (rate.burst - 1) * interval
+        params: dict[str, object] = {"key": row_key, "interval": interval, "allowance": allowance}
+        if want > 1:
+            params |= {"want": want, "hold": hold}
+        try:
+            async with self._connections.connection() as conn:
+                # One token: the lighter statement (about 50 us less of the database's time).
+                statement = _RESERVE if want > 1 else _TAKE
+                row = await (await conn.execute(statement, params)).fetchone()
+        except psycopg.Error as exc:
+            self._unavailable(exc)
+            return None
+        self._available()
+        assert row is not None  # an upsert with RETURNING returns its row
+        if want > 1:
+            return int(row[0]), float(row[1])
+        return int(row[0]), float(row[1]) + allowance
 
     async def take(self, key: str, rate: Rate) -> float:
         interval = self._check(rate)
-        params = {
-            "key": _row_key(key),
-            "interval": interval,
-            "allowance": (rate.burst - 1) * interval,
-        }
-        if self._skip_database():
-            return await self._fallback.take(key, rate)
-        try:
-            async with self._connections.connection() as conn:
-                row = await (await conn.execute(_TAKE, params)).fetchone()
-        except psycopg.Error as exc:
-            self._unavailable(exc)
-            return await self._fallback.take(key, rate)
-        self._available()
-        assert row is not None  # an upsert with RETURNING returns its row
-        granted, wait = row
-        return 0.0 if granted else max(float(wait), 1e-6)
+        allowance = (rate.burst - 1) * interval
+        bound = reserve_bound(rate)
+        row_key = _row_key(key)
+        loop = asyncio.get_running_loop()
+        if bound == 1:  # a reserve of one is no reserve: one statement per take
+            if self._skip_database():
+                return await self._fallback.take(key, rate)
+            answer = await self._grant(row_key, rate, 1, 0.0)
+            if answer is None:
+                return await self._fallback.take(key, rate)
+            granted, ahead = answer
+            return 0.0 if granted else max(ahead - allowance, 1e-6)
+        hold = bound * interval
+        reserve = self._reserve(row_key)
+        while True:
+            now = loop.time()
+            if reserve.tokens:
+                if now < reserve.expires:
+                    reserve.tokens -= 1
+                    self.reserved_takes += 1
+                    return 0.0
+                reserve.tokens = 0  # expired: dropped, and it asked for more than it used
+                reserve.want = max(1, reserve.want // 2)
+                reserve.quick_until = 0.0
+            if reserve.pending is not None:
+                wait = await asyncio.shield(reserve.pending)
+                if wait:
+                    return wait  # refused while this take waited: the bucket is empty
+                continue
+            if self._skip_database():
+                return await self._fallback.take(key, rate)
+            if reserve.quick_until:
+                if now < reserve.quick_until:
+                    reserve.want = min(2 * reserve.want, bound)
+                else:
+                    reserve.want = max(1, reserve.want // 2)
+            pending = reserve.pending = loop.create_future()
+            outcome: float | None = None
+            try:
+                answer = await self._grant(row_key, rate, reserve.want, hold)
+                if answer is None:
+                    return await self._fallback.take(key, rate)
+                granted, ahead = answer
+                if not granted:
+                    outcome = max(ahead - allowance, 1e-6)
+                    return outcome
+                # The database's now came after ``now``: the reserve expires here no later.
+                reserve.tokens = granted - 1
+                reserve.expires = now + min(hold, ahead - granted * interval)
+                reserve.quick_until = now + hold
+                outcome = 0.0
+                return 0.0
+            finally:
+                reserve.pending = None
+                pending.set_result(outcome)
 
     async def wait_time(self, key: str, rate: Rate) -> float:
         interval = self._check(rate)
-        params = {"key": _row_key(key), "allowance": (rate.burst - 1) * interval}
+        row_key = _row_key(key)
+        reserve = self._reserves.get(row_key)
+        now = asyncio.get_running_loop().time()
+        if reserve is not None and reserve.tokens and now < reserve.expires:
+            return 0.0  # the next take is answered from the reserve
+        params = {"key": row_key, "allowance": (rate.burst - 1) * interval}
         if self._skip_database():
             return await self._fallback.wait_time(key, rate)
         try:
