@@ -263,10 +263,6 @@ class AuthService:
             self._revoked.popitem(last=False)
         self._verifier.forget(session_id)
 
-    def _session_check_ttl(self) -> float:
-        heard = self._notifications is not None and self._notifications.connected
-        return self.NOTIFIED_SESSION_CHECK_TTL if heard else self.SESSION_CHECK_TTL
-
     #: How often a frontend deletes expired sessions (any replica may: the delete is
     #: idempotent, and each pass takes at most ``SESSIONS_PRUNED_PER_PASS`` at a time).
     SESSION_PRUNE_SECONDS = 600.0
@@ -310,6 +306,10 @@ class AuthService:
             except Exception as exc:  # the session is revoked all the same
                 _log.warning("could not tell the enclaves of a logout: %r", exc)
 
+    def known_profile(self, user_id: str) -> UserProfile | None:
+        """The profile if it is in memory: ``current_user`` without a coroutine."""
+        return self._profiles.get(user_id)
+
     async def current_user(self, claims: AccessClaims) -> UserProfile:
         profile = self._profiles.get(claims.user_id)
         if profile is None:
@@ -331,7 +331,8 @@ class AuthService:
         checked = self._active_sessions.get(session_id)
         if checked is not None:
             age = time.monotonic() - checked
-            ttl = self._session_check_ttl()
+            heard = self._notifications is not None and self._notifications.connected
+            ttl = self.NOTIFIED_SESSION_CHECK_TTL if heard else self.SESSION_CHECK_TTL
             if age <= ttl:
                 if age > ttl * self.SESSION_RECHECK_AHEAD and session_id not in self._checks:
                     # Still within its TTL: answered from the last check while a new one

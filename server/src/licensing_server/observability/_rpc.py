@@ -170,7 +170,9 @@ def _guarded_unary(behavior: Any, method: RpcMethodCalls, guarded: MethodGuard) 
             metadata = context.invocation_metadata()
             _begin(context, metadata)
             response = await guarded.call(behavior, request, context, metadata)
-            code = _code_name(context)
+            status = context.code()
+            if status is not None:
+                code = status.name
             return response
         except BaseException as exc:
             code = _outcome(exc, context)
