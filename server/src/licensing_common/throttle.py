@@ -70,8 +70,13 @@ class TokenBuckets:
 
     async def take(self, key: Hashable, rate: Rate) -> float:
         """Take one token if there is one (returns 0.0), else the seconds to wait."""
+        return self.take_now(key, rate)
+
+    def take_now(self, key: Hashable, rate: Rate) -> float:
+        """``take`` without a coroutine: the access guard takes one on every call."""
         now = self._clock()
-        level = self._level(key, rate, now)
+        tokens, then = self._buckets.get(key, (float(rate.burst), now))
+        level = min(float(rate.burst), tokens + (now - then) * rate.per_second)
         if level < 1:
             return self._wait(level, rate)
         self._buckets[key] = (level - 1, now)

@@ -99,8 +99,13 @@ class AccessTokenVerifier:
 
     def verify(self, token: str, certificate_sha256: bytes) -> AccessClaims:
         key = hashlib.sha256(token.encode(errors="surrogatepass")).digest()
-        claims = self._cached(key)
-        if claims is None:
+        claims = self._cache.get(key)
+        if claims is not None:
+            if claims.expires_at <= self._clock():
+                del self._cache[key]
+                raise Unauthenticated("TOKEN_EXPIRED", "the access token expired")
+            self._cache.move_to_end(key)
+        else:
             claims = self._decode(token)
             self._cache[key] = claims
             if len(self._cache) > self._cache_size:
@@ -126,16 +131,6 @@ class AccessTokenVerifier:
         """Drop cached tokens of a revoked session."""
         for key in [k for k, c in self._cache.items() if c.session_id == session_id]:
             del self._cache[key]
-
-    def _cached(self, key: bytes) -> AccessClaims | None:
-        claims = self._cache.get(key)
-        if claims is None:
-            return None
-        if claims.expires_at <= self._clock():
-            del self._cache[key]
-            raise Unauthenticated("TOKEN_EXPIRED", "the access token expired")
-        self._cache.move_to_end(key)
-        return claims
 
     def _decode(self, token: str) -> AccessClaims:
         if len(token) > MAX_TOKEN_LENGTH:

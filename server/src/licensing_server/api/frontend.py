@@ -91,7 +91,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def GetCurrentUser(
         self, request: auth_pb2.GetCurrentUserRequest, context: Context
     ) -> auth_pb2.GetCurrentUserResponse:
-        user = await self._auth.current_user(current_claims())
+        claims = current_claims()
+        user = self._auth.known_profile(claims.user_id) or await self._auth.current_user(claims)
         cached = self._current_user_replies.get(user.id)
         if cached is not None and cached[0] is user:
             return cached[1]

@@ -246,15 +246,18 @@ async def _serve(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
     )
 
     server = grpc.aio.server(
+        # One interceptor: the observer runs the guard inside its own per-call coroutine.
         interceptors=[
-            RpcObserver(RpcMetrics(registry)),
-            AccessGuard(
-                FRONTEND_POLICY,
-                auth.authenticate,
-                rate_limits=FRONTEND_RATE_LIMITS,
-                rate_limit_percent=settings.rate_limit_percent,
-                max_calls_per_address=settings.max_calls_per_address,
-                buckets=buckets,
+            RpcObserver(
+                RpcMetrics(registry),
+                AccessGuard(
+                    FRONTEND_POLICY,
+                    auth.authenticate,
+                    rate_limits=FRONTEND_RATE_LIMITS,
+                    rate_limit_percent=settings.rate_limit_percent,
+                    max_calls_per_address=settings.max_calls_per_address,
+                    buckets=buckets,
+                ),
             ),
         ],
         options=ConnectionLimits(

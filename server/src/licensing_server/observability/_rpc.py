@@ -1,24 +1,28 @@
 """The outermost server interceptor: a correlation id and the RPC metrics for every call.
 
 It runs before the access guard, so a call refused there is counted (with its
-status code) and logged under its correlation id like any other.
+status code) and logged under its correlation id like any other. Given the guard
+(``RpcObserver(metrics, guard)``), it is the server's only interceptor and runs the
+guard's checks inside its own per-call coroutine: one interceptor, one wrapped handler
+and one read of the call's metadata per call instead of two of each (about 20 us of
+GetCurrentUser's CPU per call, bench/README.md).
 """
 
 from __future__ import annotations
 
+import random
 import re
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from prometheus_client import Counter, Histogram
 
 from licensing_common.logs import set_correlation_id
 from licensing_common.rpc.errors import CORRELATION_ID_HEADER
+from licensing_common.rpc.guard import AccessGuard, MethodGuard
 from licensing_common.rpc.handlers import WrappedHandlers, wrap_handler
-from licensing_server.observability._families import RpcMetrics
+from licensing_server.observability._families import RpcMethodCalls, RpcMetrics
 
 __all__ = ["CORRELATION_HEADERS", "RpcObserver", "correlation_id_from"]
 
@@ -30,6 +34,11 @@ _ACCEPTED_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 _Context = grpc.aio.ServicerContext[Any, Any]
 
 
+#: A correlation id only has to be unique enough to find a call's log lines, not secret:
+#: the Mersenne Twister is a tenth of the cost of ``secrets`` (a system call) per call.
+_new_ids = random.Random()
+
+
 def correlation_id_from(metadata: Any) -> str:
     """The caller's correlation id from its headers if it sent a sane one, else a new one."""
     for key, value in metadata or ():
@@ -37,7 +46,7 @@ def correlation_id_from(metadata: Any) -> str:
             text = value if isinstance(value, str) else ""
             if _ACCEPTED_ID.fullmatch(text):
                 return text
-    return secrets.token_hex(8)
+    return f"{_new_ids.getrandbits(64):016x}"
 
 
 def _code_name(context: _Context) -> str:
@@ -45,43 +54,19 @@ def _code_name(context: _Context) -> str:
     return "OK" if code is None else code.name
 
 
-class _Method:
-    """The metric children of one method, resolved once (``labels`` takes a lock)."""
-
-    __slots__ = ("_codes", "_method", "_requests", "_service", "duration")
-
-    def __init__(self, full_name: str, requests: Counter, duration: Histogram):
-        service, _, method = full_name.lstrip("/").partition("/")
-        self._service, self._method = service, method
-        self._requests = requests
-        self._codes: dict[str, Any] = {}
-        self.duration = duration.labels(service, method)
-
-    def finished(self, code: str, seconds: float) -> None:
-        child = self._codes.get(code)
-        if child is None:
-            child = self._codes[code] = self._requests.labels(self._service, self._method, code)
-        child.inc()
-        self.duration.observe(seconds)
-
-
 class RpcObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Gives each call a correlation id (the caller's ``x-correlation-id`` or
     ``x-request-id``, else a new one) for its log lines and the tasks it starts,
     answers it in the trailing metadata, and counts and times the call."""
 
-    def __init__(self, metrics: RpcMetrics):
+    def __init__(self, metrics: RpcMetrics, guard: AccessGuard | None = None):
         self._metrics = metrics
-        self._methods: dict[str, _Method] = {}
+        self._guard = guard
         self._wrapped = WrappedHandlers()
 
-    def _method(self, name: str) -> _Method:
-        found = self._methods.get(name)
-        if found is None:
-            found = self._methods[name] = _Method(
-                name, self._metrics.requests, self._metrics.duration
-            )
-        return found
+    def _method(self, name: str) -> RpcMethodCalls:
+        service, _, method = name.lstrip("/").partition("/")
+        return self._metrics.method(service, method)
 
     async def intercept_service(
         self,
@@ -100,10 +85,18 @@ class RpcObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self, name: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         method = self._method(name)
+        if self._guard is None:
+            return wrap_handler(
+                handler,
+                unary=lambda behavior: _unary(behavior, method),
+                streaming=lambda behavior: _streaming(behavior, method),
+            )
+        guarded = self._guard.for_method(name)
         return wrap_handler(
             handler,
-            unary=lambda behavior: _unary(behavior, method),
-            streaming=lambda behavior: _streaming(behavior, method),
+            unary=lambda behavior: _guarded_unary(behavior, method, guarded),
+            streaming=lambda behavior: _streaming(guarded.streaming(behavior), method),
+            single_request_parser=guarded.parse_leniently,
         )
 
 
@@ -115,24 +108,24 @@ def _outcome(exc: BaseException, context: _Context) -> str:
     return "CANCELLED"  # asyncio.CancelledError: the client went away or timed out
 
 
-def _begin(context: _Context) -> None:
+def _begin(context: _Context, metadata: Any) -> None:
     """Each call runs in a task of its own: the id set here is this call's alone.
 
     The id goes back in the trailing metadata, which travels with the status anyway
     (``rpc.errors.abort`` keeps it on failures): initial metadata sent early costs an
     extra HTTP/2 frame per call, measured at about 13 % of GetCurrentUser's throughput.
     """
-    correlation_id = correlation_id_from(context.invocation_metadata())
+    correlation_id = correlation_id_from(metadata)
     set_correlation_id(correlation_id)
     context.set_trailing_metadata(((CORRELATION_ID_HEADER, correlation_id),))
 
 
-def _unary(behavior: Any, method: _Method) -> Any:
+def _unary(behavior: Any, method: RpcMethodCalls) -> Any:
     async def observed(request: Any, context: _Context) -> Any:
         started = time.perf_counter()
         code = "OK"
         try:
-            _begin(context)
+            _begin(context, context.invocation_metadata())
             response = await behavior(request, context)
             code = _code_name(context)
             return response
@@ -145,12 +138,12 @@ def _unary(behavior: Any, method: _Method) -> Any:
     return observed
 
 
-def _streaming(behavior: Any, method: _Method) -> Any:
+def _streaming(behavior: Any, method: RpcMethodCalls) -> Any:
     async def observed(request: Any, context: _Context) -> AsyncIterator[Any]:
         started = time.perf_counter()
         code = "OK"
         try:
-            _begin(context)
+            _begin(context, context.invocation_metadata())
             result = behavior(request, context)
             if hasattr(result, "__aiter__"):
                 async for item in result:
@@ -158,6 +151,29 @@ def _streaming(behavior: Any, method: _Method) -> Any:
             else:
                 await result
             code = _code_name(context)
+        except BaseException as exc:
+            code = _outcome(exc, context)
+            raise
+        finally:
+            method.finished(code, time.perf_counter() - started)
+
+    return observed
+
+
+def _guarded_unary(behavior: Any, method: RpcMethodCalls, guarded: MethodGuard) -> Any:
+    """``_unary`` with the guard's checks inside, sharing the call's metadata with them."""
+
+    async def observed(request: Any, context: _Context) -> Any:
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            metadata = context.invocation_metadata()
+            _begin(context, metadata)
+            response = await guarded.call(behavior, request, context, metadata)
+            status = context.code()
+            if status is not None:
+                code = status.name
+            return response
         except BaseException as exc:
             code = _outcome(exc, context)
             raise
