@@ -21,7 +21,7 @@ from licensing.control.v1 import control_pb2, control_pb2_grpc
 from licensing.v1 import attestation_pb2
 
 from licensing_common.errors import NotFound
-from licensing_server.frontend.backend_client import QUOTE_CALLS_IN_FLIGHT, BackendQuoteClient
+from licensing_server.frontend.backend_client import QUOTE_HOLD_SECONDS, BackendQuoteClient
 
 UNKNOWN = "00000000-0000-0000-0000-000000000000"
 
@@ -101,7 +101,7 @@ async def test_a_burst_of_quotes_goes_out_in_a_few_calls_each_caller_its_own_ans
     answers = await asyncio.gather(*(client.quote(str(i), n) for i, n in enumerate(nonces)))
     assert answers == nonces
     assert sum(backend.batches) == 200
-    assert len(backend.batches) <= QUOTE_CALLS_IN_FLIGHT * 2, backend.batches
+    assert len(backend.batches) <= 2, backend.batches  # one turn of the loop: one call
 
 
 async def test_one_request_s_error_reaches_only_its_caller(
@@ -128,24 +128,53 @@ async def test_a_lone_quote_is_sent_at_once_in_a_call_of_its_own(
     assert backend.batches == [1, 1, 1]
 
 
+async def test_requests_made_while_a_young_call_is_out_go_together(
+    batching: tuple[_BatchingBackend, BackendQuoteClient],
+) -> None:
+    backend, client = batching
+    backend.delay = 1.0  # a slow TPM: the first call stays out
+    first = asyncio.ensure_future(client.quote("1", os.urandom(32)))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    held = []
+    for _ in range(10):  # within the hold of the call just sent
+        held.append(asyncio.ensure_future(client.quote("1", os.urandom(32))))
+        await asyncio.sleep(0)
+    await asyncio.sleep(QUOTE_HOLD_SECONDS + 0.1)
+    # Sent together once the hold ran out, long before the first call returned.
+    assert backend.batches == [1, 10]
+    await asyncio.gather(first, *held)
+
+
+async def test_a_call_out_longer_than_the_hold_holds_nobody(
+    batching: tuple[_BatchingBackend, BackendQuoteClient],
+) -> None:
+    """Behind a slow TPM a call is out for a whole quote: a request held that long would
+    miss the next quote, so past the hold each request goes at once."""
+    backend, client = batching
+    backend.delay = 1.0
+    calls = []
+    for _ in range(3):
+        calls.append(asyncio.ensure_future(client.quote("1", os.urandom(32))))
+        await asyncio.sleep(QUOTE_HOLD_SECONDS * 4)
+    assert backend.batches == [1, 1, 1]
+    await asyncio.gather(*calls)
+
+
 async def test_a_caller_that_gave_up_is_not_asked_for(
     batching: tuple[_BatchingBackend, BackendQuoteClient],
 ) -> None:
     backend, client = batching
     backend.delay = 1.0
-    # Fill every call slot (one call each), so the next callers wait in the client.
-    held = []
-    for _ in range(QUOTE_CALLS_IN_FLIGHT):
-        held.append(asyncio.ensure_future(client.quote("1", os.urandom(32))))
-        await asyncio.sleep(0.002)
-    held += [asyncio.ensure_future(client.quote("1", os.urandom(32))) for _ in range(4)]
+    first = asyncio.ensure_future(client.quote("1", os.urandom(32)))
     await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    kept = [asyncio.ensure_future(client.quote("1", os.urandom(32))) for _ in range(4)]
     gave_up = asyncio.ensure_future(client.quote("1", os.urandom(32)))
-    await asyncio.sleep(0.01)
-    gave_up.cancel()
-    await asyncio.gather(*held)
-    assert sum(backend.batches) == QUOTE_CALLS_IN_FLIGHT + 4, backend.batches
-    assert backend.batches[-1] == 4  # the four that waited, in one call, without the fifth
+    await asyncio.sleep(0)
+    gave_up.cancel()  # while held
+    await asyncio.gather(first, *kept)
+    assert backend.batches == [1, 4]
 
 
 async def test_an_older_backend_gets_unary_quotes() -> None:

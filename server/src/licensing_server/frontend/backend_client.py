@@ -186,12 +186,14 @@ class BackendProvisioningClient:
 
 
 #: Batch calls one client keeps out at once; past it, requests wait for one to return.
-#: Not a small number: a call is out for a whole TPM quote (17-190 ms on hardware), and a
-#: request held back that long would miss the next quote, which it could have joined.
-#: Batches form from what arrives within one turn of the event loop (many, when busy).
 QUOTE_CALLS_IN_FLIGHT = 64
 #: Requests per batch call, at most (the backend's MAX_QUOTE_BATCH).
 QUOTE_BATCH_LIMIT = 4096
+#: While the last call sent is younger than this, new requests wait (for it to return,
+#: or for this long) and then go together. Short beside a TPM quote (17-190 ms on
+#: hardware), so a held request still joins the quote after the one under way; long
+#: enough that a busy frontend with a fast TPM sends one call per handful of requests.
+QUOTE_HOLD_SECONDS = 0.003
 
 _Waiting = tuple[str, bytes, "asyncio.Future[bytes]"]
 
@@ -199,11 +201,11 @@ _Waiting = tuple[str, bytes, "asyncio.Future[bytes]"]
 class BackendQuoteClient:
     """One backend's ``QuoteService``: the pod-mate's, or another pod's (quote_routing).
 
-    Quotes go out in ``QuoteBatch`` calls: the requests made within one turn of the
-    event loop go in one call at the next turn (while fewer than
-    ``QUOTE_CALLS_IN_FLIGHT`` calls are out), so a busy frontend, whose turns each
-    handle many incoming calls, makes one backend call per batch of them, and an idle
-    one makes one per request, as before. A backend without ``QuoteBatch`` (an older
+    Quotes go out in ``QuoteBatch`` calls. With no call out, a request goes at the next
+    turn of the event loop (with whatever else arrived in that turn); while the last
+    call sent is younger than ``QUOTE_HOLD_SECONDS``, new requests wait until no call is
+    out or that much has passed, and go together. So an idle frontend sends each
+    request at once, as before, and a busy one makes one backend call per batch. A backend without ``QuoteBatch`` (an older
     one, mid-upgrade) gets unary ``Quote`` calls from then on.
     """
 
@@ -212,7 +214,9 @@ class BackendQuoteClient:
         self._timeout = timeout
         self._waiting: list[_Waiting] = []
         self._in_flight = 0
-        self._send_scheduled = False
+        self._send_handle: asyncio.Handle | None = None
+        self._send_at = 0.0
+        self._last_sent = float("-inf")
         self._batches = True
         self._calls: set[asyncio.Task[None]] = set()
 
@@ -225,22 +229,35 @@ class BackendQuoteClient:
         return await future
 
     def _schedule(self) -> None:
-        if self._send_scheduled or self._in_flight >= QUOTE_CALLS_IN_FLIGHT:
-            return
-        self._send_scheduled = True
-        asyncio.get_running_loop().call_soon(self._send)
+        if self._in_flight >= QUOTE_CALLS_IN_FLIGHT:
+            return  # the next call's return schedules the send
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due = now if self._in_flight == 0 else self._last_sent + QUOTE_HOLD_SECONDS
+        if self._send_handle is not None:
+            if self._send_at <= due:
+                return  # a send is due as soon already
+            self._send_handle.cancel()
+        self._send_at = due
+        if due > now:
+            self._send_handle = loop.call_at(due, self._send)
+        else:
+            self._send_handle = loop.call_soon(self._send)
 
     def _send(self) -> None:
-        self._send_scheduled = False
+        self._send_handle = None
         # A caller that went away (cancelled, deadline) is not asked for.
         waiting = [w for w in self._waiting if not w[2].done()]
         batch, self._waiting = waiting[:QUOTE_BATCH_LIMIT], waiting[QUOTE_BATCH_LIMIT:]
         if not batch:
             return
         self._in_flight += 1
+        self._last_sent = asyncio.get_running_loop().time()
         call = asyncio.ensure_future(self._call(batch))
         self._calls.add(call)
         call.add_done_callback(self._call_done)
+        if self._waiting:
+            self._schedule()  # past QUOTE_BATCH_LIMIT
 
     def _call_done(self, call: asyncio.Task[None]) -> None:
         self._calls.discard(call)
