@@ -205,8 +205,9 @@ class BackendQuoteClient:
     turn of the event loop (with whatever else arrived in that turn); while the last
     call sent is younger than ``QUOTE_HOLD_SECONDS``, new requests wait until no call is
     out or that much has passed, and go together. So an idle frontend sends each
-    request at once, as before, and a busy one makes one backend call per batch. A backend without ``QuoteBatch`` (an older
-    one, mid-upgrade) gets unary ``Quote`` calls from then on.
+    request at once, as before, and a busy one makes one backend call per batch. A
+    backend without ``QuoteBatch`` (an older one, mid-upgrade) gets unary ``Quote``
+    calls from then on.
     """
 
     def __init__(self, channel: grpc.aio.Channel, *, timeout: float = 30.0):
