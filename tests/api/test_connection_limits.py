@@ -216,14 +216,16 @@ def test_calls_beyond_the_per_address_limit_are_resource_exhausted(tight: Stack)
     watches = []
     try:
         for channel in channels[:3]:
+            # wait_for_ready: the connections the test before held may not all be closed
+            # on the server's side yet (the connection limit refuses handshakes meanwhile).
             watch = health_pb2_grpc.HealthStub(channel).Watch(
-                health_pb2.HealthCheckRequest(), timeout=PATIENCE
+                health_pb2.HealthCheckRequest(), timeout=PATIENCE, wait_for_ready=True
             )
             assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
             watches.append(watch)
         with pytest.raises(grpc.RpcError) as caught:
             health_pb2_grpc.HealthStub(channels[3]).Check(
-                health_pb2.HealthCheckRequest(), timeout=PATIENCE
+                health_pb2.HealthCheckRequest(), timeout=PATIENCE, wait_for_ready=True
             )
         error = caught.value
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
