@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -62,13 +63,25 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # The echo server (run as ``cheap_calls_bench.py --serve-echo PORT DATA_DIR``) ----------------
 
 
-def _echo_handler() -> grpc.GenericRpcHandler[Any, Any]:
-    """GetCurrentUser with a fixed answer: no guard, no observer, no database."""
+def _echo_handler(context_calls: bool = False) -> grpc.GenericRpcHandler[Any, Any]:
+    """GetCurrentUser with a fixed answer: no guard, no observer, no database.
+
+    With ``context_calls``, it also makes the grpc calls the guard and the observer make
+    on every call (metadata, auth context, peer, a trailer, the code) and nothing else:
+    what grpc's per-call API costs apart from our code (``--breakdown``).
+    """
     reply = auth_pb2.GetCurrentUserResponse(
         user=auth_pb2.User(id="00000000-0000-0000-0000-000000000000", username="echo")
     )
+    ids = random.Random()
 
     async def get_current_user(request: Any, context: Any) -> Any:
+        if context_calls:
+            context.invocation_metadata()
+            context.auth_context()
+            context.peer()
+            context.set_trailing_metadata((("x-correlation-id", f"{ids.getrandbits(64):016x}"),))
+            context.code()
         return reply
 
     return grpc.method_handlers_generic_handler(
@@ -90,7 +103,7 @@ class _PassThrough(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return await continuation(details)
 
 
-async def _serve_echo(port: int, data_dir: Path, interceptors: int) -> None:
+async def _serve_echo(port: int, data_dir: Path, interceptors: int, context_calls: bool) -> None:
     from licensing_common.rpc.reflection import enable_reflection
     from licensing_common.rpc.server import (
         ConnectionLimits,
@@ -110,7 +123,7 @@ async def _serve_echo(port: int, data_dir: Path, interceptors: int) -> None:
         interceptors=[_PassThrough() for _ in range(interceptors)],
         options=ConnectionLimits().options(),  # the frontend's defaults
     )
-    server.add_generic_rpc_handlers((_echo_handler(),))
+    server.add_generic_rpc_handlers((_echo_handler(context_calls),))
     enable_reflection(server, ["licensing.v1.AuthService"])
     add_listener(server, f"127.0.0.1:{port}", mtls_credentials(identity))
     await server.start()
@@ -280,10 +293,13 @@ def _row(label: str, figures: Figures) -> str:
     )
 
 
-def _start_echo(data_dir: Path, interceptors: int = 0) -> tuple[subprocess.Popen[bytes], str]:
+def _start_echo(
+    data_dir: Path, interceptors: int = 0, context_calls: bool = False
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     command = [sys.executable, __file__, "--serve-echo", str(port), str(data_dir)]
-    proc = subprocess.Popen([*command, str(interceptors)], cwd=REPO)
+    command += [str(interceptors), "calls" if context_calls else "bare"]
+    proc = subprocess.Popen(command, cwd=REPO)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -365,6 +381,10 @@ def _run(stack: Stack, args: argparse.Namespace, directory: Path) -> None:
             proc, address = _start_echo(stack.data_dir, interceptors=2)
             helpers.append(proc)
             targets.append(Target("echo + 2 pass-through interceptors", address, proc.pid))
+        if args.breakdown:
+            proc, address = _start_echo(stack.data_dir, interceptors=1, context_calls=True)
+            helpers.append(proc)
+            targets.append(Target("echo + 1 interceptor + grpc calls", address, proc.pid))
         results: dict[str, dict[str, list[Figures]]] = {"ghz": {}, "ghz-half": {}, "python": {}}
         ratios: dict[str, float] = {}
         if ghz is None:
@@ -436,8 +456,9 @@ def _run(stack: Stack, args: argparse.Namespace, directory: Path) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--serve-echo":
-        asyncio.run(_serve_echo(int(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])))
+    if len(sys.argv) == 6 and sys.argv[1] == "--serve-echo":
+        port, data_dir, interceptors, calls = sys.argv[2:]
+        asyncio.run(_serve_echo(int(port), Path(data_dir), int(interceptors), calls == "calls"))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
@@ -450,6 +471,12 @@ def main() -> None:
         "--pass-through",
         action="store_true",
         help="a third target: the echo server behind two interceptors that do nothing",
+    )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="another target: the echo server behind one interceptor making the grpc calls"
+        " the guard and the observer make (metadata, auth context, peer, trailer, code)",
     )
     parser.add_argument(
         "--profile",

@@ -87,6 +87,9 @@ class _ThroughSqlAlchemy:
     def __init__(self, database: Database):
         self._engine = database.engine.execution_options(isolation_level="AUTOCOMMIT")
 
+    def take_now(self, key: str, rate: Rate) -> float | None:
+        return None  # every take is a statement
+
     async def take(self, key: str, rate: Rate) -> float:
         interval = 1 / rate.per_second
         params = {

@@ -132,6 +132,26 @@ async def test_a_reserve_is_used_while_valid_and_an_expired_one_is_not(
     assert await store.wait_time(key, WIDE) > 3000
 
 
+async def test_take_now_answers_from_the_reserve_only_and_leaves_the_rest_to_take(
+    replicas: tuple[Database, Database], stores: list[SharedBuckets]
+) -> None:
+    store = stores[0]
+    key = _key()
+    assert store.take_now(key, WIDE) is None  # nothing reserved yet: only take can answer
+    while _held(store, key) < 10:
+        assert await store.take(key, WIDE) == 0.0
+    held = _held(store, key)
+    assert [store.take_now(key, WIDE) for _ in range(held)] == [0.0] * held
+    assert store.take_now(key, WIDE) is None  # spent: the next token needs a statement
+
+    while _held(store, key) < 1:
+        assert await store.take(key, WIDE) == 0.0
+    await asyncio.sleep(0.12)  # past the reserve's expiry: never used late
+    assert store.take_now(key, WIDE) is None
+    await _empty_in_the_database(replicas[0], key)
+    assert await store.take(key, WIDE) > 3000  # and take asks the database
+
+
 async def test_while_replicas_hold_reserves_the_bucket_stays_that_far_ahead_of_now(
     replicas: tuple[Database, Database], stores: list[SharedBuckets]
 ) -> None:

@@ -37,6 +37,12 @@ class BucketStore(Protocol):
         """Take one token if there is one (returns 0.0), else the seconds to wait."""
         ...
 
+    def take_now(self, key: str, rate: Rate) -> float | None:
+        """``take`` answered from this process's memory, or None when only ``take`` can
+        answer (it needs the store): the guard takes one on every call, most of them
+        without a coroutine."""
+        ...
+
     async def wait_time(self, key: str, rate: Rate) -> float:
         """Seconds until ``key`` may make a request (0.0: now), taking nothing."""
         ...

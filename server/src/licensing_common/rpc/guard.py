@@ -30,12 +30,14 @@ from licensing_common.rpc import errors
 from licensing_common.rpc.handlers import WrappedHandlers, wrap_handler
 from licensing_common.rpc.limits import CountedBy, RateLimit
 from licensing_common.rpc.policy import Access
-from licensing_common.throttle import BucketStore, TokenBuckets
+from licensing_common.throttle import BucketStore, Rate, TokenBuckets
 from licensing_common.tokens import AccessClaims
 
 _log = logging.getLogger(__name__)
 
-Authenticate = Callable[[str, bytes], Awaitable[AccessClaims]]
+#: The claims of a bearer token over a certificate's SHA-256: at once when nothing has to
+#: be awaited (the common case), else an awaitable of them.
+Authenticate = Callable[[str, bytes], AccessClaims | Awaitable[AccessClaims]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +162,28 @@ class _CallsPerAddress:
             self._active[address] = held
 
 
+def _rate_limited(method: str, wait: float) -> ResourceExhausted:
+    retry_ms = math.ceil(wait * 1000)
+    return ResourceExhausted(
+        "RATE_LIMITED",
+        f"too many calls of {method.rsplit('/', 1)[-1]}; retry in {retry_ms} ms",
+        {"method": method, "retry_after_ms": str(retry_ms)},
+    )
+
+
+def _user_caller(peer: PeerIdentity, claims: AccessClaims) -> Caller:
+    if claims.user_id != peer.user_id:
+        raise Unauthenticated(
+            "TOKEN_CERTIFICATE_MISMATCH",
+            "the access token is bound to a different client certificate",
+        )
+    return Caller(peer, claims)
+
+
+async def _user_later(peer: PeerIdentity, claims: Awaitable[AccessClaims]) -> Caller:
+    return _user_caller(peer, await claims)
+
+
 def _check_parsed(request: Any) -> None:
     if request is _MALFORMED:
         raise InvalidArgument("REQUEST_MALFORMED", "the request is not a valid protobuf message")
@@ -193,43 +217,56 @@ class AccessGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         )
         # Shared through the database when replicas share one (storage.rate_buckets).
         self._buckets: BucketStore = buckets if buckets is not None else TokenBuckets()
-        # In this process's memory: taken without a coroutine per call.
-        self._local = self._buckets if isinstance(self._buckets, TokenBuckets) else None
 
     def for_method(self, method: str) -> MethodGuard:
         """What this guard does to every call of ``method``, for an interceptor that runs
         the guard inside its own per-call coroutine (``observability.RpcObserver``)."""
         return MethodGuard(self, method)
 
-    async def _admit(
+    def _admit(
         self, method: str, context: grpc.aio.ServicerContext[Any, Any], metadata: Any
+    ) -> Caller | Awaitable[Caller]:
+        """The caller, at once when all it takes is in memory (nearly every call), else an
+        awaitable of it: a session due for its check, or a rate limit that asks the
+        database. Refusals raise either way; no coroutine on the common path."""
+        caller = self._authorize(method, context, metadata)
+        if not isinstance(caller, Caller):
+            return self._limited_later(method, context, caller)
+        return self._limited(method, context, caller)
+
+    async def _limited_later(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any], pending: Awaitable[Caller]
     ) -> Caller:
-        caller = await self._authorize(method, context, metadata)
+        caller = self._limited(method, context, await pending)
+        return caller if isinstance(caller, Caller) else await caller
+
+    def _limited(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any], caller: Caller
+    ) -> Caller | Awaitable[Caller]:
         limit = self._limits.get(method)
-        if limit is not None:
-            if limit.counted_by is CountedBy.USER and caller.claims is not None:
-                key = caller.claims.user_id
-            else:
-                key = client_address(context.peer())
-            bucket = f"rpc {method} {key}"
-            local = self._local
-            wait = (
-                local.take_now(bucket, limit.rate)
-                if local is not None
-                else await self._buckets.take(bucket, limit.rate)
-            )
-            if wait > 0:
-                retry_ms = math.ceil(wait * 1000)
-                raise ResourceExhausted(
-                    "RATE_LIMITED",
-                    f"too many calls of {method.rsplit('/', 1)[-1]}; retry in {retry_ms} ms",
-                    {"method": method, "retry_after_ms": str(retry_ms)},
-                )
+        if limit is None:
+            return caller
+        if limit.counted_by is CountedBy.USER and caller.claims is not None:
+            key = caller.claims.user_id
+        else:
+            key = client_address(context.peer())
+        bucket = f"rpc {method} {key}"
+        wait = self._buckets.take_now(bucket, limit.rate)
+        if wait is None:
+            return self._taken_later(method, bucket, limit.rate, caller)
+        if wait > 0:
+            raise _rate_limited(method, wait)
         return caller
 
-    async def _authorize(
+    async def _taken_later(self, method: str, bucket: str, rate: Rate, caller: Caller) -> Caller:
+        wait = await self._buckets.take(bucket, rate)
+        if wait > 0:
+            raise _rate_limited(method, wait)
+        return caller
+
+    def _authorize(
         self, method: str, context: grpc.aio.ServicerContext[Any, Any], metadata: Any
-    ) -> Caller:
+    ) -> Caller | Awaitable[Caller]:
         access = self._policy.get(method)
         if access is None:
             raise PermissionDenied("METHOD_NOT_ALLOWED", "this method is not served here")
@@ -258,13 +295,10 @@ class AccessGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             raise Unauthenticated("TOKEN_REQUIRED", "an access token is required")
         if self._authenticate is None:
             raise PermissionDenied("METHOD_NOT_ALLOWED", "this method is not served here")
-        claims = await self._authenticate(token, peer.sha256)
-        if claims.user_id != peer.user_id:
-            raise Unauthenticated(
-                "TOKEN_CERTIFICATE_MISMATCH",
-                "the access token is bound to a different client certificate",
-            )
-        return Caller(peer, claims)
+        claims = self._authenticate(token, peer.sha256)
+        if not isinstance(claims, AccessClaims):
+            return _user_later(peer, claims)
+        return _user_caller(peer, claims)
 
     async def intercept_service(
         self,
@@ -322,7 +356,8 @@ class MethodGuard:
         address = None
         try:
             address = calls.enter(context.peer()) if calls else None
-            _caller.set(await self._guard._admit(self.method, context, metadata))
+            caller = self._guard._admit(self.method, context, metadata)
+            _caller.set(caller if isinstance(caller, Caller) else await caller)
             if request is _MALFORMED:
                 _check_parsed(request)  # raises INVALID_ARGUMENT
             return await behavior(request, context)
@@ -355,7 +390,7 @@ class MethodGuard:
         return guarded
 
 
-Admit = Callable[[grpc.aio.ServicerContext[Any, Any], Any], Awaitable[Caller]]
+Admit = Callable[[grpc.aio.ServicerContext[Any, Any], Any], Caller | Awaitable[Caller]]
 
 
 def _is_abort(exc: BaseException) -> bool:
@@ -376,7 +411,8 @@ async def _guarded(
     address = None
     try:
         address = calls.enter(context.peer()) if calls else None
-        _caller.set(await admit(context, context.invocation_metadata()))
+        caller = admit(context, context.invocation_metadata())
+        _caller.set(caller if isinstance(caller, Caller) else await caller)
         _check_parsed(request)
         yield
     except Exception as exc:

@@ -317,7 +317,7 @@ async def _serve(
 
     rpc_metrics = RpcMetrics(registry)
     server = grpc.aio.server(
-        interceptors=[RpcObserver(rpc_metrics), AccessGuard(BACKEND_POLICY)],
+        interceptors=[RpcObserver(rpc_metrics, AccessGuard(BACKEND_POLICY))],
         options=SERVER_OPTIONS,
     )
     stack.push_async_callback(server.stop, 5)
@@ -401,7 +401,7 @@ async def _serve_quotes(
     """QuoteService alone, for the frontends of other pods (the rest stays pod-loopback):
     a frontend that gets ``GetAttestation`` for an enclave this backend's TPM measured."""
     server = grpc.aio.server(
-        interceptors=[RpcObserver(rpc_metrics), AccessGuard(BACKEND_QUOTE_POLICY)],
+        interceptors=[RpcObserver(rpc_metrics, AccessGuard(BACKEND_QUOTE_POLICY))],
         options=SERVER_OPTIONS,
     )
     stack.push_async_callback(server.stop, 5)
@@ -485,7 +485,7 @@ async def _serve_enrollment(
         common_name="licensing-enrollment", dns_names=dns, ip_addresses=ips, server=True
     )
     server = grpc.aio.server(
-        interceptors=[RpcObserver(rpc_metrics), AccessGuard(ENROLLMENT_POLICY)],
+        interceptors=[RpcObserver(rpc_metrics, AccessGuard(ENROLLMENT_POLICY))],
         options=SERVER_OPTIONS,
     )
     stack.push_async_callback(server.stop, 5)

@@ -273,6 +273,20 @@ class SharedBuckets:
             return int(row[0]), float(row[1])
         return int(row[0]), float(row[1]) + allowance
 
+    def take_now(self, key: str, rate: Rate) -> float | None:
+        """A token from this replica's reserve of ``key`` while it lasts, else None
+        (``take`` asks the database): a busy key's takes without a coroutine each."""
+        row_key = _row_key(key)
+        reserve = self._reserves.get(row_key)
+        if reserve is None or not reserve.tokens:
+            return None
+        if asyncio.get_running_loop().time() >= reserve.expires:
+            return None  # ``take`` drops it and asks for less next time
+        self._reserves.move_to_end(row_key)
+        reserve.tokens -= 1
+        self.reserved_takes += 1
+        return 0.0
+
     async def take(self, key: str, rate: Rate) -> float:
         interval = self._check(rate)
         allowance = (rate.burst - 1) * interval
