@@ -278,14 +278,24 @@ class SharedBuckets:
         (``take`` asks the database): a busy key's takes without a coroutine each."""
         row_key = _row_key(key)
         reserve = self._reserves.get(row_key)
-        if reserve is None or not reserve.tokens:
+        if reserve is None or not self._spend(reserve, asyncio.get_running_loop().time()):
             return None
-        if asyncio.get_running_loop().time() >= reserve.expires:
-            return None  # ``take`` drops it and asks for less next time
         self._reserves.move_to_end(row_key)
-        reserve.tokens -= 1
-        self.reserved_takes += 1
         return 0.0
+
+    def _spend(self, reserve: _Reserve, now: float) -> bool:
+        """One token from ``reserve`` if it holds one still valid at ``now``; an expired
+        one is dropped (it asked for more than it used: the next statement asks for less)."""
+        if not reserve.tokens:
+            return False
+        if now < reserve.expires:
+            reserve.tokens -= 1
+            self.reserved_takes += 1
+            return True
+        reserve.tokens = 0
+        reserve.want = max(1, reserve.want // 2)
+        reserve.quick_until = 0.0
+        return False
 
     async def take(self, key: str, rate: Rate) -> float:
         interval = self._check(rate)
@@ -305,14 +315,8 @@ class SharedBuckets:
         reserve = self._reserve(row_key)
         while True:
             now = loop.time()
-            if reserve.tokens:
-                if now < reserve.expires:
-                    reserve.tokens -= 1
-                    self.reserved_takes += 1
-                    return 0.0
-                reserve.tokens = 0  # expired: dropped, and it asked for more than it used
-                reserve.want = max(1, reserve.want // 2)
-                reserve.quick_until = 0.0
+            if self._spend(reserve, now):
+                return 0.0
             if reserve.pending is not None:
                 wait = await asyncio.shield(reserve.pending)
                 if wait:
