@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -39,8 +40,42 @@ REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery"
 
 
+def _ephemeral_ports() -> range:
+    """The ports the kernel hands outgoing connections (Linux's default if unreadable)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
+_EPHEMERAL = _ephemeral_ports()
+#: Where ``free_port`` looks: above the fixed ports of the control plane (10257, 10259...).
+_QUIET_PORTS = range(20_000, min(_EPHEMERAL.start, 32_768))
+_ports = random.Random()
+#: Ports handed out in this run, not handed out again (a stack's servers bind theirs later).
+_handed: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free port below the ephemeral range: a port the kernel picked (bind to 0) may be
+    handed to some process's outgoing connection before our server binds it (seen: swtpm
+    failing with "Address already in use" on such a port); ports below the range are
+    only ever taken by a bind."""
+    if len(_handed) > len(_QUIET_PORTS) // 2:
+        _handed.clear()
+    for _ in range(200 if len(_QUIET_PORTS) >= 1000 else 0):
+        port = _ports.choice(_QUIET_PORTS)
+        if port in _handed:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed.add(port)
+        return port
+    with socket.socket() as s:  # no quiet range here: the kernel's choice, as before
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
@@ -54,7 +89,8 @@ def free_port_pair() -> int:
                 s.bind(("127.0.0.1", port + 1))
             except OSError:
                 continue
-            return port
+        _handed.add(port + 1)
+        return port
     raise RuntimeError("no free port pair")
 
 

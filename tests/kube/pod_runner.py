@@ -114,6 +114,14 @@ class _NotYet(PodStartError):
     """A ConfigMap or Secret the pod needs does not exist (yet)."""
 
 
+class _Unavailable(PodStartError):
+    """The apiserver answered 429 or 5xx (it is restarting or overloaded): try again."""
+
+
+def _transient(exc: ApiException) -> bool:
+    return exc.status is not None and (exc.status == 429 or exc.status >= 500)
+
+
 @dataclass
 class ContainerProcess:
     """One container's process: its spec, its folder, its log, and how it ended."""
@@ -579,13 +587,15 @@ class PodRunner:
     def _prepare_patiently(
         self, core: client.CoreV1Api, pod: Obj, running: PodProcess, container: ContainerProcess
     ) -> None:
-        """As a kubelet, wait a while for ConfigMaps and Secrets that do not exist yet."""
+        """As a kubelet, wait a while for ConfigMaps and Secrets that do not exist yet, and
+        for an apiserver that is restarting (503, refused connections): a kubelet retries
+        volume mounts rather than failing the pod."""
         deadline = time.monotonic() + self._missing_object_seconds
         while True:
             try:
                 self._prepare(core, pod, running, container)
                 return
-            except _NotYet:
+            except (_NotYet, _Unavailable, HTTPError):
                 if time.monotonic() > deadline or running.stopped_by_runner:
                     raise
                 self._stopping.wait(0.5)
@@ -751,7 +761,12 @@ class PodRunner:
         if spec.get("audience"):
             body["spec"]["audiences"] = [spec["audience"]]
         account = pod["spec"].get("serviceAccountName") or "default"
-        made = core.create_namespaced_service_account_token(account, meta["namespace"], body)
+        try:
+            made = core.create_namespaced_service_account_token(account, meta["namespace"], body)
+        except ApiException as exc:
+            if _transient(exc):
+                raise _Unavailable(f"TokenRequest for {account}: {exc.reason}") from exc
+            raise
         return str(made.status.token)
 
     def _config_map(self, core: client.CoreV1Api, namespace: str, ref: Obj) -> dict[str, bytes]:
@@ -764,6 +779,8 @@ class PodRunner:
                 return {}
             if exc.status == 404:
                 raise _NotYet(f"ConfigMap {namespace}/{ref['name']} not found") from exc
+            if _transient(exc):
+                raise _Unavailable(f"ConfigMap {namespace}/{ref['name']}: {exc.reason}") from exc
             raise PodStartError(f"ConfigMap {namespace}/{ref['name']}: {exc.reason}") from exc
         data = {k: v.encode() for k, v in (got.get("data") or {}).items()}
         data.update({k: base64.b64decode(v) for k, v in (got.get("binaryData") or {}).items()})
@@ -778,6 +795,8 @@ class PodRunner:
                 return {}
             if exc.status == 404:
                 raise _NotYet(f"Secret {namespace}/{name} not found") from exc
+            if _transient(exc):
+                raise _Unavailable(f"Secret {namespace}/{name}: {exc.reason}") from exc
             raise PodStartError(f"Secret {namespace}/{name}: {exc.reason}") from exc
         return {k: base64.b64decode(v) for k, v in (got.get("data") or {}).items()}
 

@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from licensing_server.tpm import SwtpmSimulator, TpmDevice
-
-
-def free_port_pair() -> int:
-    """A port P with P + 1 also free: swtpm takes commands on P and control on P + 1."""
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = int(first.getsockname()[1])
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-        return port
-    raise RuntimeError("no two adjacent free ports")
+from tests.support import free_port_pair
 
 
 @pytest.fixture(scope="session")

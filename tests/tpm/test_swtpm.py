@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from licensing_server.tpm import SwtpmSimulator, TpmDevice
-from tests.tpm.conftest import free_port_pair
+from tests.support import free_port_pair
 
 
 def test_prepare_keeps_everything_under_the_state_dir(swtpm: SwtpmSimulator) -> None:
