@@ -169,9 +169,22 @@ class Client:
     protoset: Path
 
 
-def _ghz(
-    ghz: str, target: Target, client: Client, args: argparse.Namespace, rps: float = 0
-) -> Figures:
+def find_ghz() -> str | None:
+    """ghz from ``.tools/bin`` (scripts/setup.sh installs it there) or the PATH."""
+    return shutil.which("ghz", path=f"{REPO / '.tools' / 'bin'}:{os.environ.get('PATH', '')}")
+
+
+def ghz_command(
+    ghz: str,
+    address: str,
+    client: Client,
+    *,
+    concurrency: int,
+    connections: int,
+    seconds: float,
+    rps: float = 0,
+) -> list[str]:
+    """ghz calling GetCurrentUser with the user's certificate and bearer, reporting JSON."""
     command = [
         ghz,
         "--cacert",
@@ -189,33 +202,62 @@ def _ghz(
         "--data",
         "{}",
         "--concurrency",
-        str(args.concurrency),
+        str(concurrency),
         "--connections",
-        str(args.connections),
+        str(connections),
         "--duration",
-        f"{args.seconds}s",
+        f"{seconds}s",
         "--format",
         "json",
     ]
     if rps:
         command += ["--rps", str(int(rps))]
-    cpu = _cpu_seconds(target.pid)
-    done = subprocess.run(
-        [*command, target.address], capture_output=True, check=False, timeout=args.seconds + 60
+    return [*command, address]
+
+
+def ghz_report(stdout: bytes, stderr: bytes) -> dict[str, Any]:
+    """ghz's JSON report (it prints none when it could not run at all)."""
+    if not stdout:
+        raise SystemExit(f"ghz failed: {stderr.decode()[-2000:]}")
+    report: dict[str, Any] = json.loads(stdout)
+    return report
+
+
+def ghz_latencies(report: dict[str, Any]) -> dict[int, float]:
+    """Seconds at each percentile ghz reports (10, 25, 50, 75, 90, 95, 99)."""
+    return {int(p["percentage"]): p["latency"] / 1e9 for p in report["latencyDistribution"]}
+
+
+def ghz_codes(report: dict[str, Any]) -> dict[str, int]:
+    """Calls per status name; Canceled are the calls in flight when the duration ended."""
+    return {code: int(n) for code, n in (report.get("statusCodeDistribution") or {}).items()}
+
+
+def _ghz(
+    ghz: str, target: Target, client: Client, args: argparse.Namespace, rps: float = 0
+) -> Figures:
+    command = ghz_command(
+        ghz,
+        target.address,
+        client,
+        concurrency=args.concurrency,
+        connections=args.connections,
+        seconds=args.seconds,
+        rps=rps,
     )
+    cpu = _cpu_seconds(target.pid)
+    done = subprocess.run(command, capture_output=True, check=False, timeout=args.seconds + 60)
     cpu = _cpu_seconds(target.pid) - cpu
-    if not done.stdout:
-        raise SystemExit(f"ghz failed: {done.stderr.decode()[-2000:]}")
-    report = json.loads(done.stdout)
-    latency = {int(p["percentage"]): p["latency"] / 1e6 for p in report["latencyDistribution"]}
-    codes = report.get("statusCodeDistribution") or {}
-    ok = int(codes.get("OK", 0))
+    report = ghz_report(done.stdout, done.stderr)
+    latency = ghz_latencies(report)
+    codes = ghz_codes(report)
+    ok = codes.get("OK", 0)
     return Figures(
         calls_per_second=ok / (report["total"] / 1e9),
-        p50_ms=latency[50],
-        p99_ms=latency[99],
+        p50_ms=latency[50] * 1e3,
+        p99_ms=latency[99] * 1e3,
         cpu_us_per_call=cpu / max(ok, 1) * 1e6,
-        errors=sum(int(n) for code, n in codes.items() if code != "OK"),
+        errors=sum(n for code, n in codes.items() if code != "OK"),
         codes=" ".join(f"{code} {n}" for code, n in sorted(codes.items()) if code != "OK"),
     )
 
@@ -336,7 +378,7 @@ def _top_functions(collapsed: Path, count: int = 12) -> str:
     )
 
 
-def _client_files(stack: Stack, user: LoggedIn, directory: Path) -> Client:
+def client_files(stack: Stack, user: LoggedIn, directory: Path) -> Client:
     ca = directory / "ca.pem"
     cert = directory / "user.pem"
     key = directory / "user.key"
@@ -344,11 +386,11 @@ def _client_files(stack: Stack, user: LoggedIn, directory: Path) -> Client:
     cert.write_bytes(user.cert_pem)
     key.write_bytes(user.key_pem)
     protoset = directory / "auth.protoset"
-    protoset.write_bytes(_file_descriptor_set(auth_pb2.DESCRIPTOR).SerializeToString())
+    protoset.write_bytes(file_descriptor_set(auth_pb2.DESCRIPTOR).SerializeToString())
     return Client(ca, cert, key, user, protoset)
 
 
-def _file_descriptor_set(file: Any) -> descriptor_pb2.FileDescriptorSet:
+def file_descriptor_set(file: Any) -> descriptor_pb2.FileDescriptorSet:
     """The file and its imports, dependencies first: ghz reads the method from it."""
     out = descriptor_pb2.FileDescriptorSet()
     seen: set[str] = set()
@@ -366,9 +408,9 @@ def _file_descriptor_set(file: Any) -> descriptor_pb2.FileDescriptorSet:
 
 
 def _run(stack: Stack, args: argparse.Namespace, directory: Path) -> None:
-    ghz = shutil.which("ghz", path=f"{REPO / '.tools' / 'bin'}:{os.environ.get('PATH', '')}")
+    ghz = find_ghz()
     user = stack.new_user()
-    client = _client_files(stack, user, directory)
+    client = client_files(stack, user, directory)
     echo_proc, echo_addr = _start_echo(stack.data_dir)
     helpers = [echo_proc]
     try:
