@@ -67,7 +67,9 @@ CORES = len(os.sched_getaffinity(0))
 CSR_POOL = 4
 LOGIN_WARMUP_SECONDS = 1.5
 P99_TARGET_MS = 8.0  # cheap-call p99 during the storm (issue 12 item 4)
-RATIO_TARGET = 0.95  # logins/s over the bcrypt bound while the probe runs (issue 12 item 4)
+#: Logins/s over the bcrypt bound (issue 12 item 4), checked in the window without the probe
+#: (how the issue's "today 90-96 %" was measured) and, stricter, in the window with it.
+RATIO_TARGET = 0.95
 #: ghz starts this long before the probe window and stops this long after it, so that its
 #: start-up (TLS handshake, descriptor parsing) and its end fall outside the window.
 GHZ_MARGIN_SECONDS = 0.5
@@ -542,7 +544,8 @@ def report(
     idle50, idle99 = measured.idle_probe.p50, measured.idle_probe.p99
     busy50, busy99 = measured.storm_probe.p50, measured.storm_probe.p99
     login50, login99 = percentile(storm.latencies, 50), percentile(storm.latencies, 99)
-    ratio_verdict = "met" if probe_ratio >= RATIO_TARGET else "NOT met"
+    ratio_verdict = "met" if ratio >= RATIO_TARGET else "NOT met"
+    probe_verdict = "met" if probe_ratio >= RATIO_TARGET else "NOT met"
     p99_verdict = "met" if busy99 < P99_TARGET_MS / 1e3 else "NOT met"
 
     print()
@@ -557,12 +560,13 @@ def report(
         f"threads in {args.seconds:g} s, {bound.mean_check_ms:.0f} ms per check)"
     )
     print(
-        f"  login         {login_rate:8.2f} logins/s   = {ratio:.1%} of the bound alone; "
-        f"{logins} logins, latency p50/p99 {login50 * 1e3:.0f}/{login99 * 1e3:.0f} ms"
+        f"  login         {login_rate:8.2f} logins/s   = {ratio:.1%} of the bound alone "
+        f"(target >= {RATIO_TARGET:.0%}: {ratio_verdict}); {logins} logins, "
+        f"latency p50/p99 {login50 * 1e3:.0f}/{login99 * 1e3:.0f} ms"
     )
     print(
         f"                {probe_login_rate:8.2f} logins/s   while the GetCurrentUser probe ran "
-        f"= {probe_ratio:.1%} of the bound (target >= {RATIO_TARGET:.0%}: {ratio_verdict})"
+        f"= {probe_ratio:.1%} of the bound (>= {RATIO_TARGET:.0%}: {probe_verdict})"
     )
     print(
         f"  RESOURCE_EXHAUSTED {exhausted} in the storm ({len(storm.exhausted)} in all); "
