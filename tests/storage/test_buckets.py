@@ -77,6 +77,60 @@ async def test_fifty_concurrent_takes_across_two_replicas_grant_exactly_the_burs
     assert await stores[0].wait_time(key, SLOW) > 900
 
 
+async def test_takes_of_many_keys_at_once_share_statements_and_each_key_gets_its_burst(
+    stores: list[SharedBuckets],
+) -> None:
+    store = stores[0]
+    # Two slow rates (a statement per take) and a fast one (reserves: several tokens a
+    # statement), mixed in the same statements.
+    rates = [Rate(per_second=0.001, burst=2), Rate(per_second=0.001, burst=5)]
+    rates.append(Rate(per_second=1000, burst=1000))
+    keys = [(_key(), rates[i % 3]) for i in range(200)]
+    before, keys_before = store.statements, store.keys_granted
+
+    # Six takes of each of 200 keys, all at once: 1,200 asks of the database.
+    waits = await asyncio.gather(*(store.take(k, rate) for k, rate in keys for _ in range(6)))
+
+    for index, (_, rate) in enumerate(keys):
+        granted = sum(wait == 0.0 for wait in waits[6 * index : 6 * index + 6])
+        assert granted == min(rate.burst, 6)
+    statements = store.statements - before
+    assert statements <= 1200 // 10  # many keys per statement, not one take each
+    assert store.keys_granted - keys_before >= 10 * statements
+
+
+async def test_two_replicas_batching_the_same_keys_in_any_order_grant_each_burst_once(
+    stores: list[SharedBuckets],
+) -> None:
+    rate = Rate(per_second=0.001, burst=3)
+    keys = [_key() for _ in range(100)]
+
+    # Each replica asks for every key twice, in opposite orders: rows locked by one
+    # statement are wanted by the other's (sorted, so no deadlock).
+    waits = await asyncio.gather(
+        *(stores[0].take(key, rate) for key in keys + keys),
+        *(stores[1].take(key, rate) for key in reversed(keys + keys)),
+    )
+
+    granted = sum(wait == 0.0 for wait in waits)
+    assert granted == rate.burst * len(keys)
+    assert not stores[0]._degraded  # no statement failed
+    assert not stores[1]._degraded
+
+
+async def test_closing_the_store_answers_the_takes_still_queued(
+    replicas: tuple[Database, Database],
+) -> None:
+    store = SharedBuckets(replicas[0])
+    takes = [asyncio.ensure_future(store.take(_key(), SLOW)) for _ in range(50)]
+    await asyncio.sleep(0)
+
+    await store.close()
+
+    waits = await asyncio.wait_for(asyncio.gather(*takes), timeout=10)
+    assert len(waits) == 50  # answered (from the statement or the fallback), none hangs
+
+
 async def test_a_bucket_refills_at_the_rate_and_wait_time_takes_nothing(
     stores: list[SharedBuckets],
 ) -> None:
