@@ -557,7 +557,9 @@ def refresh_tokens(known: Sequence[str]) -> st.SearchStrategy[str]:
             lambda t, i, c: t[:i] + c + t[i + 1 :],
             st.sampled_from(known),
             st.integers(0, 50),
-            st.characters(),
+            # A proto string field holds UTF-8 (no lone surrogates); bad UTF-8 on the wire
+            # is what the raw-bytes strategies above send.
+            st.characters(codec="utf-8"),
         ),
     )
 
