@@ -53,6 +53,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.cheap_calls_bench import (  # noqa: E402
+    Client,
     client_files,
     find_ghz,
     ghz_codes,
@@ -287,11 +288,11 @@ class ProbeFigures:
 
 @dataclass(frozen=True, slots=True)
 class GhzProbe:
-    """ghz at a fixed rate in a process of its own: about a quarter of the CPU per call."""
+    """ghz at a fixed rate in a process of its own (its CPU apart from the bench's)."""
 
     ghz: str
     address: str
-    files: Any  # bench.cheap_calls_bench.Client
+    files: Client
 
     async def run(
         self, rate: float, start: float, end: float, started: asyncio.Future[int] | None = None
@@ -315,14 +316,14 @@ class GhzProbe:
         stdout, stderr = await proc.communicate()
         report = ghz_report(stdout, stderr)
         latency = ghz_latencies(report)
-        # Canceled: the calls in flight when its duration ended, not failures.
-        codes = {c: n for c, n in ghz_codes(report).items() if c not in {"OK", "Canceled"}}
+        codes = ghz_codes(report)
         return ProbeFigures(
             p50=latency[50],
             p99=latency[99],
             slowest=report["slowest"] / 1e9,
-            calls=ghz_codes(report).get("OK", 0),
-            errors=codes,
+            calls=codes.get("OK", 0),
+            # Canceled: the calls in flight when its duration ended, not failures.
+            errors={c: n for c, n in codes.items() if c not in {"OK", "Canceled"}},
         )
 
 

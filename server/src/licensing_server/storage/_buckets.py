@@ -271,7 +271,7 @@ class SharedBuckets:
         self._retry_at = 0.0
         #: Takes answered from a reserve, without a statement (for benchmarks and tests).
         self.reserved_takes = 0
-        #: Statements sent to grant tokens, and the keys they granted for (the same).
+        #: Statements sent to grant tokens, and how many keys they asked for in all.
         self.statements = 0
         self.keys_granted = 0
         # Grants waiting for a statement, the tasks sending them, and how many statements
