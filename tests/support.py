@@ -476,7 +476,8 @@ class TwoProcessDatabase:
         self.frontend = EnclaveStore(self.frontend_db)
         self.backend = EnclaveStore(self.backend_db)
         self.frontend_statements = 0
-        sa.event.listen(self.frontend_db.engine.sync_engine, "before_cursor_execute", self._count)
+        for engine in self.frontend_db.sync_engines:
+            sa.event.listen(engine, "before_cursor_execute", self._count)
 
     def _count(self, *_: object) -> None:
         self.frontend_statements += 1

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
-from licensing_server.storage import Database, EnclaveStore, Limits, Phase, _database
+from licensing_server.storage import Database, EnclaveStore, Limits, Phase, UserStore, _database
 from tests.storage.conftest import NOW, new_user
 
 _PHASES = (Phase.SCHEDULED, Phase.RUNNING, Phase.CERTIFICATE_ISSUED)
@@ -77,3 +78,54 @@ async def test_twenty_enclaves_advancing_at_once_on_a_slow_loop_all_land(
         current = await store.get(record.id)
         assert current is not None
         assert (current.phase, current.last_sequence) == (_PHASES[-1], 1 + len(_PHASES))
+
+
+async def test_logins_beside_enclaves_advancing_on_a_slow_loop_all_land(
+    impatient_database: Database,
+) -> None:
+    """A login's session is written in one hop to a thread (``Database.run``): it queues
+    with the event loop's writers, so neither side fails as "locked"."""
+    database = impatient_database
+    store, users = EnclaveStore(database), UserStore(database)
+    owner = await new_user(database)
+    limits = Limits(max_enclaves=100, enclave_ttl=dt.timedelta(hours=1))
+    records = [
+        (
+            await store.reserve(
+                owner_id=owner.id, request_id=uuid.uuid4().hex, nonce=b"", limits=limits, now=NOW
+            )
+        )[0]
+        for _ in range(10)
+    ]
+
+    async def provision(enclave_id: str) -> None:
+        for phase in _PHASES:
+            await store.advance(enclave_id, phase, f"reached {phase.value}", NOW)
+
+    async def log_in() -> str:
+        session = await users.create_session(
+            owner, os.urandom(32), os.urandom(32), NOW, NOW + dt.timedelta(hours=1)
+        )
+        return session.id
+
+    stop = asyncio.Event()
+    hogs = [asyncio.create_task(_hog_the_loop(stop))]
+    try:
+        results = await asyncio.gather(
+            *(provision(r.id) for r in records),
+            *(log_in() for _ in range(30)),
+            return_exceptions=True,
+        )
+    finally:
+        stop.set()
+        await asyncio.gather(*hogs)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert failures == []
+    sessions = [r for r in results if isinstance(r, str)]
+    assert len(set(sessions)) == 30
+    for session_id in sessions:
+        assert await users.session_is_active(session_id, NOW)
+    for record in records:
+        current = await store.get(record.id)
+        assert current is not None
+        assert current.phase is _PHASES[-1]

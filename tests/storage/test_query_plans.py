@@ -41,12 +41,14 @@ async def _statements(database: Database, call: Callable[[], Awaitable[object]])
         if statement.lstrip().upper().startswith("SELECT"):
             seen.append((statement, parameters))
 
-    engine = database.engine.sync_engine
-    sa.event.listen(engine, "before_cursor_execute", record)
+    engines = database.sync_engines
+    for engine in engines:
+        sa.event.listen(engine, "before_cursor_execute", record)
     try:
         await call()
     finally:
-        sa.event.remove(engine, "before_cursor_execute", record)
+        for engine in engines:
+            sa.event.remove(engine, "before_cursor_execute", record)
     assert seen, "the call ran no SELECT"
     return seen
 

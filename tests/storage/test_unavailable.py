@@ -15,6 +15,7 @@ from licensing_server.storage import (
     EnclaveStore,
     Limits,
     MeasurementStore,
+    UserRecord,
     UserStore,
 )
 from tests.storage.conftest import NOW
@@ -24,6 +25,9 @@ _Call = Callable[[Database], Awaitable[object]]
 _CALLS: dict[str, _Call] = {
     "find_user": lambda db: UserStore(db).find_user_by_name("someone"),
     "create_user": lambda db: UserStore(db).create_user("someone", "hash", NOW),
+    "create_session": lambda db: UserStore(db).create_session(
+        UserRecord("u", "someone", "hash", NOW), b"c" * 32, b"r" * 32, NOW, NOW
+    ),
     "reserve": lambda db: EnclaveStore(db).reserve(
         owner_id="x", request_id="r", nonce=b"", limits=Limits(1, dt.timedelta(hours=1)), now=NOW
     ),

@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,6 +33,11 @@ class SessionRecord:
     expires_at: dt.datetime
 
 
+_USER_BY_NAME = select(User.id, User.username, User.password_hash, User.created_at).where(
+    User.username == bindparam("username")
+)
+
+
 def _user(row: User) -> UserRecord:
     return UserRecord(row.id, row.username, row.password_hash, row.created_at)
 
@@ -57,9 +62,12 @@ class UserStore:
         return _user(row)
 
     async def find_user_by_name(self, username: str) -> UserRecord | None:
-        async with self._db.read() as session:
-            row = await session.scalar(select(User).where(User.username == username))
-            return _user(row) if row else None
+        def find(connection: Connection) -> UserRecord | None:
+            row = connection.execute(_USER_BY_NAME, {"username": username}).first()
+            return UserRecord(*row) if row else None
+
+        # Every login asks this: one transaction in one hop (``Database.run``).
+        return await self._db.run(find, writes=False)
 
     async def get_user(self, user_id: str) -> UserRecord | None:
         async with self._db.read() as session:
@@ -74,27 +82,32 @@ class UserStore:
         now: dt.datetime,
         expires_at: dt.datetime,
     ) -> SessionRecord:
-        session_row = Session(
-            id=str(uuid.uuid4()),
-            user_id=user.id,
-            client_certificate_sha256=client_certificate_sha256,
-            created_at=now,
-            expires_at=expires_at,
-        )
-        async with self._db.session() as session:
-            session.add(session_row)
-            await session.flush()
-            session.add(
-                RefreshToken(
+        session_id = str(uuid.uuid4())
+
+        def create(connection: Connection) -> None:
+            connection.execute(
+                insert(Session).values(
+                    id=session_id,
+                    user_id=user.id,
+                    client_certificate_sha256=client_certificate_sha256,
+                    created_at=now,
+                    expires_at=expires_at,
+                )
+            )
+            connection.execute(
+                insert(RefreshToken).values(
                     id=str(uuid.uuid4()),
-                    session_id=session_row.id,
+                    session_id=session_id,
                     token_hash=refresh_token_hash,
                     created_at=now,
                     expires_at=expires_at,
                 )
             )
+
+        # Every login writes this: one transaction in one hop (``Database.run``).
+        await self._db.run(create)
         return SessionRecord(
-            session_row.id, user.id, user.username, client_certificate_sha256, expires_at
+            session_id, user.id, user.username, client_certificate_sha256, expires_at
         )
 
     async def peek_refresh_token(self, presented_hash: bytes, now: dt.datetime) -> SessionRecord:
