@@ -8,7 +8,9 @@ directory) and prints figures; it asserts nothing. Run from the repository root:
 Phases, all on the same cores in the same run:
 
 1. bcrypt bound: ``bcrypt.checkpw`` at the configured cost on one thread per core
-   (``os.sched_getaffinity``), in this process, server idle -> checks/s.
+   (``os.sched_getaffinity``), in this process, server idle -> checks/s. Measured again
+   after the storm; the ratios divide by the mean of the two, and a drift between them
+   (the machine's speed changing under the run) is printed and warned about.
 2. GetCurrentUser baseline (mTLS + certificate-bound token), server idle, at a
    fixed open-loop rate -> p50/p99. The probe is this process's grpc.aio client (the
    default) or, with ``--probe ghz``, ghz in a process of its own (``--rps`` over one
@@ -74,6 +76,8 @@ RATIO_TARGET = 0.95
 #: ghz starts this long before the probe window and stops this long after it, so that its
 #: start-up (TLS handshake, descriptor parsing) and its end fall outside the window.
 GHZ_MARGIN_SECONDS = 0.5
+#: How far the bound after the storm may drift from the one before before it is warned about.
+DRIFT_WARNING = 0.03
 NOISE_WARNING = 0.05  # share of the cores used by other processes that makes figures suspect
 BCRYPT_NICE = 10  # what the server's bcrypt threads run at (auth/_passwords.py)
 
@@ -242,6 +246,22 @@ def measure_bcrypt_bound(cost: int, threads: int, seconds: float) -> BcryptBound
         worker.join()
     per_second = sum(rates)
     return BcryptBound(sum(counts), per_second, threads / per_second * 1e3)
+
+
+@dataclass(frozen=True, slots=True)
+class BoundAround:
+    """The bound measured before and after the storm: what the ratios divide by."""
+
+    before: BcryptBound
+    after: BcryptBound
+
+    @property
+    def per_second(self) -> float:
+        return (self.before.per_second + self.after.per_second) / 2
+
+    @property
+    def drift(self) -> float:
+        return self.after.per_second / self.before.per_second - 1
 
 
 # Phases 2 and 3: GetCurrentUser probe and the login storm ----------------------------------------
@@ -534,7 +554,7 @@ def _cpu_line(name: str, use: CpuUse) -> str:
 
 
 def report(
-    args: argparse.Namespace, bound: BcryptBound, bound_cpu: CpuUse, measured: Measured
+    args: argparse.Namespace, bound: BoundAround, bound_cpu: CpuUse, measured: Measured
 ) -> None:
     storm = measured.storm
     login_rate, logins = storm.rate(*measured.storm_window)
@@ -557,9 +577,17 @@ def report(
     )
     print()
     print(
-        f"  bcrypt bound  {bound.per_second:8.2f} checks/s   ({bound.checks} checks on {CORES} "
-        f"threads in {args.seconds:g} s, {bound.mean_check_ms:.0f} ms per check)"
+        f"  bcrypt bound  {bound.per_second:8.2f} checks/s   "
+        f"(mean of {bound.before.per_second:.2f} before and {bound.after.per_second:.2f} "
+        f"after the storm, drift {bound.drift:+.1%}; "
+        f"{bound.before.checks}+{bound.after.checks} checks on {CORES} threads in "
+        f"{args.seconds:g} s each, {bound.before.mean_check_ms:.0f} ms per check)"
     )
+    if abs(bound.drift) > DRIFT_WARNING:
+        print(
+            f"  WARNING: the bound drifted {bound.drift:+.1%} across the run (over "
+            f"{DRIFT_WARNING:.0%}): the machine's speed changed, so the ratios are suspect"
+        )
     print(
         f"  login         {login_rate:8.2f} logins/s   = {ratio:.1%} of the bound alone "
         f"(target >= {RATIO_TARGET:.0%}: {ratio_verdict}); {logins} logins, "
@@ -612,7 +640,7 @@ def report(
         )
     print()
     print(
-        f"SUMMARY bcrypt bound: {bound.per_second:.2f} checks/s; "
+        f"SUMMARY bcrypt bound: {bound.per_second:.2f} checks/s (drift {bound.drift:+.1%}); "
         f"login: {login_rate:.2f}/s = {ratio:.1%} of bound alone, {probe_ratio:.1%} with the "
         f"{args.probe} probe (RESOURCE_EXHAUSTED {exhausted}); "
         f"GetCurrentUser idle p50/p99 {idle50 * 1e3:.2f}/{idle99 * 1e3:.2f} ms, "
@@ -697,9 +725,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                     ghz = GhzProbe(found, stack.api_addr, files)
                 print(f"  bcrypt bound, {CORES} threads, {args.seconds:g} s ...", flush=True)
                 before = CpuSnapshot.take(pids)
-                bound = measure_bcrypt_bound(args.cost, CORES, args.seconds)
+                first = measure_bcrypt_bound(args.cost, CORES, args.seconds)
                 bound_cpu = CpuUse.between(before, CpuSnapshot.take(pids))
                 measured = asyncio.run(run_load(stack, pids, probe_user, storm_user, args, ghz))
+                print(f"  bcrypt bound again, {args.seconds:g} s ...", flush=True)
+                again = measure_bcrypt_bound(args.cost, CORES, args.seconds)
+                bound = BoundAround(first, again)
             except BaseException:
                 _print_log_tail(stack)
                 raise
