@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from licensing_server.storage._database import Database
@@ -58,6 +58,12 @@ async def notify(session: AsyncSession, channel: str, payload: str) -> None:
     """Send ``payload`` on ``channel`` when ``session``'s transaction commits (PostgreSQL)."""
     if session.get_bind().dialect.name == "postgresql":
         await session.execute(select(func.pg_notify(channel, payload)))
+
+
+def notify_on(connection: Connection, channel: str, payload: str) -> None:
+    """``notify`` for a transaction of ``Database.run``."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(select(func.pg_notify(channel, payload)))
 
 
 Callback = Callable[[str], None]

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from licensing_common.errors import AlreadyExists, Unauthenticated
 from licensing_server.storage._database import Database
 from licensing_server.storage._models import RefreshToken, Session, User
-from licensing_server.storage._notifications import SESSIONS_REVOKED, notify
+from licensing_server.storage._notifications import SESSIONS_REVOKED, notify, notify_on
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,14 +112,11 @@ class UserStore:
 
     async def peek_refresh_token(self, presented_hash: bytes, now: dt.datetime) -> SessionRecord:
         """The live session of an unspent refresh token, without spending it."""
-        async with self._db.session() as session:
-            token, family, user = await _live_token(session, presented_hash, now)
-            reused = token.used_at is not None
-            record = _session_record(family, user)
-        if reused:
-            await self.revoke_session(record.id, now, "refresh_token_reused")
+        live = await self._db.run(lambda c: _live_token(c, presented_hash, now), writes=False)
+        if live.used:
+            await self.revoke_session(live.record.id, now, "refresh_token_reused")
             raise _reused()
-        return record
+        return live.record
 
     async def rotate_refresh_token(
         self,
@@ -133,35 +130,45 @@ class UserStore:
         A token presented a second time (or raced) revokes the whole session:
         one of the two presenters is a thief, and we cannot tell which.
         """
-        reused = False
-        async with self._db.session() as session:
-            token, family, user = await _live_token(session, presented_hash, now)
-            spent = await session.execute(
+
+        def rotate(connection: Connection) -> tuple[SessionRecord, bool]:
+            live = _live_token(connection, presented_hash, now)
+            record = live.record
+            spent = connection.execute(
                 update(RefreshToken)
-                .where(RefreshToken.id == token.id, RefreshToken.used_at.is_(None))
+                .where(RefreshToken.id == live.token_id, RefreshToken.used_at.is_(None))
                 .values(used_at=now)
             )
-            if spent.rowcount != 1:  # type: ignore[attr-defined]
-                reused = True
-                await session.execute(
+            if spent.rowcount != 1:
+                connection.execute(
                     update(Session)
-                    .where(Session.id == family.id)
+                    .where(Session.id == record.id)
                     .values(revoked_at=now, revoked_reason="refresh_token_reused")
                 )
-                await notify(session, SESSIONS_REVOKED, family.id)
-            else:
-                if new_client_certificate_sha256 is not None:
-                    family.client_certificate_sha256 = new_client_certificate_sha256
-                session.add(
-                    RefreshToken(
-                        id=str(uuid.uuid4()),
-                        session_id=family.id,
-                        token_hash=new_hash,
-                        created_at=now,
-                        expires_at=family.expires_at,
-                    )
+                notify_on(connection, SESSIONS_REVOKED, record.id)
+                return record, True
+            if new_client_certificate_sha256 is not None:
+                connection.execute(
+                    update(Session)
+                    .where(Session.id == record.id)
+                    .values(client_certificate_sha256=new_client_certificate_sha256)
                 )
-            record = _session_record(family, user)
+                record = dataclasses.replace(
+                    record, client_certificate_sha256=new_client_certificate_sha256
+                )
+            connection.execute(
+                insert(RefreshToken).values(
+                    id=str(uuid.uuid4()),
+                    session_id=record.id,
+                    token_hash=new_hash,
+                    created_at=now,
+                    expires_at=record.expires_at,
+                )
+            )
+            return record, False
+
+        # Every refresh writes this: one transaction in one hop (``Database.run``).
+        record, reused = await self._db.run(rotate)
         if reused:
             raise _reused()
         return record
@@ -194,33 +201,57 @@ class UserStore:
             return len(expired)
 
     async def session_is_active(self, session_id: str, now: dt.datetime) -> bool:
-        async with self._db.read() as session:
-            row = await session.get(Session, session_id)
+        def active(connection: Connection) -> bool:
+            row = connection.execute(_SESSION_STATE, {"id": session_id}).first()
             return row is not None and row.revoked_at is None and row.expires_at > now
 
+        return await self._db.run(active, writes=False)
 
-async def _live_token(
-    session: AsyncSession, presented_hash: bytes, now: dt.datetime
-) -> tuple[RefreshToken, Session, User]:
+
+@dataclass(frozen=True, slots=True)
+class _LiveToken:
+    token_id: str
+    used: bool
+    record: SessionRecord
+
+
+_SESSION_STATE = select(Session.revoked_at, Session.expires_at).where(Session.id == bindparam("id"))
+#: A refresh token with its session and user: no row if any of the three is gone.
+_TOKEN_SESSION_USER = (
+    select(
+        RefreshToken.id,
+        RefreshToken.used_at,
+        RefreshToken.expires_at,
+        Session.id.label("session_id"),
+        Session.client_certificate_sha256,
+        Session.expires_at.label("session_expires_at"),
+        Session.revoked_at,
+        User.id.label("user_id"),
+        User.username,
+    )
+    .join(Session, Session.id == RefreshToken.session_id)
+    .join(User, User.id == Session.user_id)
+    .where(RefreshToken.token_hash == bindparam("token_hash"))
+)
+
+
+def _live_token(connection: Connection, presented_hash: bytes, now: dt.datetime) -> _LiveToken:
     """The presented refresh token with its session and user, if that session still lives."""
-    token = await session.scalar(
-        select(RefreshToken).where(RefreshToken.token_hash == presented_hash)
-    )
-    family = await session.get(Session, token.session_id) if token else None
-    user = await session.get(User, family.user_id) if family else None
-    if token is None or family is None or user is None:
+    row = connection.execute(_TOKEN_SESSION_USER, {"token_hash": presented_hash}).first()
+    if row is None:
         raise Unauthenticated("REFRESH_TOKEN_INVALID", "the refresh token is not valid")
-    if family.revoked_at is not None:
+    if row.revoked_at is not None:
         raise Unauthenticated("SESSION_REVOKED", "this session was revoked; log in again")
-    if token.expires_at <= now or family.expires_at <= now:
+    if row.expires_at <= now or row.session_expires_at <= now:
         raise Unauthenticated("REFRESH_TOKEN_EXPIRED", "the refresh token expired")
-    return token, family, user
-
-
-def _session_record(family: Session, user: User) -> SessionRecord:
-    return SessionRecord(
-        family.id, user.id, user.username, family.client_certificate_sha256, family.expires_at
+    record = SessionRecord(
+        row.session_id,
+        row.user_id,
+        row.username,
+        row.client_certificate_sha256,
+        row.session_expires_at,
     )
+    return _LiveToken(row.id, row.used_at is not None, record)
 
 
 def _reused() -> Unauthenticated:
