@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import Connection, bindparam, delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
@@ -109,6 +109,16 @@ def parse_event_payload(payload: str) -> EventRecord | str:
         str(fields["message"]),
         dt.datetime.fromisoformat(fields["time"]),
     )
+
+
+_EVENTS_AFTER = (
+    select(EnclaveEvent.sequence, EnclaveEvent.phase, EnclaveEvent.message, EnclaveEvent.created_at)
+    .where(
+        EnclaveEvent.enclave_id == bindparam("enclave_id"),
+        EnclaveEvent.sequence > bindparam("after"),
+    )
+    .order_by(EnclaveEvent.sequence)
+)
 
 
 def _event(row: EnclaveEvent) -> EventRecord:
@@ -327,27 +337,33 @@ class EnclaveStore:
             return [_record(r) for r in await session.scalars(query)]
 
     async def events_after(self, enclave_id: str, sequence: int) -> list[EventRecord]:
-        async with self._db.read() as session:
-            rows = await session.scalars(
-                select(EnclaveEvent)
-                .where(EnclaveEvent.enclave_id == enclave_id, EnclaveEvent.sequence > sequence)
-                .order_by(EnclaveEvent.sequence)
-            )
-            return [_event(r) for r in rows]
+        def read(connection: Connection) -> list[EventRecord]:
+            rows = connection.execute(_EVENTS_AFTER, {"enclave_id": enclave_id, "after": sequence})
+            return [
+                EventRecord(enclave_id, r.sequence, Phase(r.phase), r.message, r.created_at)
+                for r in rows
+            ]
+
+        # Every watcher reads this when rung: one transaction in one hop (``Database.run``).
+        return await self._db.run(read, writes=False)
 
     async def newest_sequences(self, enclave_ids: Sequence[str]) -> dict[str, int]:
         """The newest event sequence of each enclave; enclaves that no longer exist are absent."""
-        heads: dict[str, int] = {}
-        async with self._db.read() as session:
+
+        def read(connection: Connection) -> dict[str, int]:
+            heads: dict[str, int] = {}
             for start in range(0, len(enclave_ids), _IN_CHUNK):
                 chunk = enclave_ids[start : start + _IN_CHUNK]
-                rows = await session.execute(
+                rows = connection.execute(
                     select(EnclaveEvent.enclave_id, func.max(EnclaveEvent.sequence))
                     .where(EnclaveEvent.enclave_id.in_(chunk))
                     .group_by(EnclaveEvent.enclave_id)
                 )
                 heads.update({enclave_id: int(newest) for enclave_id, newest in rows})
-        return heads
+            return heads
+
+        # The event tail asks this every tick while anyone watches (``EventTail``).
+        return await self._db.run(read, writes=False)
 
     async def in_phases(self, phases: set[Phase]) -> list[EnclaveRecord]:
         async with self._db.read() as session:
