@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
 
 import pytest
@@ -62,3 +64,38 @@ async def test_a_unique_violation_reaches_the_caller_as_it_is(database: Database
 
     with pytest.raises(sa.exc.IntegrityError):
         await database.run(again)
+
+
+async def test_a_cancelled_writer_keeps_the_writer_turn_until_its_thread_is_done(
+    database: Database,
+) -> None:
+    """SQLite: the caller went away, but its transaction still runs in the worker thread;
+    the next writer waits for it instead of meeting it in SQLite's busy handler."""
+    if database.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL runs the transaction on the event loop: cancelling ends it")
+    release = threading.Event()
+    first, second = f"user{uuid.uuid4().hex[:12]}", f"user{uuid.uuid4().hex[:12]}"
+
+    def slow_sign_up(connection: sa.Connection) -> None:
+        assert release.wait(10)
+        connection.execute(
+            sa.insert(User).values(
+                id=str(uuid.uuid4()), username=first, password_hash="h", created_at=NOW
+            )
+        )
+
+    writing = asyncio.create_task(database.run(slow_sign_up))
+    await asyncio.sleep(0.1)  # the thread is inside the transaction
+    writing.cancel()
+    next_writer = asyncio.create_task(UserStore(database).create_user(second, "h", NOW))
+    await asyncio.sleep(0.3)
+    assert not writing.done()
+    assert not next_writer.done()
+    release.set()
+    await next_writer
+    with pytest.raises(asyncio.CancelledError):
+        await writing
+    # The cancelled caller's transaction still ended as its work did: committed.
+    users = UserStore(database)
+    assert await users.find_user_by_name(first) is not None
+    assert await users.find_user_by_name(second) is not None

@@ -127,19 +127,27 @@ class Database:
         """``work`` as one transaction on a synchronous connection: committed if it
         returns, rolled back if it raises.
 
-        For the hot paths (a login's two transactions): on SQLite the whole of it is one
-        hop to a worker thread instead of one per driver call; on PostgreSQL it runs
-        through the async driver (``run_sync``). ``work`` must only touch the database.
+        For the hot paths (logins, refreshes, session checks, the event tail): on SQLite
+        the whole of it is one hop to a worker thread instead of one per driver call; on
+        PostgreSQL it runs through the async driver (``run_sync``). ``work`` must only
+        touch the database. On SQLite a cancelled caller cannot stop the thread: its
+        transaction ends by itself, and a writer keeps the process's writer turn until
+        it has, so the next writer never meets it in SQLite's busy handler.
         """
         if self._sqlite is None:
             async with self._transaction_errors(), self.engine.begin() as connection:
                 return await connection.run_sync(work)
         loop = asyncio.get_running_loop()
         async with self._transaction_errors():
-            if writes:
-                async with self._one_at_a_time or contextlib.nullcontext():
-                    return await loop.run_in_executor(self._threads, self._in_thread, work)
-            return await loop.run_in_executor(self._threads, self._in_thread, work)
+            if not writes:
+                return await loop.run_in_executor(self._threads, self._in_thread, work)
+            async with self._one_at_a_time or contextlib.nullcontext():
+                done = loop.run_in_executor(self._threads, self._in_thread, work)
+                try:
+                    return await asyncio.shield(done)
+                except asyncio.CancelledError:
+                    await asyncio.wait([done])  # the turn is held until the thread is out
+                    raise
 
     def _in_thread(self, work: Callable[[Connection], _T]) -> _T:
         assert self._sqlite is not None
