@@ -20,7 +20,16 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from licensing_server.storage import Database, EnclaveStore, Limits, Phase, UserStore, _database
+from licensing_server.storage import (
+    Database,
+    EnclaveRecord,
+    EnclaveStore,
+    Limits,
+    Phase,
+    UserRecord,
+    UserStore,
+    _database,
+)
 from tests.storage.conftest import NOW, new_user
 
 _PHASES = (Phase.SCHEDULED, Phase.RUNNING, Phase.CERTIFICATE_ISSUED)
@@ -46,30 +55,39 @@ async def _hog_the_loop(stop: asyncio.Event) -> None:
         await asyncio.sleep(0)
 
 
+async def _accepted_enclaves(
+    store: EnclaveStore, owner: UserRecord, count: int
+) -> list[EnclaveRecord]:
+    limits = Limits(max_enclaves=100, enclave_ttl=dt.timedelta(hours=1))
+    return [
+        (
+            await store.reserve(
+                owner_id=owner.id, request_id=uuid.uuid4().hex, nonce=b"", limits=limits, now=NOW
+            )
+        )[0]
+        for _ in range(count)
+    ]
+
+
+async def _provision(store: EnclaveStore, enclave_id: str) -> None:
+    for phase in _PHASES:
+        await store.advance(enclave_id, phase, f"reached {phase.value}", NOW)
+
+
 async def test_twenty_enclaves_advancing_at_once_on_a_slow_loop_all_land(
     impatient_database: Database,
 ) -> None:
     database = impatient_database
     store = EnclaveStore(database)
     owner = await new_user(database)
-    limits = Limits(max_enclaves=100, enclave_ttl=dt.timedelta(hours=1))
-    records = [
-        (
-            await store.reserve(
-                owner_id=owner.id, request_id=uuid.uuid4().hex, nonce=b"", limits=limits, now=NOW
-            )
-        )[0]
-        for _ in range(20)
-    ]
-
-    async def provision(enclave_id: str) -> None:
-        for phase in _PHASES:
-            await store.advance(enclave_id, phase, f"reached {phase.value}", NOW)
+    records = await _accepted_enclaves(store, owner, 20)
 
     stop = asyncio.Event()
     hogs = [asyncio.create_task(_hog_the_loop(stop))]
     try:
-        results = await asyncio.gather(*(provision(r.id) for r in records), return_exceptions=True)
+        results = await asyncio.gather(
+            *(_provision(store, r.id) for r in records), return_exceptions=True
+        )
     finally:
         stop.set()
         await asyncio.gather(*hogs)
@@ -88,19 +106,7 @@ async def test_logins_beside_enclaves_advancing_on_a_slow_loop_all_land(
     database = impatient_database
     store, users = EnclaveStore(database), UserStore(database)
     owner = await new_user(database)
-    limits = Limits(max_enclaves=100, enclave_ttl=dt.timedelta(hours=1))
-    records = [
-        (
-            await store.reserve(
-                owner_id=owner.id, request_id=uuid.uuid4().hex, nonce=b"", limits=limits, now=NOW
-            )
-        )[0]
-        for _ in range(10)
-    ]
-
-    async def provision(enclave_id: str) -> None:
-        for phase in _PHASES:
-            await store.advance(enclave_id, phase, f"reached {phase.value}", NOW)
+    records = await _accepted_enclaves(store, owner, 10)
 
     async def log_in() -> str:
         session = await users.create_session(
@@ -112,7 +118,7 @@ async def test_logins_beside_enclaves_advancing_on_a_slow_loop_all_land(
     hogs = [asyncio.create_task(_hog_the_loop(stop))]
     try:
         results = await asyncio.gather(
-            *(provision(r.id) for r in records),
+            *(_provision(store, r.id) for r in records),
             *(log_in() for _ in range(30)),
             return_exceptions=True,
         )

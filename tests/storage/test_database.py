@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -12,6 +14,7 @@ import sqlalchemy as sa
 from licensing_server.storage import Database, UserStore
 from licensing_server.storage._models import User
 from tests.storage.conftest import NOW
+from tests.support import migrated_database
 
 
 class _Refused(Exception):
@@ -66,13 +69,23 @@ async def test_a_unique_violation_reaches_the_caller_as_it_is(database: Database
         await database.run(again)
 
 
+@pytest.fixture
+async def sqlite_database(tmp_path: Path) -> AsyncIterator[Database]:
+    """SQLite alone: PostgreSQL runs ``Database.run`` on the event loop, no thread."""
+    with migrated_database("sqlite", tmp_path) as url:
+        database = Database.connect(url)
+        try:
+            yield database
+        finally:
+            await database.close()
+
+
 async def test_a_cancelled_writer_keeps_the_writer_turn_until_its_thread_is_done(
-    database: Database,
+    sqlite_database: Database,
 ) -> None:
     """SQLite: the caller went away, but its transaction still runs in the worker thread;
     the next writer waits for it instead of meeting it in SQLite's busy handler."""
-    if database.engine.dialect.name != "sqlite":
-        pytest.skip("PostgreSQL runs the transaction on the event loop: cancelling ends it")
+    database = sqlite_database
     release = threading.Event()
     first, second = f"user{uuid.uuid4().hex[:12]}", f"user{uuid.uuid4().hex[:12]}"
 

@@ -141,7 +141,8 @@ class Database:
         async with self._transaction_errors():
             if not writes:
                 return await loop.run_in_executor(self._threads, self._in_thread, work)
-            async with self._one_at_a_time or contextlib.nullcontext():
+            assert self._one_at_a_time is not None  # SQLite's
+            async with self._one_at_a_time:
                 done = loop.run_in_executor(self._threads, self._in_thread, work)
                 try:
                     return await asyncio.shield(done)

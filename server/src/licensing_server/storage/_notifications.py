@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from licensing_server.storage._database import Database
@@ -54,16 +54,23 @@ CONNECT_TIMEOUT_SECONDS = 2
 FIRST_CONNECT_WAIT_SECONDS = 3.0
 
 
+def _notify_statement(dialect: str, channel: str, payload: str) -> Select[Any] | None:
+    """What sends ``payload`` on ``channel`` at commit: PostgreSQL's alone (else None)."""
+    return select(func.pg_notify(channel, payload)) if dialect == "postgresql" else None
+
+
 async def notify(session: AsyncSession, channel: str, payload: str) -> None:
     """Send ``payload`` on ``channel`` when ``session``'s transaction commits (PostgreSQL)."""
-    if session.get_bind().dialect.name == "postgresql":
-        await session.execute(select(func.pg_notify(channel, payload)))
+    statement = _notify_statement(session.get_bind().dialect.name, channel, payload)
+    if statement is not None:
+        await session.execute(statement)
 
 
 def notify_on(connection: Connection, channel: str, payload: str) -> None:
     """``notify`` for a transaction of ``Database.run``."""
-    if connection.dialect.name == "postgresql":
-        connection.execute(select(func.pg_notify(channel, payload)))
+    statement = _notify_statement(connection.dialect.name, channel, payload)
+    if statement is not None:
+        connection.execute(statement)
 
 
 Callback = Callable[[str], None]
