@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.login_bench import CORES, _print_log_tail, percentile  # noqa: E402
+from bench.login_bench import CORES, _print_log_tail, _proc_cpu_seconds, percentile  # noqa: E402
 from tests.enclaves.helpers import PROVISIONING_PHASES  # noqa: E402
 from tests.support import LoggedIn, Stack, pid_of, start_stack  # noqa: E402
 
@@ -215,6 +215,22 @@ class Measured:
     cleanup_errors: Counter[str] = field(default_factory=Counter)
     leftover_processes: int = -1
     leftover_rows: int = -1
+    # CPU seconds of the backend and the frontend over each phase (enclaves' own excluded)
+    single_cpu: dict[str, float] = field(default_factory=dict)
+    concurrent_cpu: dict[str, float] = field(default_factory=dict)
+
+
+#: The server's own processes whose CPU a phase is charged (the enclaves are processes of
+#: their own; swtpm's share is the TPM's, measured by ``attestation_bench.py``).
+SERVER_PROCESSES = ("backend", "frontend")
+
+
+def server_cpu(stack: Stack) -> dict[str, float]:
+    return {name: _proc_cpu_seconds(pid_of(stack, name)) for name in SERVER_PROCESSES}
+
+
+def _spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: after[name] - before[name] for name in before}
 
 
 async def run(stack: Stack, user: LoggedIn, args: argparse.Namespace) -> Measured:
@@ -235,6 +251,7 @@ async def run(stack: Stack, user: LoggedIn, args: argparse.Namespace) -> Measure
 
         try:
             print(f"  single: {args.sequential} x (create, delete) ...", flush=True)
+            cpu_before = server_cpu(stack)
             for _ in range(args.sequential):
                 created = await create_enclave(stub, user)
                 measured.single.append(created)
@@ -242,13 +259,16 @@ async def run(stack: Stack, user: LoggedIn, args: argparse.Namespace) -> Measure
                     measured.single_deletes.append(
                         await delete_enclave(stub, user, created.enclave_id)
                     )
+            measured.single_cpu = _spent(cpu_before, server_cpu(stack))
 
             backend_before = process_memory(pid_of(stack, "backend")).rss
             print(f"  concurrent: {args.concurrency} creates at once ...", flush=True)
             measured.concurrent_started = time.perf_counter()
+            cpu_before = server_cpu(stack)
             measured.concurrent = list(
                 await asyncio.gather(*(create_enclave(stub, user) for _ in range(args.concurrency)))
             )
+            measured.concurrent_cpu = _spent(cpu_before, server_cpu(stack))
             print(
                 f"  memory: {args.concurrency} enclaves held, after {SETTLE_SECONDS:g} s ...",
                 flush=True,
@@ -367,6 +387,13 @@ def report(args: argparse.Namespace, measured: Measured, load_start: float) -> d
         f"= {len(ok) / last_attested:.2f} enclaves/s"
     )
     summary["throughput"] = f"{len(ok) / last_attested:.2f} attested enclaves/s"
+    for label, cpu, count in (
+        ("single (create + delete)", measured.single_cpu, len(measured.single)),
+        ("concurrent (create)", measured.concurrent_cpu, len(runs)),
+    ):
+        if cpu and count:
+            each = "  ".join(f"{name} {seconds / count * 1e3:.1f}" for name, seconds in cpu.items())
+            print(f"  {label}, server CPU per enclave (ms): {each}")
     batches = Counter(c.batch_size for c in ok)
     quotes = sum(n / size for size, n in batches.items())
     print(

@@ -7,8 +7,9 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, select, tuple_, update
+from sqlalchemy import Connection, Select, bindparam, delete, func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
@@ -16,7 +17,7 @@ from licensing_common.errors import FailedPrecondition, NotFound, ResourceExhaus
 from licensing_common.phases import Phase
 from licensing_server.storage._database import Database
 from licensing_server.storage._models import Backend, Enclave, EnclaveEvent, Entitlement, User
-from licensing_server.storage._notifications import ENCLAVE_EVENTS, notify
+from licensing_server.storage._notifications import ENCLAVE_EVENTS, notify_on
 
 #: Phases that hold a licence: everything but FAILED (deleted enclaves have no row).
 _NOT_COUNTED = (Phase.FAILED.value,)
@@ -62,7 +63,8 @@ class Limits:
     enclave_ttl: dt.timedelta
 
 
-def _record(row: Enclave) -> EnclaveRecord:
+def _record(row: Any) -> EnclaveRecord:
+    """The record of an enclaves row (a row of ``_ENCLAVES``, read by column name)."""
     return EnclaveRecord(
         id=row.id,
         owner_id=row.owner_id,
@@ -81,6 +83,10 @@ def _record(row: Enclave) -> EnclaveRecord:
         attestation=row.attestation,
         backend_id=row.backend_id,
     )
+
+
+#: Every column of an enclave, as ``_record`` reads them (Core: no ORM objects to build).
+_ENCLAVES = select(Enclave.__table__)
 
 
 def event_payload(event: EventRecord) -> str:
@@ -121,18 +127,24 @@ _EVENTS_AFTER = (
 )
 
 
-def _event(row: EnclaveEvent) -> EventRecord:
-    return EventRecord(row.enclave_id, row.sequence, Phase(row.phase), row.message, row.created_at)
-
-
 class EnclaveStore:
+    """Each method but the administrator's ``set_entitlement`` is one transaction of
+    ``Database.run``: on SQLite one hop to a worker thread, where the async ORM paid one
+    per driver call (six to eight per statement)."""
+
     def __init__(self, database: Database):
         self._db = database
 
     # Licences -----------------------------------------------------------------
     async def limits(self, user_id: str, defaults: Limits) -> Limits:
-        async with self._db.read() as session:
-            row = await session.get(Entitlement, user_id)
+        def read(connection: Connection) -> Any:
+            return connection.execute(
+                select(Entitlement.max_enclaves, Entitlement.enclave_ttl_seconds).where(
+                    Entitlement.user_id == user_id
+                )
+            ).first()
+
+        row = await self._db.run(read, writes=False)
         if row is None:
             return defaults
         return Limits(
@@ -176,36 +188,55 @@ class EnclaveStore:
         The owner's user row is locked first (PostgreSQL) so concurrent creates of
         one user count one after another; SQLite serialises writers by itself.
         """
-        try:
-            async with self._db.session() as session:
-                await session.execute(select(User.id).where(User.id == owner_id).with_for_update())
-                existing = await session.scalar(
-                    select(Enclave).where(
-                        Enclave.owner_id == owner_id, Enclave.request_id == request_id
-                    )
+
+        def find(connection: Connection) -> EnclaveRecord | None:
+            row = connection.execute(
+                _ENCLAVES.where(Enclave.owner_id == owner_id, Enclave.request_id == request_id)
+            ).first()
+            return _record(row) if row is not None else None
+
+        def reserve(connection: Connection) -> tuple[EnclaveRecord, bool]:
+            connection.execute(select(User.id).where(User.id == owner_id).with_for_update())
+            existing = find(connection)
+            if existing is not None:
+                return existing, False
+            held = connection.execute(
+                select(func.count())
+                .select_from(Enclave)
+                .where(Enclave.owner_id == owner_id, Enclave.phase.not_in(_NOT_COUNTED))
+            ).scalar_one()
+            if held >= limits.max_enclaves:
+                raise ResourceExhausted(
+                    "ENCLAVE_LIMIT_REACHED",
+                    f"your licence allows {limits.max_enclaves} enclaves at once",
+                    {"limit": str(limits.max_enclaves), "held": str(held)},
                 )
-                if existing is not None:
-                    return _record(existing), False
-                held = await session.scalar(
-                    select(func.count())
-                    .select_from(Enclave)
-                    .where(Enclave.owner_id == owner_id, Enclave.phase.not_in(_NOT_COUNTED))
-                )
-                if (held or 0) >= limits.max_enclaves:
-                    raise ResourceExhausted(
-                        "ENCLAVE_LIMIT_REACHED",
-                        f"your licence allows {limits.max_enclaves} enclaves at once",
-                        {"limit": str(limits.max_enclaves), "held": str(held or 0)},
-                    )
-                row = Enclave(
-                    id=str(uuid.uuid4()),
+            record = EnclaveRecord(
+                id=str(uuid.uuid4()),
+                owner_id=owner_id,
+                request_id=request_id,
+                phase=Phase.ACCEPTED,
+                last_sequence=1,
+                created_at=now,
+                expires_at=now + limits.enclave_ttl,
+                nonce=nonce,
+                endpoint="",
+                tls_server_name="",
+                certificate_pem="",
+                certificate_sha256=b"",
+                failure_reason="",
+                runtime_handle="",
+            )
+            connection.execute(
+                insert(Enclave).values(
+                    id=record.id,
                     owner_id=owner_id,
                     request_id=request_id,
-                    phase=Phase.ACCEPTED.value,
-                    last_sequence=1,
+                    phase=record.phase.value,
+                    last_sequence=record.last_sequence,
                     created_at=now,
                     updated_at=now,
-                    expires_at=now + limits.enclave_ttl,
+                    expires_at=record.expires_at,
                     nonce=nonce,
                     endpoint="",
                     tls_server_name="",
@@ -214,29 +245,26 @@ class EnclaveStore:
                     failure_reason="",
                     runtime_handle="",
                 )
-                session.add(row)
-                await session.flush()
-                session.add(
-                    EnclaveEvent(
-                        enclave_id=row.id,
-                        sequence=1,
-                        phase=Phase.ACCEPTED.value,
-                        message=f"licence reserved ({(held or 0) + 1} of {limits.max_enclaves})",
-                        created_at=now,
-                    )
+            )
+            connection.execute(
+                insert(EnclaveEvent).values(
+                    enclave_id=record.id,
+                    sequence=1,
+                    phase=Phase.ACCEPTED.value,
+                    message=f"licence reserved ({held + 1} of {limits.max_enclaves})",
+                    created_at=now,
                 )
-                return _record(row), True
+            )
+            return record, True
+
+        try:
+            return await self._db.run(reserve)
         except IntegrityError:
             # A concurrent create with the same request id won the insert.
-            async with self._db.session() as session:
-                existing = await session.scalar(
-                    select(Enclave).where(
-                        Enclave.owner_id == owner_id, Enclave.request_id == request_id
-                    )
-                )
-                if existing is None:
-                    raise
-                return _record(existing), False
+            existing = await self._db.run(find, writes=False)
+            if existing is None:
+                raise
+            return existing, False
 
     async def advance(
         self,
@@ -254,17 +282,8 @@ class EnclaveStore:
         attestation: bytes | None = None,
     ) -> EventRecord:
         """Record a phase change (and what came with it) as the next event."""
-        async with self._db.session() as session:
-            row = await session.scalar(
-                select(Enclave).where(Enclave.id == enclave_id).with_for_update()
-            )
-            if row is None:
-                raise NotFound("ENCLAVE_NOT_FOUND", "the enclave no longer exists")
-            if Phase(row.phase) is Phase.FAILED:
-                raise FailedPrecondition("ENCLAVE_FAILED", "the enclave already failed")
-            row.last_sequence += 1
-            row.phase = phase.value
-            row.updated_at = now
+        changes: dict[str, object] = {
+            name: value
             for name, value in (
                 ("endpoint", endpoint),
                 ("tls_server_name", tls_server_name),
@@ -273,33 +292,56 @@ class EnclaveStore:
                 ("failure_reason", failure_reason),
                 ("runtime_handle", runtime_handle),
                 ("attestation", attestation),
-            ):
-                if value is not None:
-                    setattr(row, name, value)
-            event = EnclaveEvent(
-                enclave_id=enclave_id,
-                sequence=row.last_sequence,
-                phase=phase.value,
-                message=message[:1024],
-                created_at=now,
             )
-            session.add(event)
-            record = _event(event)
-            await notify(session, ENCLAVE_EVENTS, event_payload(record))
+            if value is not None
+        }
+
+        def advance(connection: Connection) -> EventRecord:
+            # The next sequence is taken in the UPDATE itself: no read-then-write window
+            # in which another process's advance could take the same one.
+            sequence = connection.execute(
+                update(Enclave)
+                .where(Enclave.id == enclave_id, Enclave.phase != Phase.FAILED.value)
+                .values(
+                    last_sequence=Enclave.last_sequence + 1,
+                    phase=phase.value,
+                    updated_at=now,
+                    **changes,
+                )
+                .returning(Enclave.last_sequence)
+            ).scalar()
+            if sequence is None:
+                exists = connection.execute(
+                    select(Enclave.id).where(Enclave.id == enclave_id)
+                ).first()
+                if exists is None:
+                    raise NotFound("ENCLAVE_NOT_FOUND", "the enclave no longer exists")
+                raise FailedPrecondition("ENCLAVE_FAILED", "the enclave already failed")
+            record = EventRecord(enclave_id, sequence, phase, message[:1024], now)
+            connection.execute(
+                insert(EnclaveEvent).values(
+                    enclave_id=enclave_id,
+                    sequence=sequence,
+                    phase=phase.value,
+                    message=record.message,
+                    created_at=now,
+                )
+            )
+            notify_on(connection, ENCLAVE_EVENTS, event_payload(record))
             return record
 
+        return await self._db.run(advance)
+
     async def set_runtime_handle(self, enclave_id: str, handle: str) -> None:
-        async with self._db.session() as session:
-            await session.execute(
-                update(Enclave).where(Enclave.id == enclave_id).values(runtime_handle=handle)
-            )
+        await self._set(enclave_id, runtime_handle=handle)
 
     async def claim(self, enclave_id: str, backend_id: str) -> None:
         """Record that ``backend_id`` drives the enclave's provisioning from now on."""
-        async with self._db.session() as session:
-            await session.execute(
-                update(Enclave).where(Enclave.id == enclave_id).values(backend_id=backend_id)
-            )
+        await self._set(enclave_id, backend_id=backend_id)
+
+    async def _set(self, enclave_id: str, **values: str) -> None:
+        statement = update(Enclave).where(Enclave.id == enclave_id).values(**values)
+        await self._db.run(lambda connection: connection.execute(statement))
 
     # Backends (PostgreSQL replicas) ---------------------------------------------
     async def heartbeat(self, backend_id: str) -> None:
@@ -308,33 +350,30 @@ class EnclaveStore:
         statement = statement.on_conflict_do_update(
             index_elements=[Backend.id], set_={"heartbeat_at": func.now()}
         )
-        async with self._db.session() as session:
-            await session.execute(statement)
+        await self._db.run(lambda connection: connection.execute(statement))
 
     async def live_backends(self, within: dt.timedelta) -> set[str]:
         """Backends whose heartbeat is younger than ``within`` (the database's clock)."""
-        async with self._db.read() as session:
-            return set(
-                await session.scalars(
-                    select(Backend.id).where(Backend.heartbeat_at > func.now() - within)
-                )
-            )
+        query = select(Backend.id).where(Backend.heartbeat_at > func.now() - within)
+        return await self._db.run(
+            lambda connection: set(connection.execute(query).scalars()), writes=False
+        )
 
     # Reading ------------------------------------------------------------------
     async def get(self, enclave_id: str) -> EnclaveRecord | None:
-        async with self._db.read() as session:
-            row = await session.get(Enclave, enclave_id)
-            return _record(row) if row else None
+        def read(connection: Connection) -> EnclaveRecord | None:
+            row = connection.execute(_ENCLAVES.where(Enclave.id == enclave_id)).first()
+            return _record(row) if row is not None else None
+
+        return await self._db.run(read, writes=False)
 
     async def list_owned(
         self, owner_id: str, limit: int, after: tuple[dt.datetime, str] | None
     ) -> list[EnclaveRecord]:
-        query = select(Enclave).where(Enclave.owner_id == owner_id)
+        query = _ENCLAVES.where(Enclave.owner_id == owner_id)
         if after is not None:
             query = query.where(tuple_(Enclave.created_at, Enclave.id) > tuple_(*after))
-        query = query.order_by(Enclave.created_at, Enclave.id).limit(limit)
-        async with self._db.read() as session:
-            return [_record(r) for r in await session.scalars(query)]
+        return await self._records(query.order_by(Enclave.created_at, Enclave.id).limit(limit))
 
     async def events_after(self, enclave_id: str, sequence: int) -> list[EventRecord]:
         def read(connection: Connection) -> list[EventRecord]:
@@ -344,7 +383,7 @@ class EnclaveStore:
                 for r in rows
             ]
 
-        # Every watcher reads this when rung: one transaction in one hop (``Database.run``).
+        # Every watcher reads this when rung.
         return await self._db.run(read, writes=False)
 
     async def newest_sequences(self, enclave_ids: Sequence[str]) -> dict[str, int]:
@@ -366,25 +405,29 @@ class EnclaveStore:
         return await self._db.run(read, writes=False)
 
     async def in_phases(self, phases: set[Phase]) -> list[EnclaveRecord]:
-        async with self._db.read() as session:
-            rows = await session.scalars(
-                select(Enclave).where(Enclave.phase.in_([p.value for p in phases]))
-            )
-            return [_record(r) for r in rows]
+        return await self._records(_ENCLAVES.where(Enclave.phase.in_([p.value for p in phases])))
 
     async def expired(self, now: dt.datetime) -> list[EnclaveRecord]:
-        async with self._db.read() as session:
-            rows = await session.scalars(select(Enclave).where(Enclave.expires_at <= now))
-            return [_record(r) for r in rows]
+        return await self._records(_ENCLAVES.where(Enclave.expires_at <= now))
 
     async def all_ids(self) -> set[str]:
-        async with self._db.read() as session:
-            return set(await session.scalars(select(Enclave.id)))
+        query = select(Enclave.id)
+        return await self._db.run(
+            lambda connection: set(connection.execute(query).scalars()), writes=False
+        )
+
+    async def _records(self, query: Select[Any]) -> list[EnclaveRecord]:
+        return await self._db.run(
+            lambda connection: [_record(row) for row in connection.execute(query)], writes=False
+        )
 
     # Removing -----------------------------------------------------------------
     async def remove(self, enclave_id: str) -> None:
         """Delete the enclave and its events: nothing of it stays behind."""
-        async with self._db.session() as session:
-            await session.execute(delete(EnclaveEvent).where(EnclaveEvent.enclave_id == enclave_id))
-            await session.execute(delete(Enclave).where(Enclave.id == enclave_id))
-            await notify(session, ENCLAVE_EVENTS, json.dumps({"id": enclave_id, "deleted": True}))
+
+        def remove(connection: Connection) -> None:
+            connection.execute(delete(EnclaveEvent).where(EnclaveEvent.enclave_id == enclave_id))
+            connection.execute(delete(Enclave).where(Enclave.id == enclave_id))
+            notify_on(connection, ENCLAVE_EVENTS, json.dumps({"id": enclave_id, "deleted": True}))
+
+        await self._db.run(remove)

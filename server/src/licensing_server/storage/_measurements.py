@@ -9,10 +9,11 @@ backend's, and drops only that backend's older epochs.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, delete, insert, select
 
 from licensing_server.storage._database import Database
 from licensing_server.storage._models import Measurement, MeasurementEpoch
@@ -50,33 +51,31 @@ class MeasurementStore:
 
         Epoch ids keep rising across restarts (they are ``Attestation.log_epoch``).
         """
-        async with self._db.session() as session:
-            epoch = MeasurementEpoch(
-                reset_count=reset_count, started_at=now, backend_id=self._backend_id
-            )
-            session.add(epoch)
-            await session.flush()
-            records = []
-            for sequence, (pcr, digest, kind, enclave_id) in enumerate(events, start=1):
-                session.add(
-                    Measurement(
-                        epoch_id=epoch.id,
-                        sequence=sequence,
-                        pcr=pcr,
-                        digest=digest,
-                        kind=kind,
-                        enclave_id=enclave_id,
-                        created_at=now,
-                    )
+
+        def start(connection: Connection) -> tuple[EpochRecord, list[MeasurementRecord]]:
+            epoch_id = connection.execute(
+                insert(MeasurementEpoch)
+                .values(reset_count=reset_count, started_at=now, backend_id=self._backend_id)
+                .returning(MeasurementEpoch.id)
+            ).scalar_one()
+            records = [
+                MeasurementRecord(epoch_id, sequence, pcr, digest, kind, enclave_id)
+                for sequence, (pcr, digest, kind, enclave_id) in enumerate(events, start=1)
+            ]
+            if records:
+                connection.execute(
+                    insert(Measurement),
+                    [{**dataclasses.asdict(record), "created_at": now} for record in records],
                 )
-                records.append(MeasurementRecord(epoch.id, sequence, pcr, digest, kind, enclave_id))
             # Only this backend's older epochs: the others' belong to other TPMs.
             older = select(MeasurementEpoch.id).where(
                 MeasurementEpoch.backend_id.is_not_distinct_from(self._backend_id),
-                MeasurementEpoch.id < epoch.id,
+                MeasurementEpoch.id < epoch_id,
             )
-            await session.execute(delete(Measurement).where(Measurement.epoch_id.in_(older)))
-            await session.execute(
+            connection.execute(delete(Measurement).where(Measurement.epoch_id.in_(older)))
+            connection.execute(
                 delete(MeasurementEpoch).where(MeasurementEpoch.id.in_(older.scalar_subquery()))
             )
-            return EpochRecord(epoch.id, epoch.reset_count), records
+            return EpochRecord(epoch_id, reset_count), records
+
+        return await self._db.run(start)

@@ -3,7 +3,7 @@
 Two things are worth telling every process the moment they are committed: an
 enclave has a new event (its watchers, wherever they are connected, should read
 it) and a session was revoked (every frontend must refuse its tokens). Writers
-call ``notify`` inside their transaction, so PostgreSQL delivers the message on
+call ``notify_on`` inside their transaction, so PostgreSQL delivers the message on
 commit and never for a rollback. Each process holds one ``Notifications``
 connection that listens and hands each message to the callbacks registered for
 its channel.
@@ -12,7 +12,7 @@ A notification is a hint, never the truth: anything sent while the listening
 connection was down is lost, so subscribers also hear ``on_reconnect`` and
 resynchronise from the database then (and keep a slow poll as a net). SQLite
 has a single backend and frontend on one machine and no NOTIFY: there
-``notify`` does nothing and no listener runs.
+``notify_on`` does nothing and no listener runs.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from sqlalchemy import Connection, Select, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Connection, func, select
 
 from licensing_server.storage._database import Database
 from licensing_server.tasks import spawn
@@ -37,7 +36,7 @@ __all__ = [
     "SESSIONS_REVOKED",
     "Notifications",
     "notifications",
-    "notify",
+    "notify_on",
 ]
 
 _log = logging.getLogger(__name__)
@@ -54,23 +53,11 @@ CONNECT_TIMEOUT_SECONDS = 2
 FIRST_CONNECT_WAIT_SECONDS = 3.0
 
 
-def _notify_statement(dialect: str, channel: str, payload: str) -> Select[Any] | None:
-    """What sends ``payload`` on ``channel`` at commit: PostgreSQL's alone (else None)."""
-    return select(func.pg_notify(channel, payload)) if dialect == "postgresql" else None
-
-
-async def notify(session: AsyncSession, channel: str, payload: str) -> None:
-    """Send ``payload`` on ``channel`` when ``session``'s transaction commits (PostgreSQL)."""
-    statement = _notify_statement(session.get_bind().dialect.name, channel, payload)
-    if statement is not None:
-        await session.execute(statement)
-
-
 def notify_on(connection: Connection, channel: str, payload: str) -> None:
-    """``notify`` for a transaction of ``Database.run``."""
-    statement = _notify_statement(connection.dialect.name, channel, payload)
-    if statement is not None:
-        connection.execute(statement)
+    """Send ``payload`` on ``channel`` when the transaction of ``connection`` (one of
+    ``Database.run``) commits; PostgreSQL only."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(select(func.pg_notify(channel, payload)))
 
 
 Callback = Callable[[str], None]

@@ -13,14 +13,15 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Connection, Integer, bindparam, delete, func, insert, select, update
 
 from licensing_common.phases import Phase
 from licensing_server.storage._database import Database
 from licensing_server.storage._enclaves import EventRecord, event_payload
 from licensing_server.storage._models import Enclave, EnclaveEvent, Reattestation
-from licensing_server.storage._notifications import ENCLAVE_EVENTS, notify
+from licensing_server.storage._notifications import ENCLAVE_EVENTS, notify_on
 
 #: How every re-attestation event's message begins (a round's event whose evidence was
 #: pruned is still told apart from the provisioning ATTESTED event by it).
@@ -55,14 +56,14 @@ class ReattestationStore:
         by_id: dict[str, list[ReattestationResult]] = {}
         for result in results:
             by_id.setdefault(result.enclave_id, []).append(result)
-        written: list[EventRecord] = []
         ids = sorted(by_id)  # one lock order for every writer
-        async with self._db.session() as session:
-            rows: list[Enclave] = []
+
+        def record(connection: Connection) -> list[EventRecord]:
+            rows: list[Any] = []
             for start in range(0, len(ids), _IN_CHUNK):
                 rows.extend(
-                    await session.scalars(
-                        select(Enclave)
+                    connection.execute(
+                        select(Enclave.id, Enclave.last_sequence)
                         .where(
                             Enclave.id.in_(ids[start : start + _IN_CHUNK]),
                             Enclave.phase == Phase.ATTESTED.value,
@@ -71,61 +72,93 @@ class ReattestationStore:
                         .with_for_update()
                     )
                 )
+            written: list[EventRecord] = []
+            evidence: list[dict[str, object]] = []
             for row in rows:
+                sequence = row.last_sequence
                 for result in by_id[row.id]:
-                    row.last_sequence += 1
-                    row.updated_at = now
+                    sequence += 1
                     message = result.message
                     if not message.startswith(REATTESTED_PREFIX):
                         message = f"{REATTESTED_PREFIX}: {message}"
-                    event = EnclaveEvent(
-                        enclave_id=row.id,
-                        sequence=row.last_sequence,
-                        phase=Phase.ATTESTED.value,
-                        message=message[:1024],
-                        created_at=now,
+                    event = EventRecord(row.id, sequence, Phase.ATTESTED, message[:1024], now)
+                    written.append(event)
+                    evidence.append(
+                        {
+                            "enclave_id": row.id,
+                            "sequence": sequence,
+                            "round": result.round,
+                            "attestation": result.attestation,
+                            "created_at": now,
+                        }
                     )
-                    session.add(event)
-                    session.add(
-                        Reattestation(
-                            enclave_id=row.id,
-                            sequence=row.last_sequence,
-                            round=result.round,
-                            attestation=result.attestation,
-                            created_at=now,
-                        )
-                    )
-                    record = EventRecord(row.id, event.sequence, Phase.ATTESTED, event.message, now)
-                    written.append(record)
-                    await notify(session, ENCLAVE_EVENTS, event_payload(record))
-            await session.flush()
-            newest = {record.enclave_id: record.sequence for record in written}
-            for enclave_id, sequence in newest.items():
-                # The rounds' history is bounded too: an enclave that lives for months
-                # would otherwise add an event every interval, and every replay reads them.
-                await session.execute(
-                    delete(Reattestation).where(
-                        Reattestation.enclave_id == enclave_id,
-                        Reattestation.sequence <= sequence - KEPT_PER_ENCLAVE,
-                    )
-                )
-                await session.execute(
-                    delete(EnclaveEvent).where(
-                        EnclaveEvent.enclave_id == enclave_id,
-                        EnclaveEvent.sequence <= sequence - KEPT_PER_ENCLAVE,
-                        EnclaveEvent.message.startswith(REATTESTED_PREFIX),
-                    )
-                )
-        return written
+                    notify_on(connection, ENCLAVE_EVENTS, event_payload(event))
+            if not written:
+                return written
+            newest = [
+                {"b_id": enclave_id, "b_sequence": sequence}
+                for enclave_id, sequence in {e.enclave_id: e.sequence for e in written}.items()
+            ]
+            connection.execute(_SET_LAST_SEQUENCE.values(updated_at=now), newest)
+            connection.execute(
+                insert(EnclaveEvent),
+                [
+                    {
+                        "enclave_id": e.enclave_id,
+                        "sequence": e.sequence,
+                        "phase": e.phase.value,
+                        "message": e.message,
+                        "created_at": now,
+                    }
+                    for e in written
+                ],
+            )
+            connection.execute(insert(Reattestation), evidence)
+            # The rounds' history is bounded too: an enclave that lives for months would
+            # otherwise add an event every interval, and every replay reads them.
+            connection.execute(_PRUNE_EVIDENCE, newest)
+            connection.execute(_PRUNE_EVENTS, newest)
+            return written
+
+        # One transaction in one hop (``Database.run``), however many enclaves the round had.
+        return await self._db.run(record)
 
     async def last_round(self) -> int:
         """The highest round number kept: a restarted backend numbers its rounds on from it,
         so a watcher never sees ``attestation_round`` go back to 1."""
-        async with self._db.read() as session:
-            return int(await session.scalar(select(func.max(Reattestation.round))) or 0)
+        query = select(func.max(Reattestation.round))
+        return await self._db.run(
+            lambda connection: int(connection.execute(query).scalar() or 0), writes=False
+        )
 
     async def get(self, enclave_id: str, sequence: int) -> tuple[int, bytes] | None:
         """(round, attestation) of the enclave's event ``sequence``, if it was a round's."""
-        async with self._db.read() as session:
-            row = await session.get(Reattestation, (enclave_id, sequence))
+
+        def read(connection: Connection) -> tuple[int, bytes] | None:
+            row = connection.execute(
+                _EVIDENCE, {"enclave_id": enclave_id, "sequence": sequence}
+            ).first()
             return (row.round, row.attestation) if row is not None else None
+
+        return await self._db.run(read, writes=False)
+
+
+# Statements run once per enclave of a round (executemany): ``b_id`` and ``b_sequence``,
+# the enclave's newest sequence after the round.
+_B_SEQUENCE = bindparam("b_sequence", type_=Integer)
+_SET_LAST_SEQUENCE = (
+    update(Enclave).where(Enclave.id == bindparam("b_id")).values(last_sequence=_B_SEQUENCE)
+)
+_PRUNE_EVIDENCE = delete(Reattestation).where(
+    Reattestation.enclave_id == bindparam("b_id"),
+    Reattestation.sequence <= _B_SEQUENCE - KEPT_PER_ENCLAVE,
+)
+_PRUNE_EVENTS = delete(EnclaveEvent).where(
+    EnclaveEvent.enclave_id == bindparam("b_id"),
+    EnclaveEvent.sequence <= _B_SEQUENCE - KEPT_PER_ENCLAVE,
+    EnclaveEvent.message.startswith(REATTESTED_PREFIX),
+)
+_EVIDENCE = select(Reattestation.round, Reattestation.attestation).where(
+    Reattestation.enclave_id == bindparam("enclave_id"),
+    Reattestation.sequence == bindparam("sequence"),
+)

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from licensing_common.errors import AlreadyExists, Unauthenticated
 from licensing_server.storage._database import Database
 from licensing_server.storage._models import RefreshToken, Session, User
-from licensing_server.storage._notifications import SESSIONS_REVOKED, notify, notify_on
+from licensing_server.storage._notifications import SESSIONS_REVOKED, notify_on
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,13 +33,9 @@ class SessionRecord:
     expires_at: dt.datetime
 
 
-_USER_BY_NAME = select(User.id, User.username, User.password_hash, User.created_at).where(
-    User.username == bindparam("username")
-)
-
-
-def _user(row: User) -> UserRecord:
-    return UserRecord(row.id, row.username, row.password_hash, row.created_at)
+_USER = select(User.id, User.username, User.password_hash, User.created_at)
+_USER_BY_NAME = _USER.where(User.username == bindparam("username"))
+_USER_BY_ID = _USER.where(User.id == bindparam("id"))
 
 
 class UserStore:
@@ -49,17 +45,15 @@ class UserStore:
         self._db = database
 
     async def create_user(self, username: str, password_hash: str, now: dt.datetime) -> UserRecord:
-        row = User(
-            id=str(uuid.uuid4()), username=username, password_hash=password_hash, created_at=now
-        )
+        record = UserRecord(str(uuid.uuid4()), username, password_hash, now)
+        statement = insert(User).values(dataclasses.asdict(record))
         try:
-            async with self._db.session() as session:
-                session.add(row)
+            await self._db.run(lambda connection: connection.execute(statement))
         except IntegrityError as exc:
             raise AlreadyExists(
                 "USERNAME_TAKEN", "that username is taken", {"username": username}
             ) from exc
-        return _user(row)
+        return record
 
     async def find_user_by_name(self, username: str) -> UserRecord | None:
         def find(connection: Connection) -> UserRecord | None:
@@ -70,9 +64,11 @@ class UserStore:
         return await self._db.run(find, writes=False)
 
     async def get_user(self, user_id: str) -> UserRecord | None:
-        async with self._db.read() as session:
-            row = await session.get(User, user_id)
-            return _user(row) if row else None
+        def find(connection: Connection) -> UserRecord | None:
+            row = connection.execute(_USER_BY_ID, {"id": user_id}).first()
+            return UserRecord(*row) if row else None
+
+        return await self._db.run(find, writes=False)
 
     async def create_session(
         self,
@@ -174,31 +170,34 @@ class UserStore:
         return record
 
     async def revoke_session(self, session_id: str, now: dt.datetime, reason: str) -> None:
-        async with self._db.session() as session:
-            await session.execute(
+        def revoke(connection: Connection) -> None:
+            connection.execute(
                 update(Session)
                 .where(Session.id == session_id, Session.revoked_at.is_(None))
                 .values(revoked_at=now, revoked_reason=reason)
             )
-            await notify(session, SESSIONS_REVOKED, session_id)
+            notify_on(connection, SESSIONS_REVOKED, session_id)
+
+        await self._db.run(revoke)
 
     async def prune_expired_sessions(self, now: dt.datetime, limit: int = 1000) -> int:
         """Delete up to ``limit`` sessions that expired before ``now``, with their refresh
         tokens: every login adds a session and every refresh a token, so without this the
         tables would grow with every login ever made. An expired session's tokens are
         refused whether or not its rows remain. Returns how many sessions went."""
-        async with self._db.session() as session:
+
+        def prune(connection: Connection) -> int:
             expired = list(
-                await session.scalars(
+                connection.execute(
                     select(Session.id).where(Session.expires_at < now).limit(limit)
-                )
+                ).scalars()
             )
             if expired:
-                await session.execute(
-                    delete(RefreshToken).where(RefreshToken.session_id.in_(expired))
-                )
-                await session.execute(delete(Session).where(Session.id.in_(expired)))
+                connection.execute(delete(RefreshToken).where(RefreshToken.session_id.in_(expired)))
+                connection.execute(delete(Session).where(Session.id.in_(expired)))
             return len(expired)
+
+        return await self._db.run(prune)
 
     async def session_is_active(self, session_id: str, now: dt.datetime) -> bool:
         def active(connection: Connection) -> bool:
