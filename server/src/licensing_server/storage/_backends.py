@@ -57,24 +57,20 @@ class BackendDirectory:
         insert = sqlite_insert if self._db.engine.dialect.name == "sqlite" else pg_insert
         statement = insert(Backend).values(id=backend_id, **values)
         statement = statement.on_conflict_do_update(index_elements=[Backend.id], set_=values)
-        async with self._db.session() as session:
-            await session.execute(statement)
+        await self._db.run(lambda connection: connection.execute(statement))
 
     async def find(self, backend_id: str, within: dt.timedelta) -> BackendRecord | None:
         """``backend_id``'s row, and whether its heartbeat is younger than ``within``."""
-        query = select(Backend, Backend.heartbeat_at > func.now() - within).where(
-            Backend.id == backend_id
-        )
-        async with self._db.read() as session:
-            row = (await session.execute(query)).first()
+        query = select(
+            Backend.quote_address,
+            Backend.ak_certificate_chain_pem,
+            (Backend.heartbeat_at > func.now() - within).label("live"),
+        ).where(Backend.id == backend_id)
+        row = await self._db.run(lambda c: c.execute(query).first(), writes=False)
         if row is None:
             return None
-        backend, live = row
         return BackendRecord(
-            backend.id,
-            backend.quote_address,
-            _split(backend.ak_certificate_chain_pem),
-            bool(live),
+            backend_id, row.quote_address, _split(row.ak_certificate_chain_pem), bool(row.live)
         )
 
     async def ak_certificate_chains(self, within: dt.timedelta) -> list[tuple[str, ...]]:
@@ -85,5 +81,6 @@ class BackendDirectory:
             .where(Backend.ak_certificate_chain_pem != "")
             .order_by(Backend.id)
         )
-        async with self._db.read() as session:
-            return [_split(joined) for joined in await session.scalars(query)]
+        return await self._db.run(
+            lambda c: [_split(joined) for joined in c.execute(query).scalars()], writes=False
+        )

@@ -66,7 +66,11 @@ SQLITE_THREADS = 4
 
 
 class Database:
-    """The async engine and a session scope that turns driver failures into ``Unavailable``."""
+    """The engines, and transactions that turn driver failures into ``Unavailable``.
+
+    The stores run every transaction through ``run``. ``session`` and ``read`` (async ORM
+    sessions) are left for tests and tools that seed or inspect rows.
+    """
 
     def __init__(self, engine: AsyncEngine, metrics: DatabaseMetrics | None = None):
         self.engine = engine

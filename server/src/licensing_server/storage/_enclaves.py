@@ -128,9 +128,8 @@ _EVENTS_AFTER = (
 
 
 class EnclaveStore:
-    """Each method but the administrator's ``set_entitlement`` is one transaction of
-    ``Database.run``: on SQLite one hop to a worker thread, where the async ORM paid one
-    per driver call (six to eight per statement)."""
+    """Each method is one transaction of ``Database.run``: on SQLite one hop to a worker
+    thread, where the async ORM paid one per driver call (six to eight per statement)."""
 
     def __init__(self, database: Database):
         self._db = database
@@ -164,20 +163,24 @@ class EnclaveStore:
         replace: bool = False,
     ) -> str:
         """Override a user's limits; ``None`` keeps the current value unless ``replace``."""
-        async with self._db.session() as session:
-            user = await session.scalar(select(User).where(User.username == username))
-            if user is None:
+        values: dict[str, object] = {"updated_at": now}
+        if replace or max_enclaves is not None:
+            values["max_enclaves"] = max_enclaves
+        if replace or enclave_ttl_seconds is not None:
+            values["enclave_ttl_seconds"] = enclave_ttl_seconds
+
+        def entitle(connection: Connection) -> str:
+            user_id = connection.execute(select(User.id).where(User.username == username)).scalar()
+            if user_id is None:
                 raise NotFound("USER_NOT_FOUND", f"no user named {username!r}")
-            row = await session.get(Entitlement, user.id)
-            if row is None:
-                row = Entitlement(user_id=user.id, updated_at=now)
-                session.add(row)
-            if replace or max_enclaves is not None:
-                row.max_enclaves = max_enclaves
-            if replace or enclave_ttl_seconds is not None:
-                row.enclave_ttl_seconds = enclave_ttl_seconds
-            row.updated_at = now
-            return user.id
+            updated = connection.execute(
+                update(Entitlement).where(Entitlement.user_id == user_id).values(**values)
+            )
+            if updated.rowcount == 0:
+                connection.execute(insert(Entitlement).values(user_id=user_id, **values))
+            return str(user_id)
+
+        return await self._db.run(entitle)
 
     # Creating -----------------------------------------------------------------
     async def reserve(
