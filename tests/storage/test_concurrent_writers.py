@@ -135,3 +135,35 @@ async def test_logins_beside_enclaves_advancing_on_a_slow_loop_all_land(
         current = await store.get(record.id)
         assert current is not None
         assert current.phase is _PHASES[-1]
+
+
+async def test_two_processes_advancing_one_enclave_at_once_each_take_the_next_sequence(
+    database: Database, database_url: str
+) -> None:
+    """The backend and the frontend (two processes, two ``Database``s) may both write an
+    enclave's next phase. Each takes the next sequence in the UPDATE that writes it: no
+    event is lost or numbered twice, and on SQLite no writer fails because another
+    committed between its read and its write."""
+    store = EnclaveStore(database)
+    (record,) = await _accepted_enclaves(store, await new_user(database), 1)
+    other_process = Database.connect(database_url)
+    try:
+        stores = (store, EnclaveStore(other_process))
+        results = await asyncio.gather(
+            *(
+                stores[i % 2].advance(record.id, Phase.RUNNING, f"write {i}", NOW)
+                for i in range(40)
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        await other_process.close()
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    assert sorted(r.sequence for r in results if not isinstance(r, BaseException)) == list(
+        range(2, 42)
+    )
+    events = await store.events_after(record.id, 0)
+    assert [e.sequence for e in events] == list(range(1, 42))
+    current = await store.get(record.id)
+    assert current is not None
+    assert current.last_sequence == 41
