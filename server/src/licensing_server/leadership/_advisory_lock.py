@@ -31,6 +31,12 @@ def _libpq_url(url: str) -> str:
     return f"postgresql://{rest}" if sep and scheme.startswith("postgresql") else url
 
 
+#: How long a new leader holds the lock before it leads. The server ends the old
+#: leader's connection and grants the lock at the same moment, and the old leader stops
+#: its leader-only work only once it has read that: this lets it read it first.
+TAKEOVER_GRACE_SECONDS = 0.05
+
+
 class AdvisoryLockElection(ElectionState):
     """Leads while its own connection holds ``pg_try_advisory_lock(LEADER_LOCK_KEY)``.
 
@@ -96,6 +102,7 @@ class AdvisoryLockElection(ElectionState):
                 if await self._ask(conn):
                     break
                 await asyncio.sleep(self._retry)
+            await asyncio.sleep(TAKEOVER_GRACE_SECONDS)
             self._state.gained()
             while True:
                 # Returns after check_seconds without a notification; raises the moment
