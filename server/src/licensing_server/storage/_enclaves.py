@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import uuid
@@ -96,6 +97,12 @@ _ENCLAVE_BY_REQUEST = _ENCLAVES.where(
 _LIMITS = select(Entitlement.max_enclaves, Entitlement.enclave_ttl_seconds).where(
     Entitlement.user_id == bindparam("user_id")
 )
+_LOCK_OWNER = select(User.id).where(User.id == bindparam("owner_id")).with_for_update()
+_HELD = (
+    select(func.count())
+    .select_from(Enclave)
+    .where(Enclave.owner_id == bindparam("owner_id"), Enclave.phase.not_in(_NOT_COUNTED))
+)
 _INSERT_EVENT = insert(EnclaveEvent)
 #: What a phase change may bring along; a ``None`` keeps the column as it is.
 _BROUGHT = (
@@ -128,6 +135,17 @@ _SET_HANDLE = _BY_B_ID.values(runtime_handle=bindparam("b_value"))
 _CLAIM = _BY_B_ID.values(backend_id=bindparam("b_value"))
 _DELETE_EVENTS = delete(EnclaveEvent).where(EnclaveEvent.enclave_id == bindparam("id"))
 _DELETE_ENCLAVE = delete(Enclave).where(Enclave.id == bindparam("id"))
+
+
+def event_row(event: EventRecord) -> dict[str, object]:
+    """The ``enclave_events`` row of ``event``, for an INSERT."""
+    return {
+        "enclave_id": event.enclave_id,
+        "sequence": event.sequence,
+        "phase": event.phase.value,
+        "message": event.message,
+        "created_at": event.time,
+    }
 
 
 def event_payload(event: EventRecord) -> str:
@@ -236,15 +254,11 @@ class EnclaveStore:
             return _record(row) if row is not None else None
 
         def reserve(connection: Connection) -> tuple[EnclaveRecord, bool]:
-            connection.execute(select(User.id).where(User.id == owner_id).with_for_update())
+            connection.execute(_LOCK_OWNER, {"owner_id": owner_id})
             existing = find(connection)
             if existing is not None:
                 return existing, False
-            held = connection.execute(
-                select(func.count())
-                .select_from(Enclave)
-                .where(Enclave.owner_id == owner_id, Enclave.phase.not_in(_NOT_COUNTED))
-            ).scalar_one()
+            held = connection.execute(_HELD, {"owner_id": owner_id}).scalar_one()
             if held >= limits.max_enclaves:
                 raise ResourceExhausted(
                     "ENCLAVE_LIMIT_REACHED",
@@ -267,35 +281,11 @@ class EnclaveStore:
                 failure_reason="",
                 runtime_handle="",
             )
-            connection.execute(
-                insert(Enclave).values(
-                    id=record.id,
-                    owner_id=owner_id,
-                    request_id=request_id,
-                    phase=record.phase.value,
-                    last_sequence=record.last_sequence,
-                    created_at=now,
-                    updated_at=now,
-                    expires_at=record.expires_at,
-                    nonce=nonce,
-                    endpoint="",
-                    tls_server_name="",
-                    certificate_pem="",
-                    certificate_sha256=b"",
-                    failure_reason="",
-                    runtime_handle="",
-                )
-            )
-            connection.execute(
-                _INSERT_EVENT,
-                {
-                    "enclave_id": record.id,
-                    "sequence": 1,
-                    "phase": Phase.ACCEPTED.value,
-                    "message": f"licence reserved ({held + 1} of {limits.max_enclaves})",
-                    "created_at": now,
-                },
-            )
+            row = dataclasses.asdict(record) | {"phase": record.phase.value, "updated_at": now}
+            connection.execute(insert(Enclave).values(row))
+            message = f"licence reserved ({held + 1} of {limits.max_enclaves})"
+            accepted = EventRecord(record.id, 1, record.phase, message, now)
+            connection.execute(_INSERT_EVENT, event_row(accepted))
             return record, True
 
         try:
@@ -344,16 +334,7 @@ class EnclaveStore:
                     raise NotFound("ENCLAVE_NOT_FOUND", "the enclave no longer exists")
                 raise FailedPrecondition("ENCLAVE_FAILED", "the enclave already failed")
             record = EventRecord(enclave_id, sequence, phase, message[:1024], now)
-            connection.execute(
-                _INSERT_EVENT,
-                {
-                    "enclave_id": enclave_id,
-                    "sequence": sequence,
-                    "phase": phase.value,
-                    "message": record.message,
-                    "created_at": now,
-                },
-            )
+            connection.execute(_INSERT_EVENT, event_row(record))
             notify_on(connection, ENCLAVE_EVENTS, event_payload(record))
             return record
 

@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Integer, bindparam, delete, func, insert, sel
 
 from licensing_common.phases import Phase
 from licensing_server.storage._database import Database
-from licensing_server.storage._enclaves import EventRecord, event_payload
+from licensing_server.storage._enclaves import EventRecord, event_payload, event_row
 from licensing_server.storage._models import Enclave, EnclaveEvent, Reattestation
 from licensing_server.storage._notifications import ENCLAVE_EVENTS, notify_on
 
@@ -100,19 +100,7 @@ class ReattestationStore:
                 for enclave_id, sequence in {e.enclave_id: e.sequence for e in written}.items()
             ]
             connection.execute(_SET_LAST_SEQUENCE.values(updated_at=now), newest)
-            connection.execute(
-                insert(EnclaveEvent),
-                [
-                    {
-                        "enclave_id": e.enclave_id,
-                        "sequence": e.sequence,
-                        "phase": e.phase.value,
-                        "message": e.message,
-                        "created_at": now,
-                    }
-                    for e in written
-                ],
-            )
+            connection.execute(insert(EnclaveEvent), [event_row(e) for e in written])
             connection.execute(insert(Reattestation), evidence)
             # The rounds' history is bounded too: an enclave that lives for months would
             # otherwise add an event every interval, and every replay reads them.
